@@ -1,0 +1,25 @@
+"""Storage drivers: a path-addressed file store with no knowledge of OCI."""
+from .base import (
+    FileInfo,
+    FileWriter,
+    InvalidOffsetError,
+    InvalidPathError,
+    PathNotFoundError,
+    StorageDriver,
+    StorageError,
+    UnsupportedMethodError,
+)
+from .factory import create_driver, register_driver
+
+__all__ = [
+    "FileInfo",
+    "FileWriter",
+    "InvalidOffsetError",
+    "InvalidPathError",
+    "PathNotFoundError",
+    "StorageDriver",
+    "StorageError",
+    "UnsupportedMethodError",
+    "create_driver",
+    "register_driver",
+]

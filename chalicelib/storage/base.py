@@ -1,0 +1,139 @@
+"""The StorageDriver protocol every backend implements.
+
+Paths are absolute, slash-separated and rooted at the driver's root (for example
+``/docker/registry/v2/blobs/sha256/ab/abcd.../data``); each component matches
+``[A-Za-z0-9._-]+`` and the root is ``/``. A driver maps them onto its own
+namespace (a directory, a key prefix, RADOS omaps). Every call takes the request
+Context first so that tracing and logging follow the request into the backend.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import BinaryIO, Iterator, Optional, Protocol, runtime_checkable
+
+from ..context import Context
+
+_PATH_RE = re.compile(r"^(/[A-Za-z0-9._-]+)+$")
+
+
+class StorageError(Exception):
+    """Base class of driver errors; drivers raise these, never backend exceptions."""
+
+    def __init__(self, driver: str, path: str, detail: str = ""):
+        self.driver = driver
+        self.path = path
+        self.detail = detail
+        super().__init__(f"{driver}: {detail or type(self).__name__}: {path}")
+
+
+class PathNotFoundError(StorageError):
+    """Nothing is stored at the path."""
+
+
+class InvalidPathError(StorageError):
+    """The path is not a valid storage path (relative, '..', bad characters)."""
+
+
+class InvalidOffsetError(StorageError):
+    """A read or append started beyond the end of the file."""
+
+    def __init__(self, driver: str, path: str, offset: int):
+        self.offset = offset
+        super().__init__(driver, path, f"invalid offset {offset}")
+
+
+class UnsupportedMethodError(StorageError):
+    """The driver cannot do this (e.g. redirect_url on a filesystem)."""
+
+
+def check_path(driver: str, path: str, *, allow_root: bool = False) -> None:
+    """Reject anything that is not an absolute path of plain components.
+
+    Components may contain dots but never equal '.' or '..', so a path can never
+    climb out of the driver's root.
+    """
+    if allow_root and path == "/":
+        return
+    if not _PATH_RE.match(path) or any(part in (".", "..") for part in path.split("/")):
+        raise InvalidPathError(driver, path, "invalid path")
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    path: str
+    size: int = 0
+    mod_time: Optional[datetime] = None
+    is_dir: bool = False
+
+
+class FileWriter(Protocol):
+    """An appendable file being written, possibly across many requests.
+
+    ``close()`` makes what was written durable so that a later
+    ``writer(path, append=True)`` (maybe in another process) continues it;
+    ``commit()`` finishes the file so that it can be read and moved; ``cancel()``
+    removes it. ``size`` counts every byte of the file, including bytes written
+    by earlier writers.
+    """
+
+    @property
+    def size(self) -> int: ...
+
+    def write(self, data: bytes) -> int: ...
+
+    def close(self) -> None: ...
+
+    def commit(self) -> None: ...
+
+    def cancel(self) -> None: ...
+
+
+@runtime_checkable
+class StorageDriver(Protocol):
+    name: str
+
+    def get_content(self, ctx: Context, path: str) -> bytes:
+        """The whole file; PathNotFoundError when absent. Meant for small files."""
+        ...
+
+    def put_content(self, ctx: Context, path: str, content: bytes) -> None:
+        """Store the file atomically: readers see the old content or the new, never part."""
+        ...
+
+    def reader(self, ctx: Context, path: str, offset: int = 0) -> BinaryIO:
+        """A readable stream from offset; InvalidOffsetError past the end.
+
+        The caller closes it. Drivers over local files return a real file object so
+        the server can hand it to sendfile.
+        """
+        ...
+
+    def writer(self, ctx: Context, path: str, append: bool = False) -> FileWriter:
+        """A writer at the end of path (append) or over a new empty file."""
+        ...
+
+    def stat(self, ctx: Context, path: str) -> FileInfo:
+        """FileInfo of a file or directory; PathNotFoundError when absent."""
+        ...
+
+    def list(self, ctx: Context, path: str) -> list[str]:
+        """Full paths of the direct children of a directory, in no set order."""
+        ...
+
+    def move(self, ctx: Context, source: str, dest: str) -> None:
+        """Move a file, replacing dest atomically and creating its parents."""
+        ...
+
+    def delete(self, ctx: Context, path: str) -> None:
+        """Remove a file or a directory and all below it; PathNotFoundError when absent."""
+        ...
+
+    def redirect_url(self, ctx: Context, method: str, path: str, expiry_seconds: int) -> Optional[str]:
+        """A URL a client may fetch the file from directly, or None to serve it ourselves."""
+        ...
+
+    def walk(self, ctx: Context, path: str) -> Iterator[FileInfo]:
+        """Every file and directory below path, depth first, parents before children."""
+        ...
