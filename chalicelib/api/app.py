@@ -1,0 +1,186 @@
+"""The registry's HTTP application: routes /v2/ requests to the endpoint handlers.
+
+Every adapter (the self-hosted server, Chalice, Azure Functions) turns its
+request into an api.http.Request and calls RegistryAPI.handle.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from typing import Callable, Optional, Protocol
+
+from ..context import Context
+from ..registry import Registry, RegistryError
+from ..storage import StorageError
+from .errors import HTTPError, error_response, from_registry_error
+from .http import Request, Response
+from .upload_state import StateSigner
+
+log = logging.getLogger("stratus.api")
+
+API_VERSION_HEADER = ("Docker-Distribution-API-Version", "registry/2.0")
+
+
+@dataclass(frozen=True)
+class Access:
+    """One resource/action pair a request needs, in the token spec's terms."""
+
+    type: str  # "repository" | "registry"
+    name: str  # repository name, or "catalog"
+    action: str  # "pull" | "push" | "delete" | "*"
+
+
+class AccessController(Protocol):
+    def authorize(self, request: Request, access: list[Access]) -> Optional[Response]:
+        """None to let the request through, or the 401/403 response to send."""
+        ...
+
+
+@dataclass(frozen=True)
+class APISettings:
+    secret: bytes
+    base_url: Optional[str] = None  # http.host; else the request's own
+    relative_urls: bool = False
+    chunk_min_length: int = 0
+    chunk_max_length: Optional[int] = None
+    catalog_max_entries: int = 1000
+    extra_headers: tuple[tuple[str, str], ...] = ()
+
+
+Handler = Callable[["Scope"], Response]
+
+
+@dataclass
+class Scope:
+    """Everything one request's handler needs."""
+
+    api: "RegistryAPI"
+    request: Request
+    ctx: Context
+    params: dict
+
+    @property
+    def registry(self) -> Registry:
+        return self.api.registry
+
+    @property
+    def settings(self) -> APISettings:
+        return self.api.settings
+
+    def url(self, path: str) -> str:
+        """Absolute URL for a Location header, unless relative URLs are configured."""
+        if self.settings.relative_urls:
+            return path
+        return (self.settings.base_url or self.request.base_url).rstrip("/") + path
+
+
+_NAME = r"(?P<name>[^?#]+?)"
+ROUTES: list[tuple[re.Pattern, str]] = [
+    (re.compile(r"^/v2/?$"), "base"),
+    (re.compile(r"^/v2/_catalog$"), "catalog"),
+    (re.compile(rf"^/v2/{_NAME}/tags/list$"), "tags"),
+    (re.compile(rf"^/v2/{_NAME}/manifests/(?P<reference>[^/]+)$"), "manifest"),
+    (re.compile(rf"^/v2/{_NAME}/blobs/uploads/?$"), "uploads"),
+    (re.compile(rf"^/v2/{_NAME}/blobs/uploads/(?P<upload_id>[^/]+)$"), "upload"),
+    (re.compile(rf"^/v2/{_NAME}/blobs/(?P<digest>[^/]+)$"), "blob"),
+    (re.compile(rf"^/v2/{_NAME}/referrers/(?P<digest>[^/]+)$"), "referrers"),
+]
+
+
+def match_route(path: str) -> tuple[Optional[str], dict]:
+    for pattern, route in ROUTES:
+        m = pattern.match(path)
+        if m:
+            return route, m.groupdict()
+    return None, {}
+
+
+class RegistryAPI:
+    def __init__(
+        self,
+        registry: Registry,
+        settings: APISettings,
+        access_controller: Optional[AccessController] = None,
+        context_factory: Callable[[Request], Context] = lambda request: Context(),
+    ):
+        from . import base, blobs, catalog, manifests, referrers, tags, uploads
+
+        self.registry = registry
+        self.settings = settings
+        self.signer = StateSigner(settings.secret)
+        self.access_controller = access_controller
+        self.context_factory = context_factory
+        self.handlers: dict[str, dict[str, Handler]] = {
+            "base": base.HANDLERS,
+            "catalog": catalog.HANDLERS,
+            "tags": tags.HANDLERS,
+            "manifest": manifests.HANDLERS,
+            "uploads": uploads.COLLECTION_HANDLERS,
+            "upload": uploads.HANDLERS,
+            "blob": blobs.HANDLERS,
+            "referrers": referrers.HANDLERS,
+        }
+        self._access = {
+            "base": base.access,
+            "catalog": catalog.access,
+            "tags": tags.access,
+            "manifest": manifests.access,
+            "uploads": uploads.access,
+            "upload": uploads.access,
+            "blob": blobs.access,
+            "referrers": referrers.access,
+        }
+
+    def may_mount_from(self, scope: Scope, source: str) -> bool:
+        """Mounting reads the source repository, so it needs pull access there."""
+        if self.access_controller is None:
+            return True
+        return self.access_controller.authorize(scope.request, [Access("repository", source, "pull")]) is None
+
+    def handle(self, request: Request) -> Response:
+        response = self._dispatch(request)
+        response.headers.append(API_VERSION_HEADER)
+        response.headers.extend(self.settings.extra_headers)
+        return response
+
+    def _dispatch(self, request: Request) -> Response:
+        route, params = match_route(request.path)
+        if route is None:
+            return error_response("UNSUPPORTED", "no such endpoint", {"path": request.path[:200]}, status=404)
+        methods = self.handlers[route]
+        method = request.method.upper()
+        handler = methods.get(method)
+        if handler is None:
+            return error_response(
+                "UNSUPPORTED", f"method {method} not allowed", status=405,
+                headers=[("Allow", ", ".join(sorted(methods)))],
+            )
+        ctx = self.context_factory(request)
+        scope = Scope(self, request, ctx, params)
+        try:
+            if self.access_controller is not None:
+                denied = self.access_controller.authorize(request, self._access[route](scope))
+                if denied is not None:
+                    return denied
+            return handler(scope)
+        except HTTPError as exc:
+            return exc.response
+        except RegistryError as exc:
+            return from_registry_error(exc, status_of(exc))
+        except StorageError as exc:
+            log.error("storage error on %s %s: %s", method, request.path, exc)
+            return error_response("UNKNOWN", "storage backend error", status=503)
+        except Exception:
+            log.exception("unhandled error on %s %s", method, request.path)
+            return error_response("UNKNOWN", "internal error", status=500)
+
+
+def status_of(exc: RegistryError) -> Optional[int]:
+    from ..registry.errors import RangeInvalidError, ReadOnlyError
+
+    if isinstance(exc, RangeInvalidError):
+        return 416
+    if isinstance(exc, ReadOnlyError):
+        return 405
+    return None

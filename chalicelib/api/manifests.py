@@ -1,0 +1,117 @@
+"""Manifest endpoints: GET/HEAD/PUT/DELETE by tag or by digest."""
+from __future__ import annotations
+
+from ..digest import Digest
+from ..registry import Repository
+from ..registry.errors import ManifestUnknownError, TagInvalidError
+from ..registry.manifest_types import MAX_MANIFEST_SIZE
+from ..registry.names import is_tag
+from ..registry.uploads import read_body
+from .app import Access, Scope
+from .blobs import IMMUTABLE, etag_matches
+from .errors import HTTPError
+from .http import Response
+from .params import check_deletable, check_writable, parse_digest, repository
+
+
+def _reference(scope: Scope) -> tuple[str | None, Digest | None]:
+    """(tag, None) or (None, digest) from the path's reference."""
+    reference = scope.params["reference"]
+    if ":" in reference:
+        return None, parse_digest(reference)
+    if not is_tag(reference):
+        raise TagInvalidError(f"invalid tag {reference[:200]!r}")
+    return reference, None
+
+
+def _resolve(scope: Scope, repo: Repository) -> tuple[Digest, bool]:
+    tag, digest = _reference(scope)
+    if tag is not None:
+        return repo.tags.get(scope.ctx, tag), False
+    return digest, True
+
+
+def get(scope: Scope) -> Response:
+    return _serve(scope, head=False)
+
+
+def head(scope: Scope) -> Response:
+    return _serve(scope, head=True)
+
+
+def _serve(scope: Scope, head: bool) -> Response:
+    repo = repository(scope)
+    try:
+        digest, by_digest = _resolve(scope, repo)
+    except TagInvalidError:
+        raise ManifestUnknownError(scope.params["reference"][:200]) from None
+    manifest = repo.manifests.get(scope.ctx, digest)
+    etag = f'"{digest}"'
+    headers = [
+        ("Docker-Content-Digest", str(digest)),
+        ("Content-Type", manifest.media_type),
+        ("ETag", etag),
+    ]
+    if by_digest:
+        headers.append(("Cache-Control", IMMUTABLE))
+    if etag_matches(scope.request.headers.get("If-None-Match"), etag):
+        return Response(304, headers)
+    headers.append(("Content-Length", str(len(manifest.body))))
+    return Response(200, headers, b"" if head else manifest.body)
+
+
+def put(scope: Scope) -> Response:
+    check_writable(scope)
+    repo = repository(scope)
+    tag, digest = _reference(scope)
+    request = scope.request
+    length = request.content_length
+    if length is not None and length > MAX_MANIFEST_SIZE:
+        raise HTTPError(413, "SIZE_INVALID", f"manifest exceeds {MAX_MANIFEST_SIZE} bytes", {"max": MAX_MANIFEST_SIZE})
+    pieces: list[bytes] = []
+    received = 0
+
+    def collect(piece: bytes) -> None:
+        nonlocal received
+        received += len(piece)
+        if received > MAX_MANIFEST_SIZE:
+            raise HTTPError(413, "SIZE_INVALID", f"manifest exceeds {MAX_MANIFEST_SIZE} bytes", {"max": MAX_MANIFEST_SIZE})
+        pieces.append(piece)
+
+    read_body(request.body, length, collect)
+    body = b"".join(pieces)
+    stored_digest, manifest = repo.manifests.put(
+        scope.ctx, body, request.headers.get("Content-Type"), digest=digest, tag=tag
+    )
+    headers = [
+        ("Location", scope.url(f"/v2/{repo.name}/manifests/{stored_digest}")),
+        ("Docker-Content-Digest", str(stored_digest)),
+        ("Content-Length", "0"),
+    ]
+    if manifest.subject is not None:
+        headers.append(("OCI-Subject", str(manifest.subject.digest)))
+    return Response(201, headers)
+
+
+def delete(scope: Scope) -> Response:
+    check_deletable(scope, "manifest")
+    repo = repository(scope)
+    tag, digest = _reference(scope)
+    if tag is not None:
+        repo.tags.untag(scope.ctx, tag)
+    else:
+        repo.manifests.delete(scope.ctx, digest)
+    return Response(202, [("Content-Length", "0")])
+
+
+def access(scope: Scope) -> list[Access]:
+    name = scope.params["name"]
+    method = scope.request.method.upper()
+    if method == "PUT":
+        return [Access("repository", name, "pull"), Access("repository", name, "push")]
+    if method == "DELETE":
+        return [Access("repository", name, "delete")]
+    return [Access("repository", name, "pull")]
+
+
+HANDLERS = {"GET": get, "HEAD": head, "PUT": put, "DELETE": delete}

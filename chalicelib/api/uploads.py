@@ -1,0 +1,194 @@
+"""Upload endpoints: POST (plain, monolithic, mount), PATCH, PUT, GET status, DELETE."""
+from __future__ import annotations
+
+from typing import Optional
+
+from ..registry import Repository
+from ..registry.errors import (
+    BlobUnknownError,
+    BlobUploadUnknownError,
+    DigestInvalidError,
+    NameInvalidError,
+    RangeInvalidError,
+)
+from ..registry.names import validate_name
+from ..registry.uploads import BlobUpload
+from .app import Access, Scope
+from .errors import HTTPError, error_response
+from .http import Response
+from .params import check_writable, parse_content_range, parse_digest, repository
+from .upload_state import InvalidStateError, UploadState
+
+
+def _chunk_limits(scope: Scope) -> list[tuple[str, str]]:
+    settings = scope.settings
+    headers = []
+    if settings.chunk_min_length:
+        headers.append(("OCI-Chunk-Min-Length", str(settings.chunk_min_length)))
+    if settings.chunk_max_length:
+        headers.append(("OCI-Chunk-Max-Length", str(settings.chunk_max_length)))
+    return headers
+
+
+def _upload_headers(scope: Scope, repo: Repository, upload: BlobUpload, status: int) -> Response:
+    token = scope.api.signer.pack(UploadState(repo.name, upload.id, upload.size, upload.started_at))
+    location = scope.url(f"/v2/{repo.name}/blobs/uploads/{upload.id}?_state={token}")
+    # registry:2 reports "0-0" for an empty upload; clients expect that form
+    end = upload.size - 1 if upload.size > 0 else 0
+    headers = [
+        ("Location", location),
+        ("Range", f"0-{end}"),
+        ("Docker-Upload-UUID", upload.id),
+        ("Content-Length", "0"),
+    ]
+    return Response(status, headers + _chunk_limits(scope))
+
+
+def _blob_created(scope: Scope, repo: Repository, digest) -> Response:
+    return Response(
+        201,
+        [
+            ("Location", scope.url(f"/v2/{repo.name}/blobs/{digest}")),
+            ("Docker-Content-Digest", str(digest)),
+            ("Content-Length", "0"),
+        ],
+    )
+
+
+def _check_chunk_size(scope: Scope) -> None:
+    limit = scope.settings.chunk_max_length
+    length = scope.request.content_length
+    if limit and length is not None and length > limit:
+        raise HTTPError(
+            413, "SIZE_INVALID", f"chunk of {length} bytes exceeds the maximum of {limit}",
+            {"max": limit}, headers=[("OCI-Chunk-Max-Length", str(limit))],
+        )
+
+
+def start(scope: Scope) -> Response:
+    check_writable(scope)
+    repo = repository(scope)
+    request = scope.request
+    mount = request.arg("mount")
+    if mount is not None:
+        mounted = _mount(scope, repo, mount, request.arg("from"))
+        if mounted is not None:
+            return mounted
+    digest_text = request.arg("digest")
+    if digest_text is not None:
+        digest = parse_digest(digest_text)
+        _check_chunk_size(scope)
+        upload = repo.uploads.create(scope.ctx)
+        try:
+            upload.commit(scope.ctx, digest, request.body, request.content_length)
+        except BaseException:
+            upload.cancel(scope.ctx)
+            raise
+        return _blob_created(scope, repo, digest)
+    upload = repo.uploads.create(scope.ctx)
+    return _upload_headers(scope, repo, upload, 202)
+
+
+def _mount(scope: Scope, repo: Repository, mount: str, source: Optional[str]) -> Optional[Response]:
+    """Link a blob from another repository; None falls back to a plain upload (202)."""
+    try:
+        digest = parse_digest(mount)
+    except DigestInvalidError:
+        return None
+    ctx = scope.ctx
+    try:
+        if source:
+            if not scope.api.may_mount_from(scope, validate_name(source)):
+                return None
+            descriptor = scope.registry.repository(source).blobs.stat(ctx, digest)
+        else:
+            # no `from`: the blob may be anywhere in this registry
+            descriptor = scope.registry.blobs.stat(ctx, digest)
+    except (BlobUnknownError, NameInvalidError):  # not worth failing the push for
+        return None
+    repo.blobs.link(ctx, descriptor)
+    return _blob_created(scope, repo, digest)
+
+
+def _resume(scope: Scope) -> tuple[Repository, BlobUpload, Optional[UploadState]]:
+    repo = repository(scope)
+    upload_id = scope.params["upload_id"]
+    token = scope.request.arg("_state")
+    state = None
+    if token:
+        try:
+            state = scope.api.signer.unpack(token)
+        except InvalidStateError as exc:
+            raise BlobUploadUnknownError(str(exc)) from None
+        if state.name != repo.name or state.upload_id != upload_id:
+            raise BlobUploadUnknownError("upload state does not belong to this upload")
+    upload = repo.uploads.get(scope.ctx, upload_id, state.started_at if state else None)
+    return repo, upload, state
+
+
+def _expected_start(scope: Scope, upload: BlobUpload, state: Optional[UploadState]) -> Optional[int]:
+    """Where the client believes the chunk starts; a stale or skipped chunk gets 416."""
+    content_range = parse_content_range(scope.request.headers.get("Content-Range"))
+    if content_range is not None:
+        start, end = content_range
+        length = scope.request.content_length
+        if length is not None and length != end - start + 1:
+            raise RangeInvalidError(f"Content-Range covers {end - start + 1} bytes, body has {length}")
+        return start
+    return state.offset if state is not None else None
+
+
+def _range_error(scope: Scope, repo: Repository, upload: BlobUpload, exc: RangeInvalidError) -> Response:
+    """416 carrying the upload's real Range and a fresh Location to resume from."""
+    resume = _upload_headers(scope, repo, upload, 416).headers
+    return error_response(
+        exc.code, exc.message, exc.detail, status=416,
+        headers=[h for h in resume if h[0] != "Content-Length"],
+    )
+
+
+def patch(scope: Scope) -> Response:
+    check_writable(scope)
+    _check_chunk_size(scope)
+    repo, upload, state = _resume(scope)
+    try:
+        upload.write(scope.ctx, scope.request.body, scope.request.content_length, _expected_start(scope, upload, state))
+    except RangeInvalidError as exc:
+        return _range_error(scope, repo, upload, exc)
+    return _upload_headers(scope, repo, upload, 202)
+
+
+def put(scope: Scope) -> Response:
+    check_writable(scope)
+    _check_chunk_size(scope)
+    repo, upload, state = _resume(scope)
+    digest = parse_digest(scope.request.arg("digest"))
+    try:
+        upload.commit(
+            scope.ctx, digest, scope.request.body, scope.request.content_length,
+            _expected_start(scope, upload, state),
+        )
+    except RangeInvalidError as exc:
+        return _range_error(scope, repo, upload, exc)
+    return _blob_created(scope, repo, digest)
+
+
+def status(scope: Scope) -> Response:
+    repo, upload, _ = _resume(scope)
+    return _upload_headers(scope, repo, upload, 204)
+
+
+def cancel(scope: Scope) -> Response:
+    check_writable(scope)
+    _, upload, _ = _resume(scope)
+    upload.cancel(scope.ctx)
+    return Response(204, [("Content-Length", "0")])
+
+
+def access(scope: Scope) -> list[Access]:
+    name = scope.params["name"]
+    return [Access("repository", name, "pull"), Access("repository", name, "push")]
+
+
+COLLECTION_HANDLERS = {"POST": start}
+HANDLERS = {"PATCH": patch, "PUT": put, "GET": status, "DELETE": cancel}

@@ -1,0 +1,83 @@
+"""Builds the registry and its API from a Config: the one place that wires layers.
+
+Adapters (server, Chalice, Azure Functions) call build_api once per process and
+reuse the result across requests, so clients and pools live as long as the process.
+"""
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import Optional
+
+from .api import APISettings, RegistryAPI
+from .config import Config, load_config
+from .registry import Registry, RegistryOptions
+from .storage import create_driver
+
+log = logging.getLogger("stratus")
+
+
+def build_cache(config: Config):
+    kind = config.storage.cache_blobdescriptor
+    if not kind:
+        return None
+    if kind == "redis":
+        from .cache.redis import RedisBlobDescriptorCache
+
+        return RedisBlobDescriptorCache.from_config(config.redis)
+    from .cache.memory import InMemoryBlobDescriptorCache
+
+    return InMemoryBlobDescriptorCache(config.storage.cache_blobdescriptor_size)
+
+
+def build_access_controller(config: Config):
+    if config.auth is None:
+        return None
+    from .auth import create_access_controller
+
+    return create_access_controller(config.auth)
+
+
+def http_secret(config: Config) -> bytes:
+    if config.http.secret:
+        return config.http.secret.encode()
+    # Without a shared secret, an upload started on one process cannot continue on
+    # another: fine for one server, wrong for functions or several replicas.
+    log.warning("http.secret is not set; generated one for this process only")
+    return secrets.token_bytes(32)
+
+
+def build_registry(config: Config) -> Registry:
+    storage = config.storage
+    driver = create_driver(storage.driver, storage.parameters)
+    options = RegistryOptions(
+        delete_enabled=storage.delete_enabled,
+        redirect=not storage.redirect_disable,
+        redirect_expiry=int(storage.redirect_expiry),
+        read_only=storage.readonly,
+        stat_retries=3 if storage.driver in ("s3", "azure") else 0,
+    )
+    return Registry(driver, build_cache(config), options)
+
+
+def build_api(config: Optional[Config] = None) -> RegistryAPI:
+    config = config or load_config()
+    http = config.http
+    settings = APISettings(
+        secret=http_secret(config),
+        base_url=http.host,
+        relative_urls=http.relativeurls,
+        chunk_min_length=http.chunk_min_length,
+        chunk_max_length=http.chunk_max_length,
+        catalog_max_entries=config.catalog.maxentries,
+        extra_headers=tuple((k, v) for k, values in (http.headers or {}).items() for v in values),
+    )
+    return RegistryAPI(build_registry(config), settings, build_access_controller(config))
+
+
+def configure_logging(config: Config) -> None:
+    level = {"error": logging.ERROR, "warn": logging.WARNING, "info": logging.INFO, "debug": logging.DEBUG}
+    logging.basicConfig(
+        level=level.get(config.log.level, logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )

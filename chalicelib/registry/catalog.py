@@ -1,0 +1,45 @@
+"""The catalog: every directory under repositories/ that holds `_manifests`."""
+from __future__ import annotations
+
+from typing import Iterable, Optional
+
+from ..context import Context
+from ..storage import StorageDriver, StorageError, paths
+
+
+def repositories(ctx: Context, driver: StorageDriver) -> list[str]:
+    """Every repository name, sorted.
+
+    Found by listing directories breadth first; components starting with `_` are
+    the layout's own folders, never names. Names are sorted at the end because a
+    walk's order is not lexical ('a-b' < 'a/b').
+    """
+    prefix = paths.REPOSITORIES + "/"
+    names: list[str] = []
+    pending = [paths.REPOSITORIES]
+    while pending:
+        path = pending.pop()
+        try:
+            children = driver.list(ctx, path)
+        except StorageError:  # gone meanwhile, or a stray file
+            continue
+        for child in children:
+            leaf = child.rsplit("/", 1)[1]
+            if leaf == "_manifests" and path != paths.REPOSITORIES:
+                names.append(path[len(prefix):])
+            elif not leaf.startswith("_"):
+                pending.append(child)
+    names.sort()
+    return names
+
+
+def page(names: Iterable[str], n: Optional[int], last: Optional[str]) -> tuple[list[str], bool]:
+    """One page of sorted names after `last`; the flag says whether more follow."""
+    out: list[str] = []
+    for name in names:
+        if last is not None and name <= last:
+            continue
+        if n is not None and len(out) >= n:
+            return out, True
+        out.append(name)
+    return out, False

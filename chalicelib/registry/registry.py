@@ -1,0 +1,62 @@
+"""The registry: repositories over one storage driver and one descriptor cache."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from ..cache.base import BlobDescriptorCacheProvider
+from ..cache.statter import CachedBlobStatter
+from ..context import Context
+from ..storage import StorageDriver, paths
+from . import catalog
+from .blobs import BlobStatter, BlobStore, LinkedBlobStore
+from .manifests import ManifestStore
+from .names import validate_name
+from .referrers import ReferrersIndex
+from .tags import TagStore
+from .uploads import BlobUploads
+
+
+@dataclass(frozen=True)
+class RegistryOptions:
+    delete_enabled: bool = True
+    redirect: bool = True
+    redirect_expiry: int = 1200
+    read_only: bool = False
+    # re-stats of a just-written blob on eventually consistent stores
+    stat_retries: int = 0
+
+
+class Repository:
+    def __init__(self, registry: "Registry", name: str):
+        self.name = name
+        self.registry = registry
+        driver = registry.driver
+        scoped = registry.cache.repository_scoped(name) if registry.cache is not None else None
+        self.blobs = LinkedBlobStore(registry.blobs, name, paths.layer_link, scoped)
+        # like registry:2, only layer links are cached: revisions are read from storage
+        self.revisions = LinkedBlobStore(registry.blobs, name, paths.manifest_revision_link)
+        self.tags = TagStore(driver, name)
+        self.referrers = ReferrersIndex(driver, name)
+        self.manifests = ManifestStore(registry.blobs, self.revisions, self.blobs, self.tags, self.referrers)
+        self.uploads = BlobUploads(driver, name, registry.blobs, self.blobs)
+
+
+class Registry:
+    def __init__(
+        self,
+        driver: StorageDriver,
+        cache: Optional[BlobDescriptorCacheProvider] = None,
+        options: RegistryOptions = RegistryOptions(),
+    ):
+        self.driver = driver
+        self.cache = cache
+        self.options = options
+        statter = BlobStatter(driver, retries=options.stat_retries)
+        self.blobs = BlobStore(driver, CachedBlobStatter(cache, statter) if cache is not None else statter)
+
+    def repository(self, name: str) -> Repository:
+        return Repository(self, validate_name(name))
+
+    def catalog(self, ctx: Context) -> list[str]:
+        return catalog.repositories(ctx, self.driver)

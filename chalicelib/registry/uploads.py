@@ -1,0 +1,250 @@
+"""Blob uploads that survive stateless requests.
+
+Everything an upload needs between requests is in storage: the bytes at
+_uploads/<id>/data, the start time, and the hasher state after each write at
+hashstates/<alg>/<offset>, so any process can take the next chunk and resume
+hashing at native speed without re-reading what was written.
+"""
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import datetime, timezone
+from typing import BinaryIO, Optional
+
+from ..context import Context
+from ..descriptor import BlobDescriptor
+from ..digest import CANONICAL, Algorithm, Digest, DigestError, ResumableHasher
+from ..storage import FileWriter, PathNotFoundError, StorageDriver, paths
+from .blobs import BlobStore, LinkedBlobStore, blob_path
+from .errors import BlobUploadInvalidError, BlobUploadUnknownError, DigestInvalidError, RangeInvalidError, SizeInvalidError
+
+log = logging.getLogger("stratus.uploads")
+
+READ_SIZE = 1 << 20
+_UPLOAD_ID_LENGTH = 36
+
+
+def now_rfc3339() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def valid_upload_id(upload_id: str) -> bool:
+    try:
+        return len(upload_id) == _UPLOAD_ID_LENGTH and str(uuid.UUID(upload_id)) == upload_id
+    except ValueError:
+        return False
+
+
+def read_body(stream: BinaryIO, length: Optional[int], sink) -> int:
+    """Copy a request body into sink(bytes) in bounded pieces; returns the bytes copied.
+
+    A body shorter than its declared length means the client went away mid-chunk.
+    """
+    copied = 0
+    while length is None or copied < length:
+        want = READ_SIZE if length is None else min(READ_SIZE, length - copied)
+        piece = stream.read(want)
+        if not piece:
+            break
+        sink(piece)
+        copied += len(piece)
+    if length is not None and copied != length:
+        raise SizeInvalidError(f"body ended after {copied} of {length} bytes")
+    return copied
+
+
+class BlobUpload:
+    """One upload session of one repository."""
+
+    def __init__(self, uploads: "BlobUploads", upload_id: str, started_at: str, size: int):
+        self._uploads = uploads
+        self.id = upload_id
+        self.started_at = started_at
+        self.size = size
+
+    @property
+    def _driver(self) -> StorageDriver:
+        return self._uploads.driver
+
+    @property
+    def _data_path(self) -> str:
+        return paths.upload_data(self._uploads.name, self.id)
+
+    def _state_path(self, algorithm: Algorithm, offset: int) -> str:
+        return paths.upload_hash_state(self._uploads.name, self.id, algorithm.value, offset)
+
+    def write(
+        self, ctx: Context, body: BinaryIO, length: Optional[int], start: Optional[int] = None
+    ) -> int:
+        """Append a chunk; `start` (from Content-Range) must be the current size."""
+        if start is not None and start != self.size:
+            raise RangeInvalidError(f"chunk starts at {start}, upload is at {self.size}")
+        writer = self._open_writer(ctx)
+        hasher = self._resume_hasher(ctx, writer.size)
+
+        def sink(piece: bytes) -> None:
+            writer.write(piece)
+            hasher.update(piece)
+
+        try:
+            read_body(body, length, sink)
+        except BaseException:
+            self._checkpoint(ctx, writer, hasher)
+            raise
+        self._checkpoint(ctx, writer, hasher)
+        return self.size
+
+    def commit(
+        self, ctx: Context, expected: Digest, body: Optional[BinaryIO] = None, length: Optional[int] = None,
+        start: Optional[int] = None,
+    ) -> BlobDescriptor:
+        """Finish the upload as blob `expected`: verify, move into place, link."""
+        if start is not None and start != self.size:
+            raise RangeInvalidError(f"chunk starts at {start}, upload is at {self.size}")
+        writer = self._open_writer(ctx)
+        hasher = self._resume_hasher(ctx, writer.size) if expected.algorithm is CANONICAL else None
+        if body is not None and (length is None or length > 0):
+
+            def sink(piece: bytes) -> None:
+                writer.write(piece)
+                if hasher is not None:
+                    hasher.update(piece)
+
+            try:
+                read_body(body, length, sink)
+            except BaseException:
+                self._checkpoint(ctx, writer, hasher)
+                raise
+        writer.commit()
+        self.size = writer.size
+        actual = hasher.digest() if hasher is not None else self._digest_from_data(ctx, expected.algorithm)
+        if actual != expected:
+            self.cancel(ctx)
+            raise DigestInvalidError(f"digest {expected} does not match uploaded content {actual}")
+        descriptor = BlobDescriptor(digest=expected, size=self.size)
+        self._move_into_place(ctx, expected)
+        self._uploads.linked.link(ctx, descriptor)
+        self._remove(ctx)
+        return descriptor
+
+    def cancel(self, ctx: Context) -> None:
+        try:
+            self._driver.writer(ctx, self._data_path, append=True).cancel()
+        except PathNotFoundError:
+            pass
+        self._remove(ctx)
+
+    # -- internals -------------------------------------------------------------------
+
+    def _open_writer(self, ctx: Context) -> FileWriter:
+        try:
+            writer = self._driver.writer(ctx, self._data_path, append=True)
+        except PathNotFoundError:
+            raise BlobUploadUnknownError(self.id) from None
+        if writer.size != self.size:
+            # another request moved the upload on since we looked: the client is out of order
+            size = writer.size
+            writer.close()
+            self.size = size
+            raise RangeInvalidError(f"upload is at {size}")
+        return writer
+
+    def _checkpoint(self, ctx: Context, writer: FileWriter, hasher: Optional[ResumableHasher]) -> None:
+        writer.close()
+        self.size = writer.size
+        if hasher is not None and hasher.length == self.size:
+            self._driver.put_content(ctx, self._state_path(hasher.algorithm, self.size), hasher.state())
+
+    def _resume_hasher(self, ctx: Context, size: int, algorithm: Algorithm = CANONICAL) -> ResumableHasher:
+        if size == 0:
+            return algorithm.hasher()
+        try:
+            return ResumableHasher.restore(algorithm, self._driver.get_content(ctx, self._state_path(algorithm, size)))
+        except (PathNotFoundError, DigestError):
+            pass
+        hasher, offset = self._nearest_state(ctx, algorithm, size)
+        log.info("upload %s: no hash state at %d, hashing from %d", self.id, size, offset)
+        self._hash_stored(ctx, hasher, offset, size)
+        return hasher
+
+    def _nearest_state(self, ctx: Context, algorithm: Algorithm, size: int) -> tuple[ResumableHasher, int]:
+        directory = paths.upload_hash_states(self._uploads.name, self.id, algorithm.value)
+        try:
+            entries = self._driver.list(ctx, directory)
+        except PathNotFoundError:
+            entries = []
+        offsets = sorted(
+            (int(p.rsplit("/", 1)[1]) for p in entries if p.rsplit("/", 1)[1].isdigit()), reverse=True
+        )
+        for offset in offsets:
+            if offset > size:
+                continue
+            try:
+                state = self._driver.get_content(ctx, self._state_path(algorithm, offset))
+                return ResumableHasher.restore(algorithm, state), offset
+            except (PathNotFoundError, DigestError):
+                continue
+        return algorithm.hasher(), 0
+
+    def _hash_stored(self, ctx: Context, hasher: ResumableHasher, start: int, end: int) -> None:
+        if start >= end:
+            return
+        with self._driver.reader(ctx, self._data_path, start) as reader:
+            remaining = end - start
+            while remaining:
+                piece = reader.read(min(READ_SIZE, remaining))
+                if not piece:
+                    raise BlobUploadInvalidError("upload data is shorter than recorded")
+                hasher.update(piece)
+                remaining -= len(piece)
+
+    def _digest_from_data(self, ctx: Context, algorithm: Algorithm) -> Digest:
+        hasher = algorithm.hasher()
+        self._hash_stored(ctx, hasher, 0, self.size)
+        return hasher.digest()
+
+    def _move_into_place(self, ctx: Context, digest: Digest) -> None:
+        blobs: BlobStore = self._uploads.blobs
+        try:
+            blobs.stat(ctx, digest)
+            return  # content-addressed: an existing blob already has these bytes
+        except Exception:
+            pass
+        self._driver.move(ctx, self._data_path, blob_path(digest))
+        blobs.statter.set_descriptor(ctx, digest, BlobDescriptor(digest=digest, size=self.size))
+
+    def _remove(self, ctx: Context) -> None:
+        try:
+            self._driver.delete(ctx, paths.upload_dir(self._uploads.name, self.id))
+        except PathNotFoundError:
+            pass
+
+
+class BlobUploads:
+    def __init__(self, driver: StorageDriver, name: str, blobs: BlobStore, linked: LinkedBlobStore):
+        self.driver = driver
+        self.name = name
+        self.blobs = blobs
+        self.linked = linked
+
+    def create(self, ctx: Context) -> BlobUpload:
+        upload_id = str(uuid.uuid4())
+        started_at = now_rfc3339()
+        self.driver.put_content(ctx, paths.upload_started_at(self.name, upload_id), started_at.encode())
+        self.driver.writer(ctx, paths.upload_data(self.name, upload_id), append=False).close()
+        return BlobUpload(self, upload_id, started_at, 0)
+
+    def get(self, ctx: Context, upload_id: str, started_at: Optional[str] = None) -> BlobUpload:
+        if not valid_upload_id(upload_id):
+            raise BlobUploadUnknownError(upload_id)
+        try:
+            info = self.driver.stat(ctx, paths.upload_data(self.name, upload_id))
+        except PathNotFoundError:
+            raise BlobUploadUnknownError(upload_id) from None
+        if started_at is None:
+            try:
+                started_at = self.driver.get_content(ctx, paths.upload_started_at(self.name, upload_id)).decode()
+            except PathNotFoundError:
+                raise BlobUploadUnknownError(upload_id) from None
+        return BlobUpload(self, upload_id, started_at, info.size)
