@@ -1,0 +1,108 @@
+"""Starting and stopping real servers for tests: free loopback ports, temp dirs, pids.
+
+Every process started here is stopped by pid (its whole process group) even when
+the test fails, and never listens beyond 127.0.0.1.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Mapping, Optional, Sequence
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 30.0, proc: Optional[subprocess.Popen] = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+def stop(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout)
+
+
+@contextmanager
+def process(
+    argv: Sequence[str],
+    port: int,
+    env: Optional[Mapping[str, str]] = None,
+    log_path: Optional[Path] = None,
+    cwd: Optional[Path] = None,
+    timeout: float = 30.0,
+) -> Iterator[subprocess.Popen]:
+    """Run argv in its own process group until the block ends; yields once it listens."""
+    log = open(log_path, "wb") if log_path else subprocess.DEVNULL
+    proc = subprocess.Popen(
+        list(argv),
+        env={**os.environ, **(env or {})},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=str(cwd) if cwd else None,
+        start_new_session=True,
+    )
+    try:
+        wait_for_port(port, timeout, proc)
+        yield proc
+    finally:
+        stop(proc)
+        if log_path:
+            log.close()
+
+
+@contextmanager
+def stratus_server(
+    root: Path,
+    env: Optional[Mapping[str, str]] = None,
+    config: Optional[Path] = None,
+    workers: int = 1,
+) -> Iterator[str]:
+    """`stratus serve` over a filesystem root; yields its base URL."""
+    port = free_port()
+    argv = [sys.executable, "-m", "chalicelib", "serve", "--addr", f"127.0.0.1:{port}", "--workers", str(workers)]
+    if config:
+        argv += ["--config", str(config)]
+    server_env = {
+        "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY": str(root),
+        "REGISTRY_HTTP_SECRET": "test-secret",
+        "PYTHONPATH": str(ROOT),
+        **(env or {}),
+    }
+    with process(argv, port, server_env, log_path=root.parent / f"stratus-{port}.log", cwd=ROOT):
+        url = f"http://127.0.0.1:{port}"
+        requests.get(url + "/v2/", timeout=10)
+        yield url
