@@ -1,0 +1,827 @@
+"""Registry configuration: a YAML file shaped like the reference registry's, plus
+``REGISTRY_*`` environment overrides, validated once at start-up.
+
+The file has the reference registry's (distribution/distribution) sections:
+``version``, ``log``, ``storage`` (one driver plus ``delete``, ``redirect``,
+``cache``, ``maintenance``, ``tag``), ``auth``, ``http``, ``redis``,
+``notifications``, ``health``, ``catalog``, and Stratus's ``tracing``. Its other
+sections (``proxy``, ``validation``, ``middleware`` ...) are kept in ``Config.raw``
+with a warning, so an existing ``config.yml`` loads unchanged.
+
+Every bad value raises ``ConfigError`` whose message starts with the key path
+(and the environment variable, when one set it) and says what was expected.
+
+Stratus defaults that differ from the reference registry on purpose:
+``storage.delete.enabled`` is true; ``storage.cache.blobdescriptor`` is
+``inmemory`` (not "no cache"); ``http.addr`` is ``127.0.0.1:5000``; a bare
+number as a duration means seconds (the reference reads nanoseconds).
+
+Heavy imports stay out: PyYAML is imported only when a file or a ``REGISTRY_*``
+variable has to be parsed, so a Lambda configured by defaults never loads it.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping
+
+from .durations import parse_duration, parse_size
+
+__all__ = [
+    "AuthConfig",
+    "CatalogConfig",
+    "Config",
+    "ConfigError",
+    "HTTPConfig",
+    "LogConfig",
+    "RedisConfig",
+    "RedisPoolConfig",
+    "StorageConfig",
+    "TracingConfig",
+    "UploadPurgingConfig",
+    "config_from_mapping",
+    "load_config",
+    "parse_duration",
+    "parse_size",
+]
+
+log = logging.getLogger("stratus.config")
+
+CONFIG_PATH_ENV = "REGISTRY_CONFIGURATION_PATH"
+ENV_PREFIX = "REGISTRY_"
+SUPPORTED_VERSIONS = ("0.1",)
+LOG_LEVELS = ("error", "warn", "info", "debug")
+LOG_FORMATTERS = ("text", "json")
+AUTH_METHODS = ("htpasswd", "token", "silly", "none")
+BLOB_DESCRIPTOR_CACHES = ("inmemory", "redis")
+# Keys under `storage` that configure the registry, not a driver.
+STORAGE_SETTINGS = ("delete", "redirect", "cache", "maintenance", "tag")
+DEFAULT_ROOTDIRECTORY = "/var/lib/registry"
+
+# Top-level sections Stratus reads, and those the reference defines that Stratus
+# accepts without acting on them (kept in `raw`, warned about).
+_SECTIONS = (
+    "version", "log", "loglevel", "storage", "auth", "http", "redis",
+    "notifications", "health", "catalog", "tracing",
+)
+_REFERENCE_ONLY_SECTIONS = (
+    "middleware", "reporting", "proxy", "compatibility", "validation", "policy",
+)
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, malformed or out of range.
+
+    ``key`` is the dotted key path (``storage.delete.enabled``) when the error is
+    about one key, else None; the message always starts with it.
+    """
+
+    def __init__(self, message: str, key: str | None = None):
+        super().__init__(message)
+        self.key = key
+
+
+# --------------------------------------------------------------------------- model
+
+
+@dataclass
+class LogConfig:
+    level: str = "info"  # error | warn | info | debug
+    formatter: str = "text"  # text | json
+    fields: dict[str, Any] = field(default_factory=dict)  # static fields on every line
+    accesslog_disabled: bool = False  # log.accesslog.disabled
+
+
+@dataclass
+class UploadPurgingConfig:
+    enabled: bool = True
+    age: float = 168 * 3600.0  # seconds an upload may sit before it is purged
+    interval: float = 24 * 3600.0  # seconds between purges
+    dryrun: bool = False
+
+
+@dataclass
+class StorageConfig:
+    driver: str = "filesystem"
+    # The driver's own parameters, unvalidated: the driver checks its keys.
+    parameters: dict[str, Any] = field(
+        default_factory=lambda: {"rootdirectory": DEFAULT_ROOTDIRECTORY}
+    )
+    delete_enabled: bool = True  # the reference defaults to False
+    redirect_disable: bool = False
+    redirect_expiry: float = 20 * 60.0  # seconds a presigned URL stays valid
+    cache_blobdescriptor: str | None = "inmemory"  # "inmemory" | "redis" | None (off)
+    cache_blobdescriptor_size: int = 10000
+    upload_purging: UploadPurgingConfig = field(default_factory=UploadPurgingConfig)
+    readonly: bool = False  # storage.maintenance.readonly.enabled
+    tag_concurrency_limit: int = 0  # storage.tag.concurrencylimit; 0 = implementation default
+
+
+@dataclass
+class HTTPConfig:
+    addr: str = "127.0.0.1:5000"  # host:port for tcp, a socket path for unix
+    host: str | None = None  # external base URL for Location headers
+    prefix: str = "/"  # always starts and ends with "/"
+    secret: str | None = None  # None: the server generates one and warns
+    relativeurls: bool = False
+    headers: dict[str, list[str]] = field(default_factory=dict)
+    chunk_min_length: int = 0  # http.chunkminlength, bytes
+    chunk_max_length: int | None = None  # http.chunkmaxlength, bytes; None = no limit
+    net: str = "tcp"  # tcp | unix
+    draintimeout: float = 0.0  # seconds to drain connections on shutdown
+    tls: dict[str, Any] = field(default_factory=dict)  # raw http.tls (certificate, key, ...)
+
+
+@dataclass
+class AuthConfig:
+    name: str  # htpasswd | token | silly | none
+    parameters: dict[str, Any] = field(default_factory=dict)  # raw, the controller checks them
+
+
+@dataclass
+class RedisPoolConfig:
+    maxidle: int | None = None  # None: the client's default
+    maxactive: int | None = None
+    idletimeout: float | None = None  # seconds
+
+
+@dataclass
+class RedisConfig:
+    addr: str | None = None  # host:port; None = Redis not configured
+    username: str | None = None
+    password: str | None = None
+    db: int = 0
+    tls: bool = False
+    dialtimeout: float | None = None  # seconds; None: the client's default
+    readtimeout: float | None = None
+    writetimeout: float | None = None
+    pool: RedisPoolConfig = field(default_factory=RedisPoolConfig)
+
+
+@dataclass
+class CatalogConfig:
+    maxentries: int = 1000
+
+
+@dataclass
+class TracingConfig:
+    xray: bool = False
+
+
+@dataclass
+class Config:
+    version: str = "0.1"
+    log: LogConfig = field(default_factory=LogConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    http: HTTPConfig = field(default_factory=HTTPConfig)
+    auth: AuthConfig | None = None
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    notifications: dict[str, Any] = field(default_factory=dict)
+    health: dict[str, Any] = field(default_factory=dict)
+    catalog: CatalogConfig = field(default_factory=CatalogConfig)
+    tracing: TracingConfig = field(default_factory=TracingConfig)
+    raw: dict[str, Any] = field(default_factory=dict)  # file + environment, before defaults
+
+
+# ------------------------------------------------------------------------ loading
+
+
+def load_config(path: str | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Load the configuration file at ``path``, apply ``REGISTRY_*`` overrides, validate.
+
+    ``path`` None means ``environ["REGISTRY_CONFIGURATION_PATH"]`` when set, else no
+    file (all defaults). ``environ`` None means ``os.environ``. Raises ConfigError.
+    """
+    if environ is None:
+        environ = os.environ
+    source = None
+    if path is None or path == "":
+        path = environ.get(CONFIG_PATH_ENV) or None
+        source = CONFIG_PATH_ENV if path else None
+    tree = _read_file(os.fspath(path), source) if path is not None else {}
+    return config_from_mapping(tree, environ, source=os.fspath(path) if path else None)
+
+
+def config_from_mapping(
+    tree: Mapping[str, Any],
+    environ: Mapping[str, str] | None = None,
+    source: str | None = None,
+) -> Config:
+    """Build a Config from an already-parsed tree, as if it had been read from a file.
+
+    ``environ`` defaults to no overrides at all (unlike load_config), which is what
+    tests want. ``source`` names the tree's origin in error messages.
+    """
+    if not isinstance(tree, Mapping):
+        raise ConfigError(f"{source or 'configuration'}: expected a mapping at the top level, got {tree!r}")
+    tree = copy.deepcopy(dict(tree))
+    for key in tree:
+        if not isinstance(key, str):
+            raise ConfigError(f"{source or 'configuration'}: top-level keys must be strings, got {key!r}")
+    _normalize_methods(tree)
+    origins = _apply_environment(tree, environ or {})
+    return _build(tree, origins)
+
+
+def _yaml() -> tuple[Any, Any]:
+    import yaml  # imported here: it costs a cold start tens of milliseconds
+
+    return yaml, getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _read_file(path: str, source: str | None) -> dict[str, Any]:
+    label = f"{source}: configuration file {path!r}" if source else f"configuration file {path!r}"
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        raise ConfigError(f"{label} does not exist", key=source) from None
+    except OSError as exc:
+        raise ConfigError(f"{label} cannot be read: {exc.strerror or exc}", key=source) from None
+    yaml, loader = _yaml()
+    try:
+        tree = yaml.load(data, Loader=loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {tree!r}")
+    return tree
+
+
+def _normalize_methods(tree: dict[str, Any]) -> None:
+    # The reference accepts `storage: inmemory` and `auth: silly` as short forms.
+    for key in ("storage", "auth"):
+        if isinstance(tree.get(key), str):
+            tree[key] = {tree[key]: {}}
+
+
+# ----------------------------------------------------------- environment overrides
+
+# dotted key path -> (variable name, its raw text); lets string keys keep the text
+# as written ("0123", "a#b") and lets errors name the variable that set a key.
+Origins = dict[str, tuple[str, str]]
+
+
+def _apply_environment(tree: dict[str, Any], environ: Mapping[str, str]) -> Origins:
+    """Apply ``REGISTRY_<SECTION>_<KEY>...=value`` variables to ``tree`` in place.
+
+    Rules, following the reference registry:
+
+    * Variables apply in lexical order of their names, so ``REGISTRY_STORAGE`` (or
+      ``REGISTRY_AUTH``) is applied before ``REGISTRY_STORAGE_S3_BUCKET``.
+    * The name after ``REGISTRY_`` is split on ``_``; each part is one level of the
+      tree. Keys match existing keys case-insensitively. Where an existing key
+      itself contains underscores (an Azure ``max_retries``), the longest run of
+      parts that joins with ``_`` into an existing key wins: at a node holding
+      ``max_retries``, ``MAX_RETRIES`` is that key, not ``max`` then ``retries``.
+      A part that matches nothing creates a lower-cased key (the reference names
+      multiword keys without underscores: ``rootdirectory``, ``blobdescriptorsize``).
+      Within a list, a part is an index; the index one past the end appends.
+    * At the top level only known sections are created, so unrelated variables such
+      as Kubernetes' ``REGISTRY_PORT`` / ``REGISTRY_SERVICE_HOST`` are ignored with
+      a warning rather than turned into configuration.
+    * The value is parsed as YAML ("true" is a boolean, "5" an integer, "{a: 1}" a
+      mapping, "" null); text that is not valid YAML is kept as a plain string.
+      Keys that expect a string get the text exactly as written.
+    * ``REGISTRY_STORAGE=<driver>`` selects the storage driver: other driver
+      sections are dropped, ``delete``/``redirect``/``cache``/``maintenance``/``tag``
+      are kept, and so are the parameters when the file already configures that
+      same driver. ``REGISTRY_AUTH=<method>`` likewise replaces the auth method.
+      A mapping value replaces the whole section, as in the reference.
+    * ``REGISTRY_CONFIGURATION_PATH`` names the file and is not a key.
+    """
+    origins: Origins = {}
+    names = sorted(n for n in environ if n.startswith(ENV_PREFIX) and n != CONFIG_PATH_ENV)
+    if not names:
+        return origins
+    yaml, loader = _yaml()
+    for name in names:
+        text = environ[name]
+        parts = name[len(ENV_PREFIX):].split("_")
+        if not all(parts):
+            log.warning("ignoring environment variable %s: empty key between underscores", name)
+            continue
+        try:
+            value = yaml.load(text, Loader=loader)
+        except yaml.YAMLError:
+            value = text
+        _set_from_env(tree, name, parts, value, text, origins)
+    return origins
+
+
+def _set_from_env(
+    tree: dict[str, Any], name: str, parts: list[str], value: Any, text: str, origins: Origins
+) -> None:
+    key, end = _match_key(tree, parts, 0)
+    if key not in tree and key not in _SECTIONS + _REFERENCE_ONLY_SECTIONS:
+        log.warning("ignoring environment variable %s: %r is not a configuration section", name, key)
+        return
+    if end == len(parts) and key in ("storage", "auth") and isinstance(value, str):
+        keep = STORAGE_SETTINGS if key == "storage" else ()
+        _choose_method(tree, key, value, keep)
+        origins[f"{key}.{value}"] = (name, text)
+        return
+
+    node: Any = tree
+    path: list[str] = []
+    i = 0
+    while True:
+        if isinstance(node, list):
+            key, end = _list_index(node, parts[i], name, path), i + 1
+            if key == len(node):
+                node.append(None)
+        else:
+            key, end = _match_key(node, parts, i)
+        path.append(str(key))
+        if end == len(parts):
+            node[key] = value
+            origins[".".join(path)] = (name, text)
+            return
+        child = node[key] if isinstance(node, list) else node.get(key)
+        if child is None:
+            child = node[key] = {}
+        elif not isinstance(child, (dict, list)):
+            raise ConfigError(
+                f"{name}: cannot set a key inside {'.'.join(path)}, which holds {child!r}, not a mapping",
+                key=".".join(path),
+            )
+        node, i = child, end
+
+
+def _match_key(mapping: dict[str, Any], parts: list[str], start: int) -> tuple[str, int]:
+    existing = {k.lower(): k for k in mapping if isinstance(k, str)}
+    for end in range(len(parts), start, -1):
+        found = existing.get("_".join(parts[start:end]).lower())
+        if found is not None:
+            return found, end
+    return parts[start].lower(), start + 1
+
+
+def _list_index(node: list[Any], part: str, name: str, path: list[str]) -> int:
+    where = ".".join(path)
+    if not (part.isascii() and part.isdigit()):
+        raise ConfigError(f"{name}: {where} is a list, expected an index, got {part!r}", key=where)
+    index = int(part)
+    if index > len(node):
+        raise ConfigError(
+            f"{name}: index {index} is past the end of {where} (length {len(node)})", key=where
+        )
+    return index
+
+
+def _choose_method(tree: dict[str, Any], section: str, chosen: str, keep: Iterable[str]) -> None:
+    current = tree.get(section)
+    current = current if isinstance(current, dict) else {}
+    replacement = {k: v for k, v in current.items() if k in keep}
+    parameters = current.get(chosen)
+    replacement[chosen] = parameters if isinstance(parameters, dict) else {}
+    tree[section] = replacement
+
+
+# ------------------------------------------------------------------ typed reading
+
+_MISSING = object()
+
+
+class _Section:
+    """One mapping of the tree, with getters that raise ConfigError naming the key.
+
+    A key that is absent or null (``key:`` with no value) takes its default.
+    """
+
+    def __init__(self, mapping: Mapping[str, Any], path: str, origins: Origins):
+        self.mapping = mapping
+        self.path = path
+        self.origins = origins
+        self.read: set[str] = set()
+
+    def key_path(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def label(self, key: str) -> str:
+        where = self.key_path(key)
+        origin = self.origins.get(where)
+        return f"{where} (from {origin[0]})" if origin else where
+
+    def fail(self, key: str, expected: str, value: Any = _MISSING) -> ConfigError:
+        got = "" if value is _MISSING else f", got {value!r}"
+        return ConfigError(f"{self.label(key)}: expected {expected}{got}", key=self.key_path(key))
+
+    def value(self, key: str) -> Any:
+        self.read.add(key)
+        value = self.mapping.get(key)
+        return _MISSING if value is None else value
+
+    def section(self, key: str) -> _Section:
+        value = self.value(key)
+        if value is _MISSING:
+            value = {}
+        elif not isinstance(value, dict):
+            raise self.fail(key, "a mapping", value)
+        return _Section(value, self.key_path(key), self.origins)
+
+    def mapping_copy(self, key: str) -> dict[str, Any]:
+        return copy.deepcopy(self.section(key).mapping)
+
+    def string(self, key: str, default: Any) -> Any:
+        value = self.value(key)
+        if value is _MISSING:
+            return default
+        origin = self.origins.get(self.key_path(key))
+        if origin is not None:
+            # The variable's text as written: YAML would turn a secret "0123" into
+            # 83, "yes" into True and "a #b" into "a".
+            return origin[1]
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # `secret: 12345`: a string to the reference too
+        raise self.fail(key, "a string", value)
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.value(key)
+        if value is _MISSING:
+            return default
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise self.fail(key, "a boolean (true or false)", value)
+
+    def integer(self, key: str, default: Any, minimum: int | None = None) -> Any:
+        value = self.value(key)
+        if value is _MISSING:
+            return default
+        expected = "an integer" if minimum is None else f"an integer >= {minimum}"
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(key, expected, value)
+        if minimum is not None and value < minimum:
+            raise self.fail(key, expected, value)
+        return value
+
+    def duration(self, key: str, default: Any, positive: bool = False) -> Any:
+        return self._parsed(key, default, parse_duration, positive)
+
+    def size(self, key: str, default: Any, positive: bool = False) -> Any:
+        return self._parsed(key, default, parse_size, positive)
+
+    def _parsed(self, key: str, default: Any, parse: Callable[[Any], Any], positive: bool) -> Any:
+        value = self.value(key)
+        if value is _MISSING:
+            return default
+        try:
+            result = parse(value)
+        except ValueError as exc:
+            raise ConfigError(f"{self.label(key)}: {exc}", key=self.key_path(key)) from None
+        if result < 0 or (positive and result == 0):
+            kind = "duration" if parse is parse_duration else "size"
+            raise self.fail(key, f"a {'positive' if positive else 'non-negative'} {kind}", value)
+        return result
+
+    def choice(self, key: str, choices: Iterable[str], default: Any, fold_case: bool = False) -> Any:
+        choices = tuple(choices)
+        value = self.string(key, _MISSING)
+        if value is _MISSING:
+            return default
+        candidate = value.lower() if fold_case else value
+        if candidate not in choices:
+            raise self.fail(key, "one of " + ", ".join(repr(c) for c in choices), value)
+        return candidate
+
+    def warn_unknown(self, known: Iterable[str] = ()) -> None:
+        for key in self.mapping:
+            if key not in self.read and key not in known:
+                log.warning("configuration key %s is not known; ignored", self.key_path(str(key)))
+
+
+# --------------------------------------------------------------------- sections
+
+
+def _build(tree: dict[str, Any], origins: Origins) -> Config:
+    root = _Section(tree, "", origins)
+    for key in tree:
+        if key in _REFERENCE_ONLY_SECTIONS:
+            log.warning("configuration section %r is not supported by Stratus; ignored", key)
+        elif key not in _SECTIONS:
+            log.warning("unknown configuration section %r; ignored", key)
+
+    version = root.string("version", SUPPORTED_VERSIONS[0])
+    if version not in SUPPORTED_VERSIONS:
+        raise root.fail("version", " or ".join(repr(v) for v in SUPPORTED_VERSIONS), version)
+
+    redis = _redis(root.section("redis"))
+    storage = _storage(root, origins)
+    if storage.cache_blobdescriptor == "redis" and redis.addr is None:
+        raise ConfigError(
+            "storage.cache.blobdescriptor: 'redis' needs redis.addr to be set",
+            key="storage.cache.blobdescriptor",
+        )
+    return Config(
+        version=version,
+        log=_log(root),
+        storage=storage,
+        http=_http(root.section("http")),
+        auth=_auth(root),
+        redis=redis,
+        notifications=root.mapping_copy("notifications"),
+        health=root.mapping_copy("health"),
+        catalog=_catalog(root.section("catalog")),
+        tracing=_tracing(root),
+        raw=tree,
+    )
+
+
+def _log(root: _Section) -> LogConfig:
+    section = root.section("log")
+    level = section.choice("level", LOG_LEVELS, None, fold_case=True)
+    if level is None:
+        # `loglevel` is the reference's deprecated spelling; `log.level` wins.
+        level = root.choice("loglevel", LOG_LEVELS, "info", fold_case=True)
+    formatter = section.choice("formatter", LOG_FORMATTERS + ("logstash",), "text", fold_case=True)
+    if formatter == "logstash":
+        log.warning("log.formatter 'logstash' is not supported by Stratus; using 'json'")
+        formatter = "json"
+    config = LogConfig(
+        level=level,
+        formatter=formatter,
+        fields=section.mapping_copy("fields"),
+        accesslog_disabled=section.section("accesslog").boolean("disabled", False),
+    )
+    section.warn_unknown(known=("hooks", "reportcaller"))
+    return config
+
+
+def _storage(root: _Section, origins: Origins) -> StorageConfig:
+    value = root.value("storage")
+    if value is _MISSING:
+        value = {}
+    if not isinstance(value, dict):
+        raise root.fail("storage", "a storage driver name or a mapping", value)
+    section = _Section(value, "storage", origins)
+
+    drivers = [k for k in value if k not in STORAGE_SETTINGS]
+    if len(drivers) > 1:
+        def described(driver: Any) -> str:
+            set_by = {n for p, (n, _) in origins.items() if p.split(".")[:2] == ["storage", str(driver)]}
+            return f"{driver} (from {', '.join(sorted(set_by))})" if set_by else str(driver)
+
+        raise ConfigError(
+            "storage: expected exactly one storage driver, got "
+            + ", ".join(described(d) for d in sorted(drivers, key=str)),
+            key="storage",
+        )
+    driver = drivers[0] if drivers else "filesystem"
+    if not isinstance(driver, str) or not driver:
+        raise section.fail(str(driver), "a storage driver name", driver)
+    parameters = section.value(driver)
+    if parameters is _MISSING:
+        parameters = {}
+    elif not isinstance(parameters, dict):
+        raise section.fail(driver, "a mapping of driver parameters", parameters)
+    parameters = copy.deepcopy(parameters)
+    if driver == "filesystem":
+        parameters.setdefault("rootdirectory", DEFAULT_ROOTDIRECTORY)
+
+    delete = section.section("delete")
+    redirect = section.section("redirect")
+    maintenance = section.section("maintenance")
+    purging = maintenance.section("uploadpurging")
+    readonly = maintenance.section("readonly")
+    tag = section.section("tag")
+    descriptor, descriptor_size = _blob_descriptor_cache(section.section("cache"))
+    config = StorageConfig(
+        driver=driver,
+        parameters=parameters,
+        delete_enabled=delete.boolean("enabled", True),
+        redirect_disable=redirect.boolean("disable", False),
+        redirect_expiry=redirect.duration("expiry", 20 * 60.0, positive=True),
+        cache_blobdescriptor=descriptor,
+        cache_blobdescriptor_size=descriptor_size,
+        upload_purging=UploadPurgingConfig(
+            enabled=purging.boolean("enabled", True),
+            age=purging.duration("age", 168 * 3600.0, positive=True),
+            interval=purging.duration("interval", 24 * 3600.0, positive=True),
+            dryrun=purging.boolean("dryrun", False),
+        ),
+        readonly=readonly.boolean("enabled", False),
+        tag_concurrency_limit=tag.integer("concurrencylimit", 0, minimum=0),
+    )
+    for part in (delete, redirect, maintenance, purging, readonly, tag):
+        part.warn_unknown()
+    return config
+
+
+def _blob_descriptor_cache(cache: _Section) -> tuple[str | None, int]:
+    # `layerinfo` is the reference's former name of `blobdescriptor`.
+    choices = BLOB_DESCRIPTOR_CACHES + ("none", "")
+    current = cache.choice("blobdescriptor", choices, None)
+    legacy = cache.choice("layerinfo", choices, None)
+    if current is not None and legacy is not None and current != legacy:
+        raise ConfigError(
+            f"storage.cache: blobdescriptor {current!r} and its former name layerinfo {legacy!r} disagree",
+            key="storage.cache.blobdescriptor",
+        )
+    chosen = current if current is not None else legacy if legacy is not None else "inmemory"
+    size = cache.integer("blobdescriptorsize", 10000, minimum=1)
+    cache.warn_unknown()
+    return (None if chosen in ("none", "") else chosen), size
+
+
+_PORT = re.compile(r"[0-9]{1,5}")
+_HOSTNAME = re.compile(r"[A-Za-z0-9._-]*")
+_IPV6 = re.compile(r"[0-9A-Fa-f:.]+(%[A-Za-z0-9._-]+)?")
+
+
+def _is_host_port(addr: str) -> bool:
+    """host:port as Go's net.SplitHostPort takes it, with a numeric port.
+
+    An empty host (":5000") means every interface; IPv6 hosts are bracketed.
+    """
+    if addr.startswith("["):
+        host, bracket, rest = addr[1:].partition("]")
+        if not bracket or not rest.startswith(":") or not _IPV6.fullmatch(host):
+            return False
+        port = rest[1:]
+    else:
+        host, colon, port = addr.rpartition(":")
+        if not colon or not _HOSTNAME.fullmatch(host):
+            return False
+    return bool(_PORT.fullmatch(port)) and int(port) <= 65535
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _http(section: _Section) -> HTTPConfig:
+    net = section.choice("net", ("tcp", "unix"), "tcp")
+    addr = section.string("addr", None)
+    if net == "tcp":
+        if addr is None:
+            addr = HTTPConfig.addr
+        elif not _is_host_port(addr):
+            raise section.fail("addr", "host:port, e.g. '127.0.0.1:5000' or ':5000'", addr)
+    elif not addr:
+        raise section.fail("addr", "a socket path when http.net is 'unix'", addr or _MISSING)
+
+    host = section.string("host", None)
+    if host is not None and not _is_absolute_url(host):
+        raise section.fail("host", "an absolute http(s) URL such as 'https://registry.example.com'", host)
+
+    prefix = section.string("prefix", "/") or "/"
+    if not prefix.startswith("/"):
+        raise section.fail("prefix", "a path starting with '/'", prefix)
+    if not prefix.endswith("/"):
+        prefix += "/"
+
+    chunk_min = section.size("chunkminlength", 0)
+    chunk_max = section.size("chunkmaxlength", None, positive=True)
+    if chunk_max is not None and chunk_min > chunk_max:
+        raise ConfigError(
+            f"{section.label('chunkminlength')}: {chunk_min} is larger than http.chunkmaxlength {chunk_max}",
+            key="http.chunkminlength",
+        )
+    tls = section.section("tls")
+    config = HTTPConfig(
+        addr=addr,
+        host=host,
+        prefix=prefix,
+        secret=section.string("secret", None) or None,
+        relativeurls=section.boolean("relativeurls", False),
+        headers=_headers(section),
+        chunk_min_length=chunk_min,
+        chunk_max_length=chunk_max,
+        net=net,
+        draintimeout=section.duration("draintimeout", 0.0),
+        tls=copy.deepcopy(tls.mapping),
+    )
+    section.warn_unknown(known=("debug", "http2", "h2c"))
+    return config
+
+
+def _is_absolute_url(url: str) -> bool:
+    from urllib.parse import urlsplit  # only when http.host is set
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # raises ValueError on a malformed port
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and not parts.query and not parts.fragment
+
+
+def _headers(http: _Section) -> dict[str, list[str]]:
+    headers = http.section("headers")
+    result: dict[str, list[str]] = {}
+    for name, values in headers.mapping.items():
+        if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
+            raise http.fail("headers", "header names made of token characters", name)
+        if values is None:
+            continue
+        if not isinstance(values, list):
+            values = [values]  # `X-Frame-Options: DENY`, a convenience over the reference
+        texts = []
+        for value in values:
+            if isinstance(value, (dict, list)) or value is None:
+                raise headers.fail(name, "a list of header values", values)
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            if "\r" in text or "\n" in text:
+                raise headers.fail(name, "header values without line breaks", text)
+            texts.append(text)
+        result[name] = texts
+    return result
+
+
+def _auth(root: _Section) -> AuthConfig | None:
+    value = root.value("auth")
+    if value is _MISSING or value == {}:
+        return None
+    if not isinstance(value, dict):
+        raise root.fail("auth", "an auth method name or a mapping", value)
+    if len(value) > 1:
+        raise ConfigError(
+            "auth: expected exactly one auth method, got " + ", ".join(sorted(map(str, value))),
+            key="auth",
+        )
+    ((name, parameters),) = value.items()
+    if name not in AUTH_METHODS:
+        raise ConfigError(
+            f"auth: expected one of {', '.join(AUTH_METHODS)}, got {name!r}", key=f"auth.{name}"
+        )
+    section = _Section(value, "auth", root.origins)
+    if parameters is None:
+        parameters = {}
+    elif not isinstance(parameters, dict):
+        raise section.fail(name, "a mapping of parameters", parameters)
+    return AuthConfig(name=name, parameters=copy.deepcopy(parameters))
+
+
+def _redis(section: _Section) -> RedisConfig:
+    addr = section.string("addr", None) or None
+    addrs = section.value("addrs")  # the reference's newer spelling, a list
+    if addrs is not _MISSING:
+        if isinstance(addrs, str):
+            addrs = [addrs]
+        if not isinstance(addrs, list) or not all(isinstance(a, str) for a in addrs):
+            raise section.fail("addrs", "a list of host:port addresses", addrs)
+        if len(addrs) > 1:
+            raise section.fail("addrs", "a single address (Redis Cluster is not supported)", addrs)
+        if addrs and addr is None:
+            addr = addrs[0]
+    if addr is not None and not _is_host_port(addr):
+        raise section.fail("addr", "host:port, e.g. 'redis.example.com:6379'", addr)
+
+    pool = section.section("pool")
+    config = RedisConfig(
+        addr=addr,
+        username=section.string("username", None),
+        password=section.string("password", None) or None,
+        db=section.integer("db", 0, minimum=0),
+        tls=_enabled(section, "tls"),
+        dialtimeout=section.duration("dialtimeout", None),
+        readtimeout=section.duration("readtimeout", None),
+        writetimeout=section.duration("writetimeout", None),
+        # The reference's newer flat names fill in what `pool` leaves unset.
+        pool=RedisPoolConfig(
+            maxidle=pool.integer("maxidle", section.integer("maxidleconns", None, minimum=0), minimum=0),
+            maxactive=pool.integer("maxactive", section.integer("poolsize", None, minimum=0), minimum=0),
+            idletimeout=pool.duration("idletimeout", section.duration("connmaxidletime", None)),
+        ),
+    )
+    pool.warn_unknown()
+    section.warn_unknown()
+    return config
+
+
+def _enabled(parent: _Section, key: str) -> bool:
+    """A switch written either as `key: true` or as `key: {enabled: true}`."""
+    value = parent.value(key)
+    if isinstance(value, dict):
+        section = parent.section(key)
+        enabled = section.boolean("enabled", False)
+        section.warn_unknown(known=("certificate", "key", "clientcas"))
+        return enabled
+    try:
+        return parent.boolean(key, False)
+    except ConfigError:
+        raise parent.fail(key, "a boolean or a mapping with 'enabled'", value) from None
+
+
+def _catalog(section: _Section) -> CatalogConfig:
+    config = CatalogConfig(maxentries=section.integer("maxentries", 1000, minimum=1))
+    section.warn_unknown()
+    return config
+
+
+def _tracing(root: _Section) -> TracingConfig:
+    section = root.section("tracing")
+    config = TracingConfig(xray=_enabled(section, "xray"))
+    section.warn_unknown()
+    return config
