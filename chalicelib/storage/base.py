@@ -15,7 +15,8 @@ from typing import BinaryIO, Iterator, Optional, Protocol, runtime_checkable
 
 from ..context import Context
 
-_PATH_RE = re.compile(r"^(/[A-Za-z0-9._-]+)+$")
+# \Z, not $: "$" also matches before a trailing newline, which let "/a\n" through.
+_PATH_RE = re.compile(r"^(/[A-Za-z0-9._-]+)+\Z")
 
 
 class StorageError(Exception):

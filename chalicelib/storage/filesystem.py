@@ -1,0 +1,406 @@
+"""Filesystem driver: storage paths are files under a root directory.
+
+A path maps onto ``<rootdirectory><path>`` exactly as in the reference registry's
+filesystem driver, so a directory written by registry:2
+(``/var/lib/registry/docker/registry/v2/...``) is served unchanged, and the other
+way round.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import re
+import secrets
+import shutil
+import stat as stat_mode
+import sys
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Any, BinaryIO, Callable, Iterator, Mapping, Optional
+
+from ..context import Context
+from .base import (
+    FileInfo,
+    FileWriter,
+    InvalidOffsetError,
+    InvalidPathError,
+    PathNotFoundError,
+    StorageError,
+    check_path,
+)
+
+NAME = "filesystem"
+DEFAULT_ROOT_DIRECTORY = "/var/lib/registry"  # the reference registry's default
+
+_COMPONENT_RE = re.compile(r"[A-Za-z0-9._-]+\Z")
+# Temporary files carry "~", which no storage path component may contain: they can
+# never be listed, walked or addressed, nor mistaken for a registry file (names
+# starting with "." or "_" are valid components, so a prefix alone would not do).
+_TEMP_PREFIX = ".stratus~tmp~"
+_WRITE_FLAGS = os.O_WRONLY | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
+_CREATE_ATTEMPTS = 3
+
+
+def is_listable(name: str) -> bool:
+    """Whether a directory entry is a storage path component (temp files are not)."""
+    return _COMPONENT_RE.match(name) is not None and name not in (".", "..")
+
+
+def _error(path: str, exc: OSError, *, missing_is_not_found: bool = True) -> StorageError:
+    if missing_is_not_found and exc.errno in (errno.ENOENT, errno.ENOTDIR):
+        return PathNotFoundError(NAME, path)
+    return StorageError(NAME, path, exc.strerror or str(exc))
+
+
+@contextmanager
+def _os_errors(path: str, *, missing_is_not_found: bool = True) -> Iterator[None]:
+    """Re-raise OSError as a StorageError so no raw OS error crosses the protocol.
+
+    When creating, a missing or non-directory parent is a failure to store, not a
+    missing path, hence missing_is_not_found=False.
+    """
+    try:
+        yield
+    except OSError as exc:
+        raise _error(path, exc, missing_is_not_found=missing_is_not_found) from exc
+
+
+def _mod_time(st: os.stat_result) -> datetime:
+    return datetime.fromtimestamp(st.st_mtime, timezone.utc)
+
+
+def _info(path: str, st: os.stat_result) -> FileInfo:
+    is_dir = stat_mode.S_ISDIR(st.st_mode)
+    return FileInfo(path=path, size=0 if is_dir else st.st_size, mod_time=_mod_time(st), is_dir=is_dir)
+
+
+def _fsync_dir(directory: str) -> None:
+    """Make a new or renamed directory entry durable; some filesystems cannot."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+    finally:
+        os.close(fd)
+
+
+def _create_in(directory: str, create: Callable[[], Any]) -> Any:
+    """Make directory's parents, then create; retried because a concurrent delete
+    (upload purging, GC) may remove the fresh parents before the file lands."""
+    for attempt in range(_CREATE_ATTEMPTS):
+        os.makedirs(directory, 0o777, exist_ok=True)
+        try:
+            return create()
+        except FileNotFoundError:
+            if attempt == _CREATE_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _unlink_quietly(full: str) -> None:
+    try:
+        os.unlink(full)
+    except OSError:
+        pass
+
+
+def _rmtree(full: str) -> None:
+    """Remove a tree, ignoring entries that a concurrent delete removed first."""
+
+    def ignore_missing(func: Any, name: str, exc: Any) -> None:
+        error = exc if isinstance(exc, BaseException) else exc[1]
+        if not isinstance(error, FileNotFoundError):
+            raise error
+
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(full, onexc=ignore_missing)
+    else:
+        shutil.rmtree(full, onerror=ignore_missing)
+
+
+class FilesystemDriver:
+    name = NAME
+
+    def __init__(self, root_directory: str, max_threads: int = 100) -> None:
+        self.max_threads = max_threads
+        # Resolved once, so that a root which is itself a symlink (a common mount
+        # arrangement) is fine and the containment check compares resolved paths.
+        self.root_directory = os.path.realpath(os.path.abspath(root_directory))
+        self._base = self.root_directory.rstrip("/")  # "" when the root is "/"
+
+    def _full(self, path: str, *, allow_root: bool = False) -> str:
+        check_path(NAME, path, allow_root=allow_root)
+        full = self._base + path if path != "/" else self.root_directory
+        # check_path already confines the path lexically; a symlink planted inside
+        # the root could still lead out of it. Resolving costs an lstat per part.
+        real = os.path.realpath(full)
+        if real != self.root_directory and not real.startswith(self._base + "/"):
+            raise InvalidPathError(NAME, path, "resolves outside the root directory")
+        return full
+
+    def get_content(self, ctx: Context, path: str) -> bytes:
+        full = self._full(path)
+        with _os_errors(path):
+            try:
+                with open(full, "rb") as f:
+                    return f.read()
+            except IsADirectoryError:
+                raise PathNotFoundError(NAME, path) from None
+
+    def put_content(self, ctx: Context, path: str, content: bytes) -> None:
+        # Written aside and renamed over the target: readers see old or new, never part.
+        full = self._full(path)
+        directory = os.path.dirname(full)
+        with _os_errors(path, missing_is_not_found=False):
+            temp = os.path.join(directory, _TEMP_PREFIX + secrets.token_hex(8))
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+            fd = _create_in(directory, lambda: os.open(temp, flags, 0o666))
+            try:
+                try:
+                    _write_all(fd, content)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.replace(temp, full)
+            except BaseException:
+                _unlink_quietly(temp)
+                raise
+            _fsync_dir(directory)
+
+    def reader(self, ctx: Context, path: str, offset: int = 0) -> BinaryIO:
+        full = self._full(path)
+        if offset < 0:
+            raise InvalidOffsetError(NAME, path, offset)
+        with _os_errors(path):
+            try:
+                f = open(full, "rb")
+            except IsADirectoryError:
+                raise PathNotFoundError(NAME, path) from None
+            try:
+                if offset > os.fstat(f.fileno()).st_size:
+                    raise InvalidOffsetError(NAME, path, offset)
+                f.seek(offset)
+            except BaseException:
+                f.close()
+                raise
+            return f
+
+    def writer(self, ctx: Context, path: str, append: bool = False) -> FileWriter:
+        full = self._full(path)
+        directory = os.path.dirname(full)
+        with _os_errors(path, missing_is_not_found=False):
+            fd, created = _create_in(directory, lambda: _open_for_writing(full, append))
+            try:
+                size = os.fstat(fd).st_size
+                if created:
+                    _fsync_dir(directory)  # so close() leaves a file a restart can find
+            except BaseException:
+                os.close(fd)
+                raise
+        return _FileWriter(path, full, fd, size)
+
+    def stat(self, ctx: Context, path: str) -> FileInfo:
+        full = self._full(path, allow_root=True)
+        with _os_errors(path):
+            try:
+                return _info(path, os.stat(full))
+            except FileNotFoundError:
+                if path == "/":  # a root not created yet is an empty registry
+                    return FileInfo(path="/", is_dir=True)
+                raise
+
+    def list(self, ctx: Context, path: str) -> list[str]:
+        full = self._full(path, allow_root=True)
+        with _os_errors(path):
+            try:
+                names = os.listdir(full)
+            except FileNotFoundError:
+                if path == "/":
+                    return []
+                raise
+        prefix = "" if path == "/" else path
+        return sorted(f"{prefix}/{name}" for name in names if is_listable(name))
+
+    def move(self, ctx: Context, source: str, dest: str) -> None:
+        source_full = self._full(source)
+        dest_full = self._full(dest)
+        dest_dir = os.path.dirname(dest_full)
+        with _os_errors(source):
+            os.lstat(source_full)  # before making dest's parents for a missing source
+        with _os_errors(dest, missing_is_not_found=False):
+            try:
+                _create_in(dest_dir, lambda: os.replace(source_full, dest_full))
+            except FileNotFoundError:
+                if not os.path.lexists(source_full):  # moved or deleted meanwhile
+                    raise PathNotFoundError(NAME, source) from None
+                raise
+            _fsync_dir(dest_dir)
+
+    def delete(self, ctx: Context, path: str) -> None:
+        full = self._full(path)
+        with _os_errors(path):
+            st = os.lstat(full)
+            if stat_mode.S_ISDIR(st.st_mode):
+                _rmtree(full)
+            else:
+                os.unlink(full)  # a symlink goes, never what it points to
+
+    def redirect_url(self, ctx: Context, method: str, path: str, expiry_seconds: int) -> Optional[str]:
+        check_path(NAME, path)
+        return None
+
+    def walk(self, ctx: Context, path: str) -> Iterator[FileInfo]:
+        # Checked now rather than at the first next(), so a bad path fails at the call.
+        full = self._full(path, allow_root=True)
+        with _os_errors(path):
+            try:
+                st = os.stat(full)
+            except FileNotFoundError:
+                if path == "/":
+                    return iter(())
+                raise
+        if not stat_mode.S_ISDIR(st.st_mode):
+            raise PathNotFoundError(NAME, path, "not a directory")
+        return self._walk(path, full)
+
+    def _walk(self, path: str, full: str) -> Iterator[FileInfo]:
+        prefix = "" if path == "/" else path
+        try:
+            with os.scandir(full) as scan:
+                entries = sorted((e for e in scan if is_listable(e.name)), key=lambda e: e.name)
+        except (FileNotFoundError, NotADirectoryError):
+            return  # deleted while we walked (GC, purging): nothing is below it now
+        except OSError as exc:
+            raise _error(path, exc) from exc
+        for entry in entries:
+            child = f"{prefix}/{entry.name}"
+            if entry.is_symlink() and not self._inside_root(entry.path):
+                continue
+            try:
+                st = entry.stat()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise _error(child, exc) from exc
+            info = _info(child, st)
+            yield info
+            if info.is_dir:
+                yield from self._walk(child, entry.path)
+
+    def _inside_root(self, full: str) -> bool:
+        real = os.path.realpath(full)
+        return real == self.root_directory or real.startswith(self._base + "/")
+
+
+def _open_for_writing(full: str, append: bool) -> tuple[int, bool]:
+    """Open for appending; returns (fd, whether the file was created)."""
+    try:
+        return os.open(full, _WRITE_FLAGS | os.O_CREAT | os.O_EXCL, 0o666), True
+    except FileExistsError:
+        return os.open(full, _WRITE_FLAGS | (0 if append else os.O_TRUNC)), False
+
+
+def _write_all(fd: int, data: bytes) -> int:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    return len(data)
+
+
+class _FileWriter:
+    """Writes straight into the file, so a later writer(append=True) in any process
+    continues from what close() made durable."""
+
+    def __init__(self, path: str, full: str, fd: int, size: int) -> None:
+        self._path = path
+        self._full = full
+        self._fd = fd
+        self._size = size
+        self._state = "open"  # -> committed | closed | cancelled
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def _require_open(self) -> None:
+        if self._state != "open":
+            raise StorageError(NAME, self._path, f"writer already {self._state}")
+
+    def write(self, data: bytes) -> int:
+        self._require_open()
+        view = memoryview(data)
+        with _os_errors(self._path):
+            while view:
+                written = os.write(self._fd, view)
+                self._size += written  # stays true even if a later write fails
+                view = view[written:]
+        return len(data)
+
+    def commit(self) -> None:
+        self._require_open()
+        with _os_errors(self._path):
+            os.fsync(self._fd)
+        self._state = "committed"
+
+    def close(self) -> None:
+        if self._fd < 0:
+            return  # closing twice is harmless, as for any Python file
+        fd, self._fd = self._fd, -1
+        synced = self._state == "committed"
+        if self._state == "open":
+            self._state = "closed"
+        with _os_errors(self._path):
+            try:
+                if not synced:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def cancel(self) -> None:
+        self._require_open()
+        self._state = "cancelled"
+        fd, self._fd = self._fd, -1
+        os.close(fd)
+        with _os_errors(self._path):
+            try:
+                os.unlink(self._full)
+            except FileNotFoundError:
+                pass
+
+
+def _root_directory(params: Mapping[str, Any]) -> str:
+    root = params.get("rootdirectory", DEFAULT_ROOT_DIRECTORY)
+    if isinstance(root, os.PathLike):
+        root = os.fspath(root)
+    if not isinstance(root, str) or not root.strip() or "\x00" in root:
+        raise ValueError(
+            "storage.filesystem.rootdirectory: expected a directory path (a non-empty string), "
+            f"got {root!r}"
+        )
+    return root
+
+
+def _max_threads(params: Mapping[str, Any]) -> int:
+    # Accepted so reference configs load unchanged; Python's blocking file I/O needs
+    # no thread cap. Like the reference, values below its minimum of 25 are raised.
+    value = params.get("maxthreads", 100)
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"storage.filesystem.maxthreads: expected an integer, got {value!r}")
+    return max(value, 25)
+
+
+def from_parameters(params: Mapping[str, Any]) -> FilesystemDriver:
+    unknown = sorted(set(params) - {"rootdirectory", "maxthreads"})
+    if unknown:
+        raise ValueError(
+            f"storage.filesystem.{unknown[0]}: unknown parameter; "
+            "the filesystem driver takes rootdirectory and maxthreads"
+        )
+    return FilesystemDriver(_root_directory(params), _max_threads(params))
