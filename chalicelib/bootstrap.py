@@ -31,7 +31,7 @@ def build_cache(config: Config):
 
 
 def build_access_controller(config: Config):
-    if config.auth is None:
+    if config.auth is None or config.auth.name == "none":
         return None
     from .auth import create_access_controller
 

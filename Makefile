@@ -1,0 +1,40 @@
+# `make serve` and `make test` do all the set-up a fresh Debian machine needs.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+DATA ?= ./data
+
+export REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY ?= $(abspath $(DATA))
+export REGISTRY_HTTP_ADDR ?= 127.0.0.1:5000
+
+.PHONY: serve test bench system-deps venv chalice-local clean
+
+$(STAMP): requirements.txt requirements-server.txt requirements-dev.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-dev.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+serve: $(STAMP)
+	mkdir -p $(REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY)
+	$(VENV)/bin/stratus serve
+
+chalice-local: $(STAMP)
+	mkdir -p $(REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY)
+	$(VENV)/bin/chalice local --host 127.0.0.1 --port $(or $(PORT),8000) --no-autoreload --stage local
+
+system-deps:
+	sh scripts/install-system-deps.sh
+
+test: system-deps $(STAMP)
+	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
+
+bench: system-deps $(STAMP)
+	$(PY) -m bench $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) node_modules .pytest_cache

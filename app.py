@@ -1,0 +1,102 @@
+"""The Lambda entry point: Chalice routes every /v2/ request to the registry api.
+
+Chalice's own request handling is bypassed on purpose: it rejects Content-Types a
+route does not list and binary responses without a matching Accept, while a
+registry must take any Content-Type (or none) and send bytes to any client. The
+routes below exist so that `chalice deploy` creates the API Gateway resources and
+`chalice local` can match paths; the events themselves go to chalicelib.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+from chalice import Chalice
+
+from chalicelib.apigateway import request_from_event, response_to_event
+
+APP_NAME = "stratus"
+
+
+class RegistryChalice(Chalice):
+    _api = None
+
+    def registry_api(self):
+        # Built on first use, once per instance: cold starts that only answer
+        # GET /v2/ never pay for a storage SDK.
+        if self._api is None:
+            from chalicelib.bootstrap import build_api, configure_logging
+            from chalicelib.config import load_config
+
+            config = load_config()
+            configure_logging(config)
+            RegistryChalice._api = build_api(config)
+        return self._api
+
+    def __call__(self, event: Any, context: Any) -> dict:
+        if not isinstance(event, dict) or "requestContext" not in event:
+            return super().__call__(event, context)
+        self.lambda_context = context
+        request = request_from_event(event)
+        response = self.registry_api().handle(request)
+        return response_to_event(response, payload_v2=event.get("version") == "2.0")
+
+
+app = RegistryChalice(app_name=APP_NAME)
+app.api.binary_types = ["*/*"]
+ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+
+
+@app.route("/v2", methods=["GET", "HEAD"], content_types=["*/*"])
+def v2_base() -> None:  # pragma: no cover - RegistryChalice.__call__ answers
+    raise NotImplementedError
+
+
+@app.route("/v2/{proxy+}", methods=ALL_METHODS, content_types=["*/*"])
+def v2_proxy(proxy: Optional[str] = None) -> None:  # pragma: no cover
+    raise NotImplementedError
+
+
+def _greedy_local_routes() -> None:
+    """Teach `chalice local` the `{proxy+}` routes API Gateway understands.
+
+    chalice local matches one path segment per `{param}`, so a repository name
+    with slashes would never reach /v2/{proxy+}; API Gateway needs no help.
+    """
+    import chalice.local as local
+
+    class GreedyRouteMatcher(local.RouteMatcher):
+        def match_route(self, url: str) -> local.MatchResult:
+            try:
+                return super().match_route(url)
+            except ValueError:
+                pass
+            from urllib.parse import parse_qs, urlparse
+
+            parsed = urlparse(url)
+            for route in self.route_urls:
+                if route.endswith("+}"):
+                    prefix, _, param = route.rpartition("/{")
+                    if parsed.path.startswith(prefix + "/") and len(parsed.path) > len(prefix) + 1:
+                        captured = {param[:-2]: parsed.path[len(prefix) + 1:]}
+                        return local.MatchResult(route, captured, parse_qs(parsed.query, keep_blank_values=True))
+            raise ValueError(f"No matching route found for: {url}")
+
+    send_with_body = local.ChaliceRequestHandler._send_http_response_with_body
+
+    def send_head_length(handler: Any, code: int, headers: dict, body: Any) -> None:
+        # a HEAD answers with the size a GET would send, not that of its empty body
+        length = headers.pop("Content-Length", None)
+        if handler.command != "HEAD" or length is None:
+            return send_with_body(handler, code, headers, body)
+        handler.send_response(code)
+        handler.send_header("Content-Length", length)
+        handler._send_headers(headers)
+
+    local.RouteMatcher = GreedyRouteMatcher
+    # the handler class is bound as a default argument, so patch it in place
+    local.ChaliceRequestHandler._send_http_response_with_body = send_head_length
+
+
+if os.environ.get("AWS_CHALICE_CLI_MODE") == "true":
+    _greedy_local_routes()

@@ -1,0 +1,28 @@
+#!/bin/sh
+# Installs the Debian packages and npm tools the tests meet for real: skopeo and
+# umoci (clients), docker-registry (the reference registry), redis-server, wrk,
+# a Ceph cluster's daemons with python3-rados, and Azurite (npm, pinned in
+# package-lock.json). Only what is missing is installed, so reruns are quick.
+set -eu
+cd "$(dirname "$0")/.."
+
+PACKAGES="skopeo umoci docker-registry redis-server wrk ceph-mon ceph-osd ceph-mgr ceph-common python3-rados nodejs npm"
+missing=""
+for p in $PACKAGES; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+    if [ "$(id -u)" != 0 ]; then
+        echo "install-system-deps: not root; tests needing$missing will skip" >&2
+    else
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+    fi
+fi
+# apt may have started services we start ourselves on free ports in the tests
+for svc in redis-server docker-registry; do
+    if command -v systemctl >/dev/null 2>&1; then systemctl stop "$svc" >/dev/null 2>&1 || true; fi
+done
+if [ -f package-lock.json ] && command -v npm >/dev/null 2>&1 && [ ! -x node_modules/.bin/azurite ]; then
+    npm ci --no-audit --no-fund --silent
+fi
