@@ -17,12 +17,51 @@ def _load(path: Optional[str]):
 
 def cmd_serve(args: argparse.Namespace) -> None:
     from .bootstrap import build_api, configure_logging
-    from .server import serve
+    from .server import serve, start_upload_purger
 
     config = _load(args.config)
     configure_logging(config)
     addr = args.addr or config.http.addr
-    serve(build_api(config), addr, workers=args.workers)
+    api = build_api(config)
+    purging = config.storage.upload_purging
+    if purging.enabled and not config.storage.readonly:
+        start_upload_purger(api.registry.driver, purging.age, purging.interval, purging.dryrun)
+    serve(api, addr, workers=args.workers)
+
+
+def _driver(config):
+    from .storage import create_driver
+
+    return create_driver(config.storage.driver, config.storage.parameters)
+
+
+def cmd_purge_uploads(args: argparse.Namespace) -> None:
+    from datetime import timedelta
+
+    from .config import parse_duration
+    from .context import background
+    from .registry.maintenance import purge_uploads
+
+    config = _load(args.config)
+    age = parse_duration(args.age) if args.age else config.storage.upload_purging.age
+    removed = purge_uploads(background(), _driver(config), timedelta(seconds=age), dry_run=args.dry_run)
+    for path in removed:
+        print(path)
+    print(f"{len(removed)} upload(s) {'would be ' if args.dry_run else ''}removed", file=sys.stderr)
+
+
+def cmd_gc(args: argparse.Namespace) -> None:
+    from .context import background
+    from .registry.maintenance import collect_garbage
+
+    config = _load(args.config)
+    report = collect_garbage(background(), _driver(config), dry_run=args.dry_run, remove_untagged=args.delete_untagged)
+    verb = "would delete" if args.dry_run else "deleted"
+    for name in report.manifests_deleted:
+        print(f"manifest {verb}: {name}")
+    for digest in report.deleted:
+        print(f"blob {verb}: {digest}")
+    print(f"{len(report.marked)} blob(s) marked, {len(report.deleted)} {verb}", file=sys.stderr)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -33,6 +72,18 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     serve.add_argument("--addr", help="host:port to listen on (overrides http.addr)")
     serve.add_argument("--workers", type=int, help="worker processes (default: $STRATUS_WORKERS or 2)")
     serve.set_defaults(func=cmd_serve)
+    purge = commands.add_parser("purge-uploads", help="remove uploads older than an age")
+    purge.add_argument("--config", "-c")
+    purge.add_argument("--age", help="Go duration, default storage.maintenance.uploadpurging.age (168h)")
+    purge.add_argument("--dry-run", action="store_true")
+    purge.set_defaults(func=cmd_purge_uploads)
+    gc = commands.add_parser(
+        "garbage-collect", aliases=["gc"], help="delete blobs no manifest references (run read-only)"
+    )
+    gc.add_argument("--config", "-c")
+    gc.add_argument("--dry-run", action="store_true")
+    gc.add_argument("--delete-untagged", "-m", action="store_true", help="also delete untagged manifests")
+    gc.set_defaults(func=cmd_gc)
     args = parser.parse_args(argv)
     args.func(args)
 

@@ -98,3 +98,28 @@ def serve(api: RegistryAPI, addr: str, workers: Optional[int] = None, threads: i
 
     log.info("stratus listening on %s", bind)
     _Server().run()
+
+
+def start_upload_purger(driver, age: float, interval: float, dry_run: bool = False) -> None:
+    """Purge abandoned uploads in the background, first after a jittered minute or so.
+
+    The jitter keeps several replicas sharing one bucket from purging in lockstep.
+    """
+    import random
+    import threading
+    from datetime import timedelta
+
+    from .context import background
+    from .registry.maintenance import purge_uploads
+
+    def run() -> None:
+        delay = 60 + random.uniform(0, 60)
+        while True:
+            threading.Event().wait(delay)
+            try:
+                purge_uploads(background(), driver, timedelta(seconds=age), dry_run=dry_run)
+            except Exception:
+                log.exception("upload purging failed")
+            delay = interval
+
+    threading.Thread(target=run, name="upload-purger", daemon=True).start()

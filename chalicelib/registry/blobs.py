@@ -8,7 +8,7 @@ one stat, and both are what the descriptor cache saves.
 from __future__ import annotations
 
 import time
-from typing import BinaryIO, Callable, Iterator, Optional
+from typing import BinaryIO, Callable, Optional
 
 from ..cache.base import BlobDescriptorService
 from ..cache.statter import CachedBlobStatter
@@ -91,21 +91,6 @@ class BlobStore:
 
     def redirect_url(self, ctx: Context, digest: Digest, expiry_seconds: int) -> Optional[str]:
         return self.driver.redirect_url(ctx, "GET", blob_path(digest), expiry_seconds)
-
-    def enumerate(self, ctx: Context) -> Iterator[Digest]:
-        """Every blob in storage (for garbage collection)."""
-        try:
-            entries = list(self.driver.walk(ctx, paths.BLOBS))
-        except PathNotFoundError:
-            return
-        for info in entries:
-            if info.is_dir or not info.path.endswith("/data"):
-                continue
-            parts = info.path.split("/")
-            try:
-                yield Digest.parse(f"{parts[-5]}:{parts[-2]}")
-            except (DigestError, IndexError):
-                continue
 
 
 class LinkedBlobStatter:
