@@ -93,9 +93,37 @@ def _greedy_local_routes() -> None:
         handler.send_header("Content-Length", length)
         handler._send_headers(headers)
 
+    parse_payload = local.ChaliceRequestHandler._parse_payload
+
+    def parse_chunked_payload(handler: Any) -> tuple[dict, Optional[bytes]]:
+        # docker, podman and skopeo stream a layer they compress on the fly with
+        # Transfer-Encoding: chunked; API Gateway assembles such a body, chalice
+        # local would read none and then parse the chunks as the next request
+        if "chunked" not in handler.headers.get("Transfer-Encoding", "").lower():
+            return parse_payload(handler)
+        body = _read_chunked(handler.rfile)
+        headers = {k: v for k, v in handler.headers.items() if k.lower() != "transfer-encoding"}
+        headers["Content-Length"] = str(len(body))
+        return headers, body
+
     local.RouteMatcher = GreedyRouteMatcher
     # the handler class is bound as a default argument, so patch it in place
     local.ChaliceRequestHandler._send_http_response_with_body = send_head_length
+    local.ChaliceRequestHandler._parse_payload = parse_chunked_payload
+
+
+def _read_chunked(stream: Any) -> bytes:
+    """The body of an HTTP/1.1 chunked request (RFC 9112 section 7.1), trailers dropped."""
+    parts = []
+    while True:
+        size = int(stream.readline(1024).split(b";", 1)[0].strip() or b"0", 16)
+        if size == 0:
+            break
+        parts.append(stream.read(size))
+        stream.readline(1024)  # the CRLF closing the chunk
+    while stream.readline(65536) not in (b"\r\n", b"\n", b""):
+        pass
+    return b"".join(parts)
 
 
 if os.environ.get("AWS_CHALICE_CLI_MODE") == "true":
