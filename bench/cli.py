@@ -1,0 +1,284 @@
+"""`python -m bench`: run every measure against both registries and report."""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import random
+import sys
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from . import client as registry_client
+from . import coldstart, hashing, loadgen, machine, report, servers
+from .memory import PeakRSS, tree_rss
+
+MiB = 1 << 20
+MB = 1e6
+MEASURES = ("push", "pull", "rates", "rss", "import", "hash")
+DEFAULT_OUTPUT = servers.ROOT / "docs" / "benchmarks.md"
+
+
+@dataclass(frozen=True)
+class Settings:
+    blob: int
+    chunk: int
+    rss_push: int
+    reps: int
+    wrk_seconds: float
+    connections: int
+    wrk_threads: int
+    measures: tuple[str, ...]
+    registries: tuple[str, ...]
+    workers: Optional[int]
+
+    def describe(self) -> list[tuple[str, str]]:
+        return [
+            ("Blob", f"{self.blob // MiB} MiB random, chunked push in {self.chunk // MiB} MiB PATCHes"),
+            ("Memory push", f"{self.rss_push // MiB} MiB monolithic, tree RSS sampled every 10 ms"),
+            ("Repetitions", f"{self.reps} (median reported)"),
+            ("Request rates", f"wrk -t{self.wrk_threads} -c{self.connections} -d{self.wrk_seconds:g}s, keep-alive"),
+            ("Stratus workers", str(self.workers or "default")),
+            ("MB", "10^6 bytes"),
+        ]
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> tuple[Settings, argparse.Namespace]:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="tiny sizes, one repetition, no docs written")
+    p.add_argument("--reps", type=int, help="repetitions per measure (default 3, quick 1)")
+    p.add_argument("--blob-mib", type=int, help="pushed/pulled blob size (default 256)")
+    p.add_argument("--chunk-mib", type=int, help="PATCH size of the chunked push (default 8)")
+    p.add_argument("--rss-push-mib", type=int, help="size of the push sampled for memory (default 1024)")
+    p.add_argument("--wrk-seconds", type=float, help="duration of each wrk run (default 5, quick 1)")
+    p.add_argument("--connections", type=int, default=16)
+    p.add_argument("--wrk-threads", type=int, default=2)
+    p.add_argument("--only", help=f"comma-separated measures among {','.join(MEASURES)}")
+    p.add_argument("--registries", default="stratus,reference", help="which registries to run")
+    p.add_argument("--workers", type=int, help="stratus serve --workers (default: its own default)")
+    p.add_argument("--output", type=Path, help=f"markdown file to write (default {DEFAULT_OUTPUT}, not with --quick)")
+    p.add_argument("--no-write", action="store_true", help="print the table only")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (data and logs)")
+    args = p.parse_args(argv)
+    quick = args.quick
+    measures = tuple(m.strip() for m in args.only.split(",")) if args.only else MEASURES
+    unknown = set(measures) - set(MEASURES)
+    if unknown:
+        p.error(f"unknown measure(s): {', '.join(sorted(unknown))}")
+    registries = tuple(r.strip() for r in args.registries.split(",") if r.strip())
+    if set(registries) - {"stratus", "reference"} or "stratus" not in registries:
+        p.error("--registries takes stratus and optionally reference")
+    settings = Settings(
+        blob=(args.blob_mib or (4 if quick else 256)) * MiB,
+        chunk=(args.chunk_mib or (1 if quick else 8)) * MiB,
+        rss_push=(args.rss_push_mib or (16 if quick else 1024)) * MiB,
+        reps=args.reps or (1 if quick else 3),
+        wrk_seconds=args.wrk_seconds or (1.0 if quick else 5.0),
+        connections=args.connections,
+        wrk_threads=args.wrk_threads,
+        measures=measures,
+        registries=registries,
+        workers=args.workers,
+    )
+    if settings.rss_push % settings.blob and settings.rss_push > settings.blob:
+        p.error("--rss-push-mib must be a multiple of --blob-mib")
+    return settings, args
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+class Blob:
+    """A random buffer made unique per use by stamping its first bytes."""
+
+    def __init__(self, size: int):
+        self.data = bytearray(random.randbytes(size))
+        self.view = memoryview(self.data)
+
+    def stamp(self, label: str) -> str:
+        tag = f"stratus-bench {label} {time.time_ns()}".encode()[:64].ljust(64, b".")
+        self.view[: len(tag)] = tag
+        return registry_client.sha256_digest(self.view)
+
+
+def rows_template() -> dict[str, report.Row]:
+    ratio = report.ratio_at_least
+    return {
+        "push_mono": report.Row("Push, monolithic", "MB/s", target=ratio(1.5), target_text="≥ 1.5×"),
+        "push_chunked": report.Row("Push, chunked", "MB/s", target=ratio(1.5), target_text="≥ 1.5×"),
+        "pull": report.Row("Pull", "MB/s", target=ratio(1.0), target_text="≥ 1.0×"),
+        "manifest_tag": report.Row("Manifest GET by tag", "req/s", target=ratio(1.5), target_text="≥ 1.5×"),
+        "manifest_digest": report.Row("Manifest GET by digest", "req/s", target=ratio(1.5), target_text="≥ 1.5×"),
+        "blob_head": report.Row("Blob HEAD (empty blob)", "req/s", target=ratio(1.5), target_text="≥ 1.5×"),
+        "rss_idle": report.Row("Server RSS, idle", "MB", fmt="{:.1f}"),
+        "rss_peak": report.Row("Server RSS, peak during push", "MB", fmt="{:.1f}",
+                               target=report.below(150), target_text="< 150 MB"),
+        "import_time": report.Row("Import app.py", "ms", target=report.below(250), target_text="< 250 ms"),
+        "import_rss": report.Row("RSS after importing app.py", "MB", fmt="{:.1f}"),
+        "hash": report.Row("SHA-256, state saved every chunk (ref: hashlib)", "MB/s",
+                           target=ratio(0.95), target_text="≥ 0.95×"),
+    }
+
+
+class Bench:
+    def __init__(self, settings: Settings, workdir: Path):
+        self.settings = settings
+        self.workdir = workdir
+        self.rows = rows_template()
+        self.servers: dict[str, servers.RunningServer] = {}
+        self.clients: dict[str, registry_client.Client] = {}
+
+    def record(self, key: str, registry: str, value: float) -> None:
+        row = self.rows[key]
+        (row.stratus if registry == "stratus" else row.reference).append(value)
+
+    def order(self, rep: int) -> list[str]:
+        """Alternate who goes first, so drift during a run hits both alike."""
+        names = list(self.servers)
+        return names if rep % 2 == 0 else names[::-1]
+
+    # -- measures --------------------------------------------------------------------
+
+    def measure_push_pull(self, blob: Blob) -> None:
+        s = self.settings
+        pull_buffer = memoryview(bytearray(s.blob))
+        for rep in range(s.reps):
+            digest = blob.stamp(f"mono {rep}")
+            if "push" in s.measures:
+                for name in self.order(rep):
+                    seconds = registry_client.timed(
+                        self.clients[name].push_monolithic, "bench/mono", blob.view, s.blob, digest
+                    )
+                    self.record("push_mono", name, s.blob / seconds / MB)
+                    log(f"push monolithic {name}: {s.blob / seconds / MB:.0f} MB/s")
+            else:
+                for name in self.servers:
+                    self.clients[name].push_monolithic("bench/mono", blob.view, s.blob, digest)
+            if "pull" in s.measures:
+                for name in self.order(rep):
+                    seconds = registry_client.timed(self.clients[name].pull, "bench/mono", digest, pull_buffer)
+                    self.record("pull", name, s.blob / seconds / MB)
+                    log(f"pull {name}: {s.blob / seconds / MB:.0f} MB/s")
+            if "push" in s.measures:
+                digest = blob.stamp(f"chunked {rep}")
+                for name in self.order(rep):
+                    seconds = registry_client.timed(
+                        self.clients[name].push_chunked, "bench/chunked", blob.view, digest, s.chunk
+                    )
+                    self.record("push_chunked", name, s.blob / seconds / MB)
+                    log(f"push chunked {name}: {s.blob / seconds / MB:.0f} MB/s")
+
+    def measure_rates(self) -> None:
+        s = self.settings
+        images = {name: c.push_image("bench/app", "latest", os.urandom(4096)) for name, c in self.clients.items()}
+        for c in self.clients.values():
+            c.close()  # wrk brings its own connections
+        accept = (("Accept", registry_client.MANIFEST_ACCEPT),)
+        for rep in range(s.reps):
+            for name in self.order(rep):
+                image = images[name]
+                scenarios = {
+                    "manifest_tag": loadgen.Scenario(
+                        "manifest-tag", "GET", f"/v2/{image.repository}/manifests/{image.tag}", accept),
+                    "manifest_digest": loadgen.Scenario(
+                        "manifest-digest", "GET", f"/v2/{image.repository}/manifests/{image.manifest_digest}", accept),
+                    "blob_head": loadgen.Scenario(
+                        "blob-head", "HEAD", f"/v2/{image.repository}/blobs/{image.empty_digest}"),
+                }
+                for key, scenario in scenarios.items():
+                    rate = loadgen.rate(
+                        self.servers[name].url, scenario, self.workdir,
+                        connections=s.connections, threads=s.wrk_threads, seconds=s.wrk_seconds,
+                    )
+                    self.record(key, name, rate)
+                    log(f"{scenario.name} {name}: {rate:.0f} req/s")
+
+    def measure_rss(self, blob: Blob) -> None:
+        s = self.settings
+        copies = max(1, s.rss_push // s.blob)
+        size = copies * s.blob
+        for rep in range(s.reps):
+            blob.stamp(f"rss {rep}")
+            hasher = hashlib.sha256()
+            for _ in range(copies):
+                hasher.update(blob.view)
+            digest = "sha256:" + hasher.hexdigest()
+            for name in self.order(rep):
+                server = self.servers[name]
+                self.record("rss_idle", name, tree_rss(server.pid) / MB)
+                with PeakRSS(server.pid) as peak:
+                    self.clients[name].push_monolithic("bench/big", [blob.view] * copies, size, digest)
+                self.record("rss_peak", name, peak.peak / MB)
+                log(f"rss during {size // MiB} MiB push {name}: peak {peak.peak / MB:.1f} MB ({peak.samples} samples)")
+
+    def measure_import(self) -> None:
+        for _ in range(self.settings.reps):
+            cost = coldstart.import_app()
+            self.record("import_time", "stratus", cost.seconds * 1000)
+            self.record("import_rss", "stratus", cost.rss / MB)
+            log(f"import app.py: {cost.seconds * 1000:.0f} ms, {cost.rss / MB:.1f} MB")
+
+    def measure_hash(self, blob: Blob) -> None:
+        s = self.settings
+        row = self.rows["hash"]
+        hashing.hashlib_seconds(blob.view[:MiB], MiB)  # load libcrypto and warm both up
+        hashing.resumable_seconds(blob.view[:MiB], MiB)
+        for _ in range(s.reps):
+            base, expected = hashing.hashlib_seconds(blob.view, s.chunk)
+            resumed, got = hashing.resumable_seconds(blob.view, s.chunk)
+            if got != expected:
+                raise RuntimeError(f"resumable hasher gave {got}, hashlib {expected}")
+            row.stratus.append(s.blob / resumed / MB)
+            row.reference.append(s.blob / base / MB)
+            log(f"hash: resumable {s.blob / resumed / MB:.0f} MB/s, hashlib {s.blob / base / MB:.0f} MB/s")
+
+    def run(self) -> None:
+        s = self.settings
+        blob = Blob(s.blob)
+        with ExitStack() as stack:
+            needs_servers = set(s.measures) & {"push", "pull", "rates", "rss"}
+            if needs_servers:
+                self.servers["stratus"] = stack.enter_context(servers.stratus(self.workdir, s.workers))
+                if "reference" in s.registries:
+                    self.servers["reference"] = stack.enter_context(servers.reference(self.workdir))
+                for name, server in self.servers.items():
+                    self.clients[name] = stack.enter_context(registry_client.Client(server.url))
+                    log(f"{name} at {server.url} (pid {server.pid}, data in {server.root})")
+            if {"push", "pull"} & set(s.measures):
+                self.measure_push_pull(blob)
+            if "rss" in s.measures:
+                self.measure_rss(blob)
+            if "rates" in s.measures:
+                self.measure_rates()
+        if "import" in s.measures:
+            self.measure_import()
+        if "hash" in s.measures:
+            self.measure_hash(blob)
+
+    def table_rows(self) -> list[report.Row]:
+        return [row for row in self.rows.values() if row.stratus or row.reference]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    settings, args = parse_args(argv)
+    if "reference" in settings.registries and not servers.reference_available():
+        sys.exit("bench: docker-registry is not installed; run scripts/install-system-deps.sh "
+                 "or pass --registries stratus")
+    if "rates" in settings.measures and not loadgen.available():
+        sys.exit("bench: wrk is not installed; run scripts/install-system-deps.sh or leave out rates")
+    with servers.workspace(keep=args.keep) as workdir:
+        bench = Bench(settings, workdir)
+        bench.run()
+        rows = bench.table_rows()
+        print(report.table(rows))
+        output = args.output or (None if args.quick else DEFAULT_OUTPUT)
+        if output is not None and not args.no_write:
+            section = report.section(rows, machine.describe(str(workdir)), settings.describe())
+            report.write(output, section)
+            log(f"wrote {output}")
+        if args.keep:
+            log(f"work directory kept: {workdir}")

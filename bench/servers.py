@@ -1,0 +1,168 @@
+"""The two registries under test, each over a fresh directory on a free loopback port.
+
+Every server runs in its own session (process group) and is stopped by that pid,
+never by name, so a benchmark cannot touch a registry it did not start.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Mapping, Optional, Sequence
+
+ROOT = Path(__file__).resolve().parent.parent
+REFERENCE_BINARY = "docker-registry"
+
+
+@dataclass(frozen=True)
+class RunningServer:
+    name: str  # "stratus" | "reference"
+    url: str
+    pid: int  # the session leader; its process tree is the server
+    root: Path
+    log: Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before serving:\n{tail}")
+        try:
+            with urllib.request.urlopen(url + "/v2/", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"{url} did not answer /v2/ within {timeout}s")
+
+
+def _stop(proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout)
+
+
+@contextmanager
+def _run(
+    name: str, argv: Sequence[str], port: int, root: Path, workdir: Path, env: Optional[Mapping[str, str]] = None
+) -> Iterator[RunningServer]:
+    log = workdir / f"{name}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            list(argv),
+            env={**os.environ, **(env or {})},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=str(ROOT),
+            start_new_session=True,
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            _wait_ready(url, proc, log)
+            yield RunningServer(name, url, proc.pid, root, log)
+        finally:
+            _stop(proc)
+
+
+@contextmanager
+def stratus(workdir: Path, workers: Optional[int] = None) -> Iterator[RunningServer]:
+    """`stratus serve` as a user runs it: production defaults, filesystem storage."""
+    root = workdir / "stratus-data"
+    root.mkdir()
+    port = free_port()
+    argv = [sys.executable, "-m", "chalicelib", "serve", "--addr", f"127.0.0.1:{port}"]
+    if workers:
+        argv += ["--workers", str(workers)]
+    env = {
+        "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY": str(root),
+        "REGISTRY_HTTP_SECRET": "bench-secret",
+        "REGISTRY_LOG_LEVEL": "error",
+        "PYTHONPATH": str(ROOT),
+    }
+    with _run("stratus", argv, port, root, workdir, env) as server:
+        yield server
+
+
+REFERENCE_CONFIG = """\
+version: 0.1
+log:
+  level: error
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: {root}
+  delete:
+    enabled: true
+  cache:
+    blobdescriptor: inmemory
+http:
+  addr: 127.0.0.1:{port}
+  secret: bench-secret
+"""
+
+
+def reference_available() -> bool:
+    return shutil.which(REFERENCE_BINARY) is not None
+
+
+@contextmanager
+def reference(workdir: Path) -> Iterator[RunningServer]:
+    """The reference registry (Debian docker-registry) with its packaged defaults,
+    minus access logging, which Stratus does not do by default either."""
+    binary = shutil.which(REFERENCE_BINARY)
+    if binary is None:
+        raise RuntimeError("docker-registry is not installed (scripts/install-system-deps.sh installs it)")
+    root = workdir / "reference-data"
+    root.mkdir()
+    port = free_port()
+    config = workdir / "reference.yml"
+    config.write_text(REFERENCE_CONFIG.format(root=root, port=port))
+    with _run("reference", [binary, "serve", str(config)], port, root, workdir) as server:
+        yield server
+
+
+@contextmanager
+def workspace(keep: bool = False) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="stratus-bench-"))
+    try:
+        yield path
+    finally:
+        if not keep:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def reference_version() -> str:
+    binary = shutil.which(REFERENCE_BINARY)
+    if binary is None:
+        return "not installed"
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10)
+    return (out.stdout or out.stderr).strip()

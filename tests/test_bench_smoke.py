@@ -1,0 +1,52 @@
+"""A smoke run of `python -m bench --quick`: tiny sizes, both registries, every measure.
+
+It checks that the benchmark runs end to end and writes its report; it asserts no
+time or rate (the benchmark is not a test).
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("wrk") is None or shutil.which("docker-registry") is None,
+    reason="needs wrk and docker-registry (scripts/install-system-deps.sh)",
+)
+
+
+def test_quick_bench_reports_every_row_for_both_registries(tmp_path: Path) -> None:
+    output = tmp_path / "benchmarks.md"
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--wrk-seconds", "1", "--output", str(output)],
+        cwd=ROOT, capture_output=True, text=True, timeout=240,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    text = output.read_text()
+    for label in (
+        "Push, monolithic", "Push, chunked", "Pull", "Manifest GET by tag", "Manifest GET by digest",
+        "Blob HEAD", "Server RSS, peak during push", "Import app.py", "SHA-256, state saved every chunk",
+    ):
+        row = next(line for line in text.splitlines() if line.startswith(f"| {label}"))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[1] not in ("", "—"), row  # Stratus measured
+    for label in ("Push, monolithic", "Pull", "Manifest GET by tag", "Blob HEAD"):
+        row = next(line for line in text.splitlines() if line.startswith(f"| {label}"))
+        assert "×" in row, row  # the reference ran too, so there is a ratio
+    assert "### Machine" in text and "CPU:" in text
+
+
+def test_report_keeps_hand_written_text(tmp_path: Path) -> None:
+    from bench import report
+
+    path = tmp_path / "b.md"
+    path.write_text(f"# Title\n\nintro\n\n{report.BEGIN}\nold\n{report.END}\n\n## History\nkept\n")
+    report.write(path, f"{report.BEGIN}\nnew\n{report.END}")
+    text = path.read_text()
+    assert "new" in text and "old" not in text
+    assert text.startswith("# Title") and text.rstrip().endswith("kept")
