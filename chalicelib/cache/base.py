@@ -7,9 +7,21 @@ from ..context import Context
 from ..descriptor import BlobDescriptor
 from ..digest import Digest
 
+# How long an entry is trusted before storage is asked again. A clear that could not
+# reach the cache (it was down during a delete) leaves an entry that no process can
+# know is stale; these bounds are how long such an entry can live. Repository-scoped
+# entries answer "is this blob linked here", which a DELETE changes, so they are short;
+# global entries change only when garbage collection removes blob data.
+REPOSITORY_TTL = 300.0
+GLOBAL_TTL = 24 * 3600.0
+
 
 class DescriptorNotCachedError(KeyError):
     """The cache has no entry; the caller asks storage."""
+
+
+class CacheUnavailableError(Exception):
+    """The cache could not be reached or answered in time; the caller asks storage."""
 
 
 class BlobDescriptorService(Protocol):
@@ -21,6 +33,19 @@ class BlobDescriptorService(Protocol):
 
 
 class BlobDescriptorCacheProvider(BlobDescriptorService, Protocol):
-    """A global cache that also hands out views scoped to one repository."""
+    """A global cache that also hands out views scoped to one repository.
+
+    A repository-scoped stat answers only for blobs set through that scope and still
+    present globally: clearing a digest globally (garbage collection) hides it from
+    every repository, clearing it in one repository hides it from that one only.
+    """
 
     def repository_scoped(self, name: str) -> BlobDescriptorService: ...
+
+
+def validate_descriptor(digest: Digest, descriptor: BlobDescriptor) -> None:
+    """What a cache refuses to store: it would later be served as the truth."""
+    if descriptor.size < 0:
+        raise ValueError(f"{digest}: negative size {descriptor.size}")
+    if descriptor.digest.algorithm == digest.algorithm and descriptor.digest != digest:
+        raise ValueError(f"descriptor for {digest} names {descriptor.digest}")

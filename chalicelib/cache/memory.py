@@ -1,35 +1,57 @@
-"""In-memory LRU descriptor cache: the default, and free of any Redis import."""
+"""In-memory LRU descriptor cache: the default, and free of any Redis import.
+
+Each process has its own, so a delete served by one process cannot clear another's
+entries; the TTLs in base.py bound how long such an entry is believed.
+"""
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
-from typing import Hashable
+from dataclasses import dataclass
+from typing import Callable, Hashable
 
 from ..context import Context
 from ..descriptor import BlobDescriptor
 from ..digest import Digest
-from .base import DescriptorNotCachedError
+from .base import GLOBAL_TTL, REPOSITORY_TTL, DescriptorNotCachedError, validate_descriptor
 
 DEFAULT_SIZE = 10000
 
 
+@dataclass(frozen=True)
+class _Entry:
+    descriptor: BlobDescriptor
+    expires: float
+
+
 class _LRU:
-    def __init__(self, size: int):
+    """Bounded by entry count; an expired entry reads as absent."""
+
+    def __init__(self, size: int, clock: Callable[[], float]):
         self._size = size
-        self._items: OrderedDict[Hashable, BlobDescriptor] = OrderedDict()
+        self._clock = clock
+        self._items: OrderedDict[Hashable, _Entry] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, key: Hashable) -> BlobDescriptor:
         with self._lock:
-            try:
-                self._items.move_to_end(key)
-                return self._items[key]
-            except KeyError:
-                raise DescriptorNotCachedError(key) from None
+            entry = self._items.get(key)
+            if entry is None:
+                raise DescriptorNotCachedError(key)
+            if entry.expires <= self._clock():
+                del self._items[key]
+                raise DescriptorNotCachedError(key)
+            self._items.move_to_end(key)
+            return entry.descriptor
 
-    def put(self, key: Hashable, value: BlobDescriptor) -> None:
+    def put(self, key: Hashable, value: BlobDescriptor, ttl: float, keep_media_type: bool = False) -> None:
         with self._lock:
-            self._items[key] = value
+            old = self._items.get(key)
+            if keep_media_type and old is not None and old.expires > self._clock():
+                # like the Redis provider's HSETNX: the first media type recorded stays
+                value = BlobDescriptor(value.digest, value.size, old.descriptor.media_type)
+            self._items[key] = _Entry(value, self._clock() + ttl)
             self._items.move_to_end(key)
             while len(self._items) > self._size:
                 self._items.popitem(last=False)
@@ -38,6 +60,9 @@ class _LRU:
         with self._lock:
             self._items.pop(key, None)
 
+    def __len__(self) -> int:
+        return len(self._items)
+
 
 class InMemoryBlobDescriptorCache:
     """Global entries keyed by digest; repository entries keyed by (name, digest).
@@ -45,16 +70,28 @@ class InMemoryBlobDescriptorCache:
     Both share one LRU bound, so the cache's memory is capped by `size` entries.
     """
 
-    def __init__(self, size: int = DEFAULT_SIZE):
+    def __init__(
+        self,
+        size: int = DEFAULT_SIZE,
+        global_ttl: float = GLOBAL_TTL,
+        repository_ttl: float = REPOSITORY_TTL,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         if size <= 0:
             raise ValueError("storage.cache.blobdescriptorsize must be positive")
-        self._lru = _LRU(size)
+        self._lru = _LRU(size, clock)
+        self.global_ttl = global_ttl
+        self.repository_ttl = repository_ttl
+
+    def __len__(self) -> int:
+        return len(self._lru)
 
     def stat(self, ctx: Context, digest: Digest) -> BlobDescriptor:
         return self._lru.get(digest)
 
     def set_descriptor(self, ctx: Context, digest: Digest, descriptor: BlobDescriptor) -> None:
-        self._lru.put(digest, descriptor)
+        validate_descriptor(digest, descriptor)
+        self._lru.put(digest, descriptor, self.global_ttl, keep_media_type=True)
 
     def clear(self, ctx: Context, digest: Digest) -> None:
         self._lru.pop(digest)
@@ -69,10 +106,13 @@ class _RepositoryScoped:
         self._name = name
 
     def stat(self, ctx: Context, digest: Digest) -> BlobDescriptor:
-        return self._parent._lru.get((self._name, digest))
+        linked = self._parent._lru.get((self._name, digest))
+        found = self._parent.stat(ctx, digest)
+        return BlobDescriptor(digest=digest, size=found.size, media_type=linked.media_type)
 
     def set_descriptor(self, ctx: Context, digest: Digest, descriptor: BlobDescriptor) -> None:
-        self._parent._lru.put((self._name, digest), descriptor)
+        validate_descriptor(digest, descriptor)
+        self._parent._lru.put((self._name, digest), descriptor, self._parent.repository_ttl)
         self._parent.set_descriptor(ctx, digest, descriptor)
 
     def clear(self, ctx: Context, digest: Digest) -> None:

@@ -1,33 +1,21 @@
-"""The cached statter: ask the cache, fall back to the backing statter, write back."""
+"""The cached statter: ask the cache, fall back to the backing statter, write back.
+
+The cache is never a point of failure: whatever it raises, the answer comes from
+storage, and the failure is logged once per interval rather than once per request.
+"""
 from __future__ import annotations
 
 import logging
-import time
 
 from ..context import Context
 from ..descriptor import BlobDescriptor
 from ..digest import Digest
 from .base import BlobDescriptorService, DescriptorNotCachedError
+from .ratelimit import RateLimitedLog
 
 log = logging.getLogger("stratus.cache")
-_WARN_INTERVAL = 60.0
 
-
-class _RateLimitedWarning:
-    """One log line per interval: a cache outage must not flood the logs per request."""
-
-    def __init__(self, interval: float = _WARN_INTERVAL):
-        self._interval = interval
-        self._last = -interval
-
-    def __call__(self, message: str, *args: object) -> None:
-        now = time.monotonic()
-        if now - self._last >= self._interval:
-            self._last = now
-            log.warning(message, *args)
-
-
-_warn = _RateLimitedWarning()
+_warn = RateLimitedLog(log)
 
 
 class CachedBlobStatter:
@@ -51,11 +39,20 @@ class CachedBlobStatter:
         self._write_back(ctx, digest, descriptor)
 
     def clear(self, ctx: Context, digest: Digest) -> None:
+        """Clear the cache, then storage, then the cache again.
+
+        The second clear removes an entry a concurrent stat may have written back
+        from storage it read just before the storage clear.
+        """
+        self._clear_cache(ctx, digest)
+        self._backend.clear(ctx, digest)
+        self._clear_cache(ctx, digest)
+
+    def _clear_cache(self, ctx: Context, digest: Digest) -> None:
         try:
             self._cache.clear(ctx, digest)
         except Exception as exc:
-            _warn("blob descriptor cache unavailable on clear: %s", exc)
-        self._backend.clear(ctx, digest)
+            _warn("blob descriptor cache unavailable on clear of %s: %s", digest, exc)
 
     def _write_back(self, ctx: Context, digest: Digest, descriptor: BlobDescriptor) -> None:
         try:

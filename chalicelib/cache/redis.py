@@ -1,0 +1,340 @@
+"""Redis (ElastiCache) descriptor cache: one lookup shared by every process of a deployment.
+
+Keys follow the reference registry, so a registry:2 pointed at the same database
+reads what Stratus writes and vice versa:
+
+    blobs::<digest>                        hash {digest, size, mediatype}
+    repository::<name>::blobs              set of the digests linked in <name>
+    repository::<name>::blobs::<digest>    hash {mediatype}: <name>'s media type
+
+A repository-scoped hit needs all three (membership, the global descriptor, the
+repository hash), so clearing the global entry hides a blob from every repository.
+
+Redis is never a point of failure. Timeouts are short; after a connection failure
+or a timeout the provider answers "unavailable" without touching the network for
+`cooldown` seconds, so an outage costs one timeout per cooldown, not one per
+request. A clear that fails is kept as a tombstone in this process: until it has
+been replayed into Redis (before any other command, once Redis answers), stats of
+that digest miss here. Other processes cannot see the tombstone; for them the
+entry's TTL (base.REPOSITORY_TTL, GLOBAL_TTL) bounds how long it is believed.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable, Optional, TypeVar
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from ..config import RedisConfig
+from ..context import Context
+from ..descriptor import OCTET_STREAM, BlobDescriptor
+from ..digest import Digest
+from .base import GLOBAL_TTL, REPOSITORY_TTL, CacheUnavailableError, DescriptorNotCachedError, validate_descriptor
+from .ratelimit import RateLimitedLog
+
+log = logging.getLogger("stratus.cache")
+
+# Defaults for the redis.* timeouts left unset: a Redis lookup in the same VPC takes
+# well under a millisecond, and a slow cache must not make a request slower than
+# the storage read it was meant to save.
+DEFAULT_DIAL_TIMEOUT = 0.25
+DEFAULT_READ_TIMEOUT = 0.2
+DEFAULT_WRITE_TIMEOUT = 0.2
+DEFAULT_HEALTH_CHECK_INTERVAL = 30  # seconds idle before a pooled connection is PINGed
+COOLDOWN = 1.0  # seconds without trying Redis after it failed
+MAX_TOMBSTONES = 10000
+
+T = TypeVar("T")
+_Op = tuple  # ("del", key) | ("srem", key, member)
+
+
+def blob_key(digest: object) -> str:
+    return f"blobs::{digest}"
+
+
+def repository_set_key(name: str) -> str:
+    return f"repository::{name}::blobs"
+
+
+def repository_blob_key(name: str, digest: object) -> str:
+    return f"repository::{name}::blobs::{digest}"
+
+
+def split_address(addr: str) -> tuple[str, int, bool]:
+    """(host, port, tls) of `host:port`, `[v6]:port`, or a redis:// / rediss:// URL."""
+    tls = False
+    for scheme in ("rediss://", "redis://"):
+        if addr.startswith(scheme):
+            tls = scheme == "rediss://"
+            addr = addr[len(scheme):].split("/", 1)[0].rsplit("@", 1)[-1]
+    host, _, port = addr.rpartition(":")
+    if not host:
+        host, port = port, "6379"
+    return host.strip("[]") or "localhost", int(port or 6379), tls
+
+
+def connect(config: RedisConfig) -> redis.Redis:
+    """A client over its own connection pool; connections are made on first use."""
+    if not config.addr:
+        raise ValueError("redis.addr is not set")
+    host, port, url_tls = split_address(config.addr)
+    read = config.readtimeout or DEFAULT_READ_TIMEOUT
+    write = config.writetimeout or DEFAULT_WRITE_TIMEOUT
+    kwargs: dict[str, Any] = dict(
+        host=host,
+        port=port,
+        db=config.db,
+        username=config.username,
+        password=config.password,
+        socket_connect_timeout=config.dialtimeout or DEFAULT_DIAL_TIMEOUT,
+        # redis-py has one timeout for both directions
+        socket_timeout=max(read, write),
+        # one immediate retry on a fresh connection: a pooled socket may have died
+        # while a Lambda instance was frozen
+        retry=Retry(NoBackoff(), 1),
+        health_check_interval=int(config.pool.idletimeout or DEFAULT_HEALTH_CHECK_INTERVAL),
+        decode_responses=True,
+        protocol=2,
+        driver_info=None,  # no CLIENT SETINFO round trips on connect
+    )
+    if config.tls or url_tls:
+        # ElastiCache in-transit encryption: verified against the system's CAs
+        kwargs["connection_class"] = redis.SSLConnection
+        kwargs["ssl_cert_reqs"] = "required"
+    if config.pool.maxactive:
+        pool: redis.ConnectionPool = redis.BlockingConnectionPool(
+            max_connections=config.pool.maxactive, timeout=max(read, write), **kwargs
+        )
+    else:
+        pool = redis.ConnectionPool(**kwargs)
+    return redis.Redis(connection_pool=pool)
+
+
+def _config_key(config: RedisConfig) -> tuple:
+    pool = config.pool
+    return (
+        config.addr, config.username, config.password, config.db, config.tls,
+        config.dialtimeout, config.readtimeout, config.writetimeout,
+        pool.maxidle, pool.maxactive, pool.idletimeout,
+    )
+
+
+_shared: dict[tuple, "RedisBlobDescriptorCache"] = {}
+_shared_lock = threading.Lock()
+
+
+def _descriptor(digest: Digest, fields: list[Optional[str]]) -> BlobDescriptor:
+    stored_digest, size, media_type = fields
+    # "size" was once "length": an entry without it is a miss, which migrates it
+    if stored_digest is None or size is None:
+        raise DescriptorNotCachedError(str(digest))
+    try:
+        return BlobDescriptor(digest=digest, size=int(size), media_type=media_type or OCTET_STREAM)
+    except ValueError:
+        raise DescriptorNotCachedError(str(digest)) from None
+
+
+class RedisBlobDescriptorCache:
+    def __init__(
+        self,
+        client: redis.Redis,
+        global_ttl: float = GLOBAL_TTL,
+        repository_ttl: float = REPOSITORY_TTL,
+        cooldown: float = COOLDOWN,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.client = client
+        self.global_ttl = global_ttl
+        self.repository_ttl = repository_ttl
+        self._cooldown = cooldown
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._down_until = 0.0
+        self._down = False
+        self._tombstones: dict[tuple[str, str], list[_Op]] = {}
+        self._distrust_until = 0.0
+        self._recovered_log = RateLimitedLog(log, logging.INFO)
+        kwargs = client.connection_pool.connection_kwargs
+        self.address = f"{kwargs.get('host')}:{kwargs.get('port')}"
+
+    @classmethod
+    def from_config(cls, config: RedisConfig) -> "RedisBlobDescriptorCache":
+        """The process's one provider (and connection pool) for this configuration.
+
+        Adapters build the registry once per process, but a Lambda's module state
+        outlives a handler rebuilt by mistake; sharing here keeps one pool either way.
+        """
+        key = _config_key(config)
+        with _shared_lock:
+            cache = _shared.get(key)
+            if cache is None:
+                cache = _shared[key] = cls(connect(config))
+                log.info("blob descriptor cache: redis at %s (db %d, tls %s)", cache.address, config.db, config.tls)
+            return cache
+
+    # -- BlobDescriptorService (global) -------------------------------------------------
+
+    def stat(self, ctx: Context, digest: Digest) -> BlobDescriptor:
+        d = str(digest)
+        self._check_tombstones(("", d))
+        with ctx.trace("redis.stat", digest=d):
+            fields = self._call(lambda r: r.hmget(blob_key(d), "digest", "size", "mediatype"))
+        return _descriptor(digest, fields)
+
+    def set_descriptor(self, ctx: Context, digest: Digest, descriptor: BlobDescriptor) -> None:
+        validate_descriptor(digest, descriptor)
+
+        def write(r: redis.Redis) -> None:
+            pipe = r.pipeline(transaction=True)
+            self._write_global(pipe, digest, descriptor)
+            pipe.execute()
+
+        with ctx.trace("redis.set", digest=str(digest)):
+            self._call(write)
+
+    def clear(self, ctx: Context, digest: Digest) -> None:
+        with ctx.trace("redis.clear", digest=str(digest)):
+            self._invalidate(("", str(digest)), [("del", blob_key(digest))])
+
+    def repository_scoped(self, name: str) -> "RepositoryScopedRedisCache":
+        return RepositoryScopedRedisCache(self, name)
+
+    def close(self) -> None:
+        self.client.connection_pool.disconnect()
+
+    # -- internals shared with the repository scope --------------------------------------
+
+    def _write_global(self, pipe: Any, digest: Digest, descriptor: BlobDescriptor) -> None:
+        key = blob_key(digest)
+        pipe.hset(key, mapping={"digest": str(descriptor.digest), "size": descriptor.size})
+        # like the reference: the first media type recorded for a blob stays
+        pipe.hsetnx(key, "mediatype", descriptor.media_type)
+        pipe.pexpire(key, int(self.global_ttl * 1000))
+
+    def _call(self, operation: Callable[[redis.Redis], T]) -> T:
+        with self._lock:
+            if self._clock() < self._down_until:
+                raise CacheUnavailableError(f"redis at {self.address} is unavailable (retrying shortly)")
+            tombstones = dict(self._tombstones)
+        try:
+            if tombstones:
+                self._replay(tombstones)
+            result = operation(self.client)
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            if not str(exc).startswith("No connection available"):  # a busy pool is not an outage
+                with self._lock:
+                    self._down_until = self._clock() + self._cooldown
+                    self._down = True
+            raise CacheUnavailableError(f"redis at {self.address}: {exc}") from exc
+        except redis.RedisError as exc:  # OOM, READONLY, LOADING, a key of the wrong type
+            raise CacheUnavailableError(f"redis at {self.address}: {exc}") from exc
+        if self._down:
+            with self._lock:
+                was_down, self._down = self._down, False
+            if was_down:
+                self._recovered_log("redis at %s reachable again; blob descriptors served from it", self.address)
+        return result
+
+    def _invalidate(self, scope: tuple[str, str], ops: list[_Op]) -> None:
+        def run(r: redis.Redis) -> None:
+            pipe = r.pipeline(transaction=True)
+            _queue(pipe, ops)
+            pipe.execute()
+
+        try:
+            self._call(run)
+        except CacheUnavailableError:
+            self._remember(scope, ops)
+            raise
+
+    def _remember(self, scope: tuple[str, str], ops: list[_Op]) -> None:
+        with self._lock:
+            if len(self._tombstones) >= MAX_TOMBSTONES and scope not in self._tombstones:
+                # too many to remember: believe no entry until every one written
+                # before now has expired
+                self._tombstones.clear()
+                self._distrust_until = self._clock() + max(self.global_ttl, self.repository_ttl)
+                log.warning("redis cache: too many failed clears; not trusting cached descriptors for now")
+                return
+            self._tombstones[scope] = ops
+
+    def _replay(self, tombstones: dict[tuple[str, str], list[_Op]]) -> None:
+        pipe = self.client.pipeline(transaction=True)
+        for ops in tombstones.values():
+            _queue(pipe, ops)
+        pipe.execute()
+        with self._lock:
+            for scope, ops in tombstones.items():
+                if self._tombstones.get(scope) is ops:
+                    del self._tombstones[scope]
+        log.info("redis cache: replayed %d clears that failed while it was unavailable", len(tombstones))
+
+    def _check_tombstones(self, *scopes: tuple[str, str]) -> None:
+        if not self._tombstones and not self._distrust_until:
+            return
+        with self._lock:
+            if self._clock() < self._distrust_until or any(s in self._tombstones for s in scopes):
+                raise DescriptorNotCachedError(scopes[0][1])
+
+
+def _queue(pipe: Any, ops: list[_Op]) -> None:
+    for op in ops:
+        if op[0] == "del":
+            pipe.delete(op[1])
+        else:
+            pipe.srem(op[1], op[2])
+
+
+class RepositoryScopedRedisCache:
+    def __init__(self, parent: RedisBlobDescriptorCache, name: str):
+        self._parent = parent
+        self.name = name
+        self._set_key = repository_set_key(name)
+
+    def stat(self, ctx: Context, digest: Digest) -> BlobDescriptor:
+        d = str(digest)
+        self._parent._check_tombstones((self.name, d), ("", d))
+
+        def read(r: redis.Redis) -> list:
+            pipe = r.pipeline(transaction=False)
+            pipe.sismember(self._set_key, d)
+            pipe.hmget(blob_key(d), "digest", "size", "mediatype")
+            pipe.hget(repository_blob_key(self.name, d), "mediatype")
+            return pipe.execute()
+
+        with ctx.trace("redis.stat", digest=d, repository=self.name):
+            member, fields, media_type = self._parent._call(read)
+        # no repository hash: its TTL ran out, so storage is asked again
+        if not member or media_type is None:
+            raise DescriptorNotCachedError(d)
+        found = _descriptor(digest, fields)
+        return BlobDescriptor(digest=digest, size=found.size, media_type=media_type or found.media_type)
+
+    def set_descriptor(self, ctx: Context, digest: Digest, descriptor: BlobDescriptor) -> None:
+        validate_descriptor(digest, descriptor)
+        parent = self._parent
+
+        def write(r: redis.Redis) -> None:
+            pipe = r.pipeline(transaction=True)
+            pipe.sadd(self._set_key, str(digest))
+            # the set lives while the repository is in use; each member is only
+            # believed while its repository hash lives
+            pipe.pexpire(self._set_key, int(parent.global_ttl * 1000))
+            parent._write_global(pipe, digest, descriptor)
+            key = repository_blob_key(self.name, digest)
+            pipe.hset(key, "mediatype", descriptor.media_type)
+            pipe.pexpire(key, int(parent.repository_ttl * 1000))
+            pipe.execute()
+
+        with ctx.trace("redis.set", digest=str(digest), repository=self.name):
+            parent._call(write)
+
+    def clear(self, ctx: Context, digest: Digest) -> None:
+        d = str(digest)
+        ops: list[_Op] = [("srem", self._set_key, d), ("del", repository_blob_key(self.name, d))]
+        with ctx.trace("redis.clear", digest=d, repository=self.name):
+            self._parent._invalidate((self.name, d), ops)

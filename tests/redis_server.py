@@ -1,0 +1,146 @@
+"""A real redis-server for tests: loopback only, a free port, a temp dir, no persistence.
+
+The server can be killed, paused (SIGSTOP: it accepts connections but never
+answers, like an overloaded node) and started again on the same port, so tests can
+take the cache away in the middle of a run the way an outage would.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import pytest
+
+from .servers import free_port, stop, wait_for_port
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+HAVE_REDIS = os.access(REDIS_SERVER, os.X_OK)
+NO_REDIS = "redis-server is not installed (scripts/install-system-deps.sh)"
+requires_redis = pytest.mark.skipif(not HAVE_REDIS, reason=NO_REDIS)
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    ca: Path  # self-signed certificate for 127.0.0.1, also the CA to trust
+    key: Path
+
+
+def make_tls_files(directory: Path) -> TLSFiles:
+    cert, key = directory / "redis.crt", directory / "redis.key"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+            "-addext", "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return TLSFiles(cert, key)
+
+
+class RedisServer:
+    def __init__(self, directory: Path, password: Optional[str] = None, tls: Optional[TLSFiles] = None):
+        self.dir = directory
+        self.port = free_port()
+        self.password = password
+        self.tls = tls
+        self.proc: Optional[subprocess.Popen] = None
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def argv(self) -> list[str]:
+        argv = [
+            REDIS_SERVER, "--bind", "127.0.0.1", "--dir", str(self.dir),
+            "--save", "", "--appendonly", "no", "--protected-mode", "yes",
+            "--logfile", str(self.dir / "redis.log"),
+        ]
+        if self.password:
+            argv += ["--requirepass", self.password]
+        if self.tls:
+            argv += [
+                "--port", "0", "--tls-port", str(self.port),
+                "--tls-cert-file", str(self.tls.ca), "--tls-key-file", str(self.tls.key),
+                "--tls-ca-cert-file", str(self.tls.ca), "--tls-auth-clients", "no",
+            ]
+        else:
+            argv += ["--port", str(self.port)]
+        return argv
+
+    def start(self) -> None:
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        self.proc = subprocess.Popen(
+            self.argv(), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        wait_for_port(self.port, 10, self.proc)
+        if not self.tls:
+            self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if self.client().ping():
+                    return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crashed node: no shutdown, the port closes at once."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.resume()
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+    def pause(self) -> None:
+        """SIGSTOP: connections are accepted but nothing is answered."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.resume()
+            stop(self.proc)
+
+    def client(self):
+        """A plain client, for looking at keys directly."""
+        import redis
+
+        kwargs = dict(host="127.0.0.1", port=self.port, password=self.password, decode_responses=True,
+                      socket_timeout=5, protocol=2)
+        if self.tls:
+            kwargs.update(ssl=True, ssl_ca_certs=str(self.tls.ca))
+        return redis.Redis(**kwargs)
+
+
+@contextmanager
+def redis_server(
+    directory: Path, password: Optional[str] = None, tls: bool = False
+) -> Iterator[RedisServer]:
+    directory.mkdir(parents=True, exist_ok=True)
+    server = RedisServer(directory, password, make_tls_files(directory) if tls else None)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
