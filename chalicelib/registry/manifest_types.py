@@ -83,11 +83,18 @@ def media_type_of(body: bytes) -> str:
     return OCI_INDEX if "manifests" in doc else OCI_MANIFEST
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
 def parse_manifest(body: bytes, content_type: Optional[str]) -> Manifest:
     try:
-        doc = json.loads(body)
+        # NaN/Infinity are Python extensions other clients cannot read back
+        doc = json.loads(body, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ManifestInvalidError(f"manifest is not valid JSON: {exc}") from None
+    except RecursionError:  # nesting deeper than the parser's stack
+        raise ManifestInvalidError("manifest is nested too deeply") from None
     if not isinstance(doc, dict):
         raise ManifestInvalidError("manifest must be a JSON object")
     content_type = (content_type or "").split(";", 1)[0].strip().lower() or None
