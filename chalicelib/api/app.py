@@ -177,10 +177,12 @@ class RegistryAPI:
 
 
 def status_of(exc: RegistryError) -> Optional[int]:
-    from ..registry.errors import RangeInvalidError, ReadOnlyError
+    from ..registry.errors import PaginationNumberInvalidError, RangeInvalidError, ReadOnlyError
 
     if isinstance(exc, RangeInvalidError):
         return 416
     if isinstance(exc, ReadOnlyError):
         return 405
+    if isinstance(exc, PaginationNumberInvalidError):  # a bad query, not a bad method
+        return 400
     return None
