@@ -12,7 +12,7 @@ from .params import check_deletable, parse_digest, repository
 
 # Blobs are content-addressed: a digest's bytes never change.
 IMMUTABLE = "max-age=31536000"
-_RANGE = re.compile(r"^bytes=(\d{0,19})-(\d{0,19})$")
+_RANGE = re.compile(r"^bytes=(\d{0,19})-(\d{0,19})$", re.IGNORECASE)
 
 
 def etag_matches(if_none_match: Optional[str], etag: str) -> bool:
@@ -76,7 +76,8 @@ def _serve(scope: Scope, head: bool) -> Response:
     size = descriptor.size
     range_header = scope.request.headers.get("Range")
     start, end, status = 0, size - 1, 200
-    if range_header:
+    # RFC 9110 14.2: a range unit the server does not know is ignored, not refused
+    if range_header and range_header.split("=", 1)[0].strip().lower() == "bytes":
         start, end = parse_range(range_header, size)
         status = 206
         headers.append(("Content-Range", f"bytes {start}-{end}/{size}"))
