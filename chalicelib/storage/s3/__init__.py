@@ -1,0 +1,18 @@
+"""S3 storage driver (boto3), over the registry:2 key layout.
+
+Importing this package is cheap: boto3 is imported when the first request needs
+the client (see client.py).
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from .client import requests
+from .driver import S3Driver
+from .params import S3Parameters, parse_parameters
+
+__all__ = ["S3Driver", "S3Parameters", "from_parameters", "parse_parameters", "requests"]
+
+
+def from_parameters(params: Mapping[str, Any]) -> S3Driver:
+    return S3Driver(parse_parameters(params))

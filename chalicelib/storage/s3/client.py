@@ -1,0 +1,101 @@
+"""One boto3 S3 client per process and parameter set, built on first use.
+
+A Lambda instance serves many invocations and `stratus serve` many requests: the
+client, its credentials and its bounded connection pool live as long as the
+process. boto3 is imported here, on the first request that needs S3, so a cold
+start that never touches storage (GET /v2/) does not pay for it. The cache is
+keyed by pid too, because gunicorn builds the app before forking its workers
+and a connection pool must never be shared across a fork.
+
+Every HTTP request a client sends is counted by operation (a botocore
+``before-send`` hook), so tests and traces can say what an operation cost.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import Counter
+from typing import Any
+
+from .params import ConnectionParameters
+
+_lock = threading.Lock()
+_clients: dict[tuple[int, ConnectionParameters], Any] = {}
+
+
+class RequestCounter:
+    """S3 requests sent by this process, per operation (retries count again)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter()
+        self._local = threading.local()
+
+    def __call__(self, event_name: str = "", **kwargs: Any) -> None:
+        # event_name is "before-send.s3.<Operation>"
+        operation = event_name.rsplit(".", 1)[-1]
+        with self._lock:
+            self._counts[operation] += 1
+        self._local.count = getattr(self._local, "count", 0) + 1
+
+    def snapshot(self) -> Counter[str]:
+        with self._lock:
+            return Counter(self._counts)
+
+    def thread_total(self) -> int:
+        """Requests sent so far by the calling thread (for per-call trace metadata)."""
+        return getattr(self._local, "count", 0)
+
+
+requests = RequestCounter()
+
+
+def client_for(connection: ConnectionParameters, log_level: str = "off") -> Any:
+    key = (os.getpid(), connection)
+    client = _clients.get(key)
+    if client is not None:
+        return client
+    with _lock:
+        client = _clients.get(key)
+        if client is None:
+            for stale in [k for k in _clients if k[0] != key[0]]:
+                del _clients[stale]  # inherited from a parent process; its sockets are not ours
+            client = _clients[key] = _build(connection, log_level)
+    return client
+
+
+def _build(connection: ConnectionParameters, log_level: str) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    if log_level != "off":
+        logging.getLogger("botocore").setLevel(logging.DEBUG)
+    s3_options: dict[str, Any] = {"addressing_style": "path" if connection.force_path_style else "auto"}
+    if connection.dual_stack:
+        s3_options["use_dualstack_endpoint"] = True
+    if connection.accelerate:
+        s3_options["use_accelerate_endpoint"] = True
+    config = Config(
+        region_name=connection.region,
+        signature_version="s3v4" if connection.v4auth else "s3",
+        s3=s3_options,
+        max_pool_connections=connection.max_pool_connections,
+        retries={"mode": "standard", "max_attempts": 5},
+        connect_timeout=10,
+        read_timeout=60,
+        tcp_keepalive=True,
+        use_fips_endpoint=connection.fips or None,
+        user_agent_extra=connection.user_agent or "stratus",
+    )
+    # A session of our own: boto3's default session is not safe to create clients
+    # from in several threads at once.
+    session = boto3.session.Session(
+        aws_access_key_id=connection.access_key,
+        aws_secret_access_key=connection.secret_key,
+        aws_session_token=connection.session_token,
+        region_name=connection.region,
+    )
+    client = session.client("s3", endpoint_url=connection.endpoint, verify=connection.verify, config=config)
+    client.meta.events.register("before-send.s3", requests)
+    return client
