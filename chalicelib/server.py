@@ -55,6 +55,11 @@ def wsgi_app(api: RegistryAPI) -> Callable:
         response: Response = api.handle(_request_from_environ(environ))
         start_response(f"{response.status} {_REASONS.get(response.status, '')}", response.headers)
         body = response.body
+        if environ.get("REQUEST_METHOD", "").upper() == "HEAD":
+            # a HEAD keeps the GET's headers (Content-Length) but never a body, even an error's
+            if isinstance(body, FileBody):
+                body.close()
+            return []
         if isinstance(body, FileBody):
             wrapper = environ.get("wsgi.file_wrapper")
             # sendfile sends to the file's end; the server stops at Content-Length
