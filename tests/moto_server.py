@@ -19,19 +19,24 @@ from .servers import free_port, process
 ACCESS_KEY = "stratus-test"
 SECRET_KEY = "stratus-test-secret"
 REGION = "us-east-1"
+_clients: dict[tuple[str, str], Any] = {}
 
 
 @dataclass(frozen=True)
 class MotoS3:
     endpoint: str
 
-    def client(self) -> Any:
-        import boto3
+    def client(self, service: str = "s3") -> Any:
+        """A plain boto3 client of the endpoint (one per service: building one takes a while)."""
+        key = (self.endpoint, service)
+        if key not in _clients:
+            import boto3
 
-        return boto3.session.Session().client(
-            "s3", endpoint_url=self.endpoint, region_name=REGION,
-            aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
-        )
+            _clients[key] = boto3.session.Session().client(
+                service, endpoint_url=self.endpoint, region_name=REGION,
+                aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
+            )
+        return _clients[key]
 
     def create_bucket(self, name: str | None = None) -> str:
         name = name or f"stratus-{uuid.uuid4().hex[:12]}"
