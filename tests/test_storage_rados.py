@@ -555,3 +555,127 @@ def test_binding_is_loaded_from_debian_without_its_other_packages(ceph) -> None:
     """)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() in ("loaded", "importable")
+
+
+# -- end to end: skopeo through `stratus serve` on RADOS ---------------------------------------
+
+
+def write_oci_layout(directory: Path, tag: str, files: dict[str, bytes]) -> dict[str, Any]:
+    """A one-layer OCI image layout made by hand; returns its manifest."""
+    import gzip
+    import hashlib
+    import io as bytes_io
+    import tarfile
+
+    blobs = directory / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+
+    def put(data: bytes, media_type: str) -> dict[str, Any]:
+        digest = hashlib.sha256(data).hexdigest()
+        (blobs / digest).write_bytes(data)
+        return {"mediaType": media_type, "digest": f"sha256:{digest}", "size": len(data)}
+
+    tar_buffer = bytes_io.BytesIO()
+    with tarfile.open(fileobj=tar_buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            tar.addfile(info, bytes_io.BytesIO(data))
+    diff = tar_buffer.getvalue()
+    layer = put(gzip.compress(diff, compresslevel=1, mtime=0), "application/vnd.oci.image.layer.v1.tar+gzip")
+    config = put(json.dumps({
+        "architecture": "amd64", "os": "linux", "config": {},
+        "rootfs": {"type": "layers", "diff_ids": [f"sha256:{hashlib.sha256(diff).hexdigest()}"]},
+    }).encode(), "application/vnd.oci.image.config.v1+json")
+    manifest = {
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": config, "layers": [layer],
+    }
+    descriptor = put(json.dumps(manifest).encode(), "application/vnd.oci.image.manifest.v1+json")
+    descriptor["annotations"] = {"org.opencontainers.image.ref.name": tag}
+    (directory / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [descriptor]}))
+    (directory / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
+    return {**manifest, "digest": descriptor["digest"]}
+
+
+@pytest.fixture
+def rados_registry(ceph: CephCluster, tmp_path: Path) -> Iterator[str]:
+    """`stratus serve` with two workers storing in the pool with 1 MiB stripes."""
+    from tests.servers import free_port, wait_for_port, stop
+
+    port = free_port()
+    # Only our REGISTRY_* settings: `make test` exports a filesystem root, and a
+    # second storage driver in the configuration is an error.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+    env.update({
+        "REGISTRY_STORAGE": "rados",
+        "REGISTRY_STORAGE_RADOS_POOLNAME": ceph.pool,
+        "REGISTRY_STORAGE_RADOS_CONFFILE": str(ceph.conffile),
+        "REGISTRY_STORAGE_RADOS_CHUNKSIZE": str(MiB),
+        "REGISTRY_HTTP_SECRET": "test-secret",
+        "PYTHONPATH": str(REPO),
+    })
+    argv = [sys.executable, "-m", "chalicelib", "serve", "--addr", f"127.0.0.1:{port}", "--workers", "2"]
+    log = tmp_path / "stratus.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(argv, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        wait_for_port(port, 30, proc)
+        yield f"127.0.0.1:{port}"
+    finally:
+        stop(proc)
+        print(log.read_text(errors="replace")[-3000:], file=sys.stderr)
+
+
+@pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo is not installed")
+def test_skopeo_round_trip_through_stratus_serve(rados_registry, rados_driver, tmp_path: Path, ctx) -> None:
+    import hashlib
+
+    import requests
+
+    source = tmp_path / "source"
+    files = {"hello.txt": b"hello from ceph\n", "random.bin": payload(3 * MiB + 7)}
+    manifest = write_oci_layout(source, "latest", files)
+    layer = manifest["layers"][0]
+    assert layer["size"] > 3 * MiB  # spans four 1 MiB stripes
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({"default": [{"type": "insecureAcceptAnything"}]}))
+    skopeo = ["skopeo", "--policy", str(policy), "--insecure-policy"]
+    repo = f"team/app-{uuid.uuid4().hex[:8]}"
+    remote = f"docker://{rados_registry}/{repo}:1.0"
+
+    def run(*argv: str) -> str:
+        result = subprocess.run([*skopeo, *argv], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    run("copy", "--dest-tls-verify=false", f"oci:{source}:latest", remote)
+    inspected = json.loads(run("inspect", "--tls-verify=false", "--raw", remote))
+    assert inspected["layers"][0]["digest"] == layer["digest"]
+
+    copy = tmp_path / "copy"
+    run("copy", "--src-tls-verify=false", remote, f"oci:{copy}:latest")
+    index = json.loads((copy / "index.json").read_text())
+    assert index["manifests"][0]["digest"] == manifest["digest"]  # pushed and pulled unchanged
+    for descriptor in [manifest["config"], layer]:
+        hex_ = descriptor["digest"].split(":", 1)[1]
+        pulled = (copy / "blobs" / "sha256" / hex_).read_bytes()
+        assert hashlib.sha256(pulled).hexdigest() == hex_
+        assert pulled == (source / "blobs" / "sha256" / hex_).read_bytes()
+
+    # In the pool, where registry:2 would put it, striped; served with Range across a stripe edge.
+    hex_ = layer["digest"].split(":", 1)[1]
+    data_path = f"/docker/registry/v2/blobs/sha256/{hex_[:2]}/{hex_}/data"
+    assert rados_driver.stat(ctx, data_path).size == layer["size"]
+    # Finished uploads leave no empty directory objects behind.
+    repository = f"/docker/registry/v2/repositories/{repo}"
+    assert sorted(rados_driver.list(ctx, repository)) == [f"{repository}/_layers", f"{repository}/_manifests"]
+    whole = (source / "blobs" / "sha256" / hex_).read_bytes()
+    response = requests.get(
+        f"http://{rados_registry}/v2/{repo}/blobs/{layer['digest']}",
+        headers={"Range": f"bytes={MiB - 10}-{MiB + 9}"}, timeout=30,
+    )
+    assert response.status_code == 206
+    assert response.content == whole[MiB - 10:MiB + 10]
+    assert response.headers["ETag"] == f'"{layer["digest"]}"'
