@@ -98,11 +98,17 @@ class RedisServer:
                 time.sleep(0.02)
 
     def kill(self) -> None:
-        """SIGKILL, as a crashed node: no shutdown, the port closes at once."""
+        """SIGKILL, as a crashed node: no shutdown, the port closes at once, and the
+        data is gone unless snapshot() was called."""
         if self.proc is not None and self.proc.poll() is None:
             self.resume()
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
+
+    def snapshot(self) -> None:
+        """Write dump.rdb now; the next start() loads it, as a node restarted from a
+        backup or a promoted replica comes back with the data it had."""
+        self.client().save()
 
     def restart(self) -> None:
         self.kill()

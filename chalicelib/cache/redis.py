@@ -180,9 +180,9 @@ class RedisBlobDescriptorCache:
 
     def stat(self, ctx: Context, digest: Digest) -> BlobDescriptor:
         d = str(digest)
-        self._check_tombstones(("", d))
         with ctx.trace("redis.stat", digest=d):
             fields = self._call(lambda r: r.hmget(blob_key(d), "digest", "size", "mediatype"))
+        self._check_tombstones(("", d))
         return _descriptor(digest, fields)
 
     def set_descriptor(self, ctx: Context, digest: Digest, descriptor: BlobDescriptor) -> None:
@@ -274,6 +274,8 @@ class RedisBlobDescriptorCache:
         log.info("redis cache: replayed %d clears that failed while it was unavailable", len(tombstones))
 
     def _check_tombstones(self, *scopes: tuple[str, str]) -> None:
+        """After a read: _call replays tombstones first, so one left here means the
+        replay has not happened (another thread's clear failed meanwhile)."""
         if not self._tombstones and not self._distrust_until:
             return
         with self._lock:
@@ -297,7 +299,6 @@ class RepositoryScopedRedisCache:
 
     def stat(self, ctx: Context, digest: Digest) -> BlobDescriptor:
         d = str(digest)
-        self._parent._check_tombstones((self.name, d), ("", d))
 
         def read(r: redis.Redis) -> list:
             pipe = r.pipeline(transaction=False)
@@ -308,6 +309,7 @@ class RepositoryScopedRedisCache:
 
         with ctx.trace("redis.stat", digest=d, repository=self.name):
             member, fields, media_type = self._parent._call(read)
+        self._parent._check_tombstones((self.name, d), ("", d))
         # no repository hash: its TTL ran out, so storage is asked again
         if not member or media_type is None:
             raise DescriptorNotCachedError(d)
