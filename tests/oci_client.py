@@ -11,6 +11,7 @@ import hashlib
 import http.client
 import json
 import os
+import socket
 import uuid
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Optional, Union
@@ -138,6 +139,27 @@ def raw_request(
         return RawResponse(response.status, {k.lower(): v for k, v in response.getheaders()}, data)
     finally:
         conn.close()
+
+
+def send_truncated(base_url: str, method: str, target: str, declared_length: int, body: bytes) -> RawResponse:
+    """Declare `declared_length` bytes, send fewer, then half-close: a client that went away."""
+    parts = urlsplit(base_url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
+        head = (f"{method} {target} HTTP/1.1\r\nHost: {parts.netloc}\r\nConnection: close\r\n"
+                f"Content-Type: application/octet-stream\r\nContent-Length: {declared_length}\r\n\r\n")
+        sock.sendall(head.encode() + body)
+        sock.shutdown(socket.SHUT_WR)
+        data = b""
+        while True:
+            piece = sock.recv(65536)
+            if not piece:
+                break
+            data += piece
+    head_text, _, payload = data.partition(b"\r\n\r\n")
+    lines = head_text.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return RawResponse(status, headers, payload)
 
 
 class Registry:
