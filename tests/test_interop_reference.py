@@ -3,6 +3,9 @@ storage directory: each serves what the other wrote, byte-identical, and Stratus
 writes the files registry:2 writes, with the same names and contents."""
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -241,6 +244,11 @@ def assert_same_trees(reference_root: Path, stratus_root: Path) -> None:
     assert links and all(re.fullmatch(rb"sha256:[0-9a-f]{64}", ours[p]) for p in links)
 
 
+def absolute(url: str, location: str) -> str:
+    """registry:2 sends relative Locations unless told its host; Stratus absolute ones."""
+    return location if location.startswith("http") else url + location
+
+
 def _upload(url: str, name: str, chunks: list[bytes]) -> str:
     """Start an upload and PATCH chunks into it; returns the upload's id."""
     response = requests.post(f"{url}/v2/{name}/blobs/uploads/", timeout=10)
@@ -248,9 +256,8 @@ def _upload(url: str, name: str, chunks: list[bytes]) -> str:
     location = response.headers["Location"]
     offset = 0
     for chunk in chunks:
-        location = location if location.startswith("http") else url + location
         response = requests.patch(
-            location, data=chunk, timeout=10,
+            absolute(url, location), data=chunk, timeout=10,
             headers={"Content-Type": "application/octet-stream",
                      "Content-Range": f"{offset}-{offset + len(chunk) - 1}"},
         )
@@ -280,3 +287,73 @@ def test_an_upload_in_progress_has_the_reference_files(twin_roots) -> None:
             assert ours[path] == content, path
     offsets = sorted(int(p.rsplit("/", 1)[1]) for p, c in ours.items() if p.startswith("hashstates/sha256/"))
     assert offsets == [1000, 77800, 77804]
+
+
+# -- one upload, two registries -------------------------------------------------------
+
+REFERENCE_SECRET = "reference-secret"  # clients_servers.reference_config's http.secret
+
+
+def reference_state_token(name: str, upload_id: str, offset: int, started_at: str) -> str:
+    """registry:2's `_state`: base64url(HMAC-SHA256(secret, json) + json) of its blobUploadState."""
+    payload = json.dumps(
+        {"Name": name, "UUID": upload_id, "Offset": offset, "StartedAt": started_at}, separators=(",", ":")
+    ).encode()
+    mac = hmac.new(REFERENCE_SECRET.encode(), payload, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac + payload).decode()
+
+
+def upload_dir(root: Path, name: str, upload_id: str) -> Path:
+    return root / V2 / "repositories" / name / "_uploads" / upload_id
+
+
+def test_stratus_finishes_an_upload_the_reference_started(
+    reference: str, stratus_on_shared: str, shared_root: Path
+) -> None:
+    """Stratus resumes hashing from registry:2's hashstates (Go's MarshalBinary layout)."""
+    name = "interop/handover/to-stratus"
+    first, second = os.urandom(300_000), os.urandom(12_345)
+    upload_id = _upload(reference, name, [first])
+    assert (upload_dir(shared_root, name, upload_id) / f"hashstates/sha256/{len(first)}").is_file()
+
+    # no `_state`: a registry:2 token means nothing to Stratus, the upload's files do
+    location = f"{stratus_on_shared}/v2/{name}/blobs/uploads/{upload_id}"
+    response = requests.patch(
+        location, data=second, timeout=10,
+        headers={"Content-Type": "application/octet-stream",
+                 "Content-Range": f"{len(first)}-{len(first) + len(second) - 1}"},
+    )
+    assert response.status_code == 202, response.text
+    digest = "sha256:" + hashlib.sha256(first + second).hexdigest()
+    response = requests.put(response.headers["Location"], params={"digest": digest}, timeout=10)
+    assert response.status_code == 201, response.text
+    for url in (stratus_on_shared, reference):
+        assert requests.get(f"{url}/v2/{name}/blobs/{digest}", timeout=10).content == first + second
+    log = next(shared_root.parent.glob("stratus-*.log")).read_text()
+    assert "no hash state" not in log  # resumed from the reference's state, not by re-reading
+
+
+def test_the_reference_finishes_an_upload_stratus_started(
+    reference: str, stratus_on_shared: str, shared_root: Path
+) -> None:
+    """registry:2 resumes from the startedat and hashstates Stratus wrote."""
+    name = "interop/handover/to-reference"
+    first, second = os.urandom(200_000), os.urandom(54_321)
+    upload_id = _upload(stratus_on_shared, name, [first[:70_000], first[70_000:]])
+    files = upload_dir(shared_root, name, upload_id)
+    assert (files / f"hashstates/sha256/{len(first)}").is_file()
+
+    token = reference_state_token(name, upload_id, len(first), (files / "startedat").read_text())
+    location = f"{reference}/v2/{name}/blobs/uploads/{upload_id}"
+    response = requests.patch(
+        location, params={"_state": token}, data=second, timeout=10,
+        headers={"Content-Type": "application/octet-stream",
+                 "Content-Range": f"{len(first)}-{len(first) + len(second) - 1}"},
+    )
+    assert response.status_code == 202, response.text
+    digest = "sha256:" + hashlib.sha256(first + second).hexdigest()
+    location = absolute(reference, response.headers["Location"])
+    response = requests.put(location, params={"digest": digest}, timeout=10)
+    assert response.status_code == 201, response.text
+    for url in (reference, stratus_on_shared):
+        assert requests.get(f"{url}/v2/{name}/blobs/{digest}", timeout=10).content == first + second
