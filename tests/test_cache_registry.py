@@ -269,6 +269,23 @@ def test_deleted_blob_is_unknown_here_and_in_other_instances(deployment):
         assert r.sismember(repository_set_key("other"), str(digest))
 
 
+def test_another_processes_in_memory_entry_ends_within_seconds(tmp_path):
+    from chalicelib.cache import memory
+
+    now = [0.0]
+    driver = filesystem({"rootdirectory": str(tmp_path)})
+    first = Client(Registry(driver, InMemoryBlobDescriptorCache(100, clock=lambda: now[0])))
+    second = Client(Registry(driver, InMemoryBlobDescriptorCache(100, clock=lambda: now[0])))
+    digest = first.push_blob("app", b"per-process caches")
+    assert second("HEAD", f"/v2/app/blobs/{digest}").status == 200
+    assert first("DELETE", f"/v2/app/blobs/{digest}").status == 202
+    assert first("HEAD", f"/v2/app/blobs/{digest}").status == 404
+    # the second process cannot be told; its entry lives out its short TTL
+    assert second("HEAD", f"/v2/app/blobs/{digest}").status == 200
+    now[0] += memory.REPOSITORY_TTL
+    assert second("HEAD", f"/v2/app/blobs/{digest}").status == 404
+
+
 def test_deleted_manifest_is_unknown(deployment):
     _, client = deployment.instance()
     digest, _ = client.push_image("app", "v1", [b"m-layer"])

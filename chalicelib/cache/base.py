@@ -7,13 +7,13 @@ from ..context import Context
 from ..descriptor import BlobDescriptor
 from ..digest import Digest
 
-# How long an entry is trusted before storage is asked again. A clear that could not
-# reach the cache (it was down during a delete) leaves an entry that no process can
-# know is stale; these bounds are how long such an entry can live. Repository-scoped
-# entries answer "is this blob linked here", which a DELETE changes, so they are short;
-# global entries change only when garbage collection removes blob data.
+# How long an entry is trusted before storage is asked again: the bound on how long
+# a stale entry can be served when a clear could not reach it (a shared cache that
+# was down during a delete, or another process's in-memory cache). Repository-scoped
+# entries answer "is this blob linked here", which a DELETE changes, so they are
+# short; global entries change only when garbage collection removes blob data.
 REPOSITORY_TTL = 300.0
-GLOBAL_TTL = 24 * 3600.0
+GLOBAL_TTL = 3600.0
 
 
 class DescriptorNotCachedError(KeyError):

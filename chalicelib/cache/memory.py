@@ -1,7 +1,10 @@
 """In-memory LRU descriptor cache: the default, and free of any Redis import.
 
-Each process has its own, so a delete served by one process cannot clear another's
-entries; the TTLs in base.py bound how long such an entry is believed.
+Each process has its own, so a delete served by one process (a gunicorn worker, a
+Lambda instance) cannot clear another's entries. Repository-scoped entries are
+therefore believed only for a few seconds: long enough for a push's HEAD, upload
+and manifest verification to hit, short enough that another process's stale
+"present" after a DELETE ends almost at once. Redis, shared, has no such limit.
 """
 from __future__ import annotations
 
@@ -14,9 +17,10 @@ from typing import Callable, Hashable
 from ..context import Context
 from ..descriptor import BlobDescriptor
 from ..digest import Digest
-from .base import GLOBAL_TTL, REPOSITORY_TTL, DescriptorNotCachedError, validate_descriptor
+from .base import GLOBAL_TTL, DescriptorNotCachedError, validate_descriptor
 
 DEFAULT_SIZE = 10000
+REPOSITORY_TTL = 5.0
 
 
 @dataclass(frozen=True)
