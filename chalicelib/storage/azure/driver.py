@@ -341,8 +341,12 @@ class AzureDriver:
                         raise
 
     def _copy(self, source: str, source_blob: Any, dest_blob: Any) -> None:
-        """Server-side copy; within one account it is usually done when the call returns."""
-        url = self.signer.blob_url(self.params.container, source_blob.blob_name, 3600) or source_blob.url
+        """Server-side copy; within one account it is usually done when the call returns.
+
+        The source needs no SAS: within one storage account the credentials that
+        authorize the copy authorize reading its source too.
+        """
+        url = source_blob.url
         try:
             result = dest_blob.start_copy_from_url(url)
         except Exception as exc:
