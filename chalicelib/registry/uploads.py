@@ -15,7 +15,7 @@ from typing import BinaryIO, Optional
 from ..context import Context
 from ..descriptor import BlobDescriptor
 from ..digest import CANONICAL, Algorithm, Digest, DigestError, ResumableHasher
-from ..storage import FileWriter, PathNotFoundError, StorageDriver, paths
+from ..storage import FileWriter, PathNotFoundError, StorageDriver, UnsupportedMethodError, paths
 from .blobs import BlobStore, LinkedBlobStore, blob_path
 from .errors import BlobUploadInvalidError, BlobUploadUnknownError, DigestInvalidError, RangeInvalidError, SizeInvalidError
 
@@ -85,7 +85,8 @@ class BlobUpload:
 
         def sink(piece: bytes) -> None:
             writer.write(piece)
-            hasher.update(piece)
+            if hasher is not None:
+                hasher.update(piece)
 
         try:
             read_body(body, length, sink)
@@ -116,9 +117,17 @@ class BlobUpload:
             except BaseException:
                 self._checkpoint(ctx, writer, hasher)
                 raise
-        writer.commit()
         self.size = writer.size
-        actual = hasher.digest() if hasher is not None else self._digest_from_data(ctx, expected.algorithm)
+        early = hasher.digest() if hasher is not None else None
+        if early is not None and early != expected:
+            # Refused before the file is finished: an S3 multipart upload is aborted,
+            # never completed, and nothing reaches a blob path.
+            writer.cancel()
+            self._remove(ctx)
+            raise DigestInvalidError(f"digest {expected} does not match uploaded content {early}")
+        writer.commit()
+        writer.close()
+        actual = early if early is not None else self._digest_from_data(ctx, expected.algorithm)
         if actual != expected:
             self.cancel(ctx)
             raise DigestInvalidError(f"digest {expected} does not match uploaded content {actual}")
@@ -156,7 +165,10 @@ class BlobUpload:
         if hasher is not None and hasher.length == self.size:
             self._driver.put_content(ctx, self._state_path(hasher.algorithm, self.size), hasher.state())
 
-    def _resume_hasher(self, ctx: Context, size: int, algorithm: Algorithm = CANONICAL) -> ResumableHasher:
+    def _resume_hasher(
+        self, ctx: Context, size: int, algorithm: Algorithm = CANONICAL
+    ) -> Optional[ResumableHasher]:
+        """The hasher at `size`; None when it can only be rebuilt from the data at commit."""
         if size == 0:
             return algorithm.hasher()
         try:
@@ -165,7 +177,12 @@ class BlobUpload:
             pass
         hasher, offset = self._nearest_state(ctx, algorithm, size)
         log.info("upload %s: no hash state at %d, hashing from %d", self.id, size, offset)
-        self._hash_stored(ctx, hasher, offset, size)
+        try:
+            self._hash_stored(ctx, hasher, offset, size)
+        except UnsupportedMethodError:
+            # S3 cannot read the parts of an upload in progress; commit hashes the file
+            log.info("upload %s: stored data unreadable until commit; digest computed then", self.id)
+            return None
         return hasher
 
     def _nearest_state(self, ctx: Context, algorithm: Algorithm, size: int) -> tuple[ResumableHasher, int]:
@@ -206,10 +223,12 @@ class BlobUpload:
 
     def _move_into_place(self, ctx: Context, digest: Digest) -> None:
         blobs: BlobStore = self._uploads.blobs
+        # One look at storage, without the statter's eventual-consistency retries: a
+        # new blob is the common case, and missing an existing one only costs a copy.
         try:
-            blobs.stat(ctx, digest)
-            return  # content-addressed: an existing blob already has these bytes
-        except Exception:
+            if not self._driver.stat(ctx, blob_path(digest)).is_dir:
+                return  # content-addressed: an existing blob already has these bytes
+        except PathNotFoundError:
             pass
         self._driver.move(ctx, self._data_path, blob_path(digest))
         blobs.statter.set_descriptor(ctx, digest, BlobDescriptor(digest=digest, size=self.size))
