@@ -28,7 +28,13 @@ from .clients_images import (
     push_artifact,
     session_image,
 )
-from .clients_servers import REFERENCE_REGISTRY, needs_reference, reference_config, reference_registry
+from .clients_servers import (
+    REFERENCE_REGISTRY,
+    clean_env,
+    needs_reference,
+    reference_config,
+    reference_registry,
+)
 from .servers import free_port, stratus_server
 
 pytestmark = [needs_tools, needs_reference]
@@ -165,7 +171,8 @@ def test_reference_garbage_collect_keeps_what_stratus_references(
 
     config = reference_config(root, free_port())
     done = subprocess.run(
-        [REFERENCE_REGISTRY, "garbage-collect", str(config)], capture_output=True, text=True, timeout=60
+        [REFERENCE_REGISTRY, "garbage-collect", str(config)],
+        env=clean_env({}), capture_output=True, text=True, timeout=60,
     )
     assert done.returncode == 0, done.stderr + done.stdout
 
