@@ -166,7 +166,8 @@ def ceph_cluster(
     with ExitStack() as stack:
         try:
             monmap = directory / "monmap"
-            _run(["monmaptool", "--create", "--fsid", fsid, "--addv", "a", f"[v2:127.0.0.1:{port}]", str(monmap)])
+            address = f"[v2:127.0.0.1:{port}]"
+            _run(["monmaptool", "--create", "--fsid", fsid, "--addv", "a", address, str(monmap)])
             _run(["ceph-mon", *conf, "--mkfs", "-i", "a", "--monmap", str(monmap)])
             mon = _spawn(["ceph-mon", *conf, "-f", "-i", "a"], directory / "log" / "mon.stdout")
             stack.callback(stop, mon)

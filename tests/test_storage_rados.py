@@ -133,7 +133,8 @@ def oid_of(io: Any, path: str) -> str:
 
 
 def stripes(ceph: CephCluster, oid: str) -> list[str]:
-    return sorted((n for n in ceph.object_names() if n.startswith(oid + "-")), key=lambda n: int(n.rsplit("-", 1)[1]))
+    names = [n for n in ceph.object_names() if n.startswith(oid + "-")]
+    return sorted(names, key=lambda n: int(n.rsplit("-", 1)[1]))
 
 
 def size_xattr(size: int) -> bytes:
@@ -174,7 +175,8 @@ def test_reads_a_pool_written_by_the_reference_driver(small_driver, io, ceph, ct
     from chalicelib.storage.rados import import_rados
 
     rados = import_rados()
-    for directory, name, value in (("/", base[1:], b""), (base, "repo", b""), (f"{base}/repo", "data", oid.encode())):
+    entries = [("/", base[1:], b""), (base, "repo", b""), (f"{base}/repo", "data", oid.encode())]
+    for directory, name, value in entries:
         with rados.WriteOpCtx() as op:
             io.set_omap(op, (name,), (value,))
             io.operate_write_op(op, directory)
@@ -407,6 +409,23 @@ def test_other_processes_wait_for_no_lock_after_close(small_driver, ceph, ctx, b
     assert small_driver.stat(ctx, path).size == 5010
 
 
+def test_entry_whose_data_is_gone_reads_as_missing(rados_driver, ceph, io, ctx, base) -> None:
+    path = f"{base}/_uploads/u/data"
+    rados_driver.put_content(ctx, path, b"lost")
+    oid = oid_of(io, path)
+    io.remove_object(f"{oid}-0")  # as if removed behind the registry's back
+    with pytest.raises(PathNotFoundError):
+        rados_driver.stat(ctx, path)
+    with pytest.raises(PathNotFoundError):
+        rados_driver.get_content(ctx, path)
+    writer = rados_driver.writer(ctx, path, append=True)  # starts the file afresh
+    assert writer.size == 0
+    writer.write(b"new")
+    writer.commit()
+    assert rados_driver.get_content(ctx, path) == b"new"
+    assert stripes(ceph, oid) == []
+
+
 CONCURRENT_SCRIPT = """
     import sys
     from chalicelib.context import Context
@@ -433,7 +452,8 @@ def test_concurrent_writers_in_many_processes_keep_every_entry(rados_driver, cep
     who = ["p0", "p1", "p2", "churn"]
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", textwrap.dedent(CONCURRENT_SCRIPT), ceph.pool, str(ceph.conffile), base, name],
+            [sys.executable, "-c", textwrap.dedent(CONCURRENT_SCRIPT), ceph.pool, str(ceph.conffile), base,
+             name],
             cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE, text=True,
         )
         for name in who
@@ -442,7 +462,8 @@ def test_concurrent_writers_in_many_processes_keep_every_entry(rados_driver, cep
         _, stderr = proc.communicate(timeout=120)
         assert proc.returncode == 0, stderr
     expected = sorted(
-        f"{base}/shared/{prefix}{name}-{i}" for name in who for i in range(15) for prefix in ("", "new-", "w-")
+        f"{base}/shared/{prefix}{name}-{i}"
+        for name in who for i in range(15) for prefix in ("", "new-", "w-")
     )
     assert sorted(rados_driver.list(ctx, f"{base}/shared")) == expected
     kept = sorted(f"{base}/race/d/{name}-{i}" for name in who[:3] for i in range(15))
@@ -457,7 +478,8 @@ def test_concurrent_threads_creating_sibling_directories(rados_driver, ctx, base
 
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(put, range(40)))
-    assert sorted(rados_driver.list(ctx, f"{base}/repositories")) == [f"{base}/repositories/r{i}" for i in range(5)]
+    repositories = sorted(rados_driver.list(ctx, f"{base}/repositories"))
+    assert repositories == [f"{base}/repositories/r{i}" for i in range(5)]
     links = [i.path for i in rados_driver.walk(ctx, base) if not i.is_dir]
     assert len(links) == 40
 

@@ -47,7 +47,6 @@ from .base import (
     FileInfo,
     FileWriter,
     InvalidOffsetError,
-    InvalidPathError,
     PathNotFoundError,
     StorageError,
     check_path,
@@ -481,13 +480,16 @@ class RadosDriver:
         check_path(NAME, path)
         with _errors(path):
             io = self._io()
+            failed = None
             for _ in range(_RETRIES):
                 oid = self._file(io, path)
+                if oid == failed:
+                    raise PathNotFoundError(NAME, path, "its data is gone")
                 try:
                     meta = self._meta(io, oid)
                     return _Reader(self, path, oid, meta, 0).read()
                 except (rados.ObjectNotFound, _Replaced):
-                    continue  # replaced while we read: read the new version
+                    failed = oid  # replaced while we read, so read the new version; or lost
             raise StorageError(NAME, path, "replaced too often while being read")
 
     def put_content(self, ctx: Context, path: str, content: bytes) -> None:
@@ -572,23 +574,49 @@ class RadosDriver:
         return sorted(_join(path, name) for name in entries)
 
     def move(self, ctx: Context, source: str, dest: str) -> None:
+        """Relink the file's oid from source to dest: two omap writes, no data copied.
+
+        The source entry is taken out first, on the condition that it still names
+        the oid read: a file put at source meanwhile is then moved instead, and a
+        put that replaces source can never delete data that dest now refers to.
+        """
         check_path(NAME, source)
         check_path(NAME, dest)
         with _errors(source):
             io = self._io()
-            oid = self._entry(io, *_split(source))
-            if oid == _DIR:
-                raise StorageError(NAME, source, "moving a directory is not supported")
-            if oid is None:
-                raise PathNotFoundError(NAME, source)
+            for _ in range(_RETRIES):
+                oid = self._entry(io, *_split(source))
+                if oid == _DIR:
+                    raise StorageError(NAME, source, "moving a directory is not supported")
+                if oid is None:
+                    raise PathNotFoundError(NAME, source)
+                if source == dest or self._unlink(io, source, oid):
+                    break
+            else:
+                raise StorageError(NAME, source, "changed too often while being moved")
         if source == dest:
             return
         with _errors(dest, missing_is_not_found=False):
-            old = self._link(io, dest, oid.decode())
-            if self._unlink(io, source, oid):
-                self._prune(io, _split(source)[0])
+            try:
+                old = self._link(io, dest, oid.decode())
+            except BaseException:
+                self._restore(io, source, dest, oid)
+                raise
+            self._prune(io, _split(source)[0])
             if _is_file(old) and old != oid:
                 self._remove_data(io, old.decode())
+
+    def _restore(self, io: Any, source: str, dest: str, oid: bytes) -> None:
+        """Undo a move that failed part-way, so that exactly one path names oid."""
+        try:
+            if self._entry(io, *_split(dest)) == oid:
+                return  # linked after all (the error came later): the move happened
+            if self._entry(io, *_split(source)) is None:
+                self._link(io, source, oid.decode())
+                return
+        except (StorageError, rados.Error):
+            return  # cannot tell: better a leaked file than one deleted under a path
+        self._remove_data(io, oid.decode())  # a new file took its place meanwhile
 
     def delete(self, ctx: Context, path: str) -> None:
         check_path(NAME, path)
