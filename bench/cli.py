@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import random
 import sys
 import time
 from contextlib import ExitStack
@@ -96,7 +95,7 @@ class Blob:
     """A random buffer made unique per use by stamping its first bytes."""
 
     def __init__(self, size: int):
-        self.data = bytearray(random.randbytes(size))
+        self.data = bytearray(os.urandom(size))
         self.view = memoryview(self.data)
 
     def stamp(self, label: str) -> str:
