@@ -221,7 +221,7 @@ def test_stratus_writes_the_files_the_reference_writes(twin_roots, images: Path)
         push(small.path, "v1", url, "twins/docker", "v1", "--format", "v2s2")
         # a tag that moves keeps its history in tags/<tag>/index
         push(small.path, "v1", url, "twins/app", "moving")
-        push(small.path, "v1-tar", url, "twins/app", "moving")
+        push_artifact(url, "twins/app", "moving", b"the tag moves here")
     (_, reference_root), (_, stratus_root) = twin_roots
     assert_same_trees(reference_root, stratus_root)
 
