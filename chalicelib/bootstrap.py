@@ -9,6 +9,7 @@ import logging
 import secrets
 from typing import Optional
 
+from . import aws_runtime
 from .api import APISettings, RegistryAPI
 from .config import Config, load_config
 from .registry import Registry, RegistryOptions
@@ -41,23 +42,31 @@ def build_access_controller(config: Config):
 def http_secret(config: Config) -> bytes:
     if config.http.secret:
         return config.http.secret.encode()
+    parameter = aws_runtime.secret_parameter(config.raw)
+    if parameter:  # SSM Parameter Store or Secrets Manager, read once per process
+        return aws_runtime.fetch_secret(parameter).encode()
     # Without a shared secret, an upload started on one process cannot continue on
     # another: fine for one server, wrong for functions or several replicas.
     log.warning("http.secret is not set; generated one for this process only")
     return secrets.token_bytes(32)
 
 
-def build_registry(config: Config) -> Registry:
+def build_registry(config: Config, tracer=None) -> Registry:
     storage = config.storage
     driver = create_driver(storage.driver, storage.parameters)
+    # AWS S3 reads its writes; an S3-compatible endpoint (Ceph RGW ...) may not
+    eventual = storage.driver in ("s3", "azure") and getattr(driver, "may_be_eventually_consistent", True)
     options = RegistryOptions(
         delete_enabled=storage.delete_enabled,
         redirect=not storage.redirect_disable,
         redirect_expiry=int(storage.redirect_expiry),
         read_only=storage.readonly,
-        stat_retries=3 if storage.driver in ("s3", "azure") else 0,
+        stat_retries=3 if eventual else 0,
     )
-    return Registry(driver, build_cache(config), options)
+    cache = build_cache(config)
+    if tracer is not None:
+        driver, cache = tracer.wrap_driver(driver), tracer.wrap_cache(cache)
+    return Registry(driver, cache, options)
 
 
 def build_api(config: Optional[Config] = None) -> RegistryAPI:
@@ -68,11 +77,20 @@ def build_api(config: Optional[Config] = None) -> RegistryAPI:
         base_url=http.host,
         relative_urls=http.relativeurls,
         chunk_min_length=http.chunk_min_length,
-        chunk_max_length=http.chunk_max_length,
+        # a Lambda request carries ~4.4 MiB of binary body: 4 MiB unless configured
+        chunk_max_length=http.chunk_max_length if http.chunk_max_length is not None
+        else aws_runtime.default_chunk_max_length(),
         catalog_max_entries=config.catalog.maxentries,
         extra_headers=tuple((k, v) for k, values in (http.headers or {}).items() for v in values),
     )
-    return RegistryAPI(build_registry(config), settings, build_access_controller(config))
+    from . import tracing
+
+    tracer = tracing.from_config(config)  # None unless X-Ray is on: nothing is wrapped
+    if tracer is None:
+        return RegistryAPI(build_registry(config), settings, build_access_controller(config))
+    api = RegistryAPI(build_registry(config, tracer), settings, build_access_controller(config),
+                      context_factory=tracer.context)
+    return tracer.wrap_api(api)
 
 
 def configure_logging(config: Config) -> None:

@@ -22,6 +22,7 @@ from ..base import (
     check_path,
 )
 from .bucket import Bucket, Pending
+from .client import requests
 from .errors import NAME, error_code, s3_errors
 from .params import S3Parameters
 from .writer import S3FileWriter, open_for_append
@@ -46,6 +47,10 @@ class S3Driver:
     @property
     def may_be_eventually_consistent(self) -> bool:
         return self.params.may_be_eventually_consistent
+
+    def thread_request_count(self) -> int:
+        """S3 requests sent so far by the calling thread (traces note each call's share)."""
+        return requests.thread_total()
 
     # -- paths <-> keys ------------------------------------------------------------------
 

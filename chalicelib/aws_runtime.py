@@ -1,0 +1,84 @@
+"""What Stratus takes from the AWS runtime it runs in.
+
+* Lambda: a function invocation carries at most 6 MB of event and binary bodies
+  arrive base64-encoded, so a chunk of ~4.4 MiB is the most a PATCH can bring.
+  On Lambda the advertised and enforced chunk maximum defaults to 4 MiB.
+* X-Ray: the trace header Lambda sets for each invocation says whether it is sampled.
+* http.secret: no secret lives in the repository or the function's configuration.
+  ``STRATUS_HTTP_SECRET_PARAMETER`` (or ``http.secretparameter`` in the file) names
+  an SSM Parameter Store parameter (``/stratus/prod/http-secret``, a SecureString)
+  or a Secrets Manager secret (its ARN, or ``secretsmanager:<name>``); it is fetched
+  once per process, on the first request, with the function's role.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any, Mapping, Optional
+
+log = logging.getLogger("stratus")
+
+LAMBDA_CHUNK_MAX_LENGTH = 4 << 20
+SECRET_PARAMETER_ENV = "STRATUS_HTTP_SECRET_PARAMETER"
+TRACE_HEADER_ENV = "_X_AMZN_TRACE_ID"
+
+_secrets: dict[str, str] = {}
+_secrets_lock = threading.Lock()
+
+
+def on_lambda(environ: Optional[Mapping[str, str]] = None) -> bool:
+    environ = os.environ if environ is None else environ
+    return bool(environ.get("AWS_LAMBDA_FUNCTION_NAME"))
+
+
+def default_chunk_max_length(environ: Optional[Mapping[str, str]] = None) -> Optional[int]:
+    """The chunk limit when http.chunkmaxlength is not configured: 4 MiB on Lambda."""
+    return LAMBDA_CHUNK_MAX_LENGTH if on_lambda(environ) else None
+
+
+def lambda_trace_sampled(environ: Optional[Mapping[str, str]] = None) -> bool:
+    """Whether the current invocation's X-Ray trace header says Sampled=1."""
+    environ = os.environ if environ is None else environ
+    header = environ.get(TRACE_HEADER_ENV, "")
+    return any(part.strip() == "Sampled=1" for part in header.split(";"))
+
+
+def secret_parameter(raw_config: Mapping[str, Any], environ: Optional[Mapping[str, str]] = None) -> Optional[str]:
+    environ = os.environ if environ is None else environ
+    name = environ.get(SECRET_PARAMETER_ENV)
+    if not name:
+        http = raw_config.get("http") if isinstance(raw_config, Mapping) else None
+        name = http.get("secretparameter") if isinstance(http, Mapping) else None
+    return str(name) if name else None
+
+
+def fetch_secret(name: str) -> str:
+    """The secret's value, fetched once per process and name."""
+    cached = _secrets.get(name)
+    if cached is not None:
+        return cached
+    with _secrets_lock:
+        if name not in _secrets:
+            _secrets[name] = _fetch(name)
+            log.info("http.secret read from %s", name.split(":", 1)[0] if name.startswith("arn:") else name)
+    return _secrets[name]
+
+
+def _fetch(name: str) -> str:
+    import boto3  # the Lambda runtime has it; only a configured parameter pays the import
+
+    session = boto3.session.Session()
+    if name.startswith("arn:aws:secretsmanager:") or name.startswith("secretsmanager:"):
+        secret_id = name.split(":", 1)[1] if name.startswith("secretsmanager:") else name
+        response = session.client("secretsmanager").get_secret_value(SecretId=secret_id)
+        value = response.get("SecretString")
+        if value is None:
+            value = response["SecretBinary"].decode("utf-8")
+    else:
+        if name.startswith("ssm:"):
+            name = name[4:]
+        value = session.client("ssm").get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"]
+    if not value:
+        raise ValueError(f"{SECRET_PARAMETER_ENV}: the secret {name!r} is empty")
+    return value
