@@ -1,6 +1,7 @@
 """The azure driver against Azurite: the conformance suite plus what is particular to it."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +17,8 @@ from chalicelib.context import Context  # noqa: E402
 from chalicelib.storage import InvalidPathError, PathNotFoundError, StorageError, create_driver  # noqa: E402
 from chalicelib.storage.azure import AzureDriver, blocks, from_parameters, parse_parameters  # noqa: E402
 from tests.azurite import ACCOUNT_KEY, ACCOUNT_NAME, Azurite, azurite  # noqa: E402,F401
+from tests.clients_images import Layout, assert_same_image, images_dir, needs_tools, pull, push, session_image  # noqa: E402
+from tests.servers import ROOT, free_port, process  # noqa: E402
 from tests.storage_suite import StorageDriverSuite, payload  # noqa: E402
 
 KiB, MiB = 1024, 1024 * 1024
@@ -383,3 +386,47 @@ def test_missing_container_is_a_clear_error(azurite) -> None:
 def test_invalid_paths_never_reach_azure(driver, ctx) -> None:
     with pytest.raises(InvalidPathError):
         driver.redirect_url(ctx, "GET", "/a/../b", 60)
+
+
+# -- end to end: `stratus serve` over Azure, with skopeo -------------------------------------------
+
+
+@needs_tools
+def test_stratus_serve_over_azure_with_skopeo(azurite, tmp_path, tmp_path_factory, monkeypatch) -> None:
+    container = azurite.new_container()
+    port = free_port()
+    for name in [n for n in os.environ if n.startswith("REGISTRY_")]:  # `make test` exports a filesystem root
+        monkeypatch.delenv(name)
+    env = {
+        "REGISTRY_STORAGE": "azure",
+        "REGISTRY_STORAGE_AZURE_ACCOUNTNAME": ACCOUNT_NAME,
+        "REGISTRY_STORAGE_AZURE_ACCOUNTKEY": ACCOUNT_KEY,
+        "REGISTRY_STORAGE_AZURE_SERVICEURL": azurite.blob_endpoint,
+        "REGISTRY_STORAGE_AZURE_CONTAINER": container,
+        "REGISTRY_HTTP_SECRET": "e2e-secret",
+        "PYTHONPATH": str(ROOT),
+    }
+    argv = [sys.executable, "-m", "chalicelib", "serve", "--addr", f"127.0.0.1:{port}", "--workers", "2"]
+    images = images_dir(tmp_path_factory)
+    with process(argv, port, env, log_path=tmp_path / "stratus.log", cwd=ROOT):
+        url = f"http://127.0.0.1:{port}"
+        small = session_image(images, "small")
+        push(small.path, "v1", url, "e2e/small", "v1")
+        copy = Layout(tmp_path / "small")
+        pull(url, "e2e/small", "v1", copy.path, "v1")  # blob GETs are 307s that skopeo follows to Azurite
+        assert_same_image(small, "v1", copy, "v1")
+
+        multi = session_image(images, "multi")
+        push(multi.path, "multi", url, "e2e/multi", "multi", "--all")
+        copy = Layout(tmp_path / "multi")
+        pull(url, "e2e/multi", "multi", copy.path, "multi", "--all")
+        assert_same_image(multi, "multi", copy, "multi")
+
+        manifest = small.blob(small.tagged("v1")["digest"])
+        response = requests.get(f"{url}/v2/e2e/small/manifests/v1", timeout=10,
+                                headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+        assert response.status_code == 200 and response.content == manifest
+
+    names = committed_and_staged(azurite, container, "docker/registry/v2/")
+    assert "docker/registry/v2/repositories/e2e/small/_manifests/tags/v1/current/link" in names
+    assert not [n for n in names if "/_uploads/" in n]

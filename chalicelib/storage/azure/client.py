@@ -9,6 +9,7 @@ new one, since a pool must not be shared across processes.
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from datetime import datetime, timedelta, timezone
@@ -49,6 +50,11 @@ def service_client(params: AzureParameters) -> Any:
 
 def _new_service_client(params: AzureParameters) -> Any:
     from azure.storage.blob import BlobServiceClient
+
+    # The SDK logs every request and response at INFO; that belongs in debug logs only.
+    http_log = logging.getLogger("azure.core.pipeline.policies.http_logging_policy")
+    if http_log.level == logging.NOTSET and not logging.getLogger().isEnabledFor(logging.DEBUG):
+        http_log.setLevel(logging.WARNING)
 
     options = dict(
         _CLIENT_OPTIONS,
