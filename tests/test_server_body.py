@@ -1,0 +1,87 @@
+"""Request bodies read straight from the socket by `stratus serve` (server._SocketBody).
+
+Raw sockets, so the body can arrive in pieces, share a packet with the headers, be
+followed by a pipelined request, or stop short when the client goes away.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import time
+from urllib.parse import urlsplit
+
+import requests
+
+
+def _connect(url: str) -> socket.socket:
+    parts = urlsplit(url)
+    return socket.create_connection((parts.hostname, parts.port), timeout=30)
+
+
+def _read_response(sock: socket.socket, buffered: bytes = b"", head: bool = False) -> tuple[int, dict, bytes]:
+    """One response (status, headers, bytes after its body); a HEAD's has none."""
+    data = buffered
+    while b"\r\n\r\n" not in data:
+        piece = sock.recv(65536)
+        assert piece, f"connection closed; got {data!r}"
+        data += piece
+    head, rest = data.split(b"\r\n\r\n", 1)
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    length = 0 if head else int(headers.get("content-length", "0"))
+    while len(rest) < length:
+        rest += sock.recv(65536)
+    return status, headers, rest[length:]
+
+
+def _start_upload(url: str, name: str) -> str:
+    response = requests.post(f"{url}/v2/{name}/blobs/uploads/", timeout=30)
+    assert response.status_code == 202, response.text
+    return urlsplit(response.headers["Location"]).path + "?" + urlsplit(response.headers["Location"]).query
+
+
+def test_body_sent_in_pieces_then_pipelined_request_on_same_connection(registry_url: str) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 123)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    location = _start_upload(registry_url, "body/pieces")
+    put = (
+        f"PUT {location}&digest={digest} HTTP/1.1\r\nHost: x\r\n"
+        f"Content-Type: application/octet-stream\r\nContent-Length: {len(data)}\r\n\r\n"
+    ).encode()
+    head = f"HEAD /v2/body/pieces/blobs/{digest} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    with _connect(registry_url) as sock:
+        sock.sendall(put + data[:100])  # some body in the headers' packet
+        time.sleep(0.05)
+        for start in range(100, len(data), 700_001):
+            sock.sendall(data[start:start + 700_001])
+            time.sleep(0.01)
+        sock.sendall(head)  # pipelined behind the body
+        status, headers, rest = _read_response(sock)
+        assert status == 201, headers
+        status, headers, _ = _read_response(sock, rest, head=True)
+        assert status == 200
+        assert headers["docker-content-digest"] == digest
+        assert headers["content-length"] == str(len(data))
+    pulled = requests.get(f"{registry_url}/v2/body/pieces/blobs/{digest}", timeout=30)
+    assert pulled.content == data
+
+
+def test_client_leaving_mid_chunk_keeps_what_arrived_and_server_serves_on(registry_url: str) -> None:
+    location = _start_upload(registry_url, "body/short")
+    sent = os.urandom(200_000)
+    with _connect(registry_url) as sock:
+        sock.sendall(
+            (
+                f"PATCH {location} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+                f"Content-Length: {len(sent) * 4}\r\n\r\n"
+            ).encode()
+            + sent
+        )
+        time.sleep(0.2)
+    time.sleep(0.2)
+    status = requests.get(f"{registry_url}{location}", timeout=30)
+    assert status.status_code == 204
+    assert status.headers["Range"] in ("0-0", f"0-{len(sent) - 1}")
+    assert requests.get(f"{registry_url}/v2/", timeout=30).status_code == 200
