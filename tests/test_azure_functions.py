@@ -12,6 +12,9 @@ import hashlib
 import importlib.util
 import itertools
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
@@ -91,7 +94,7 @@ def environment(azurite: Azurite, container: str, monkeypatch: pytest.MonkeyPatc
         "REGISTRY_STORAGE_AZURE_CONTAINER": container,
         "REGISTRY_HTTP_SECRET": "functions-test-secret",
     }
-    for name in [n for n in __import__("os").environ if n.startswith("REGISTRY_")]:
+    for name in [n for n in os.environ if n.startswith("REGISTRY_")]:
         monkeypatch.delenv(name)
     monkeypatch.delenv("FUNCTIONS_REQUEST_BODY_SIZE_LIMIT", raising=False)
     for name, value in env.items():
@@ -397,3 +400,14 @@ def test_purge_timer_removes_abandoned_uploads(functions: Functions, azurite, co
     (timer,) = [f for f in module.app.get_functions() if f.get_function_name() == "purge_uploads"]
     timer.get_user_function()(None)
     assert blobs_under(azurite, container, f"{repo_prefix(name)}_uploads/") == []
+
+
+def test_package_carries_the_library_the_app_imports(tmp_path) -> None:
+    out = tmp_path / "app"
+    subprocess.run(["sh", str(ROOT / "azure_func" / "package.sh"), str(out)], check=True, capture_output=True)
+    assert {p.name for p in out.iterdir()} >= {"function_app.py", "host.json", "requirements.txt", "chalicelib"}
+    code = "import function_app, chalicelib; print(chalicelib.__file__)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=out, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(out)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(out / "chalicelib" / "__init__.py")
