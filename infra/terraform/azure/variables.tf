@@ -1,0 +1,70 @@
+variable "name" {
+  description = "Base name: the resource group, Function App and plan are named after it."
+  type        = string
+  default     = "stratus"
+}
+
+variable "location" {
+  description = "Azure region."
+  type        = string
+  default     = "westeurope"
+}
+
+variable "storage_account_name" {
+  description = "Globally unique storage account (3-24 lower-case letters and digits) holding the registry."
+  type        = string
+}
+
+variable "container_name" {
+  description = "Blob container for the registry:2 layout."
+  type        = string
+  default     = "registry"
+}
+
+variable "root_directory" {
+  description = "Optional key prefix inside the container (storage.azure.rootdirectory)."
+  type        = string
+  default     = ""
+}
+
+variable "package_path" {
+  description = "Zip made by `STRATUS_ZIP=1 sh azure_func/package.sh` (function_app.py, host.json, requirements.txt, chalicelib/)."
+  type        = string
+  default     = "../../../azure_func/dist.zip"
+}
+
+variable "python_version" {
+  description = "Python version of the Functions worker."
+  type        = string
+  default     = "3.11"
+}
+
+variable "http_secret" {
+  description = "http.secret signing upload state; generated when empty. Must stay the same across deployments."
+  type        = string
+  default     = ""
+  sensitive   = true
+}
+
+variable "redirect_expiry" {
+  description = "Lifetime of the SAS URLs blob GETs redirect to (storage.redirect.expiry)."
+  type        = string
+  default     = "20m"
+}
+
+variable "request_body_limit" {
+  description = "Largest request body the Functions host accepts (FUNCTIONS_REQUEST_BODY_SIZE_LIMIT); also the advertised chunk limit."
+  type        = number
+  default     = 104857600
+}
+
+variable "extra_app_settings" {
+  description = "More REGISTRY_* settings (auth, cache, ...)."
+  type        = map(string)
+  default     = {}
+}
+
+variable "tags" {
+  type    = map(string)
+  default = {}
+}
