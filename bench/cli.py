@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from . import client as registry_client
-from . import coldstart, hashing, loadgen, machine, report, servers
+from . import coldstart, descriptor_cache, hashing, loadgen, machine, report, servers
 from .memory import PeakRSS, tree_rss
 
 MiB = 1 << 20
 MB = 1e6
-MEASURES = ("push", "pull", "rates", "rss", "import", "hash")
+MEASURES = ("push", "pull", "rates", "rss", "import", "hash", "cache")
 DEFAULT_OUTPUT = servers.ROOT / "docs" / "benchmarks.md"
 
 
@@ -33,6 +33,7 @@ class Settings:
     measures: tuple[str, ...]
     registries: tuple[str, ...]
     workers: Optional[int]
+    cache_ops: int = 50
 
     def describe(self) -> list[tuple[str, str]]:
         return [
@@ -41,6 +42,7 @@ class Settings:
             ("Repetitions", f"{self.reps} (median reported)"),
             ("Request rates", f"wrk -t{self.wrk_threads} -c{self.connections} -d{self.wrk_seconds:g}s, keep-alive"),
             ("Stratus workers", str(self.workers or "default")),
+            ("Descriptor cache", f"{self.cache_ops} in-process operations per run over moto S3 and redis-server"),
             ("MB", "10^6 bytes"),
         ]
 
@@ -58,6 +60,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> tuple[Settings, argparse.Namesp
     p.add_argument("--only", help=f"comma-separated measures among {','.join(MEASURES)}")
     p.add_argument("--registries", default="stratus,reference", help="which registries to run")
     p.add_argument("--workers", type=int, help="stratus serve --workers (default: its own default)")
+    p.add_argument("--cache-ops", type=int, help="operations per descriptor-cache run (default 50, quick 10)")
     p.add_argument("--output", type=Path, help=f"markdown file to write (default {DEFAULT_OUTPUT}, not with --quick)")
     p.add_argument("--no-write", action="store_true", help="print the table only")
     p.add_argument("--keep", action="store_true", help="keep the work directory (data and logs)")
@@ -81,6 +84,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> tuple[Settings, argparse.Namesp
         measures=measures,
         registries=registries,
         workers=args.workers,
+        cache_ops=args.cache_ops or (10 if quick else 50),
     )
     if settings.rss_push % settings.blob and settings.rss_push > settings.blob:
         p.error("--rss-push-mib must be a multiple of --blob-mib")
@@ -120,6 +124,12 @@ def rows_template() -> dict[str, report.Row]:
         "import_rss": report.Row("RSS after importing app.py", "MB", fmt="{:.1f}"),
         "hash": report.Row("SHA-256, state saved every chunk (ref: hashlib)", "MB/s",
                            target=ratio(0.95), target_text="≥ 0.95×"),
+        # Stratus alone (the reference has no S3 here): the S3 requests per operation
+        # are added to the label once measured
+        "cache_head_cold": report.Row("Blob HEAD on S3, cold descriptor cache", "req/s"),
+        "cache_head_warm": report.Row("Blob HEAD on S3, warm Redis", "req/s"),
+        "cache_put_cold": report.Row("Manifest PUT verifying 5 blobs on S3, cold descriptor cache", "req/s"),
+        "cache_put_warm": report.Row("Manifest PUT verifying 5 blobs on S3, warm Redis", "req/s"),
     }
 
 
@@ -235,6 +245,19 @@ class Bench:
             row.reference.append(s.blob / base / MB)
             log(f"hash: resumable {s.blob / resumed / MB:.0f} MB/s, hashlib {s.blob / base / MB:.0f} MB/s")
 
+    def measure_cache(self) -> None:
+        if not descriptor_cache.available():
+            log("descriptor cache: needs redis-server and moto_server; skipped")
+            return
+        s = self.settings
+        for run in descriptor_cache.measure(self.workdir, s.cache_ops, s.reps):
+            for key, result in run.items():
+                row = self.rows[f"cache_{key}"]
+                row.stratus.append(result.rate)
+                if "S3 requests" not in row.label:
+                    row.label += f", {result.s3_requests:g} S3 requests/op"
+                log(f"descriptor cache {key}: {result.rate:.0f} req/s, {result.s3_requests:g} S3 requests/op")
+
     def run(self) -> None:
         s = self.settings
         blob = Blob(s.blob)
@@ -257,6 +280,8 @@ class Bench:
             self.measure_import()
         if "hash" in s.measures:
             self.measure_hash(blob)
+        if "cache" in s.measures:
+            self.measure_cache()
 
     def table_rows(self) -> list[report.Row]:
         return [row for row in self.rows.values() if row.stratus or row.reference]

@@ -1,0 +1,156 @@
+"""Blob HEAD and manifest PUT over S3 (moto server): cold descriptor cache vs warm Redis.
+
+The registry api is called in-process, as the Lambda handler calls it, over the
+S3 driver and the Redis provider, so the S3 requests each operation sends are
+counted exactly (the S3 driver's botocore `before-send` counter). "Cold" empties
+Redis before every operation (not timed), so each one misses and writes back;
+"warm" repeats the operation against the entries the previous one left.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from .servers import _stop, free_port
+
+REFERENCES = 5  # config + 4 layers in the manifest PUT
+
+
+def available() -> bool:
+    return shutil.which("redis-server") is not None and _moto_command() is not None
+
+
+@dataclass(frozen=True)
+class Result:
+    rate: float  # operations per second
+    s3_requests: float  # per operation
+
+
+def _moto_command() -> list[str] | None:
+    local = Path(sys.executable).with_name("moto_server")
+    if local.exists():
+        return [str(local)]
+    found = shutil.which("moto_server")
+    return [found] if found else None
+
+
+def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port}")
+
+
+@contextmanager
+def _process(argv: list[str], port: int, log: Path) -> Iterator[None]:
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            _wait_port(port, proc)
+            yield
+        finally:
+            _stop(proc)
+
+
+@contextmanager
+def _backends(workdir: Path) -> Iterator[tuple[str, str]]:
+    """(S3 endpoint, Redis address), both on free loopback ports."""
+    s3_port, redis_port = free_port(), free_port()
+    redis_dir = workdir / "redis"
+    redis_dir.mkdir(exist_ok=True)
+    moto = [*_moto_command(), "-H", "127.0.0.1", "-p", str(s3_port)]
+    redis = ["redis-server", "--bind", "127.0.0.1", "--port", str(redis_port), "--dir", str(redis_dir),
+             "--save", "", "--appendonly", "no"]
+    with _process(moto, s3_port, workdir / "moto.log"), _process(redis, redis_port, workdir / "redis.log"):
+        yield f"http://127.0.0.1:{s3_port}", f"127.0.0.1:{redis_port}"
+
+
+def _timed(operation: Callable[[], None], ops: int, before: Callable[[], None], requests) -> Result:
+    start_requests = sum(requests.snapshot().values())
+    elapsed = 0.0
+    for _ in range(ops):
+        before()
+        started = time.perf_counter()
+        operation()
+        elapsed += time.perf_counter() - started
+    sent = sum(requests.snapshot().values()) - start_requests
+    return Result(ops / elapsed, sent / ops)
+
+
+def measure(workdir: Path, ops: int, reps: int = 1) -> list[dict[str, Result]]:
+    """Per repetition: {"head_cold", "head_warm", "put_cold", "put_warm"}."""
+    from chalicelib.api import APISettings, RegistryAPI
+    from chalicelib.api.http import Request
+    from chalicelib.cache.redis import RedisBlobDescriptorCache, connect
+    from chalicelib.config import RedisConfig
+    from chalicelib.digest import Digest
+    from chalicelib.registry import Registry, RegistryOptions
+    from chalicelib.storage import create_driver
+    from chalicelib.storage.s3 import client as s3_client
+
+    os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+    with _backends(workdir) as (endpoint, redis_addr):
+        import boto3
+
+        bucket = "stratus-bench"
+        boto3.session.Session().client(
+            "s3", endpoint_url=endpoint, region_name="us-east-1",
+            aws_access_key_id="bench", aws_secret_access_key="bench",
+        ).create_bucket(Bucket=bucket)
+        driver = create_driver("s3", {
+            "bucket": bucket, "region": "us-east-1", "regionendpoint": endpoint,
+            "accesskey": "bench", "secretkey": "bench", "forcepathstyle": True,
+        })
+        cache = RedisBlobDescriptorCache(connect(RedisConfig(addr=redis_addr)))
+        api = RegistryAPI(Registry(driver, cache, RegistryOptions(stat_retries=3)), APISettings(secret=b"bench"))
+
+        def call(method: str, path: str, query: str = "", headers=None, body: bytes = b"", expect: int = 200):
+            response = api.handle(Request.from_bytes(method, path, query, headers, body, "http://bench"))
+            if response.status != expect:
+                raise RuntimeError(f"{method} {path}: {response.status} {response.body_bytes()[:300]!r}")
+
+        blobs = [json.dumps({"architecture": "amd64", "os": "linux"}).encode()]
+        blobs += [os.urandom(1024) for _ in range(REFERENCES - 1)]
+        digests = [Digest.from_bytes(b) for b in blobs]
+        for blob, digest in zip(blobs, digests):
+            call("POST", "/v2/bench/app/blobs/uploads/", f"digest={digest}", body=blob, expect=201)
+        manifest = json.dumps({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                       "digest": str(digests[0]), "size": len(blobs[0])},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": str(d), "size": len(b)}
+                       for b, d in zip(blobs[1:], digests[1:])],
+        }).encode()
+        headers = {"Content-Type": "application/vnd.oci.image.manifest.v1+json"}
+        put = lambda: call("PUT", "/v2/bench/app/manifests/latest", headers=headers, body=manifest, expect=201)  # noqa: E731
+        head = lambda: call("HEAD", f"/v2/bench/app/blobs/{digests[1]}")  # noqa: E731
+        put()  # the manifest exists: every PUT below verifies and re-links it
+        flush = cache.client.flushdb
+        counter = s3_client.requests
+        results = []
+        for _ in range(reps):
+            results.append({
+                "head_cold": _timed(head, ops, flush, counter),
+                "head_warm": _timed(head, ops, lambda: None, counter),
+                "put_cold": _timed(put, ops, flush, counter),
+                "put_warm": _timed(put, ops, lambda: None, counter),
+            })
+        cache.close()
+        return results
