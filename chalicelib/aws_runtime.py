@@ -68,7 +68,8 @@ def fetch_secret(name: str) -> str:
 def _fetch(name: str) -> str:
     import boto3  # the Lambda runtime has it; only a configured parameter pays the import
 
-    session = boto3.session.Session()
+    # Lambda sets AWS_REGION (and AWS_DEFAULT_REGION); botocore reads only the latter
+    session = boto3.session.Session(region_name=os.environ.get("AWS_REGION") or None)
     if name.startswith("arn:aws:secretsmanager:") or name.startswith("secretsmanager:"):
         secret_id = name.split(":", 1)[1] if name.startswith("secretsmanager:") else name
         response = session.client("secretsmanager").get_secret_value(SecretId=secret_id)

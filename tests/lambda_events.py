@@ -1,0 +1,191 @@
+"""API Gateway proxy events shaped like the ones Lambda receives, and a way to invoke
+the Chalice app with them as a fresh function instance would.
+
+The shapes follow recorded events: REST API (payload 1.0, a stage in the path,
+single- and multi-value headers and query parameters) and HTTP API (payload 2.0,
+lower-case comma-joined headers, rawPath/rawQueryString, the $default stage).
+Binary bodies are base64-encoded, as API Gateway sends them when the API's
+binary media types match (`*/*` in app.py).
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import importlib
+import time
+import uuid
+from typing import Any, Iterable, Mapping, Optional
+from urllib.parse import parse_qs, urlsplit
+
+DOMAIN = "abc123def4.execute-api.us-east-1.amazonaws.com"
+REST_STAGE = "api"
+
+
+def _b64(body: bytes) -> str:
+    return base64.b64encode(body).decode("ascii")
+
+
+def http_api_event(method: str, path: str, query: str = "", headers: Optional[Mapping[str, str]] = None,
+                   body: bytes = b"", binary: bool = True) -> dict[str, Any]:
+    """An HTTP API (payload format 2.0) event, as API Gateway sends it to Lambda."""
+    hdrs = {"host": DOMAIN, "user-agent": "skopeo/1.13", "x-forwarded-proto": "https",
+            "x-forwarded-for": "198.51.100.7", "x-forwarded-port": "443",
+            "x-amzn-trace-id": "Root=1-65f1c2a0-0123456789abcdef01234567"}
+    hdrs.update({k.lower(): v for k, v in (headers or {}).items()})
+    if body:
+        hdrs["content-length"] = str(len(body))
+    now = time.time()
+    event: dict[str, Any] = {
+        "version": "2.0",
+        "routeKey": "ANY /v2/{proxy+}" if path.startswith("/v2/") else "ANY /v2",
+        "rawPath": path,
+        "rawQueryString": query,
+        "headers": hdrs,
+        "requestContext": {
+            "accountId": "123456789012",
+            "apiId": DOMAIN.split(".")[0],
+            "domainName": DOMAIN,
+            "domainPrefix": DOMAIN.split(".")[0],
+            "http": {"method": method, "path": path, "protocol": "HTTP/1.1", "sourceIp": "198.51.100.7",
+                     "userAgent": hdrs["user-agent"]},
+            "requestId": uuid.uuid4().hex[:16] + "=",
+            "routeKey": "ANY /v2/{proxy+}",
+            "stage": "$default",
+            "time": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(now)),
+            "timeEpoch": int(now * 1000),
+        },
+        "isBase64Encoded": binary and bool(body),
+    }
+    if query:
+        event["queryStringParameters"] = {k: ",".join(v) for k, v in parse_qs(query, keep_blank_values=True).items()}
+    if path.startswith("/v2/"):
+        event["pathParameters"] = {"proxy": path[len("/v2/"):]}
+    if body:
+        event["body"] = _b64(body) if binary else body.decode("utf-8")
+    return event
+
+
+def rest_api_event(method: str, path: str, query: str = "", headers: Optional[Mapping[str, str]] = None,
+                   body: bytes = b"", binary: bool = True) -> dict[str, Any]:
+    """A REST API (payload format 1.0) proxy event for a stage named `api`."""
+    hdrs = {"Host": DOMAIN, "User-Agent": "docker/24.0.7", "X-Forwarded-Proto": "https",
+            "X-Forwarded-For": "198.51.100.7", "X-Forwarded-Port": "443",
+            "X-Amzn-Trace-Id": "Root=1-65f1c2a0-0123456789abcdef01234567", "Accept": "*/*"}
+    hdrs.update(headers or {})
+    if body:
+        hdrs["Content-Length"] = str(len(body))
+    params = parse_qs(query, keep_blank_values=True) if query else None
+    event: dict[str, Any] = {
+        "resource": "/v2/{proxy+}" if path.startswith("/v2/") else "/v2",
+        "path": path,
+        "httpMethod": method,
+        "headers": hdrs,
+        "multiValueHeaders": {k: [v] for k, v in hdrs.items()},
+        "queryStringParameters": {k: v[-1] for k, v in params.items()} if params else None,
+        "multiValueQueryStringParameters": params,
+        "pathParameters": {"proxy": path[len("/v2/"):]} if path.startswith("/v2/") else None,
+        "stageVariables": None,
+        "requestContext": {
+            "resourceId": "a1b2c3",
+            "resourcePath": "/v2/{proxy+}",
+            "httpMethod": method,
+            "extendedRequestId": "Kx1abCDEoAMF4Xw=",
+            "requestTime": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime()),
+            "path": f"/{REST_STAGE}{path}",
+            "accountId": "123456789012",
+            "protocol": "HTTP/1.1",
+            "stage": REST_STAGE,
+            "domainPrefix": DOMAIN.split(".")[0],
+            "requestTimeEpoch": int(time.time() * 1000),
+            "requestId": str(uuid.uuid4()),
+            "identity": {"sourceIp": "198.51.100.7", "userAgent": hdrs["User-Agent"]},
+            "domainName": DOMAIN,
+            "apiId": DOMAIN.split(".")[0],
+        },
+        "body": (_b64(body) if binary else body.decode("utf-8")) if body else None,
+        "isBase64Encoded": binary and bool(body),
+    }
+    return event
+
+
+class LambdaContext:
+    function_name = "stratus-dev"
+    function_version = "$LATEST"
+    memory_limit_in_mb = 1024
+    aws_request_id = "00000000-0000-0000-0000-000000000000"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 60_000
+
+
+class Response:
+    """A proxy-integration result read back the way API Gateway reads it."""
+
+    def __init__(self, result: Mapping[str, Any]):
+        self.raw = result
+        self.status = result["statusCode"]
+        headers: dict[str, str] = {}
+        for name, value in (result.get("headers") or {}).items():
+            headers[name.lower()] = value
+        for name, values in (result.get("multiValueHeaders") or {}).items():
+            headers[name.lower()] = ",".join(values)
+        self.headers = headers
+        body = result.get("body") or ""
+        self.body = base64.b64decode(body) if result.get("isBase64Encoded") else body.encode()
+
+    def header(self, name: str) -> Optional[str]:
+        return self.headers.get(name.lower())
+
+    def location(self) -> tuple[str, str]:
+        """The Location as (path without the stage prefix, query)."""
+        parts = urlsplit(self.header("Location"))
+        path = parts.path
+        if path.startswith(f"/{REST_STAGE}/"):
+            path = path[len(REST_STAGE) + 1:]
+        return path, parts.query
+
+
+class Invoker:
+    """Invokes app.py's handler; fresh=True builds the app as a cold instance would."""
+
+    def __init__(self, shape: str = "http"):
+        self.event = http_api_event if shape == "http" else rest_api_event
+        self.payload_v2 = shape == "http"
+
+    def __call__(self, method: str, path: str, query: str = "", headers: Optional[Mapping[str, str]] = None,
+                 body: bytes = b"", *, fresh: bool = True, binary: bool = True) -> Response:
+        module = importlib.import_module("app")
+        if fresh:
+            module.RegistryChalice._api = None  # no registry, cache or upload state carried over
+        result = module.app(self.event(method, path, query, headers, body, binary), LambdaContext())
+        assert isinstance(result, dict) and "statusCode" in result, result
+        if self.payload_v2:
+            assert "multiValueHeaders" not in result
+        return Response(result)
+
+    def push_blob(self, name: str, data: bytes, chunk: int, fresh: bool = True) -> str:
+        """POST, PATCH in chunks, PUT: each request on a fresh instance. Returns the digest."""
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        started = self("POST", f"/v2/{name}/blobs/uploads/", fresh=fresh)
+        assert started.status == 202, started.body
+        path, query = started.location()
+        for offset in range(0, len(data), chunk):
+            piece = data[offset:offset + chunk]
+            patched = self("PATCH", path, query, {"Content-Type": "application/octet-stream",
+                                                  "Content-Range": f"{offset}-{offset + len(piece) - 1}"},
+                           piece, fresh=fresh)
+            assert patched.status == 202, patched.body
+            assert patched.header("Range") == f"0-{offset + len(piece) - 1}"
+            path, query = patched.location()
+        done = self("PUT", path, f"{query}&digest={digest}", fresh=fresh)
+        assert done.status == 201, done.body
+        assert done.header("Docker-Content-Digest") == digest
+        return digest
+
+
+def chunks_of(data: bytes, sizes: Iterable[int]) -> list[bytes]:
+    out, offset = [], 0
+    for size in sizes:
+        out.append(data[offset:offset + size])
+        offset += size
+    return out
