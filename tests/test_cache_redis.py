@@ -377,3 +377,18 @@ def test_too_many_failed_clears_distrust_the_whole_cache(server, monkeypatch):
     with pytest.raises(DescriptorNotCachedError):
         cache.repository_scoped("a").stat(CTX, kept)
     assert server.client().exists(repository_blob_key("a", kept))
+
+
+def test_a_key_of_the_wrong_type_does_not_wedge_the_replay(server):
+    cache = provider(server, cooldown=0.1)
+    blob = d("wedge")
+    server.kill()
+    with pytest.raises(CacheUnavailableError):
+        cache.repository_scoped("a").clear(CTX, blob)
+    server.start()
+    server.client().set(repository_set_key("a"), "not a set")
+    time.sleep(0.15)
+    other = d("after")
+    cache.repository_scoped("b").set_descriptor(CTX, other, BlobDescriptor(other, 1))
+    assert not cache._tombstones
+    assert cache.repository_scoped("b").stat(CTX, other).size == 1

@@ -243,7 +243,7 @@ class RedisBlobDescriptorCache:
         def run(r: redis.Redis) -> None:
             pipe = r.pipeline(transaction=True)
             _queue(pipe, ops)
-            pipe.execute()
+            pipe.execute(raise_on_error=False)
 
         try:
             self._call(run)
@@ -266,7 +266,9 @@ class RedisBlobDescriptorCache:
         pipe = self.client.pipeline(transaction=True)
         for ops in tombstones.values():
             _queue(pipe, ops)
-        pipe.execute()
+        # a key of the wrong type must not wedge the replay (and with it every call);
+        # such a key is never read as an entry anyway
+        pipe.execute(raise_on_error=False)
         with self._lock:
             for scope, ops in tombstones.items():
                 if self._tombstones.get(scope) is ops:
