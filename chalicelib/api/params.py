@@ -35,7 +35,8 @@ def parse_n(value: Optional[str], maximum: Optional[int] = None) -> Optional[int
     """The `n` of tag and catalog pagination; None when absent."""
     if value is None or value == "":
         return maximum
-    if not value.isdigit() or len(value) > 9:
+    # isascii: str.isdigit() also accepts "²" and other digits int() refuses
+    if not (value.isascii() and value.isdigit()) or len(value) > 9:
         raise PaginationNumberInvalidError(f"n must be a non-negative integer, got {value[:20]!r}")
     n = int(value)
     return min(n, maximum) if maximum is not None else n
