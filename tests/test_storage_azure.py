@@ -16,7 +16,7 @@ pytest.register_assert_rewrite("tests.storage_suite")
 from chalicelib.context import Context  # noqa: E402
 from chalicelib.storage import InvalidPathError, PathNotFoundError, StorageError, create_driver  # noqa: E402
 from chalicelib.storage.azure import AzureDriver, blocks, from_parameters, parse_parameters  # noqa: E402
-from tests.azurite import ACCOUNT_KEY, ACCOUNT_NAME, Azurite, azurite  # noqa: E402,F401
+from tests.azurite import AZURITE_BLOB, ACCOUNT_KEY, ACCOUNT_NAME, Azurite, FakeEntraCredential, azurite, azurite_blob  # noqa: E402,F401
 from tests.clients_images import Layout, assert_same_image, images_dir, needs_tools, pull, push, session_image  # noqa: E402
 from tests.servers import ROOT, free_port, process  # noqa: E402
 from tests.storage_suite import StorageDriverSuite, payload  # noqa: E402
@@ -430,3 +430,71 @@ def test_stratus_serve_over_azure_with_skopeo(azurite, tmp_path, tmp_path_factor
     names = committed_and_staged(azurite, container, "docker/registry/v2/")
     assert "docker/registry/v2/repositories/e2e/small/_manifests/tags/v1/current/link" in names
     assert not [n for n in names if "/_uploads/" in n]
+
+
+# -- Entra ID credentials: OAuth to storage, user-delegation SAS ----------------------------------
+
+
+def azurite_available() -> bool:
+    import shutil
+
+    return AZURITE_BLOB.exists() and shutil.which("node") is not None
+
+
+@pytest.fixture(scope="module")
+def azurite_oauth(tmp_path_factory) -> Azurite:
+    if not azurite_available():
+        pytest.skip("Azurite is not installed")
+    workspace = tmp_path_factory.mktemp("azurite-oauth") / "data"
+    workspace.mkdir()
+    with azurite_blob(workspace, oauth=True) as emulator:
+        yield emulator
+
+
+def test_entra_credentials_sign_user_delegation_sas(azurite_oauth, monkeypatch) -> None:
+    from chalicelib.storage.azure import client as azure_client
+
+    credential = FakeEntraCredential()
+    monkeypatch.setattr(azure_client, "_credential", lambda params: credential)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(azurite_oauth.certificate))  # trust Azurite's certificate
+    params = {"accountname": ACCOUNT_NAME, "container": "entra", "serviceurl": azurite_oauth.blob_endpoint}
+    driver = from_parameters(params)
+    assert driver.params.credentials.type == "default_credentials" and driver.params.account_key is None
+    driver.container.create_container()
+    ctx = Context()
+
+    writer = driver.writer(ctx, "/up/data")
+    writer.write(b"through ")
+    writer.close()
+    writer = driver.writer(ctx, "/up/data", append=True)
+    writer.write(b"a managed identity")
+    writer.commit()
+    driver.move(ctx, "/up/data", "/blobs/data")
+    assert credential.tokens_issued >= 1
+
+    calls = []
+    original = type(driver._bind()[0]).get_user_delegation_key
+    monkeypatch.setattr(type(driver._bind()[0]), "get_user_delegation_key",
+                        lambda self, *a, **k: calls.append(a) or original(self, *a, **k))
+    url = driver.redirect_url(ctx, "GET", "/blobs/data", 600)
+    query = parse_qs(urlsplit(url).query)
+    assert query["skoid"] == [FakeEntraCredential.OBJECT_ID] and query["sp"] == ["r"]
+    response = requests.get(url, timeout=10, verify=str(azurite_oauth.certificate))
+    assert response.status_code == 200 and response.content == b"through a managed identity"
+    forged = _with_query(url, sp="rw")
+    assert requests.get(forged, timeout=10, verify=str(azurite_oauth.certificate)).status_code == 403
+    unsigned = url.split("?")[0]
+    assert requests.get(unsigned, timeout=10, verify=str(azurite_oauth.certificate)).status_code in (401, 403, 404)
+
+    driver.redirect_url(ctx, "GET", "/blobs/data", 600)
+    assert len(calls) == 1  # the delegation key is reused while it outlives the SAS
+
+
+def test_reader_offers_no_fileno_so_servers_stop_at_the_range(driver, ctx) -> None:
+    # gunicorn hands objects with fileno() to its file wrapper, which would read the
+    # whole rest of the blob from Azure for a 10-byte Range
+    driver.put_content(ctx, "/range/f", payload(3 * MiB))
+    with driver.reader(ctx, "/range/f", 100) as stream:
+        assert not hasattr(stream, "fileno")
+        assert stream.read(10) == payload(3 * MiB)[100:110]
+    driver.delete(ctx, "/range")

@@ -16,7 +16,6 @@ import logging
 import re
 import time
 from contextlib import contextmanager
-from datetime import datetime
 from typing import Any, BinaryIO, Iterator, Optional
 
 from ...context import Context
@@ -412,36 +411,45 @@ class AzureDriver:
             return self.signer.blob_url(self.params.container, key, expiry_seconds)
 
 
-class _DownloadStream(io.RawIOBase):
-    """A blob download as a readable binary stream, fetched in 4 MiB requests."""
+class _DownloadStream:
+    """A blob download as a readable binary stream, fetched in 4 MiB requests.
+
+    Deliberately no fileno(): a server seeing one would hand the stream to its
+    file wrapper, which reads to the end of the blob even for a short Range.
+    """
 
     def __init__(self, downloader: Any, path: str, driver: AzureDriver):
         self._downloader = downloader
         self._path = path
         self._driver = driver
+        self.closed = False
 
     @property
     def size(self) -> int:
         return self._downloader.size
 
-    @property
-    def mod_time(self) -> Optional[datetime]:
-        return self._downloader.properties.last_modified
-
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: Any) -> int:
-        with self._driver.errors(self._path):
-            data = self._downloader.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-    def read(self, size: int = -1) -> bytes:
+    def read(self, size: Optional[int] = -1) -> bytes:
         if self.closed:
             raise ValueError("read from a closed stream")
         with self._driver.errors(self._path):
             return self._downloader.read(-1 if size is None or size < 0 else size)
 
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
     def readall(self) -> bytes:
         return self.read(-1)
+
+    def close(self) -> None:
+        self.closed = True  # the rest of the download is simply never requested
+
+    def __enter__(self) -> "_DownloadStream":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
