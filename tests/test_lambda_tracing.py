@@ -1,0 +1,160 @@
+"""X-Ray tracing: subsegments per storage and cache call, caught by a UDP listener on
+loopback standing in for the X-Ray daemon; nothing traced, nothing loaded when off."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from chalicelib.api.http import Request
+from chalicelib.bootstrap import build_api
+from chalicelib.config import config_from_mapping
+from chalicelib.storage.s3 import S3Driver
+from tests.lambda_events import Invoker
+from tests.moto_server import MotoS3, moto_s3  # noqa: F401
+
+REPO = Path(__file__).resolve().parent.parent
+TRACE_ROOT = "1-65f1c2a0-0123456789abcdef01234567"
+PARENT = "53995c3f42cd8ad8"
+
+
+class Daemon:
+    """What the X-Ray daemon would receive: UDP datagrams of '<header>\\n<document>'."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def documents(self, quiet: float = 0.3) -> list[dict]:
+        docs = []
+        self.sock.settimeout(quiet)
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except socket.timeout:
+                return docs
+            header, _, body = data.decode().partition("\n")
+            assert json.loads(header) == {"format": "json", "version": 1}
+            docs.append(json.loads(body))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def walk(docs: list[dict]) -> Iterator[dict]:
+    for doc in docs:
+        yield doc
+        yield from walk(doc.get("subsegments", []))
+
+
+@pytest.fixture
+def daemon(monkeypatch) -> Iterator[Daemon]:
+    d = Daemon()
+    monkeypatch.setenv("AWS_XRAY_DAEMON_ADDRESS", d.address)
+    yield d
+    d.close()
+
+
+@pytest.fixture(scope="module")
+def bucket(moto_s3: MotoS3) -> str:
+    return moto_s3.create_bucket()
+
+
+def push(api, name: str, data: bytes) -> str:
+    import hashlib
+
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    started = api.handle(Request.from_bytes("POST", f"/v2/{name}/blobs/uploads/", base_url="http://r"))
+    path, query = started.header("Location").split("http://r", 1)[1].split("?", 1)
+    done = api.handle(Request.from_bytes("PUT", path, f"{query}&digest={digest}", {}, data, base_url="http://r"))
+    assert done.status == 201
+    return digest
+
+
+def test_stratus_serve_traces_each_request_with_subsegments(daemon, monkeypatch, moto_s3, bucket) -> None:
+    monkeypatch.delenv("AWS_LAMBDA_FUNCTION_NAME", raising=False)
+    monkeypatch.setenv("STRATUS_XRAY_SAMPLING_RATE", "1")
+    config = config_from_mapping({"storage": {"s3": moto_s3.parameters(bucket)}, "http": {"secret": "s"},
+                                  "tracing": {"xray": True}})
+    api = build_api(config)
+    digest = push(api, "traced/app", b"layer bytes")
+    response = api.handle(Request.from_bytes("GET", f"/v2/traced/app/blobs/{digest}",
+                                             headers={"X-Amzn-Trace-Id": f"Root={TRACE_ROOT};Sampled=1"}))
+    assert response.status == 307
+    segments = [d for d in daemon.documents() if d.get("type") != "subsegment"]
+    assert len(segments) == 3 and {s["name"] for s in segments} == {"stratus"}
+    assert segments[-1]["trace_id"] == TRACE_ROOT  # joined the caller's trace
+    assert segments[-1]["http"]["response"]["status"] == 307
+    names = [s["name"] for s in walk(segments)]
+    for expected in ("s3.put_content", "s3.writer", "s3.writer.commit", "s3.move", "s3.delete",
+                     "s3.redirect_url", "cache.stat", "cache.set_descriptor"):
+        assert expected in names, (expected, names)
+    commits = [s for s in walk(segments) if s["name"] == "s3.writer.commit"]
+    assert commits[0]["metadata"]["stratus"]["requests"] >= 1  # the S3 requests of the call
+    misses = [s for s in walk(segments) if s["name"] == "s3.get_content" and s.get("annotations")]
+    assert all(s["annotations"]["outcome"] == "not_found" and not s.get("fault") for s in misses)
+
+
+def test_lambda_invocations_add_subsegments_to_lambdas_segment(daemon, monkeypatch, moto_s3, bucket) -> None:
+    for name in list(os.environ):
+        if name.startswith("REGISTRY_"):
+            monkeypatch.delenv(name)
+    env = {**moto_s3.environment(bucket), "REGISTRY_HTTP_SECRET": "s", "AWS_LAMBDA_FUNCTION_NAME": "stratus-dev",
+           "LAMBDA_TASK_ROOT": str(REPO), "_X_AMZN_TRACE_ID": f"Root={TRACE_ROOT};Parent={PARENT};Sampled=1"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    import app
+
+    try:
+        invoke = Invoker("http")
+        assert invoke("POST", "/v2/traced/fn/blobs/uploads/").status == 202
+        docs = daemon.documents()
+        assert docs and all(d["type"] == "subsegment" for d in docs)
+        assert {d["trace_id"] for d in docs} == {TRACE_ROOT}
+        assert {d["parent_id"] for d in docs} == {PARENT}  # children of Lambda's own segment
+        assert {"s3.put_content", "s3.writer", "s3.writer.close"} <= {d["name"] for d in walk(docs)}
+
+        monkeypatch.setenv("_X_AMZN_TRACE_ID", f"Root=1-65f1c2a0-00000000000000000000000a;Parent={PARENT};Sampled=0")
+        assert invoke("POST", "/v2/traced/fn/blobs/uploads/").status == 202
+        assert daemon.documents() == []  # an invocation X-Ray did not sample sends nothing
+    finally:
+        app.RegistryChalice._api = None
+
+
+def test_tracing_off_wraps_nothing_and_loads_no_sdk(moto_s3, bucket) -> None:
+    config = config_from_mapping({"storage": {"s3": moto_s3.parameters(bucket)}, "http": {"secret": "s"}})
+    api = build_api(config)
+    assert type(api).__name__ == "RegistryAPI"
+    assert isinstance(api.registry.driver, S3Driver)
+    code = f"""
+import sys, json
+from chalicelib.bootstrap import build_api
+from chalicelib.config import config_from_mapping
+from chalicelib.api.http import Request
+api = build_api(config_from_mapping(json.loads(sys.argv[1])))
+assert api.handle(Request.from_bytes("GET", "/v2/off/app/tags/list")).status == 404
+assert "aws_xray_sdk" not in sys.modules, "X-Ray SDK imported while tracing is off"
+"""
+    env = {k: v for k, v in os.environ.items() if k not in ("AWS_LAMBDA_FUNCTION_NAME", "_X_AMZN_TRACE_ID")}
+    subprocess.run([sys.executable, "-c", code, json.dumps({"storage": {"s3": moto_s3.parameters(bucket)},
+                                                            "http": {"secret": "s"}})],
+                   cwd=REPO, env=env, check=True, timeout=60)
+
+
+def test_tracing_can_be_turned_off_on_lambda(monkeypatch) -> None:
+    from chalicelib import tracing
+
+    environ = {"AWS_LAMBDA_FUNCTION_NAME": "f", "AWS_XRAY_DAEMON_ADDRESS": "127.0.0.1:2000",
+               "_X_AMZN_TRACE_ID": f"Root={TRACE_ROOT};Parent={PARENT};Sampled=1"}
+    assert tracing.wanted(config_from_mapping({}), environ)
+    assert not tracing.wanted(config_from_mapping({"tracing": {"xray": False}}), environ)
+    assert not tracing.wanted(config_from_mapping({}), {})
+    assert tracing.wanted(config_from_mapping({"tracing": {"xray": True}}), {})
