@@ -203,16 +203,18 @@ class AzureDriver:
             blocks.commit_blocks(blob, [], metadata=blocks.STAGED_METADATA)
 
     def _adopt_committed(self, blob: Any, listing: blocks.BlockList) -> blocks.BlockList:
-        """Re-commit content written by Put Blob (or other tools) as our blocks so that
-        new blocks can follow it; only small files (put_content) ever need this."""
+        """Re-commit content that Put Blob (or another tool) wrote as our blocks, so that
+        new blocks can follow it. Only files from put_content, which are small, or from
+        other tools ever need this; it goes one block at a time, never all in memory."""
         import secrets
 
-        content = blob.download_blob().readall()
         nonce = secrets.token_hex(4)
         ids = []
-        for number, start in enumerate(range(0, len(content), blocks.BLOCK_SIZE)):
+        for number, start in enumerate(range(0, listing.committed_size, blocks.BLOCK_SIZE)):
+            length = min(blocks.BLOCK_SIZE, listing.committed_size - start)
+            piece = blob.download_blob(offset=start, length=length).readall()
             ids.append(blocks.block_id(number, nonce))
-            blob.stage_block(ids[-1], content[start:start + blocks.BLOCK_SIZE])
+            blob.stage_block(ids[-1], piece, length=len(piece))
         blocks.commit_blocks(blob, ids, metadata=blocks.STAGED_METADATA)
         return blocks.read_block_list(blob)
 
@@ -390,11 +392,15 @@ class AzureDriver:
     def _delete_all(self, path: str, names: list[str]) -> None:
         for start in range(0, len(names), _DELETE_BATCH):
             batch = names[start:start + _DELETE_BATCH]
-            if len(batch) == 1:
-                responses = []
-                self.discard_blob(path, self._blob(batch[0]))
-            else:
-                responses = list(self.container.delete_blobs(*batch, raise_on_any_failure=False))
+            responses = []
+            if len(batch) > 1:
+                try:
+                    responses = list(self.container.delete_blobs(*batch, raise_on_any_failure=False))
+                except Exception as exc:  # accounts without Blob Batch: one at a time
+                    log.debug("batch delete refused (%s); deleting one by one", _code(exc) or exc)
+            if not responses:
+                for name in batch:
+                    self.discard_blob(path, self._blob(name))
             for name, response in zip(batch, responses):
                 if response.status_code == 404:
                     self.discard_blob(path, self._blob(name))  # uncommitted-only, or gone already
