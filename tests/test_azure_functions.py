@@ -411,3 +411,25 @@ def test_package_carries_the_library_the_app_imports(tmp_path) -> None:
                           env={**os.environ, "PYTHONPATH": str(out)})
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == str(out / "chalicelib" / "__init__.py")
+
+
+def test_lost_hash_state_is_recomputed_from_staged_blocks(functions: Functions, azurite, container) -> None:
+    name = "functions/lost-state"
+    layer = random_bytes(3 * MiB + 7)
+    started = functions("POST", f"/v2/{name}/blobs/uploads/")
+    upload_id = started.headers["Docker-Upload-UUID"]
+    first = functions("PATCH", relative(started.headers["Location"]), layer[:MiB],
+                      {"Content-Type": "application/octet-stream"})
+    assert first.status_code == 202
+    client = azurite.service_client().get_container_client(container)
+    states = [b.name for b in client.list_blobs(name_starts_with=f"{repo_prefix(name)}_uploads/{upload_id}/hashstates/")]
+    assert states
+    for state in states:
+        client.delete_blob(state)
+    # the next chunk finds no state at 1 MiB and hashes what is staged so far
+    second = functions("PATCH", relative(first.headers["Location"]), layer[MiB:],
+                       {"Content-Type": "application/octet-stream"})
+    assert second.status_code == 202, second.get_body()
+    final = functions("PUT", relative(second.headers["Location"]), digest=sha256(layer))
+    assert final.status_code == 201, final.get_body()
+    assert pull_blob_by_redirect(functions, name, sha256(layer)) == layer
