@@ -18,6 +18,8 @@ from .memory import PeakRSS, tree_rss
 MiB = 1 << 20
 MB = 1e6
 MEASURES = ("push", "pull", "rates", "rss", "import", "hash", "cache")
+PULLS_PER_REP = 3
+HASH_RUNS_PER_REP = 3
 DEFAULT_OUTPUT = servers.ROOT / "docs" / "benchmarks.md"
 
 
@@ -40,7 +42,9 @@ class Settings:
             ("Blob", f"{self.blob // MiB} MiB random, chunked push in {self.chunk // MiB} MiB PATCHes"),
             ("Memory push", f"{self.rss_push // MiB} MiB monolithic, tree RSS sampled every 10 ms"),
             ("Repetitions", f"{self.reps} (median reported)"),
+            ("Pulls", f"{PULLS_PER_REP} per repetition and registry, alternating"),
             ("Request rates", f"wrk -t{self.wrk_threads} -c{self.connections} -d{self.wrk_seconds:g}s, keep-alive"),
+            ("Hashing", f"{HASH_RUNS_PER_REP} runs per repetition, timed in thread CPU time (immune to preemption)"),
             ("Stratus workers", str(self.workers or "default")),
             ("Descriptor cache", f"{self.cache_ops} in-process operations per run over moto S3 and redis-server"),
             ("MB", "10^6 bytes"),
@@ -168,10 +172,12 @@ class Bench:
                 for name in self.servers:
                     self.clients[name].push_monolithic("bench/mono", blob.view, s.blob, digest)
             if "pull" in s.measures:
-                for name in self.order(rep):
-                    seconds = registry_client.timed(self.clients[name].pull, "bench/mono", digest, pull_buffer)
-                    self.record("pull", name, s.blob / seconds / MB)
-                    log(f"pull {name}: {s.blob / seconds / MB:.0f} MB/s")
+                # pulls are short and noisy: several per repetition, alternating
+                for turn in range(PULLS_PER_REP):
+                    for name in self.order(rep + turn):
+                        seconds = registry_client.timed(self.clients[name].pull, "bench/mono", digest, pull_buffer)
+                        self.record("pull", name, s.blob / seconds / MB)
+                        log(f"pull {name}: {s.blob / seconds / MB:.0f} MB/s")
             if "push" in s.measures:
                 digest = blob.stamp(f"chunked {rep}")
                 for name in self.order(rep):
@@ -187,18 +193,23 @@ class Bench:
         for c in self.clients.values():
             c.close()  # wrk brings its own connections
         accept = (("Accept", registry_client.MANIFEST_ACCEPT),)
+
+        def scenarios(image: registry_client.Image) -> dict[str, loadgen.Scenario]:
+            return {
+                "manifest_tag": loadgen.Scenario(
+                    "manifest-tag", "GET", f"/v2/{image.repository}/manifests/{image.tag}", accept),
+                "manifest_digest": loadgen.Scenario(
+                    "manifest-digest", "GET", f"/v2/{image.repository}/manifests/{image.manifest_digest}", accept),
+                "blob_head": loadgen.Scenario(
+                    "blob-head", "HEAD", f"/v2/{image.repository}/blobs/{image.empty_digest}"),
+            }
+
+        # registries alternate within each scenario, so a burst of load elsewhere
+        # on the machine lands on both rather than on one registry's whole block
         for rep in range(s.reps):
-            for name in self.order(rep):
-                image = images[name]
-                scenarios = {
-                    "manifest_tag": loadgen.Scenario(
-                        "manifest-tag", "GET", f"/v2/{image.repository}/manifests/{image.tag}", accept),
-                    "manifest_digest": loadgen.Scenario(
-                        "manifest-digest", "GET", f"/v2/{image.repository}/manifests/{image.manifest_digest}", accept),
-                    "blob_head": loadgen.Scenario(
-                        "blob-head", "HEAD", f"/v2/{image.repository}/blobs/{image.empty_digest}"),
-                }
-                for key, scenario in scenarios.items():
+            for index, key in enumerate(("manifest_tag", "manifest_digest", "blob_head")):
+                for name in self.order(rep + index):
+                    scenario = scenarios(images[name])[key]
                     rate = loadgen.rate(
                         self.servers[name].url, scenario, self.workdir,
                         connections=s.connections, threads=s.wrk_threads, seconds=s.wrk_seconds,
@@ -236,14 +247,15 @@ class Bench:
         row = self.rows["hash"]
         hashing.hashlib_seconds(blob.view[:MiB], MiB)  # load libcrypto and warm both up
         hashing.resumable_seconds(blob.view[:MiB], MiB)
-        for _ in range(s.reps):
-            base, expected = hashing.hashlib_seconds(blob.view, s.chunk)
-            resumed, got = hashing.resumable_seconds(blob.view, s.chunk)
+        for run in range(s.reps * HASH_RUNS_PER_REP):
+            first, second = (hashing.hashlib_seconds, hashing.resumable_seconds)[:: 1 if run % 2 else -1]
+            results = {fn: fn(blob.view, s.chunk) for fn in (first, second)}
+            (base, expected), (resumed, got) = results[hashing.hashlib_seconds], results[hashing.resumable_seconds]
             if got != expected:
                 raise RuntimeError(f"resumable hasher gave {got}, hashlib {expected}")
             row.stratus.append(s.blob / resumed / MB)
             row.reference.append(s.blob / base / MB)
-            log(f"hash: resumable {s.blob / resumed / MB:.0f} MB/s, hashlib {s.blob / base / MB:.0f} MB/s")
+            log(f"hash: resumable {s.blob / resumed / MB:.0f} MB/s, hashlib {s.blob / base / MB:.0f} MB/s (CPU time)")
 
     def measure_cache(self) -> None:
         if not descriptor_cache.available():
