@@ -433,3 +433,75 @@ def test_lost_hash_state_is_recomputed_from_staged_blocks(functions: Functions, 
     final = functions("PUT", relative(second.headers["Location"]), digest=sha256(layer))
     assert final.status_code == 201, final.get_body()
     assert pull_blob_by_redirect(functions, name, sha256(layer)) == layer
+
+
+
+# -- a real client through the function app --------------------------------------------------------
+
+
+def functions_host_app(function: Any, body_limit: int) -> Any:
+    """A WSGI stand-in for the Functions host: buffers the request body (a chunked one
+    too), refuses one over the body limit as the host does, calls the function with
+    an azure.functions.HttpRequest and sends its HttpResponse."""
+
+    def application(environ: dict, start_response: Any) -> list[bytes]:
+        body = environ["wsgi.input"].read()
+        if len(body) > body_limit:
+            start_response("413 Payload Too Large", [("Content-Length", "0")])
+            return []
+        headers = {k[5:].replace("_", "-").title(): v for k, v in environ.items() if k.startswith("HTTP_")}
+        if environ.get("CONTENT_TYPE"):
+            headers["Content-Type"] = environ["CONTENT_TYPE"]
+        path = environ.get("PATH_INFO", "/").encode("latin-1").decode()
+        query = environ.get("QUERY_STRING", "")
+        url = f"http://{environ['HTTP_HOST']}{path}" + (f"?{query}" if query else "")
+        request = azure_functions.HttpRequest(
+            environ["REQUEST_METHOD"], url, headers=headers, body=body,
+            params={k: v[-1] for k, v in parse_qs(query).items()}, route_params={"path": path[len("/v2/"):]},
+        )
+        response = function(request)
+        out = [(k, v) for k, v in response.headers.items()]
+        if not any(k.lower() == "content-type" for k, _ in out):
+            out.append(("Content-Type", response.mimetype))
+        start_response(f"{response.status_code} -", out)
+        return [response.get_body()]
+
+    return application
+
+
+def run_functions_host(port: int) -> None:
+    """Serve the function app on loopback until killed (run in a subprocess)."""
+    from gunicorn.app.base import BaseApplication
+
+    from chalicelib.azurefunctions import body_limit
+
+    app = functions_host_app(http_function(load_function_app()), body_limit())
+
+    class Host(BaseApplication):
+        def load_config(self) -> None:
+            for key, value in {"bind": f"127.0.0.1:{port}", "workers": 1, "threads": 8,
+                               "accesslog": None, "timeout": 120}.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Any:
+            return app
+
+    Host().run()
+
+
+@pytest.mark.skipif(not __import__("shutil").which("skopeo"), reason="needs skopeo")
+def test_skopeo_push_and_pull_through_the_function_app(environment, tmp_path, tmp_path_factory) -> None:
+    from tests.clients_images import Layout, assert_same_image, images_dir, pull, push, session_image
+    from tests.servers import free_port, process
+
+    port = free_port()
+    code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); " \
+           f"from tests.test_azure_functions import run_functions_host; run_functions_host({port})"
+    with process([sys.executable, "-c", code], port, {"PYTHONPATH": str(ROOT)},
+                 log_path=tmp_path / "functions-host.log", cwd=ROOT):
+        url = f"http://127.0.0.1:{port}"
+        image = session_image(images_dir(tmp_path_factory), "small")
+        push(image.path, "v1", url, "functions/skopeo", "v1")
+        copy = Layout(tmp_path / "copy")
+        pull(url, "functions/skopeo", "v1", copy.path, "v1")  # layers come from Azurite by 307
+        assert_same_image(image, "v1", copy, "v1")
