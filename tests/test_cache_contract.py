@@ -188,3 +188,25 @@ def test_many_repositories_and_digests_do_not_interfere(provider):
             else:
                 with pytest.raises(DescriptorNotCachedError):
                     scoped.stat(CTX, d)
+
+
+def test_inmemory_lru_is_bounded_by_blobdescriptorsize():
+    cache = InMemoryBlobDescriptorCache(3)
+    digests = [digest_of(bytes([i])) for i in range(4)]
+    for d in digests[:3]:
+        cache.set_descriptor(CTX, d, BlobDescriptor(d, 1))
+    cache.stat(CTX, digests[0])  # recently used: survives the next insert
+    cache.set_descriptor(CTX, digests[3], BlobDescriptor(digests[3], 1))
+    assert len(cache) == 3
+    with pytest.raises(DescriptorNotCachedError):
+        cache.stat(CTX, digests[1])
+    for d in (digests[0], digests[2], digests[3]):
+        assert cache.stat(CTX, d).size == 1
+    # repository entries count against the same bound
+    cache.repository_scoped("a").set_descriptor(CTX, digests[1], BlobDescriptor(digests[1], 1))
+    assert len(cache) == 3
+
+
+def test_inmemory_size_must_be_positive():
+    with pytest.raises(ValueError):
+        InMemoryBlobDescriptorCache(0)
