@@ -2,8 +2,7 @@
 
 ``azurite_blob()`` runs ``azurite-blob`` from node_modules (package.json pins it;
 ``npm ci`` installs it) on a free loopback port with a throw-away workspace and
-stops it by pid. Test modules use the ``azurite`` fixture below; a module that
-imports it gets one emulator for its whole session.
+stops it by pid. A test module makes it a fixture with ``start_azurite``.
 """
 from __future__ import annotations
 
@@ -97,14 +96,17 @@ def _self_signed_certificate(directory: Path) -> tuple[Path, Path]:
         x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
     cert_path, key_path = directory / "azurite-cert.pem", directory / "azurite-key.pem"
     cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()))
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    ))
     return cert_path, key_path
 
 
@@ -128,7 +130,8 @@ class FakeEntraCredential:
             "iat": now - 60, "nbf": now - 60, "exp": now + 3600, "oid": self.OBJECT_ID, "tid": self.TENANT,
         }
         self.tokens_issued += 1
-        return AccessToken(jwt.encode(claims, "azurite-does-not-check-signatures-0123456789", "HS256"), now + 3600)
+        token = jwt.encode(claims, "azurite-does-not-check-signatures-0123456789", "HS256")
+        return AccessToken(token, now + 3600)
 
     def get_token_info(self, *scopes: str, **kwargs: Any) -> Any:
         from azure.core.credentials import AccessTokenInfo
@@ -137,11 +140,15 @@ class FakeEntraCredential:
         return AccessTokenInfo(token.token, token.expires_on)
 
 
-@pytest.fixture(scope="session")
-def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
-    if not AZURITE_BLOB.exists() or shutil.which("node") is None:
+def available() -> bool:
+    return AZURITE_BLOB.exists() and shutil.which("node") is not None
+
+
+def start_azurite(tmp_path_factory: pytest.TempPathFactory, oauth: bool = False) -> Iterator[Azurite]:
+    """Body of a test module's fixture: `yield from start_azurite(tmp_path_factory)`."""
+    if not available():
         pytest.skip("Azurite is not installed (npm ci installs it; see package.json)")
-    workspace = tmp_path_factory.mktemp("azurite") / "data"
+    workspace = tmp_path_factory.mktemp("azurite-oauth" if oauth else "azurite") / "data"
     workspace.mkdir()
-    with azurite_blob(workspace) as emulator:
+    with azurite_blob(workspace, oauth=oauth) as emulator:
         yield emulator

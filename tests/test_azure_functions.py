@@ -8,7 +8,6 @@ answer 307 to a SAS URL, which plain `requests` follows to Azurite.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import itertools
 import json
@@ -16,13 +15,13 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import pytest
 import requests
 
-from tests.azurite import ACCOUNT_KEY, ACCOUNT_NAME, Azurite, azurite  # noqa: F401
+from tests.azurite import ACCOUNT_KEY, ACCOUNT_NAME, Azurite, start_azurite
 from tests.oci_client import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, canonical, descriptor, random_bytes, sha256
 
 azure_functions = pytest.importorskip("azure.functions")
@@ -80,6 +79,11 @@ def error_code(response: Any) -> str:
 
 
 @pytest.fixture(scope="module")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
+    yield from start_azurite(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
 def container(azurite: Azurite) -> str:
     return azurite.new_container()
 
@@ -125,8 +129,8 @@ def relative(location: str) -> str:
 
 def push_monolithic(functions: Functions, name: str, data: bytes) -> str:
     digest = sha256(data)
-    response = functions("POST", f"/v2/{name}/blobs/uploads/", data, {"Content-Type": "application/octet-stream"},
-                         digest=digest)
+    response = functions("POST", f"/v2/{name}/blobs/uploads/", data,
+                         {"Content-Type": "application/octet-stream"}, digest=digest)
     assert response.status_code == 201, response.get_body()
     assert response.headers["Docker-Content-Digest"] == digest
     return digest
@@ -136,7 +140,7 @@ def pull_blob_by_redirect(functions: Functions, name: str, digest: str) -> bytes
     response = functions("GET", f"/v2/{name}/blobs/{digest}")
     assert response.status_code == 307, response.get_body()
     location = response.headers["Location"]
-    assert location.startswith(f"http://127.0.0.1:")  # Azurite, not the function
+    assert location.startswith("http://127.0.0.1:")  # Azurite, not the function
     fetched = requests.get(location, timeout=30)  # a plain client: no Azure credentials
     assert fetched.status_code == 200
     assert sha256(fetched.content) == digest
@@ -220,7 +224,7 @@ def test_monolithic_push_and_pull_through_redirects(functions: Functions, azurit
     assert f"docker/registry/v2/blobs/sha256/{layer_digest[7:9]}/{layer_digest[7:]}/data" in stored
 
 
-def test_chunked_push_resumes_on_a_fresh_app_for_every_chunk(functions: Functions, azurite, container) -> None:
+def test_chunked_push_resumes_on_a_fresh_app_for_every_chunk(functions, azurite, container) -> None:
     name = "functions/chunked"
     layer = random_bytes(9 * MiB + 123)
     digest = sha256(layer)
@@ -405,7 +409,8 @@ def test_purge_timer_removes_abandoned_uploads(functions: Functions, azurite, co
 def test_package_carries_the_library_the_app_imports(tmp_path) -> None:
     out = tmp_path / "app"
     subprocess.run(["sh", str(ROOT / "azure_func" / "package.sh"), str(out)], check=True, capture_output=True)
-    assert {p.name for p in out.iterdir()} >= {"function_app.py", "host.json", "requirements.txt", "chalicelib"}
+    expected = {"function_app.py", "host.json", "requirements.txt", "chalicelib"}
+    assert {p.name for p in out.iterdir()} >= expected
     code = "import function_app, chalicelib; print(chalicelib.__file__)"
     done = subprocess.run([sys.executable, "-c", code], cwd=out, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(out)})
@@ -422,7 +427,8 @@ def test_lost_hash_state_is_recomputed_from_staged_blocks(functions: Functions, 
                       {"Content-Type": "application/octet-stream"})
     assert first.status_code == 202
     client = azurite.service_client().get_container_client(container)
-    states = [b.name for b in client.list_blobs(name_starts_with=f"{repo_prefix(name)}_uploads/{upload_id}/hashstates/")]
+    prefix = f"{repo_prefix(name)}_uploads/{upload_id}/hashstates/"
+    states = [b.name for b in client.list_blobs(name_starts_with=prefix)]
     assert states
     for state in states:
         client.delete_blob(state)

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
+from typing import Iterator
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import pytest
@@ -16,12 +17,17 @@ pytest.register_assert_rewrite("tests.storage_suite")
 from chalicelib.context import Context  # noqa: E402
 from chalicelib.storage import InvalidPathError, PathNotFoundError, StorageError, create_driver  # noqa: E402
 from chalicelib.storage.azure import AzureDriver, blocks, from_parameters, parse_parameters  # noqa: E402
-from tests.azurite import AZURITE_BLOB, ACCOUNT_KEY, ACCOUNT_NAME, Azurite, FakeEntraCredential, azurite, azurite_blob  # noqa: E402,F401
+from tests.azurite import ACCOUNT_KEY, ACCOUNT_NAME, Azurite, FakeEntraCredential, start_azurite  # noqa: E402
 from tests.clients_images import Layout, assert_same_image, images_dir, needs_tools, pull, push, session_image  # noqa: E402
 from tests.servers import ROOT, free_port, process  # noqa: E402
 from tests.storage_suite import StorageDriverSuite, payload  # noqa: E402
 
 KiB, MiB = 1024, 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
+    yield from start_azurite(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +68,10 @@ class TestAzureDriverWithRootDirectory(StorageDriverSuite):
 _PREFIX_SENSITIVE = {
     "test_put_creates_missing_parents", "test_unusual_valid_names", "test_prefix_of_a_file_is_not_a_file",
     "test_close_then_append_in_new_writer", "test_cancel_removes_bytes_of_earlier_sessions",
-    "test_stat_file", "test_stat_directory", "test_stat_root_is_a_directory", "test_list_children_with_full_paths",
-    "test_list_does_not_cross_into_prefix_siblings", "test_list_root_includes_prefix",
-    "test_move_to_new_path_creates_parents", "test_delete_directory_tree", "test_walk_is_complete_and_depth_first",
-    "test_walk_root_of_prefix", "test_redirect_url_is_none_or_url",
+    "test_stat_file", "test_stat_directory", "test_stat_root_is_a_directory",
+    "test_list_children_with_full_paths", "test_list_does_not_cross_into_prefix_siblings",
+    "test_list_root_includes_prefix", "test_move_to_new_path_creates_parents", "test_delete_directory_tree",
+    "test_walk_is_complete_and_depth_first", "test_walk_root_of_prefix", "test_redirect_url_is_none_or_url",
 }
 for _name in dir(StorageDriverSuite):
     if _name.startswith("test_") and _name not in _PREFIX_SENSITIVE:
@@ -89,7 +95,8 @@ def test_legacy_root_prefix_reads_registry_2x_names(azurite, container, ctx) -> 
     client.upload_blob("/docker/registry/v2/blobs/sha256/ab/abcd/data", b"legacy", overwrite=True)
     driver = from_parameters(azurite.driver_parameters(container, legacyrootprefix=True))
     assert driver.get_content(ctx, "/docker/registry/v2/blobs/sha256/ab/abcd/data") == b"legacy"
-    assert driver.list(ctx, "/docker/registry/v2/blobs/sha256/ab") == ["/docker/registry/v2/blobs/sha256/ab/abcd"]
+    listing = driver.list(ctx, "/docker/registry/v2/blobs/sha256/ab")
+    assert listing == ["/docker/registry/v2/blobs/sha256/ab/abcd"]
     driver.delete(ctx, "/docker")
     assert committed_and_staged(azurite, container, "/docker/") == []
 
@@ -253,7 +260,8 @@ def test_redirect_is_a_read_only_sas_that_expires(azurite, container, driver, ct
     assert abs(expiry - (datetime.now(timezone.utc) + timedelta(seconds=1200))) < timedelta(seconds=30)
     response = requests.get(url, timeout=10)
     assert response.status_code == 200 and response.content == b"signed bytes"
-    assert requests.put(url, data=b"x", headers={"x-ms-blob-type": "BlockBlob"}, timeout=10).status_code == 403
+    write = requests.put(url, data=b"x", headers={"x-ms-blob-type": "BlockBlob"}, timeout=10)
+    assert write.status_code == 403
     assert driver.redirect_url(ctx, "PUT", "/sas/blob", 60) is None
     driver.delete(ctx, "/sas")
 
@@ -298,7 +306,8 @@ def test_factory_builds_azure_driver_without_touching_the_network() -> None:
     driver = create_driver("azure", {"accountname": "acct", "accountkey": "a2V5", "container": "registry"})
     assert isinstance(driver, AzureDriver) and driver.name == "azure"
     assert driver.params.service_url == "https://acct.blob.core.windows.net"
-    sovereign = parse_parameters({"accountname": "acct", "container": "reg", "realm": "core.chinacloudapi.cn"})
+    sovereign = parse_parameters(
+        {"accountname": "acct", "container": "reg", "realm": "core.chinacloudapi.cn"})
     assert sovereign.service_url == "https://acct.blob.core.chinacloudapi.cn"
     assert sovereign.credentials.type == "default_credentials"
 
@@ -326,7 +335,8 @@ def test_importing_the_driver_does_not_import_the_sdk() -> None:
          "storage.azure.credentials.clientid"),
         ({"accountname": "acct", "container": "registry", "copy_status_poll_delay": "soon"},
          "storage.azure.copy_status_poll_delay"),
-        ({"accountname": "acct", "container": "registry", "serviceurl": "ftp://x"}, "storage.azure.serviceurl"),
+        ({"accountname": "acct", "container": "registry", "serviceurl": "ftp://x"},
+         "storage.azure.serviceurl"),
     ],
 )
 def test_bad_parameters_name_their_key(params, key) -> None:
@@ -435,20 +445,9 @@ def test_stratus_serve_over_azure_with_skopeo(azurite, tmp_path, tmp_path_factor
 # -- Entra ID credentials: OAuth to storage, user-delegation SAS ----------------------------------
 
 
-def azurite_available() -> bool:
-    import shutil
-
-    return AZURITE_BLOB.exists() and shutil.which("node") is not None
-
-
 @pytest.fixture(scope="module")
-def azurite_oauth(tmp_path_factory) -> Azurite:
-    if not azurite_available():
-        pytest.skip("Azurite is not installed")
-    workspace = tmp_path_factory.mktemp("azurite-oauth") / "data"
-    workspace.mkdir()
-    with azurite_blob(workspace, oauth=True) as emulator:
-        yield emulator
+def azurite_oauth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
+    yield from start_azurite(tmp_path_factory, oauth=True)
 
 
 def test_entra_credentials_sign_user_delegation_sas(azurite_oauth, monkeypatch) -> None:
@@ -484,7 +483,8 @@ def test_entra_credentials_sign_user_delegation_sas(azurite_oauth, monkeypatch) 
     forged = _with_query(url, sp="rw")
     assert requests.get(forged, timeout=10, verify=str(azurite_oauth.certificate)).status_code == 403
     unsigned = url.split("?")[0]
-    assert requests.get(unsigned, timeout=10, verify=str(azurite_oauth.certificate)).status_code in (401, 403, 404)
+    anonymous = requests.get(unsigned, timeout=10, verify=str(azurite_oauth.certificate))
+    assert anonymous.status_code in (401, 403, 404)
 
     driver.redirect_url(ctx, "GET", "/blobs/data", 600)
     assert len(calls) == 1  # the delegation key is reused while it outlives the SAS

@@ -96,10 +96,6 @@ class Signer:
         self._delegation_expiry = datetime.min.replace(tzinfo=timezone.utc)
         self._lock = threading.Lock()
 
-    @property
-    def can_sign(self) -> bool:
-        return self._account_key is not None or self._uses_token()
-
     def _uses_token(self) -> bool:
         return hasattr(self._service.credential, "get_token")
 

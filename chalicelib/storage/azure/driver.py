@@ -69,7 +69,8 @@ class AzureDriver:
         service = service_client(self.params)
         bound = self._bound
         if bound is None or bound[0] is not service:
-            bound = (service, service.get_container_client(self.params.container), Signer(self.params, service))
+            container = service.get_container_client(self.params.container)
+            bound = (service, container, Signer(self.params, service))
             self._bound = bound
         return bound
 
@@ -142,7 +143,9 @@ class AzureDriver:
             assert stream is not None
             return stream
 
-    def _open_download(self, path: str, blob: Any, offset: int, materialized: bool = False) -> Optional[BinaryIO]:
+    def _open_download(
+        self, path: str, blob: Any, offset: int, materialized: bool = False
+    ) -> Optional[BinaryIO]:
         """A stream from offset, or None when the blob has staged blocks to commit first."""
         try:
             # offset 0 asks for no range, which an empty blob would refuse
@@ -381,10 +384,8 @@ class AzureDriver:
                     raise
             # not a file: a directory is every blob below the prefix, including ones
             # that only have staged blocks (uploads in progress)
-            names = [
-                item.name
-                for item in self.container.list_blobs(name_starts_with=key + "/", include=["uncommittedblobs"])
-            ]
+            listing = self.container.list_blobs(name_starts_with=key + "/", include=["uncommittedblobs"])
+            names = [item.name for item in listing]
             if not names:
                 raise PathNotFoundError(NAME, path)
             self._delete_all(path, names)

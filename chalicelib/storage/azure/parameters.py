@@ -130,9 +130,12 @@ def _credentials(params: Mapping[str, Any], has_key: bool) -> Credentials:
         secret=_string(raw, "secret", label="credentials.secret"),
     )
     if kind == "client_secret":
-        for field, key in ((creds.client_id, "clientid"), (creds.tenant_id, "tenantid"), (creds.secret, "secret")):
-            if not field:
-                raise ValueError(f"{PREFIX}.credentials.{key}: required when credentials.type is client_secret")
+        required = {"clientid": creds.client_id, "tenantid": creds.tenant_id, "secret": creds.secret}
+        for key, value in required.items():
+            if not value:
+                raise ValueError(
+                    f"{PREFIX}.credentials.{key}: required when credentials.type is client_secret"
+                )
     if kind == "shared_key" and not has_key:
         raise ValueError(f"{PREFIX}.accountkey: required when credentials.type is shared_key")
     return creds
@@ -154,13 +157,15 @@ def parse_parameters(params: Mapping[str, Any]) -> AzureParameters:
     account_name = _string(params, "accountname")
     account_key = _string(params, "accountkey")
     if account_name is not None and not _ACCOUNT_RE.match(account_name):
-        raise _fail("accountname", "a storage account name of 3-24 lower-case letters and digits", account_name)
+        raise _fail("accountname", "a storage account name of 3-24 lower-case letters and digits",
+                    account_name)
     if connection_string is None and account_name is None:
         raise ValueError(f"{PREFIX}.accountname: required unless connectionstring is given")
     realm = _string(params, "realm") or DEFAULT_REALM
     service_url = _string(params, "serviceurl")
     if service_url is not None and not re.match(r"https?://[^/\s]+", service_url):
-        raise _fail("serviceurl", "an http(s) URL such as https://<account>.blob.core.windows.net", service_url)
+        raise _fail("serviceurl", "an http(s) URL such as https://<account>.blob.core.windows.net",
+                    service_url)
     if service_url is None and connection_string is None:
         service_url = f"https://{account_name}.blob.{realm}"
     root = _string(params, "rootdirectory") or ""
