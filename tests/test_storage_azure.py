@@ -379,8 +379,10 @@ def test_connection_string_configures_the_driver(azurite, container) -> None:
 
 def test_one_sdk_client_per_process(azurite, container) -> None:
     first = from_parameters(azurite.driver_parameters(container))
-    second = from_parameters(azurite.driver_parameters(container))
-    assert first.container is second.container or first._bind()[0] is second._bind()[0]
+    second = from_parameters(azurite.driver_parameters(container, rootdirectory="elsewhere"))
+    assert first._bind()[0] is second._bind()[0]  # one connection pool for both
+    differently_configured = from_parameters(azurite.driver_parameters(container, max_retries=1))
+    assert differently_configured._bind()[0] is not first._bind()[0]
 
 
 def test_missing_container_is_a_clear_error(azurite) -> None:
