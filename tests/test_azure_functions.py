@@ -12,6 +12,7 @@ import importlib.util
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 import pytest
 import requests
 
-from tests.azurite import ACCOUNT_KEY, ACCOUNT_NAME, Azurite, start_azurite
+from tests.azurite import ACCOUNT_KEY, ACCOUNT_NAME, CONFORMANCE, Azurite, run_oci_conformance, start_azurite
 from tests.oci_client import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, canonical, descriptor, random_bytes, sha256
 
 azure_functions = pytest.importorskip("azure.functions")
@@ -495,9 +496,9 @@ def run_functions_host(port: int) -> None:
     Host().run()
 
 
-@pytest.mark.skipif(not __import__("shutil").which("skopeo"), reason="needs skopeo")
-def test_skopeo_push_and_pull_through_the_function_app(environment, tmp_path, tmp_path_factory) -> None:
-    from tests.clients_images import Layout, assert_same_image, images_dir, pull, push, session_image
+@pytest.fixture
+def functions_host(environment, tmp_path) -> Iterator[str]:
+    """URL of the function app behind a stand-in for the Functions host."""
     from tests.servers import free_port, process
 
     port = free_port()
@@ -505,9 +506,20 @@ def test_skopeo_push_and_pull_through_the_function_app(environment, tmp_path, tm
            f"from tests.test_azure_functions import run_functions_host; run_functions_host({port})"
     with process([sys.executable, "-c", code], port, {"PYTHONPATH": str(ROOT)},
                  log_path=tmp_path / "functions-host.log", cwd=ROOT):
-        url = f"http://127.0.0.1:{port}"
-        image = session_image(images_dir(tmp_path_factory), "small")
-        push(image.path, "v1", url, "functions/skopeo", "v1")
-        copy = Layout(tmp_path / "copy")
-        pull(url, "functions/skopeo", "v1", copy.path, "v1")  # layers come from Azurite by 307
-        assert_same_image(image, "v1", copy, "v1")
+        yield f"http://127.0.0.1:{port}"
+
+
+@pytest.mark.skipif(not shutil.which("skopeo"), reason="needs skopeo")
+def test_skopeo_push_and_pull_through_the_function_app(functions_host, tmp_path, tmp_path_factory) -> None:
+    from tests.clients_images import Layout, assert_same_image, images_dir, pull, push, session_image
+
+    image = session_image(images_dir(tmp_path_factory), "small")
+    push(image.path, "v1", functions_host, "functions/skopeo", "v1")
+    copy = Layout(tmp_path / "copy")
+    pull(functions_host, "functions/skopeo", "v1", copy.path, "v1")  # layers come from Azurite by 307
+    assert_same_image(image, "v1", copy, "v1")
+
+
+@pytest.mark.skipif(not os.environ.get(CONFORMANCE), reason=f"set {CONFORMANCE}=<binary>")
+def test_oci_conformance_suite_through_the_function_app(functions_host, tmp_path) -> None:
+    assert run_oci_conformance(functions_host, tmp_path) == 0

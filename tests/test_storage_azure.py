@@ -17,7 +17,9 @@ pytest.register_assert_rewrite("tests.storage_suite")
 from chalicelib.context import Context  # noqa: E402
 from chalicelib.storage import InvalidPathError, PathNotFoundError, StorageError, create_driver  # noqa: E402
 from chalicelib.storage.azure import AzureDriver, blocks, from_parameters, parse_parameters  # noqa: E402
-from tests.azurite import ACCOUNT_KEY, ACCOUNT_NAME, Azurite, FakeEntraCredential, start_azurite  # noqa: E402
+from tests.azurite import (  # noqa: E402
+    ACCOUNT_KEY, ACCOUNT_NAME, CONFORMANCE, Azurite, FakeEntraCredential, run_oci_conformance, start_azurite,
+)
 from tests.clients_images import Layout, assert_same_image, images_dir, needs_tools, pull, push, session_image  # noqa: E402
 from tests.servers import ROOT, free_port, process  # noqa: E402
 from tests.storage_suite import StorageDriverSuite, payload  # noqa: E402
@@ -403,12 +405,11 @@ def test_invalid_paths_never_reach_azure(driver, ctx) -> None:
 # -- end to end: `stratus serve` over Azure, with skopeo -------------------------------------------
 
 
-@needs_tools
-def test_stratus_serve_over_azure_with_skopeo(azurite, tmp_path, tmp_path_factory, monkeypatch) -> None:
+@pytest.fixture(scope="module")
+def azure_registry(azurite: Azurite, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """(URL, container) of a `stratus serve` storing in Azurite."""
     container = azurite.new_container()
     port = free_port()
-    for name in [n for n in os.environ if n.startswith("REGISTRY_")]:  # `make test` exports a filesystem root
-        monkeypatch.delenv(name)
     env = {
         "REGISTRY_STORAGE": "azure",
         "REGISTRY_STORAGE_AZURE_ACCOUNTNAME": ACCOUNT_NAME,
@@ -419,29 +420,45 @@ def test_stratus_serve_over_azure_with_skopeo(azurite, tmp_path, tmp_path_factor
         "PYTHONPATH": str(ROOT),
     }
     argv = [sys.executable, "-m", "chalicelib", "serve", "--addr", f"127.0.0.1:{port}", "--workers", "2"]
+    logs = tmp_path_factory.mktemp("stratus-azure")
+    with pytest.MonkeyPatch.context() as patch:
+        # `make test` exports a filesystem root, and a second driver would be refused
+        for name in [n for n in os.environ if n.startswith("REGISTRY_")]:
+            patch.delenv(name)
+        with process(argv, port, env, log_path=logs / "stratus.log", cwd=ROOT):
+            yield f"http://127.0.0.1:{port}", container
+
+
+@needs_tools
+def test_stratus_serve_over_azure_with_skopeo(azure_registry, azurite, tmp_path, tmp_path_factory) -> None:
+    url, container = azure_registry
     images = images_dir(tmp_path_factory)
-    with process(argv, port, env, log_path=tmp_path / "stratus.log", cwd=ROOT):
-        url = f"http://127.0.0.1:{port}"
-        small = session_image(images, "small")
-        push(small.path, "v1", url, "e2e/small", "v1")
-        copy = Layout(tmp_path / "small")
-        pull(url, "e2e/small", "v1", copy.path, "v1")  # blob GETs are 307s that skopeo follows to Azurite
-        assert_same_image(small, "v1", copy, "v1")
+    small = session_image(images, "small")
+    push(small.path, "v1", url, "e2e/small", "v1")
+    copy = Layout(tmp_path / "small")
+    pull(url, "e2e/small", "v1", copy.path, "v1")  # blob GETs are 307s that skopeo follows to Azurite
+    assert_same_image(small, "v1", copy, "v1")
 
-        multi = session_image(images, "multi")
-        push(multi.path, "multi", url, "e2e/multi", "multi", "--all")
-        copy = Layout(tmp_path / "multi")
-        pull(url, "e2e/multi", "multi", copy.path, "multi", "--all")
-        assert_same_image(multi, "multi", copy, "multi")
+    multi = session_image(images, "multi")
+    push(multi.path, "multi", url, "e2e/multi", "multi", "--all")
+    copy = Layout(tmp_path / "multi")
+    pull(url, "e2e/multi", "multi", copy.path, "multi", "--all")
+    assert_same_image(multi, "multi", copy, "multi")
 
-        manifest = small.blob(small.tagged("v1")["digest"])
-        response = requests.get(f"{url}/v2/e2e/small/manifests/v1", timeout=10,
-                                headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
-        assert response.status_code == 200 and response.content == manifest
+    manifest = small.blob(small.tagged("v1")["digest"])
+    response = requests.get(f"{url}/v2/e2e/small/manifests/v1", timeout=10,
+                            headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+    assert response.status_code == 200 and response.content == manifest
 
     names = committed_and_staged(azurite, container, "docker/registry/v2/")
     assert "docker/registry/v2/repositories/e2e/small/_manifests/tags/v1/current/link" in names
     assert not [n for n in names if "/_uploads/" in n]
+
+
+@pytest.mark.skipif(not os.environ.get(CONFORMANCE), reason=f"set {CONFORMANCE}=<binary>")
+def test_oci_conformance_suite_on_azure(azure_registry, tmp_path) -> None:
+    url, _ = azure_registry
+    assert run_oci_conformance(url, tmp_path) == 0
 
 
 # -- Entra ID credentials: OAuth to storage, user-delegation SAS ----------------------------------
