@@ -1,0 +1,54 @@
+"""The filesystem driver's openat2 fast path for reads, and its realpath() fallback,
+must agree: same bytes, same errors, same refusal to leave the root."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from chalicelib.context import Context
+from chalicelib.storage import InvalidPathError, PathNotFoundError
+from chalicelib.storage import filesystem
+from chalicelib.storage.filesystem import FilesystemDriver
+
+
+@pytest.fixture(params=["openat2", "realpath"])
+def driver(request, tmp_path: Path, monkeypatch) -> FilesystemDriver:
+    if request.param == "realpath":
+        monkeypatch.setattr(filesystem, "_openat2", False)
+    root = tmp_path / "root"
+    root.mkdir()
+    return FilesystemDriver(str(root))
+
+
+def test_reads_agree(driver: FilesystemDriver) -> None:
+    ctx = Context()
+    driver.put_content(ctx, "/a/b/link", b"sha256:" + b"0" * 64)
+    assert driver.get_content(ctx, "/a/b/link") == b"sha256:" + b"0" * 64
+    with driver.reader(ctx, "/a/b/link", 7) as f:
+        assert f.read() == b"0" * 64
+    driver.put_content(ctx, "/empty", b"")
+    assert driver.get_content(ctx, "/empty") == b""
+
+
+def test_missing_and_directories_are_not_found(driver: FilesystemDriver) -> None:
+    ctx = Context()
+    driver.put_content(ctx, "/dir/file", b"x")
+    for path in ("/dir", "/nothing", "/dir/file/below"):
+        with pytest.raises(PathNotFoundError):
+            driver.get_content(ctx, path)
+        with pytest.raises(PathNotFoundError):
+            driver.reader(ctx, path)
+
+
+def test_relative_symlink_climbing_out_is_refused(driver: FilesystemDriver, tmp_path: Path) -> None:
+    (tmp_path / "secret").write_bytes(b"secret")
+    root = Path(driver.root_directory)
+    (root / "up").symlink_to("../secret")
+    (root / "inside").symlink_to("dir")
+    driver.put_content(Context(), "/dir/f", b"ok")
+    with pytest.raises(InvalidPathError):
+        driver.get_content(Context(), "/up")
+    with pytest.raises(InvalidPathError):
+        driver.reader(Context(), "/up")
+    assert driver.get_content(Context(), "/inside/f") == b"ok"  # relative, within the root
