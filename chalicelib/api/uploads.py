@@ -55,14 +55,35 @@ def _blob_created(scope: Scope, repo: Repository, digest) -> Response:
     )
 
 
+def _too_large(length: object, limit: int) -> HTTPError:
+    return HTTPError(
+        413, "SIZE_INVALID", f"chunk of {length} bytes exceeds the maximum of {limit}",
+        {"max": limit}, headers=[("OCI-Chunk-Max-Length", str(limit))],
+    )
+
+
+class _BoundedBody:
+    """A body sent without Content-Length (chunked): refused once it passes the limit."""
+
+    def __init__(self, body, limit: int):
+        self._body, self._limit, self._read = body, limit, 0
+
+    def read(self, size: int = -1) -> bytes:
+        allowed = self._limit + 1 - self._read  # one byte past the limit proves it too large
+        piece = self._body.read(allowed if size is None or size < 0 else min(size, allowed))
+        self._read += len(piece)
+        if self._read > self._limit:
+            raise _too_large(f"more than {self._limit}", self._limit)
+        return piece
+
+
 def _check_chunk_size(scope: Scope) -> None:
     limit = scope.settings.chunk_max_length
     length = scope.request.content_length
     if limit and length is not None and length > limit:
-        raise HTTPError(
-            413, "SIZE_INVALID", f"chunk of {length} bytes exceeds the maximum of {limit}",
-            {"max": limit}, headers=[("OCI-Chunk-Max-Length", str(limit))],
-        )
+        raise _too_large(length, limit)
+    if limit and length is None:
+        scope.request.body = _BoundedBody(scope.request.body, limit)
 
 
 def start(scope: Scope) -> Response:
