@@ -15,6 +15,7 @@ from .errors import (
     ManifestInvalidError,
     ManifestUnknownError,
 )
+from .manifest_cache import ManifestBodyCache
 from .manifest_types import Manifest, media_type_of, parse_manifest
 from .referrers import ReferrersIndex
 from .tags import TagStore
@@ -35,19 +36,33 @@ class ManifestStore:
         layers: LinkedBlobStore,
         tags: TagStore,
         referrers: ReferrersIndex,
+        bodies: Optional[ManifestBodyCache] = None,
     ):
         self.blobs = blobs
         self.revisions = revisions
         self.layers = layers
         self.tags = tags
         self.referrers = referrers
+        self.bodies = bodies
 
     def get(self, ctx: Context, digest: Digest) -> StoredManifest:
+        if self.bodies is None:
+            try:
+                body = self.revisions.get(ctx, digest)
+            except BlobUnknownError:
+                raise ManifestUnknownError(str(digest)) from None
+            return StoredManifest(digest=digest, media_type=media_type_of(body), body=body)
+        self.stat(ctx, digest)  # linked in this repository, now: never cached
+        cached = self.bodies.get(digest)
+        if cached is not None:
+            return StoredManifest(digest=digest, media_type=cached[0], body=cached[1])
         try:
-            body = self.revisions.get(ctx, digest)
+            body = self.blobs.get(ctx, digest)
         except BlobUnknownError:
             raise ManifestUnknownError(str(digest)) from None
-        return StoredManifest(digest=digest, media_type=media_type_of(body), body=body)
+        stored = StoredManifest(digest=digest, media_type=media_type_of(body), body=body)
+        self.bodies.put(digest, stored.media_type, body)
+        return stored
 
     def stat(self, ctx: Context, digest: Digest) -> BlobDescriptor:
         try:

@@ -10,6 +10,7 @@ from ..context import Context
 from ..storage import StorageDriver, paths
 from . import catalog
 from .blobs import BlobStatter, BlobStore, LinkedBlobStore
+from .manifest_cache import ManifestBodyCache
 from .manifests import ManifestStore
 from .names import validate_name
 from .referrers import ReferrersIndex
@@ -38,7 +39,9 @@ class Repository:
         self.revisions = LinkedBlobStore(registry.blobs, name, paths.manifest_revision_link)
         self.tags = TagStore(driver, name)
         self.referrers = ReferrersIndex(driver, name)
-        self.manifests = ManifestStore(registry.blobs, self.revisions, self.blobs, self.tags, self.referrers)
+        self.manifests = ManifestStore(
+            registry.blobs, self.revisions, self.blobs, self.tags, self.referrers, registry.manifest_bodies
+        )
         self.uploads = BlobUploads(driver, name, registry.blobs, self.blobs)
 
 
@@ -54,6 +57,8 @@ class Registry:
         self.options = options
         statter = BlobStatter(driver, retries=options.stat_retries)
         self.blobs = BlobStore(driver, CachedBlobStatter(cache, statter) if cache is not None else statter)
+        # immutable by digest, so safe in every process; membership is still read per request
+        self.manifest_bodies = ManifestBodyCache()
 
     def repository(self, name: str) -> Repository:
         return Repository(self, validate_name(name))
