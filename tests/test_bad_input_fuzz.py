@@ -53,6 +53,7 @@ MEDIA_TYPES = [
 PASSWORD = "fuzz-password"
 
 COUNTS: collections.Counter = collections.Counter()
+STATUSES: collections.Counter = collections.Counter()
 
 
 def sha256(data: bytes) -> str:
@@ -179,6 +180,7 @@ def report_counts(request: pytest.FixtureRequest):
         reporter.write_line(f"bad-input requests: {sum(COUNTS.values())} in {len(COUNTS)} classes")
         for name, count in sorted(COUNTS.items()):
             reporter.write_line(f"  {count:6d}  {name}")
+        reporter.write_line("  statuses: " + ", ".join(f"{k}: {v}" for k, v in sorted(STATUSES.items())))
 
 
 # ---------------------------------------------------------------------------- the invariants
@@ -324,6 +326,7 @@ _numbers = st.one_of(
     st.sampled_from([0, 1, 2**31, 2**63, 10**19, 10**25]),
 )
 range_values = st.one_of(
+    st.builds(lambda a, b: f"bytes={min(a, b)}-{max(a, b)}", st.integers(0, 40), st.integers(0, 40)),
     st.builds(lambda a, b: f"bytes={a}-{b}", _numbers, _numbers),
     st.builds(lambda a: f"bytes={a}-", _numbers),
     st.builds(lambda b: f"bytes=-{b}", _numbers),
@@ -428,6 +431,7 @@ def send(api, method: str, path: str, query: dict | str | None = None, headers: 
         request.content_length = content_length
     response = api.handle(request)
     check(response, method, root)
+    STATUSES[response.status] += 1
     return response
 
 
@@ -535,14 +539,17 @@ def test_oversized_manifests_are_refused_before_they_are_read(registry) -> None:
         r = send(api, "PUT", f"/v2/{seed.name}/manifests/huge", headers={"Content-Type": OCI_MANIFEST},
                  body=big if length != 10**15 else b"{}", content_length=length, root=root)
         assert r.status == 413
-    for query in ({}, {"digest": sha256(b"x" * (CHUNK_MAX + 1))}):
+    chunk = b"x" * (CHUNK_MAX + 1)
+    for query, streamed in (({}, False), ({}, True), ({"digest": sha256(chunk)}, False),
+                            ({"digest": sha256(chunk)}, True)):
         COUNTS["oversized bodies (manifest > 4 MiB, chunk > max)"] += 1
         _, upload_id, state = seed.new_upload("fuzz/big")
+        length = None if streamed else len(chunk)
         if query:
-            r = send(api, "POST", "/v2/fuzz/big/blobs/uploads/", query, body=b"x" * (CHUNK_MAX + 1), root=root)
+            r = send(api, "POST", "/v2/fuzz/big/blobs/uploads/", query, body=chunk, content_length=length, root=root)
         else:
             r = send(api, "PATCH", f"/v2/fuzz/big/blobs/uploads/{upload_id}", {"_state": state},
-                     body=b"x" * (CHUNK_MAX + 1), root=root)
+                     body=chunk, content_length=length, root=root)
         assert r.status == 413
         assert r.header("OCI-Chunk-Max-Length") == str(CHUNK_MAX)
     assert_layout(root)
@@ -552,7 +559,8 @@ def test_blob_digests_and_ranges(registry) -> None:
     api, seed, root = registry
 
     @fuzz(1300)
-    @given(name=st.one_of(st.just(seed.name), names(seed)), digest=digests(seed),
+    @given(name=st.one_of(st.just(seed.name), names(seed)), digest=st.one_of(st.sampled_from(seed.blobs),
+                                                                               digests(seed)),
            method=st.sampled_from(["GET", "HEAD", "GET", "DELETE"]),
            range_=st.one_of(st.none(), range_values), if_none_match=st.one_of(st.none(), header_values))
     def run(name, digest, method, range_, if_none_match) -> None:
@@ -590,6 +598,8 @@ def test_upload_starts_monolithic_and_mounts(registry) -> None:
         r = send(api, "POST", f"/v2/{name}/blobs/uploads/", query, body=body, content_length=length, root=root)
         if r.status == 201:
             assert r.header("Docker-Content-Digest")
+        if len(body) > CHUNK_MAX and (length is None or length > CHUNK_MAX) and "digest" in query:
+            assert r.status != 201, "a body over the chunk maximum was stored"
 
     run()
     assert_layout(root)
@@ -647,6 +657,8 @@ def test_upload_sessions_chunks_content_range_and_state(registry) -> None:
             headers["Content-Range"] = content_range
         length = lie(body, how)
         r = send(api, method, f"/v2/{name}/blobs/uploads/{upload_id}", query, headers, body, length, root)
+        if len(body) > CHUNK_MAX and (length is None or length > CHUNK_MAX):
+            assert r.status not in (201, 202), "a chunk over the maximum was taken"
         if r.status == 202 and r.header("Location"):  # continue from where the registry says
             location = r.header("Location")
             sessions.append((name, upload_id, location.split("_state=", 1)[1]))
