@@ -188,3 +188,20 @@ def test_no_secret_in_the_repository() -> None:
 def test_http_api_event_helper_shape() -> None:
     event = http_api_event("PATCH", "/v2/a/b/blobs/uploads/x", "_state=abc", {"Content-Type": "x"}, b"\x00\xff")
     assert event["isBase64Encoded"] and event["body"] == "AP8="
+
+
+def test_cold_start_answers_the_base_endpoint_without_boto3(lambda_env) -> None:
+    """An instance that only answers GET /v2/ never imports boto3 (nor the X-Ray SDK)."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+from tests.lambda_events import http_api_event, LambdaContext
+import app
+result = app.app(http_api_event("GET", "/v2/"), LambdaContext())
+assert result["statusCode"] == 200, result
+loaded = [m for m in ("boto3", "botocore", "aws_xray_sdk", "redis") if m in sys.modules]
+assert not loaded, loaded
+"""
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, env=dict(os.environ), check=True, timeout=60)
