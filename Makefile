@@ -5,8 +5,15 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DATA ?= ./data
 
-export REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY ?= $(abspath $(DATA))
-export REGISTRY_HTTP_ADDR ?= 127.0.0.1:5000
+# Without a config file or another driver, serve from ./data. Only the serving
+# targets get this: tests start their own servers with their own environment.
+ifeq ($(REGISTRY_CONFIGURATION_PATH)$(filter-out filesystem,$(REGISTRY_STORAGE)),)
+ROOTDIR := $(or $(REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY),$(abspath $(DATA)))
+SERVE_ENV := REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY=$(ROOTDIR)
+PREPARE_DATA := mkdir -p $(ROOTDIR)
+else
+PREPARE_DATA := true
+endif
 
 .PHONY: serve test bench system-deps venv chalice-local clean
 
@@ -20,12 +27,12 @@ $(STAMP): requirements.txt requirements-server.txt requirements-dev.txt pyprojec
 venv: $(STAMP)
 
 serve: $(STAMP)
-	mkdir -p $(REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY)
-	$(VENV)/bin/stratus serve
+	$(PREPARE_DATA)
+	$(SERVE_ENV) $(VENV)/bin/stratus serve
 
 chalice-local: $(STAMP)
-	mkdir -p $(REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY)
-	$(VENV)/bin/chalice local --host 127.0.0.1 --port $(or $(PORT),8000) --no-autoreload --stage local
+	$(PREPARE_DATA)
+	$(SERVE_ENV) $(VENV)/bin/chalice local --host 127.0.0.1 --port $(or $(PORT),8000) --no-autoreload --stage local
 
 system-deps:
 	sh scripts/install-system-deps.sh
