@@ -83,6 +83,17 @@ def test_push_in_chunks_on_fresh_instances_then_pull_through_s3(invoke, moto_s3,
     assert ranged.status_code == 206 and ranged.content == data[10:20]
 
 
+def test_redirect_disabled_serves_bytes_with_range(invoke, monkeypatch) -> None:
+    monkeypatch.setenv("REGISTRY_STORAGE_REDIRECT_DISABLE", "true")
+    data = random_bytes(300_000, seed=3)
+    digest = invoke.push_blob("lambda/direct", data, chunk=MiB)
+    whole = invoke("GET", f"/v2/lambda/direct/blobs/{digest}")
+    assert whole.status == 200 and whole.body == data
+    part = invoke("GET", f"/v2/lambda/direct/blobs/{digest}", headers={"Range": "bytes=1000-1999"})
+    assert part.status == 206 and part.body == data[1000:2000]
+    assert part.header("Content-Range") == f"bytes 1000-1999/{len(data)}"
+
+
 def test_manifest_push_and_pull_by_tag(invoke) -> None:
     config = b"{}"
     layer = random_bytes(1000, seed=2)
