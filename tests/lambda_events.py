@@ -12,9 +12,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import importlib
+import itertools
 import time
 import uuid
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 from urllib.parse import parse_qs, urlsplit
 
 DOMAIN = "abc123def4.execute-api.us-east-1.amazonaws.com"
@@ -163,20 +164,24 @@ class Invoker:
             assert "multiValueHeaders" not in result
         return Response(result)
 
-    def push_blob(self, name: str, data: bytes, chunk: int, fresh: bool = True) -> str:
-        """POST, PATCH in chunks, PUT: each request on a fresh instance. Returns the digest."""
+    def push_blob(self, name: str, data: bytes, chunk: Union[int, Sequence[int]], fresh: bool = True) -> str:
+        """POST, PATCH in chunks (of one size, or of the sizes given in turn), PUT: each
+        request on a fresh instance unless fresh=False. Returns the digest."""
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         started = self("POST", f"/v2/{name}/blobs/uploads/", fresh=fresh)
         assert started.status == 202, started.body
         path, query = started.location()
-        for offset in range(0, len(data), chunk):
-            piece = data[offset:offset + chunk]
+        sizes = itertools.cycle([chunk] if isinstance(chunk, int) else chunk)
+        offset = 0
+        while offset < len(data):
+            piece = data[offset:offset + next(sizes)]
             patched = self("PATCH", path, query, {"Content-Type": "application/octet-stream",
                                                   "Content-Range": f"{offset}-{offset + len(piece) - 1}"},
                            piece, fresh=fresh)
             assert patched.status == 202, patched.body
             assert patched.header("Range") == f"0-{offset + len(piece) - 1}"
             path, query = patched.location()
+            offset += len(piece)
         done = self("PUT", path, f"{query}&digest={digest}", fresh=fresh)
         assert done.status == 201, done.body
         assert done.header("Docker-Content-Digest") == digest

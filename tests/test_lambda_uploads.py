@@ -59,13 +59,14 @@ def keys_under(moto_s3: MotoS3, bucket: str, prefix: str) -> list[str]:
     return [item["Key"] for page in pages for item in page.get("Contents", [])]
 
 
-@pytest.mark.parametrize("chunk_mib", [1, 3, 7])
-def test_23_mib_in_chunks_each_on_a_fresh_app(lambda_env, monkeypatch, moto_s3, bucket, chunk_mib) -> None:
+@pytest.mark.parametrize("chunks_mib", [(1, 3, 7), (1,), (3,), (7,)], ids=["1-3-7", "1", "3", "7"])
+def test_23_mib_in_chunks_each_on_a_fresh_app(lambda_env, monkeypatch, moto_s3, bucket, chunks_mib) -> None:
+    """1+3+7+1+3+7+1 MiB (tails folded into parts at every size), and each size alone."""
     monkeypatch.setenv("REGISTRY_HTTP_CHUNKMAXLENGTH", "8MiB")  # 7 MiB chunks are over Lambda's default
-    name = f"chunks/c{chunk_mib}"
-    data = random_bytes(23 * MiB, seed=chunk_mib)
+    name = "chunks/c" + "-".join(map(str, chunks_mib))
+    data = random_bytes(23 * MiB, seed=sum(chunks_mib))
     invoke = Invoker("http")
-    digest = invoke.push_blob(name, data, chunk=chunk_mib * MiB, fresh=True)
+    digest = invoke.push_blob(name, data, chunk=[c * MiB for c in chunks_mib], fresh=True)
     assert digest == "sha256:" + hashlib.sha256(data).hexdigest()
     assert multipart_uploads(moto_s3, bucket) == []
     assert keys_under(moto_s3, bucket, f"docker/registry/v2/repositories/{name}/_uploads/") == []
