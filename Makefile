@@ -15,7 +15,12 @@ else
 PREPARE_DATA := true
 endif
 
-.PHONY: serve test bench system-deps venv chalice-local clean
+.PHONY: serve test test-backends bench system-deps venv chalice-local clean
+
+# The HTTP suites that run again on every other storage and cache backend
+API_SUITES := tests/test_api_pull.py tests/test_api_push.py tests/test_api_discovery.py \
+	tests/test_api_management.py tests/test_api_bad_input.py
+BACKENDS := s3 azure rados redis
 
 $(STAMP): requirements.txt requirements-server.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +44,13 @@ system-deps:
 
 test: system-deps $(STAMP)
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-backends
+
+test-backends: $(STAMP)
+	for backend in $(BACKENDS); do \
+		echo "== HTTP suites on $$backend"; \
+		STRATUS_TEST_BACKEND=$$backend $(PY) -m pytest -q -ra $(API_SUITES) || exit 1; \
+	done
 
 bench: system-deps $(STAMP)
 	$(PY) -m bench $(BENCH_ARGS)

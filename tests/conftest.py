@@ -1,29 +1,100 @@
+"""The shared `stratus serve` fixture.
+
+STRATUS_TEST_BACKEND chooses what it runs on, so the HTTP suites (tests/test_api_*)
+run unchanged against every deployment shape: `filesystem` (default), `s3` (moto
+server), `azure` (Azurite), `rados` (a throwaway Ceph cluster), `redis`
+(filesystem with the Redis descriptor cache). `make test-backends` runs them all.
+
+On s3 and azure the server serves blob bytes itself (storage.redirect.disable), since
+these suites check the registry's own GET headers; the 307s to presigned and SAS
+URLs have tests of their own beside each driver.
+"""
 from __future__ import annotations
 
+import os
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import pytest
 
+from .moto_server import moto_s3  # noqa: F401  (a fixture the s3 backend requests)
 from .servers import stratus_server
+
+BACKEND = os.environ.get("STRATUS_TEST_BACKEND", "filesystem")
+BACKENDS = ("filesystem", "s3", "azure", "rados", "redis")
+NO_REDIRECT = {"REGISTRY_STORAGE_REDIRECT_DISABLE": "true"}
 
 
 @dataclass(frozen=True)
 class RunningRegistry:
     url: str
-    root: Path  # the filesystem driver's rootdirectory
+    root: Path  # the filesystem root of the server's storage, or of its logs on other backends
+    backend: str = "filesystem"
+
+    @property
+    def on_filesystem(self) -> bool:
+        return self.backend in ("filesystem", "redis")
+
+
+def _backend_environment(
+    backend: str, stack: ExitStack, workspace: Path, request: pytest.FixtureRequest
+) -> dict[str, str]:
+    if backend == "filesystem":
+        return {}
+    if backend == "s3":
+        moto = request.getfixturevalue("moto_s3")
+        return {**moto.environment(moto.create_bucket()), **NO_REDIRECT}
+    if backend == "azure":
+        from .azurite import ACCOUNT_KEY, ACCOUNT_NAME, azurite_blob
+
+        azurite = stack.enter_context(azurite_blob(workspace / "azurite"))
+        return {
+            "REGISTRY_STORAGE": "azure",
+            "REGISTRY_STORAGE_AZURE_ACCOUNTNAME": ACCOUNT_NAME,
+            "REGISTRY_STORAGE_AZURE_ACCOUNTKEY": ACCOUNT_KEY,
+            "REGISTRY_STORAGE_AZURE_SERVICEURL": azurite.blob_endpoint,
+            "REGISTRY_STORAGE_AZURE_CONTAINER": azurite.new_container(),
+            **NO_REDIRECT,
+        }
+    if backend == "rados":
+        from .ceph_cluster import ceph_cluster, unavailable_reason
+
+        reason = unavailable_reason()
+        if reason:
+            pytest.skip(f"Ceph unavailable: {reason}")
+        ceph = stack.enter_context(ceph_cluster(workspace / "ceph"))
+        return {
+            "REGISTRY_STORAGE": "rados",
+            "REGISTRY_STORAGE_RADOS_POOLNAME": ceph.pool,
+            "REGISTRY_STORAGE_RADOS_CONFFILE": str(ceph.conffile),
+        }
+    if backend == "redis":
+        from .redis_server import redis_server
+
+        redis = stack.enter_context(redis_server(workspace / "redis"))
+        return {"REGISTRY_STORAGE_CACHE_BLOBDESCRIPTOR": "redis", "REGISTRY_REDIS_ADDR": redis.addr}
+    raise pytest.UsageError(f"STRATUS_TEST_BACKEND={backend!r}: choose one of {', '.join(BACKENDS)}")
 
 
 @pytest.fixture(scope="session")
-def stratus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningRegistry]:
-    """One `stratus serve` over a filesystem root, shared by the session."""
-    root = tmp_path_factory.mktemp("stratus") / "data"
+def stratus(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[RunningRegistry]:
+    """One `stratus serve` on the chosen backend, shared by the session."""
+    workspace = tmp_path_factory.mktemp("stratus")
+    root = workspace / "data"
     root.mkdir()
-    with stratus_server(root) as url:
-        yield RunningRegistry(url, root)
+    with ExitStack() as stack:
+        env = _backend_environment(BACKEND, stack, tmp_path_factory.mktemp("backend"), request)
+        with stratus_server(root, env) as url:
+            yield RunningRegistry(url, root, BACKEND)
 
 
 @pytest.fixture(scope="session")
 def registry_url(stratus: RunningRegistry) -> str:
     return stratus.url
+
+
+def backend_only(*backends: str) -> Optional[pytest.MarkDecorator]:
+    """Skip a test that inspects storage directly when the suite runs on another backend."""
+    return pytest.mark.skipif(BACKEND not in backends, reason=f"inspects {'/'.join(backends)} storage")

@@ -91,17 +91,19 @@ def stratus_server(
     config: Optional[Path] = None,
     workers: int = 1,
 ) -> Iterator[str]:
-    """`stratus serve` over a filesystem root; yields its base URL."""
+    """`stratus serve`, over the filesystem root unless env chooses another driver."""
     port = free_port()
     argv = [sys.executable, "-m", "chalicelib", "serve", "--addr", f"127.0.0.1:{port}", "--workers", str(workers)]
     if config:
         argv += ["--config", str(config)]
+    env = dict(env or {})
     server_env = {
-        "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY": str(root),
         "REGISTRY_HTTP_SECRET": "test-secret",
         "PYTHONPATH": str(ROOT),
-        **(env or {}),
+        **env,
     }
+    if env.get("REGISTRY_STORAGE", "filesystem") == "filesystem":
+        server_env.setdefault("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", str(root))
     with process(argv, port, server_env, log_path=root.parent / f"stratus-{port}.log", cwd=ROOT):
         url = f"http://127.0.0.1:{port}"
         requests.get(url + "/v2/", timeout=10)
