@@ -133,7 +133,8 @@ class RegistryAPI:
         }
 
     def may_mount_from(self, scope: Scope, source: str) -> bool:
-        """Mounting reads the source repository, so it needs pull access there."""
+        """Mounting reads the source repository, so it needs pull access there
+        ("*" when the blob may come from any repository)."""
         if self.access_controller is None:
             return True
         return self.access_controller.authorize(scope.request, [Access("repository", source, "pull")]) is None

@@ -123,7 +123,11 @@ def _mount(scope: Scope, repo: Repository, mount: str, source: Optional[str]) ->
                 return None
             descriptor = scope.registry.repository(source).blobs.stat(ctx, digest)
         else:
-            # no `from`: the blob may be anywhere in this registry
+            # no `from`: the blob may be anywhere in this registry, so only a caller who
+            # may pull every repository ("*": an open registry, any htpasswd user) may
+            # mount it; a token scoped to repositories uploads instead
+            if not scope.api.may_mount_from(scope, "*"):
+                return None
             descriptor = scope.registry.blobs.stat(ctx, digest)
     except (BlobUnknownError, NameInvalidError):  # not worth failing the push for
         return None
