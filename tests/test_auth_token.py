@@ -324,3 +324,15 @@ def test_skopeo_pushes_through_the_token_server(token_server, tmp_path_factory: 
     assert_same_image(source, "v1", type(source)(copy), "v1")
     with pytest.raises(AssertionError, match=r"(?i)unauthorized|authentication required|insufficient"):
         push(source.path, "v1", url, "tokens/other", "v1", "--dest-creds=reader:read-pw")
+
+
+def test_mount_without_from_needs_pull_on_every_repository(api, issuer: TokenIssuer) -> None:
+    data = b"a layer somewhere in the registry"
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    owner = bearer(issuer.token([pull_push("private/src")]))
+    assert call(api, "POST", "/v2/private/src/blobs/uploads/", f"digest={digest}", owner, data).status == 201
+
+    outsider = bearer(issuer.token([pull_push("outsider/dst")]))
+    r = call(api, "POST", "/v2/outsider/dst/blobs/uploads/", f"mount={digest}", outsider)
+    assert r.status == 202
+    assert call(api, "HEAD", f"/v2/outsider/dst/blobs/{digest}", headers=outsider).status == 404
