@@ -6,7 +6,6 @@ answers, the other must answer the same.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Iterator
 
 import pytest

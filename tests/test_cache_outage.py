@@ -11,7 +11,7 @@ import json
 import re
 import time
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator
 
 import pytest
 import requests

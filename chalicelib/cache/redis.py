@@ -33,7 +33,13 @@ from ..config import RedisConfig
 from ..context import Context
 from ..descriptor import OCTET_STREAM, BlobDescriptor
 from ..digest import Digest
-from .base import GLOBAL_TTL, REPOSITORY_TTL, CacheUnavailableError, DescriptorNotCachedError, validate_descriptor
+from .base import (
+    GLOBAL_TTL,
+    REPOSITORY_TTL,
+    CacheUnavailableError,
+    DescriptorNotCachedError,
+    validate_descriptor,
+)
 from .ratelimit import RateLimitedLog
 
 log = logging.getLogger("stratus.cache")
@@ -173,7 +179,9 @@ class RedisBlobDescriptorCache:
             cache = _shared.get(key)
             if cache is None:
                 cache = _shared[key] = cls(connect(config))
-                log.info("blob descriptor cache: redis at %s (db %d, tls %s)", cache.address, config.db, config.tls)
+                log.info(
+                    "blob descriptor cache: redis at %s (db %d, tls %s)", cache.address, config.db, config.tls
+                )
             return cache
 
     # -- BlobDescriptorService (global) -------------------------------------------------
@@ -236,7 +244,7 @@ class RedisBlobDescriptorCache:
             with self._lock:
                 was_down, self._down = self._down, False
             if was_down:
-                self._recovered_log("redis at %s reachable again; blob descriptors served from it", self.address)
+                self._recovered_log("redis at %s reachable again; descriptors served from it", self.address)
         return result
 
     def _invalidate(self, scope: tuple[str, str], ops: list[_Op]) -> None:
