@@ -22,6 +22,7 @@ from typing import Iterator, Optional
 from urllib.parse import quote, urlencode
 
 import bcrypt
+import jwt
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -770,8 +771,71 @@ def test_authorization_headers_against_htpasswd(guarded) -> None:
     assert_layout(root)
 
 
+def test_bearer_tokens_against_token_auth(fuzz_base: Path) -> None:
+    from .token_issuer import Signer, TokenIssuer
+
+    issuer = TokenIssuer()
+    trust = fuzz_base / "token-trust"
+    trust.mkdir()
+    root = fuzz_base / "tokens" / "data"
+    root.mkdir(parents=True)
+    api = build_api(config_from_mapping(_config(root, issuer.auth_config(trust, realm="https://auth.fuzz/token"))))
+    signers = [issuer.x5c(), issuer.jwks(), issuer.rogue(), Signer(issuer.rsa_key, "RS256", {"kid": "other"})]
+    claim_values = st.one_of(json_values, st.sampled_from([issuer.service, issuer.issuer, [issuer.service]]))
+    access = st.one_of(
+        json_values,
+        st.lists(st.fixed_dictionaries({"type": st.sampled_from(["repository", "registry", 1]),
+                                        "name": st.sampled_from(["fuzz/app", "catalog", "*", ""]),
+                                        "actions": st.one_of(st.lists(st.sampled_from(["pull", "push", "*", "delete"]),
+                                                                      max_size=3), json_values)}), max_size=3),
+    )
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    def sign(signer: Signer, overrides: dict, grants) -> str:
+        try:
+            return jwt.encode(issuer.claims(grants, **overrides), signer.key, algorithm=signer.alg,
+                              headers=signer.header)
+        except (TypeError, ValueError):  # PyJWT will not encode some odd claims: sign them unchecked
+            return jwt.api_jws.PyJWS().encode(
+                json.dumps(issuer.claims(grants, **overrides)).encode(), signer.key, algorithm=signer.alg,
+                headers=signer.header)
+
+    signed = st.builds(
+        sign,
+        st.sampled_from(signers),
+        st.dictionaries(st.sampled_from(["iss", "aud", "exp", "nbf", "iat", "sub"]), claim_values, max_size=3),
+        access,
+    )
+    forged = st.builds(
+        lambda header, claims, signature: f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}."
+                                          f"{b64(signature)}",
+        st.one_of(json_values, st.fixed_dictionaries({"alg": st.sampled_from(["none", "HS256", "RS256", "ES256", 7]),
+                                                      "kid": st.one_of(st.just(issuer.jwks_kid), json_values),
+                                                      "x5c": json_values})),
+        json_values, st.binary(max_size=80),
+    )
+    tokens = st.one_of(signed, forged, _any_text, st.builds(lambda t: t[:-3] + "abc", signed))
+
+    @fuzz(700)
+    @given(token=tokens, scheme=st.sampled_from(["Bearer", "bearer", "Basic", "", "BEARER"]),
+           endpoint=st.sampled_from([("GET", "/v2/"), ("GET", "/v2/_catalog"), ("GET", "/v2/fuzz/app/tags/list"),
+                                     ("POST", "/v2/fuzz/app/blobs/uploads/"), ("DELETE", "/v2/fuzz/app/manifests/x"),
+                                     ("GET", "/v2/fuzz/app/manifests/latest")]))
+    def run(token, scheme, endpoint) -> None:
+        COUNTS["bearer tokens (token-auth registry): signed with odd claims, forged, garbage"] += 1
+        method, path = endpoint
+        r = send(api, method, path, headers={"Authorization": f"{scheme} {token}"}, root=root)
+        if r.status == 401:
+            assert r.header("WWW-Authenticate").startswith('Bearer realm="https://auth.fuzz/token",service=')
+
+    run()
+    assert_layout(root)
+
+
 def test_bad_input_total_is_at_least_ten_thousand() -> None:
-    if len(COUNTS) < 12:
+    if len(COUNTS) < 13:
         pytest.skip("only meaningful after the whole module ran")
     assert sum(COUNTS.values()) >= 10_000, COUNTS
 
