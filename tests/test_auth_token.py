@@ -13,7 +13,6 @@ import requests
 import yaml
 from cryptography.hazmat.primitives import serialization
 
-from chalicelib.api import Request
 from chalicelib.auth import create_access_controller
 from chalicelib.config import AuthConfig, ConfigError
 
