@@ -51,11 +51,15 @@ def cmd_purge_uploads(args: argparse.Namespace) -> None:
 
 
 def cmd_gc(args: argparse.Namespace) -> None:
+    from .bootstrap import build_cache
     from .context import background
     from .registry.maintenance import collect_garbage
 
     config = _load(args.config)
-    report = collect_garbage(background(), _driver(config), dry_run=args.dry_run, remove_untagged=args.delete_untagged)
+    report = collect_garbage(
+        background(), _driver(config), dry_run=args.dry_run, remove_untagged=args.delete_untagged,
+        cache=build_cache(config),
+    )
     verb = "would delete" if args.dry_run else "deleted"
     for name in report.manifests_deleted:
         print(f"manifest {verb}: {name}")

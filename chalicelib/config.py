@@ -702,7 +702,8 @@ def _http(section: _Section) -> HTTPConfig:
         draintimeout=section.duration("draintimeout", 0.0),
         tls=copy.deepcopy(tls.mapping),
     )
-    section.warn_unknown(known=("debug", "http2", "h2c"))
+    # secretparameter: read by bootstrap (an SSM or Secrets Manager name for http.secret)
+    section.warn_unknown(known=("debug", "http2", "h2c", "secretparameter"))
     return config
 
 

@@ -312,7 +312,10 @@ def test_garbage_collection_keeps_referenced_blobs_only(registry):
     orphan = push_blob(registry, "r", b"orphan")
     report = collect_garbage(CTX, registry.driver, dry_run=True)
     assert report.deleted == [orphan]
-    collect_garbage(CTX, registry.driver)
+    assert registry.blobs.stat(CTX, orphan).size == 6  # now cached
+    collect_garbage(CTX, registry.driver, cache=registry.cache)
+    with pytest.raises(BlobUnknownError):
+        registry.blobs.stat(CTX, orphan)
     with pytest.raises(BlobUnknownError):
         fresh(registry).blobs.stat(CTX, orphan)
     assert fresh(registry).blobs.stat(CTX, Digest.from_bytes(b"kept")).size == 4

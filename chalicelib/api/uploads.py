@@ -128,7 +128,7 @@ def _mount(scope: Scope, repo: Repository, mount: str, source: Optional[str]) ->
             # mount it; a token scoped to repositories uploads instead
             if not scope.api.may_mount_from(scope, "*"):
                 return None
-            descriptor = scope.registry.blobs.stat(ctx, digest)
+            descriptor = scope.registry.blobs.stat_now(ctx, digest)
     except (BlobUnknownError, NameInvalidError):  # not worth failing the push for
         return None
     repo.blobs.link(ctx, descriptor)

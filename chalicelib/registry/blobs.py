@@ -67,6 +67,20 @@ class BlobStore:
     def stat(self, ctx: Context, digest: Digest) -> BlobDescriptor:
         return self.statter.stat(ctx, digest)
 
+    def stat_now(self, ctx: Context, digest: Digest) -> BlobDescriptor:
+        """One look at storage, without the statter's consistency retries.
+
+        For callers to whom absence is the common, expected answer (about to write
+        the blob, or probing for a mount): waiting out a lag would only slow them.
+        """
+        try:
+            info = self.driver.stat(ctx, blob_path(digest))
+        except PathNotFoundError:
+            raise BlobUnknownError(str(digest)) from None
+        if info.is_dir:
+            raise BlobUnknownError(str(digest))
+        return BlobDescriptor(digest=digest, size=info.size)
+
     def get(self, ctx: Context, digest: Digest) -> bytes:
         try:
             return self.driver.get_content(ctx, blob_path(digest))
@@ -77,7 +91,7 @@ class BlobStore:
         """Store small content (a manifest) at its digest's path, once."""
         descriptor = BlobDescriptor(digest=digest, size=len(content), media_type=media_type)
         try:
-            self.statter.stat(ctx, digest)
+            self.stat_now(ctx, digest)
         except BlobUnknownError:
             self.driver.put_content(ctx, blob_path(digest), content)
             self.statter.set_descriptor(ctx, digest, descriptor)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Optional
 
+from ..cache.base import BlobDescriptorService
 from ..context import Context
 from ..digest import Digest, DigestError
 from ..storage import PathNotFoundError, StorageDriver, StorageError, paths
@@ -113,12 +114,15 @@ def _list_digests(ctx: Context, driver: StorageDriver, directory: str) -> list[D
 
 
 def collect_garbage(
-    ctx: Context, driver: StorageDriver, dry_run: bool = False, remove_untagged: bool = False
+    ctx: Context, driver: StorageDriver, dry_run: bool = False, remove_untagged: bool = False,
+    cache: Optional[BlobDescriptorService] = None,
 ) -> GCReport:
     """Mark every blob a manifest of any repository references, sweep the rest.
 
     Run it with the registry read-only (storage.maintenance.readonly): a blob
     uploaded but not yet referenced by a manifest is indistinguishable from garbage.
+    Each swept blob is cleared from the descriptor cache the servers share, so
+    none of them goes on reporting it present.
     """
     report = GCReport()
     from .tags import TagStore
@@ -166,6 +170,8 @@ def collect_garbage(
                     driver.delete(ctx, blob_path(info).rsplit("/", 1)[0])
                 except PathNotFoundError:
                     pass
+                if cache is not None:
+                    cache.clear(ctx, info)
     return report
 
 

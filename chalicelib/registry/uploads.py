@@ -19,7 +19,14 @@ from ..descriptor import BlobDescriptor
 from ..digest import CANONICAL, Algorithm, Digest, DigestError, ResumableHasher
 from ..storage import FileWriter, PathNotFoundError, StorageDriver, UnsupportedMethodError, paths
 from .blobs import BlobStore, LinkedBlobStore, blob_path
-from .errors import BlobUploadInvalidError, BlobUploadUnknownError, DigestInvalidError, RangeInvalidError, SizeInvalidError
+from .errors import (
+    BlobUnknownError,
+    BlobUploadInvalidError,
+    BlobUploadUnknownError,
+    DigestInvalidError,
+    RangeInvalidError,
+    SizeInvalidError,
+)
 
 log = logging.getLogger("stratus.uploads")
 
@@ -267,12 +274,11 @@ class BlobUpload:
 
     def _move_into_place(self, ctx: Context, digest: Digest) -> None:
         blobs: BlobStore = self._uploads.blobs
-        # One look at storage, without the statter's eventual-consistency retries: a
-        # new blob is the common case, and missing an existing one only costs a copy.
+        # a new blob is the common case, and missing an existing one only costs a copy
         try:
-            if not self._driver.stat(ctx, blob_path(digest)).is_dir:
-                return  # content-addressed: an existing blob already has these bytes
-        except PathNotFoundError:
+            blobs.stat_now(ctx, digest)
+            return  # content-addressed: an existing blob already has these bytes
+        except BlobUnknownError:
             pass
         self._driver.move(ctx, self._data_path, blob_path(digest))
         blobs.statter.set_descriptor(ctx, digest, BlobDescriptor(digest=digest, size=self.size))
