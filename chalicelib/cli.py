@@ -22,7 +22,12 @@ def cmd_serve(args: argparse.Namespace) -> None:
     config = _load(args.config)
     configure_logging(config)
     addr = args.addr or config.http.addr
-    api = build_api(config)
+    from .config import ConfigError
+
+    try:
+        api = build_api(config)
+    except (ConfigError, ValueError) as exc:  # driver and auth parameters are checked here
+        sys.exit(f"stratus: configuration error: {exc}")
     purging = config.storage.upload_purging
     if purging.enabled and not config.storage.readonly:
         start_upload_purger(api.registry.driver, purging.age, purging.interval, purging.dryrun)
