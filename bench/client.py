@@ -108,6 +108,23 @@ class Client:
         length: Optional[int] = None,
         headers: Optional[dict] = None,
     ) -> http.client.HTTPResponse:
+        reused = self._conn is not None and self._conn.sock is not None
+        try:
+            return self._send_once(method, url, body, length, headers)
+        except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+            if not reused:
+                raise
+            # the server closed an idle keep-alive connection: one retry on a new one
+            return self._send_once(method, url, body, length, headers)
+
+    def _send_once(
+        self,
+        method: str,
+        url: str,
+        body: Optional[Body],
+        length: Optional[int],
+        headers: Optional[dict],
+    ) -> http.client.HTTPResponse:
         conn = self._connection()
         conn.putrequest(method, self._path(url), skip_accept_encoding=True)
         if body is not None and length is None:

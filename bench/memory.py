@@ -50,6 +50,23 @@ def tree_rss(pid: int) -> int:
     return sum(rss_bytes(p) for p in process_tree(pid))
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of the live processes of pid's tree (for CPU per request:
+    on a shared machine it varies far less than wall-clock rates do)."""
+    total = 0
+    for p in process_tree(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / _TICK
+
+
 class PeakRSS:
     """Samples tree RSS every `interval` seconds in a thread until stopped."""
 

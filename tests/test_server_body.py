@@ -26,8 +26,8 @@ def _read_response(sock: socket.socket, buffered: bytes = b"", head: bool = Fals
         piece = sock.recv(65536)
         assert piece, f"connection closed; got {data!r}"
         data += piece
-    head, rest = data.split(b"\r\n\r\n", 1)
-    lines = head.decode("latin-1").split("\r\n")
+    header_block, rest = data.split(b"\r\n\r\n", 1)
+    lines = header_block.decode("latin-1").split("\r\n")
     status = int(lines[0].split()[1])
     headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
     length = 0 if head else int(headers.get("content-length", "0"))
@@ -85,3 +85,24 @@ def test_client_leaving_mid_chunk_keeps_what_arrived_and_server_serves_on(regist
     assert status.status_code == 204
     assert status.headers["Range"] in ("0-0", f"0-{len(sent) - 1}")
     assert requests.get(f"{registry_url}/v2/", timeout=30).status_code == 200
+
+
+def test_refused_chunk_body_arriving_late_keeps_the_connection(registry_url: str) -> None:
+    """A chunk refused before it is read (unknown upload) must not cost the connection,
+    even when its body arrives after the headers, as urllib3 sends it."""
+    body = os.urandom(50_000)
+    with _connect(registry_url) as sock:
+        for _ in range(3):
+            sock.sendall(
+                (
+                    "PATCH /v2/body/late/blobs/uploads/6b9fe12c-dfc6-4d0c-a926-4b54e325bf8e HTTP/1.1\r\n"
+                    f"Host: x\r\nContent-Type: application/octet-stream\r\nContent-Length: {len(body)}\r\n\r\n"
+                ).encode()
+            )
+            time.sleep(0.05)
+            sock.sendall(body)
+            status, headers, rest = _read_response(sock)
+            assert status == 404 and rest == b"", (headers, rest[:200])
+        sock.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, _, _ = _read_response(sock)
+        assert status == 200
