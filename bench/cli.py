@@ -36,6 +36,7 @@ class Settings:
     registries: tuple[str, ...]
     workers: Optional[int]
     cache_ops: int = 50
+    tree: Optional[Path] = None
 
     def describe(self) -> list[tuple[str, str]]:
         return [
@@ -46,6 +47,7 @@ class Settings:
             ("Request rates", f"wrk -t{self.wrk_threads} -c{self.connections} -d{self.wrk_seconds:g}s, keep-alive"),
             ("Hashing", f"{HASH_RUNS_PER_REP} runs per repetition, timed in thread CPU time (immune to preemption)"),
             ("Stratus workers", str(self.workers or "default")),
+            ("Stratus served from", str(self.tree) if self.tree else "this checkout"),
             ("Descriptor cache", f"{self.cache_ops} in-process operations per run over moto S3 and redis-server"),
             ("MB", "10^6 bytes"),
         ]
@@ -64,6 +66,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> tuple[Settings, argparse.Namesp
     p.add_argument("--only", help=f"comma-separated measures among {','.join(MEASURES)}")
     p.add_argument("--registries", default="stratus,reference", help="which registries to run")
     p.add_argument("--workers", type=int, help="stratus serve --workers (default: its own default)")
+    p.add_argument("--stratus-tree", type=Path, help="serve Stratus from another checkout (before/after runs)")
     p.add_argument("--cache-ops", type=int, help="operations per descriptor-cache run (default 50, quick 10)")
     p.add_argument("--output", type=Path, help=f"markdown file to write (default {DEFAULT_OUTPUT}, not with --quick)")
     p.add_argument("--no-write", action="store_true", help="print the table only")
@@ -89,6 +92,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> tuple[Settings, argparse.Namesp
         registries=registries,
         workers=args.workers,
         cache_ops=args.cache_ops or (10 if quick else 50),
+        tree=args.stratus_tree,
     )
     if settings.rss_push % settings.blob and settings.rss_push > settings.blob:
         p.error("--rss-push-mib must be a multiple of --blob-mib")
@@ -276,7 +280,7 @@ class Bench:
         with ExitStack() as stack:
             needs_servers = set(s.measures) & {"push", "pull", "rates", "rss"}
             if needs_servers:
-                self.servers["stratus"] = stack.enter_context(servers.stratus(self.workdir, s.workers))
+                self.servers["stratus"] = stack.enter_context(servers.stratus(self.workdir, s.workers, s.tree))
                 if "reference" in s.registries:
                     self.servers["reference"] = stack.enter_context(servers.reference(self.workdir))
                 for name, server in self.servers.items():

@@ -53,6 +53,22 @@ def _commit() -> str:
         return "unknown"
 
 
+def _server() -> str:
+    """What `stratus serve` runs on here (STRATUS_SERVER, else the default)."""
+    from chalicelib.server import DEFAULT_WORKERS, SERVERS
+
+    name = (os.environ.get("STRATUS_SERVER") or SERVERS[0]).strip().lower()
+    workers = os.environ.get("STRATUS_WORKERS") or DEFAULT_WORKERS.get(name, "?")
+    return f"{name} {_package(name)}, {workers} worker(s) x 8 threads"
+
+
+def _load() -> str:
+    try:
+        return " ".join(open("/proc/loadavg").read().split()[:3])
+    except OSError:
+        return "unknown"
+
+
 def _filesystem(path: str) -> str:
     try:
         out = subprocess.run(["df", "-T", path], capture_output=True, text=True, timeout=10)
@@ -70,8 +86,9 @@ def describe(workdir: str) -> list[tuple[str, str]]:
         ("Python", f"{platform.python_implementation()} {platform.python_version()}"),
         ("OpenSSL", ssl.OPENSSL_VERSION),
         ("Stratus", f"commit {_commit()}"),
-        ("Stratus server", f"gunicorn {_package('gunicorn')}"),
+        ("Stratus server", _server()),
         ("Reference", servers.reference_version()),
         ("Load generator", loadgen.version()),
         ("Storage", f"{_filesystem(workdir)} under {os.path.dirname(workdir)}"),
+        ("Load average at the end (1, 5, 15 min)", _load()),
     ]

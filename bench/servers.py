@@ -72,7 +72,8 @@ def _stop(proc: subprocess.Popen, timeout: float = 15.0) -> None:
 
 @contextmanager
 def _run(
-    name: str, argv: Sequence[str], port: int, root: Path, workdir: Path, env: Optional[Mapping[str, str]] = None
+    name: str, argv: Sequence[str], port: int, root: Path, workdir: Path, env: Optional[Mapping[str, str]] = None,
+    cwd: Path = ROOT,
 ) -> Iterator[RunningServer]:
     log = workdir / f"{name}.log"
     with open(log, "wb") as out:
@@ -81,7 +82,7 @@ def _run(
             env={**os.environ, **(env or {})},
             stdout=out,
             stderr=subprocess.STDOUT,
-            cwd=str(ROOT),
+            cwd=str(cwd),
             start_new_session=True,
         )
         try:
@@ -93,8 +94,12 @@ def _run(
 
 
 @contextmanager
-def stratus(workdir: Path, workers: Optional[int] = None) -> Iterator[RunningServer]:
-    """`stratus serve` as a user runs it: production defaults, filesystem storage."""
+def stratus(workdir: Path, workers: Optional[int] = None, tree: Optional[Path] = None) -> Iterator[RunningServer]:
+    """`stratus serve` as a user runs it: production defaults, filesystem storage.
+
+    `tree` serves another checkout's chalicelib (an older commit, for before/after).
+    """
+    tree = Path(tree).resolve() if tree else ROOT
     root = workdir / "stratus-data"
     root.mkdir()
     port = free_port()
@@ -105,9 +110,9 @@ def stratus(workdir: Path, workers: Optional[int] = None) -> Iterator[RunningSer
         "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY": str(root),
         "REGISTRY_HTTP_SECRET": "bench-secret",
         "REGISTRY_LOG_LEVEL": "error",
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": str(tree),
     }
-    with _run("stratus", argv, port, root, workdir, env) as server:
+    with _run("stratus", argv, port, root, workdir, env, cwd=tree) as server:
         yield server
 
 
@@ -165,4 +170,4 @@ def reference_version() -> str:
     if binary is None:
         return "not installed"
     out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10)
-    return (out.stdout or out.stderr).strip()
+    return (out.stdout or out.stderr).strip().replace(binary, REFERENCE_BINARY, 1)
