@@ -60,26 +60,24 @@ class BlobStatter:
 class BlobStore:
     """Global, repository-agnostic access to blob bytes. Not access-controlled."""
 
-    def __init__(self, driver: StorageDriver, statter: BlobDescriptorService):
+    def __init__(
+        self, driver: StorageDriver, statter: BlobDescriptorService,
+        statter_now: Optional[BlobDescriptorService] = None,
+    ):
         self.driver = driver
         self.statter = statter
+        self._statter_now = statter_now or BlobStatter(driver)
 
     def stat(self, ctx: Context, digest: Digest) -> BlobDescriptor:
         return self.statter.stat(ctx, digest)
 
     def stat_now(self, ctx: Context, digest: Digest) -> BlobDescriptor:
-        """One look at storage, without the statter's consistency retries.
+        """The cache, then one look at storage, without consistency retries.
 
         For callers to whom absence is the common, expected answer (about to write
         the blob, or probing for a mount): waiting out a lag would only slow them.
         """
-        try:
-            info = self.driver.stat(ctx, blob_path(digest))
-        except PathNotFoundError:
-            raise BlobUnknownError(str(digest)) from None
-        if info.is_dir:
-            raise BlobUnknownError(str(digest))
-        return BlobDescriptor(digest=digest, size=info.size)
+        return self._statter_now.stat(ctx, digest)
 
     def get(self, ctx: Context, digest: Digest) -> bytes:
         try:

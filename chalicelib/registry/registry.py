@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from ..cache.base import BlobDescriptorCacheProvider
+from ..cache.base import BlobDescriptorCacheProvider, BlobDescriptorService
 from ..cache.statter import CachedBlobStatter
 from ..context import Context
 from ..storage import StorageDriver, paths
@@ -55,8 +55,11 @@ class Registry:
         self.driver = driver
         self.cache = cache
         self.options = options
-        statter = BlobStatter(driver, retries=options.stat_retries)
-        self.blobs = BlobStore(driver, CachedBlobStatter(cache, statter) if cache is not None else statter)
+        statter: BlobDescriptorService = BlobStatter(driver, retries=options.stat_retries)
+        statter_now: BlobDescriptorService = BlobStatter(driver)
+        if cache is not None:
+            statter, statter_now = CachedBlobStatter(cache, statter), CachedBlobStatter(cache, statter_now)
+        self.blobs = BlobStore(driver, statter, statter_now)
         # immutable by digest, so safe in every process; membership is still read per request
         self.manifest_bodies = ManifestBodyCache()
 
