@@ -15,12 +15,15 @@ import os
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 import pytest
 
 from .moto_server import moto_s3  # noqa: F401  (a fixture the s3 backend requests)
 from .servers import stratus_server
+
+if TYPE_CHECKING:
+    from .oci_client import Registry
 
 BACKEND = os.environ.get("STRATUS_TEST_BACKEND", "filesystem")
 BACKENDS = ("filesystem", "s3", "azure", "rados", "redis")
@@ -93,6 +96,16 @@ def stratus(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReq
 @pytest.fixture(scope="session")
 def registry_url(stratus: RunningRegistry) -> str:
     return stratus.url
+
+
+@pytest.fixture(scope="module")
+def oci(registry_url: str) -> Iterator["Registry"]:
+    """An OCI client of the shared server (tests/oci_client.py)."""
+    from .oci_client import Registry
+
+    client = Registry(registry_url)
+    yield client
+    client.close()
 
 
 def backend_only(*backends: str) -> Optional[pytest.MarkDecorator]:

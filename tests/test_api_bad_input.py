@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import urlsplit
 
 import pytest
@@ -39,13 +38,6 @@ from .oci_client import (
 
 MAX_MANIFEST = 4 * 1024 * 1024
 A_DIGEST = sha256(b"hello world")
-
-
-@pytest.fixture(scope="module")
-def oci(stratus: RunningRegistry) -> Iterator[Registry]:
-    client = Registry(stratus.url)
-    yield client
-    client.close()
 
 
 @pytest.fixture(scope="module")

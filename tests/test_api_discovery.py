@@ -8,7 +8,7 @@ whose subject was never pushed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Optional
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -33,13 +33,6 @@ ANNOTATION = "org.opencontainers.conformance.test"
 TYPE_A = "application/vnd.nhl.peanut.butter.bagel"
 TYPE_B = "application/vnd.nba.strawberry.jam.croissant"
 TYPE_INDEX = "application/vnd.food.stand"
-
-
-@pytest.fixture(scope="module")
-def oci(registry_url: str) -> Iterator[Registry]:
-    client = Registry(registry_url)
-    yield client
-    client.close()
 
 
 @pytest.fixture(scope="module")

@@ -23,13 +23,6 @@ from .oci_client import (
 from .servers import stratus_server
 
 
-@pytest.fixture(scope="module")
-def oci(registry_url: str) -> Iterator[Registry]:
-    client = Registry(registry_url)
-    yield client
-    client.close()
-
-
 @pytest.fixture
 def repo() -> str:
     return unique_repo("manage")

@@ -6,7 +6,6 @@ headers Stratus promises (ETag, If-None-Match, Cache-Control, Range).
 from __future__ import annotations
 
 import json
-from typing import Iterator
 
 import pytest
 
@@ -24,13 +23,6 @@ from .oci_client import (
 )
 
 DUMMY_DIGEST = sha256(b"hello world")
-
-
-@pytest.fixture(scope="module")
-def oci(registry_url: str) -> Iterator[Registry]:
-    client = Registry(registry_url)
-    yield client
-    client.close()
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import Iterator
 from urllib.parse import urlsplit
 
 import pytest
@@ -36,13 +35,6 @@ from .oci_client import (
     sha512,
     unique_repo,
 )
-
-
-@pytest.fixture(scope="module")
-def oci(registry_url: str) -> Iterator[Registry]:
-    client = Registry(registry_url)
-    yield client
-    client.close()
 
 
 @pytest.fixture
