@@ -13,7 +13,7 @@ from typing import Callable, Optional, Sequence
 
 from . import client as registry_client
 from . import coldstart, descriptor_cache, hashing, loadgen, machine, report, servers
-from .memory import PeakRSS, tree_rss
+from .memory import PeakRSS, available_memory, tree_rss, warm_guest_memory
 
 MiB = 1 << 20
 MB = 1e6
@@ -37,6 +37,7 @@ class Settings:
     workers: Optional[int]
     cache_ops: int = 50
     tree: Optional[Path] = None
+    warm_memory: bool = True
 
     def describe(self) -> list[tuple[str, str]]:
         return [
@@ -48,6 +49,8 @@ class Settings:
             ("Hashing", f"{HASH_RUNS_PER_REP} runs per repetition, timed in thread CPU time (immune to preemption)"),
             ("Stratus workers", str(self.workers or "default")),
             ("Stratus served from", str(self.tree) if self.tree else "this checkout"),
+            ("Guest memory", "touched once before measuring (first-touch faults of a fresh VM excluded)"
+             if self.warm_memory else "cold (not touched first)"),
             ("Descriptor cache", f"{self.cache_ops} in-process operations per run over moto S3 and redis-server"),
             ("MB", "10^6 bytes"),
         ]
@@ -67,6 +70,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> tuple[Settings, argparse.Namesp
     p.add_argument("--registries", default="stratus,reference", help="which registries to run")
     p.add_argument("--workers", type=int, help="stratus serve --workers (default: its own default)")
     p.add_argument("--stratus-tree", type=Path, help="serve Stratus from another checkout (before/after runs)")
+    p.add_argument("--cold-memory", action="store_true",
+                   help="do not touch guest memory before measuring (see bench.memory.warm_guest_memory)")
     p.add_argument("--cache-ops", type=int, help="operations per descriptor-cache run (default 50, quick 10)")
     p.add_argument("--output", type=Path, help=f"markdown file to write (default {DEFAULT_OUTPUT}, not with --quick)")
     p.add_argument("--no-write", action="store_true", help="print the table only")
@@ -93,6 +98,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> tuple[Settings, argparse.Namesp
         workers=args.workers,
         cache_ops=args.cache_ops or (10 if quick else 50),
         tree=args.stratus_tree,
+        warm_memory=not args.cold_memory,
     )
     if settings.rss_push % settings.blob and settings.rss_push > settings.blob:
         p.error("--rss-push-mib must be a multiple of --blob-mib")
@@ -191,6 +197,13 @@ class Bench:
                     self.record("push_chunked", name, s.blob / seconds / MB)
                     log(f"push chunked {name}: {s.blob / seconds / MB:.0f} MB/s")
 
+    def warm_memory(self) -> None:
+        s = self.settings
+        written = len(self.servers) * s.reps * (2 * s.blob * ("push" in s.measures) + s.rss_push * ("rss" in s.measures))
+        size = min(written + s.blob, available_memory() // 2)
+        seconds = warm_guest_memory(size)
+        log(f"touched {size // MiB} MiB of guest memory in {seconds:.1f}s")
+
     def measure_rates(self) -> None:
         s = self.settings
         images = {name: c.push_image("bench/app", "latest", os.urandom(4096)) for name, c in self.clients.items()}
@@ -286,6 +299,8 @@ class Bench:
                 for name, server in self.servers.items():
                     self.clients[name] = stack.enter_context(registry_client.Client(server.url))
                     log(f"{name} at {server.url} (pid {server.pid}, data in {server.root})")
+            if s.warm_memory and {"push", "pull", "rss"} & set(s.measures):
+                self.warm_memory()
             if {"push", "pull"} & set(s.measures):
                 self.measure_push_pull(blob)
             if "rss" in s.measures:

@@ -48,8 +48,10 @@ def main() -> None:
     p.add_argument("--blob-mib", type=int, default=256)
     p.add_argument("--rss-push-mib", type=int, default=1024)
     p.add_argument("--wrk-seconds", type=float, default=3.0)
+    p.add_argument("--measures", default="push,pull,rates,rss", help="comma-separated subset")
     args = p.parse_args()
     candidates = [c.strip() for c in args.candidates.split(",") if c.strip()]
+    measures = set(args.measures.split(","))
     size = args.blob_mib * MiB
     results: dict[tuple[str, str], list[float]] = {}
 
@@ -84,7 +86,7 @@ def main() -> None:
                 seconds = registry_client.timed(clients[c].push_monolithic, "bench/mono", blob.view, size, digest)
                 record("push monolithic (MB/s)", c, size / seconds / MB)
                 record("push monolithic, server CPU (ms/MB)", c, (tree_cpu_seconds(running[c].pid) - cpu) * 1000 / (size / MB))
-            for c in order:
+            for c in order if "pull" in measures else ():
                 cpu = tree_cpu_seconds(running[c].pid)
                 seconds = registry_client.timed(clients[c].pull, "bench/mono", digest, buffer)
                 record("pull (MB/s)", c, size / seconds / MB)
@@ -93,7 +95,7 @@ def main() -> None:
             for c in order:
                 seconds = registry_client.timed(clients[c].push_chunked, "bench/chunked", blob.view, digest, 8 * MiB)
                 record("push chunked (MB/s)", c, size / seconds / MB)
-            for c in order:
+            for c in order if "rates" in measures else ():
                 image = images[c]
                 for key, scenario in (
                     ("manifest GET by tag (req/s)", loadgen.Scenario(
@@ -115,7 +117,7 @@ def main() -> None:
         for _ in range(copies):
             hasher.update(blob.view)
         digest = "sha256:" + hasher.hexdigest()
-        for c in candidates:
+        for c in candidates if "rss" in measures else ():
             record("RSS idle (MB)", c, tree_rss(running[c].pid) / MB)
             with PeakRSS(running[c].pid) as peak:
                 clients[c].push_monolithic("bench/big", [blob.view] * copies, copies * size, digest)
