@@ -405,6 +405,39 @@ def _write_all(fd: int, data: bytes) -> int:
     return len(data)
 
 
+# Writeback of a large file is started as it is written (sync_file_range(2) with
+# SYNC_FILE_RANGE_WRITE, which does not wait), every this many bytes, so the fsync
+# that commit() and close() owe finds the data mostly on disk already instead of
+# writing it all then: on a 1 GB/s disk that was ~0.3 s of every 256 MiB push.
+_WRITEBACK_EVERY = 8 << 20
+_SYNC_FILE_RANGE_WRITE = 2
+_sync_file_range: Any = None  # None: not probed yet; False: unavailable
+
+
+def _load_sync_file_range() -> Any:
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError, ImportError):
+        return False
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+def _start_writeback(fd: int, offset: int, length: int) -> None:
+    """Ask the kernel to start writing [offset, offset+length) out; never waits for it.
+    Only an optimization: any failure leaves the fsync to do all the work."""
+    global _sync_file_range
+    if _sync_file_range is None:
+        _sync_file_range = _load_sync_file_range()
+    if _sync_file_range:
+        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+
+
 class _FileWriter:
     """Writes straight into the file, so a later writer(append=True) in any process
     continues from what close() made durable."""
@@ -414,6 +447,7 @@ class _FileWriter:
         self._full = full
         self._fd = fd
         self._size = size
+        self._written_back = size  # writeback started up to here
         self._state = "open"  # -> committed | closed | cancelled
 
     @property
@@ -432,6 +466,9 @@ class _FileWriter:
                 written = os.write(self._fd, view)
                 self._size += written  # stays true even if a later write fails
                 view = view[written:]
+        if self._size - self._written_back >= _WRITEBACK_EVERY:
+            _start_writeback(self._fd, self._written_back, self._size - self._written_back)
+            self._written_back = self._size
         return len(data)
 
     def commit(self) -> None:
