@@ -66,15 +66,46 @@ def read_body(stream: BinaryIO, length: Optional[int], sink) -> int:
     return copied
 
 
+class _Behind:
+    """A thread applying `apply` to each queued piece, in order, at most `depth` behind."""
+
+    def __init__(self, apply, name: str, depth: int = _HASH_BEHIND_DEPTH):
+        self._apply = apply
+        self._pieces: queue.Queue = queue.Queue(depth)
+        self.failure: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            piece = self._pieces.get()
+            if piece is None:
+                return
+            if self.failure is None:
+                try:
+                    self._apply(piece)
+                except BaseException as exc:  # surfaced on the request thread
+                    self.failure = exc
+
+    def put(self, piece: bytes) -> None:
+        if self.failure is not None:
+            raise self.failure
+        self._pieces.put(piece)
+
+    def finish(self) -> None:
+        self._pieces.put(None)
+        self._thread.join()
+
+
 def copy_body(body: BinaryIO, length: Optional[int], writer: FileWriter, hasher: Optional[ResumableHasher]) -> int:
     """Copy a request body into writer, hashing it; returns the bytes copied.
 
-    Hashing (libcrypto, which releases the GIL) costs more than receiving and
-    writing a piece, so a large body is hashed on a second thread while this one
-    receives and writes the next pieces: on two or more cores a push then runs at
-    about the speed of hashing alone. Every piece is written before it is queued,
-    and the queue is drained before returning, so when this returns or raises the
-    hasher has seen exactly the bytes written.
+    Receiving, writing and hashing a piece all release the GIL, so a large body is
+    written and hashed on two threads of their own while this one receives the next
+    pieces: a push then takes about as long as the slowest of the three rather than
+    their sum (writing into a fresh page cache was the slowest, here). Both threads
+    are drained before this returns or raises, so the hasher has seen exactly the
+    bytes written, unless a write failed (then hasher.length says so).
     """
     if hasher is None or (length is not None and length < HASH_BEHIND_MIN):
 
@@ -85,35 +116,20 @@ def copy_body(body: BinaryIO, length: Optional[int], writer: FileWriter, hasher:
 
         return read_body(body, length, sink)
 
-    pieces: queue.Queue = queue.Queue(_HASH_BEHIND_DEPTH)
-    failed: list[BaseException] = []
-
-    def hash_behind() -> None:
-        while True:
-            piece = pieces.get()
-            if piece is None:
-                return
-            if not failed:
-                try:
-                    hasher.update(piece)
-                except BaseException as exc:  # surfaced on the request thread
-                    failed.append(exc)
+    stages = [_Behind(writer.write, "write-behind"), _Behind(hasher.update, "hash-behind")]
 
     def sink(piece: bytes) -> None:
-        if failed:
-            raise failed[0]
-        writer.write(piece)
-        pieces.put(piece)
+        for stage in stages:
+            stage.put(piece)
 
-    worker = threading.Thread(target=hash_behind, name="hash-behind", daemon=True)
-    worker.start()
     try:
         copied = read_body(body, length, sink)
     finally:
-        pieces.put(None)
-        worker.join()
-    if failed:
-        raise failed[0]
+        for stage in stages:
+            stage.finish()
+    for stage in stages:
+        if stage.failure is not None:
+            raise stage.failure
     return copied
 
 
