@@ -1,0 +1,24 @@
+"""The official OCI distribution-spec conformance suite against the shared server.
+
+Opt-in: STRATUS_OCI_CONFORMANCE names a built conformance binary (it is Go code
+from opencontainers/distribution-spec, not part of this repository). With
+STRATUS_TEST_BACKEND it runs on any backend, e.g.
+
+    STRATUS_OCI_CONFORMANCE=/path/conformance.test STRATUS_TEST_BACKEND=rados \\
+        .venv/bin/python -m pytest tests/test_oci_conformance.py
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from .azurite import CONFORMANCE, run_oci_conformance
+from .conftest import RunningRegistry
+
+pytestmark = pytest.mark.skipif(not os.environ.get(CONFORMANCE), reason=f"{CONFORMANCE} is not set")
+
+
+def test_official_conformance_suite_passes(stratus: RunningRegistry, tmp_path: Path) -> None:
+    assert run_oci_conformance(stratus.url, tmp_path) == 0
