@@ -254,7 +254,7 @@ class Bench:
 
     def measure_import(self) -> None:
         for _ in range(self.settings.reps):
-            cost = coldstart.import_app()
+            cost = coldstart.import_app(root=self.settings.tree or servers.ROOT)
             self.record("import_time", "stratus", cost.seconds * 1000)
             self.record("import_rss", "stratus", cost.rss / MB)
             log(f"import app.py: {cost.seconds * 1000:.0f} ms, {cost.rss / MB:.1f} MB")
