@@ -49,8 +49,9 @@ class Settings:
             ("Hashing", f"{HASH_RUNS_PER_REP} runs per repetition, timed in thread CPU time (immune to preemption)"),
             ("Stratus workers", str(self.workers or "default")),
             ("Stratus served from", str(self.tree) if self.tree else "this checkout"),
-            ("Guest memory", "touched once before measuring (first-touch faults of a fresh VM excluded)"
-             if self.warm_memory else "cold (not touched first)"),
+            ("Guest memory", "touched and freed right before each push, for both registries "
+             "(a fresh VM's first-touch faults excluded; --cold-memory keeps them)"
+             if self.warm_memory else "cold: first-touch faults of a fresh VM included"),
             ("Descriptor cache", f"{self.cache_ops} in-process operations per run over moto S3 and redis-server"),
             ("MB", "10^6 bytes"),
         ]
@@ -173,6 +174,7 @@ class Bench:
             digest = blob.stamp(f"mono {rep}")
             if "push" in s.measures:
                 for name in self.order(rep):
+                    self.warm(s.blob)
                     seconds = registry_client.timed(
                         self.clients[name].push_monolithic, "bench/mono", blob.view, s.blob, digest
                     )
@@ -191,18 +193,21 @@ class Bench:
             if "push" in s.measures:
                 digest = blob.stamp(f"chunked {rep}")
                 for name in self.order(rep):
+                    self.warm(s.blob)
                     seconds = registry_client.timed(
                         self.clients[name].push_chunked, "bench/chunked", blob.view, digest, s.chunk
                     )
                     self.record("push_chunked", name, s.blob / seconds / MB)
                     log(f"push chunked {name}: {s.blob / seconds / MB:.0f} MB/s")
 
-    def warm_memory(self) -> None:
-        s = self.settings
-        written = len(self.servers) * s.reps * (2 * s.blob * ("push" in s.measures) + s.rss_push * ("rss" in s.measures))
-        size = min(written + s.blob, available_memory() // 2)
-        seconds = warm_guest_memory(size)
-        log(f"touched {size // MiB} MiB of guest memory in {seconds:.1f}s")
+    def warm(self, nbytes: int) -> None:
+        """Touch and free memory for the next push's page cache (see warm_guest_memory).
+
+        Done right before each push, for both registries alike: the guest hands
+        freed pages back to the hypervisor within seconds, so a single warm-up at
+        the start only helped the first repetition."""
+        if self.settings.warm_memory:
+            warm_guest_memory(min(nbytes + nbytes // 2, available_memory() // 2))
 
     def measure_rates(self) -> None:
         s = self.settings
@@ -247,6 +252,7 @@ class Bench:
             for name in self.order(rep):
                 server = self.servers[name]
                 self.record("rss_idle", name, tree_rss(server.pid) / MB)
+                self.warm(size)
                 with PeakRSS(server.pid) as peak:
                     self.clients[name].push_monolithic("bench/big", [blob.view] * copies, size, digest)
                 self.record("rss_peak", name, peak.peak / MB)
@@ -299,8 +305,6 @@ class Bench:
                 for name, server in self.servers.items():
                     self.clients[name] = stack.enter_context(registry_client.Client(server.url))
                     log(f"{name} at {server.url} (pid {server.pid}, data in {server.root})")
-            if s.warm_memory and {"push", "pull", "rss"} & set(s.measures):
-                self.warm_memory()
             if {"push", "pull"} & set(s.measures):
                 self.measure_push_pull(blob)
             if "rss" in s.measures:

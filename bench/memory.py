@@ -103,12 +103,13 @@ class PeakRSS:
 def warm_guest_memory(nbytes: int) -> float:
     """Touch and free `nbytes` of memory; returns the seconds it took.
 
-    A freshly booted VM (Firecracker, here) backs guest memory on first touch: the
-    first time the guest uses a page the hypervisor faults it in, which made page
-    cache writes ~10x slower (0.6 s vs 0.06 s per 256 MiB) whenever the kernel
-    handed out never-used pages, whichever registry was writing. A long-running
-    host never pays this; touching the memory once before measuring takes it out of
-    both registries' numbers alike. `python -m bench --cold-memory` skips it.
+    This VM (Firecracker, virtio-balloon) backs guest memory on first touch, and
+    seems to hand freed pages back to the hypervisor within seconds: a page-cache
+    write into such a page faults in the hypervisor, which made writing 256 MiB
+    take ~0.6 s instead of ~0.06 s, whichever registry was writing, and capped
+    both at ~300 MB/s. Bare metal or a long-running host does not pay this, so
+    the bench touches and frees memory right before each push, for both
+    registries alike; `python -m bench --cold-memory` measures without it.
     """
     import mmap
     import time
