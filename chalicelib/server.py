@@ -122,9 +122,10 @@ def _request_from_environ(environ: dict) -> Request:
 
 
 # What is left of a request body the handler did not read (an upload refused before
-# its chunk was read) is read and dropped up to this much, as Go's net/http does,
-# so the connection stays usable; beyond it the server may close the connection.
-_DRAIN_LIMIT = 256 << 10
+# its chunk was read, a manifest over 4 MiB) is read and dropped up to this much, so
+# the client, still sending, gets to read the error instead of a reset connection;
+# beyond it the server may close the connection.
+_DRAIN_LIMIT = 8 << 20
 
 
 def _drain(environ: dict) -> None:

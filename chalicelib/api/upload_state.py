@@ -50,10 +50,14 @@ class StateSigner:
     def unpack(self, token: str) -> UploadState:
         try:
             payload_text, mac_text = token.split(".", 1)
-            payload, mac = _unb64(payload_text), _unb64(mac_text)
+            payload = _unb64(payload_text)
         except (ValueError, TypeError):
             raise InvalidStateError("malformed upload state") from None
-        if not hmac.compare_digest(mac, self._mac(payload)):
+        # Compared as text: base64 decoding forgives altered padding bits, so two
+        # different tokens could otherwise carry the same bytes. Only the exact
+        # token we issued is accepted.
+        expected = _b64(self._mac(payload))
+        if _b64(payload) != payload_text or not hmac.compare_digest(mac_text.encode(), expected.encode()):
             raise InvalidStateError("upload state signature mismatch")
         try:
             doc = json.loads(payload)
