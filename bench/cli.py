@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from . import client as registry_client
-from . import coldstart, descriptor_cache, hashing, loadgen, machine, report, servers
+from . import coldstart, descriptor_cache, hashing, loadgen, machine, rados, report, servers
 from .memory import PeakRSS, available_memory, tree_rss, warm_guest_memory
 
 MiB = 1 << 20
 MB = 1e6
-MEASURES = ("push", "pull", "rates", "rss", "import", "hash", "cache")
+MEASURES = ("push", "pull", "rates", "rss", "import", "hash", "cache", "rados")
 PULLS_PER_REP = 3
 HASH_RUNS_PER_REP = 3
 DEFAULT_OUTPUT = servers.ROOT / "docs" / "benchmarks.md"
@@ -53,6 +53,7 @@ class Settings:
              "(a fresh VM's first-touch faults excluded; --cold-memory keeps them)"
              if self.warm_memory else "cold: first-touch faults of a fresh VM included"),
             ("Descriptor cache", f"{self.cache_ops} in-process operations per run over moto S3 and redis-server"),
+            ("Ceph RADOS", "one monitor and one memstore OSD on loopback (tests/ceph_cluster.py), pool size 1"),
             ("MB", "10^6 bytes"),
         ]
 
@@ -145,6 +146,10 @@ def rows_template() -> dict[str, report.Row]:
         "cache_head_warm": report.Row("Blob HEAD on S3, warm Redis", "req/s"),
         "cache_put_cold": report.Row("Manifest PUT verifying 5 blobs on S3, cold descriptor cache", "req/s"),
         "cache_put_warm": report.Row("Manifest PUT verifying 5 blobs on S3, warm Redis", "req/s"),
+        # Stratus alone: the reference registry 2.8 has no RADOS driver
+        "rados_push_mono": report.Row("Push on Ceph RADOS, monolithic", "MB/s"),
+        "rados_push_chunked": report.Row("Push on Ceph RADOS, chunked", "MB/s"),
+        "rados_pull": report.Row("Pull from Ceph RADOS", "MB/s"),
     }
 
 
@@ -293,6 +298,30 @@ class Bench:
                     row.label += f", {result.s3_requests:g} S3 requests/op"
                 log(f"descriptor cache {key}: {result.rate:.0f} req/s, {result.s3_requests:g} S3 requests/op")
 
+    def measure_rados(self, blob: Blob) -> None:
+        reason = rados.unavailable_reason()
+        if reason:
+            log(f"rados: {reason}; skipped")
+            return
+        s = self.settings
+        pull_buffer = memoryview(bytearray(s.blob))
+        # memstore keeps every object in memory: room for all the pushes and then some
+        memstore = 4 * s.blob * s.reps + (256 << 20)
+        with rados.stratus_on_rados(self.workdir, s.workers, memstore) as server:
+            with registry_client.Client(server.url) as client:
+                for rep in range(s.reps):
+                    digest = blob.stamp(f"rados mono {rep}")
+                    seconds = registry_client.timed(client.push_monolithic, "bench/rados", blob.view, s.blob, digest)
+                    self.record("rados_push_mono", "stratus", s.blob / seconds / MB)
+                    for _ in range(PULLS_PER_REP):
+                        pulled = registry_client.timed(client.pull, "bench/rados", digest, pull_buffer)
+                        self.record("rados_pull", "stratus", s.blob / pulled / MB)
+                    digest = blob.stamp(f"rados chunked {rep}")
+                    chunked = registry_client.timed(client.push_chunked, "bench/rados", blob.view, digest, s.chunk)
+                    self.record("rados_push_chunked", "stratus", s.blob / chunked / MB)
+                    log(f"rados: push {s.blob / seconds / MB:.0f} MB/s, chunked {s.blob / chunked / MB:.0f} MB/s, "
+                        f"pull {s.blob / pulled / MB:.0f} MB/s")
+
     def run(self) -> None:
         s = self.settings
         blob = Blob(s.blob)
@@ -317,6 +346,8 @@ class Bench:
             self.measure_hash(blob)
         if "cache" in s.measures:
             self.measure_cache()
+        if "rados" in s.measures:
+            self.measure_rados(blob)
 
     def table_rows(self) -> list[report.Row]:
         return [row for row in self.rows.values() if row.stratus or row.reference]

@@ -94,25 +94,29 @@ def _run(
 
 
 @contextmanager
-def stratus(workdir: Path, workers: Optional[int] = None, tree: Optional[Path] = None) -> Iterator[RunningServer]:
-    """`stratus serve` as a user runs it: production defaults, filesystem storage.
+def stratus(
+    workdir: Path, workers: Optional[int] = None, tree: Optional[Path] = None,
+    storage: Optional[Mapping[str, str]] = None, name: str = "stratus",
+) -> Iterator[RunningServer]:
+    """`stratus serve` as a user runs it: production defaults, filesystem storage
+    unless `storage` gives REGISTRY_STORAGE* variables for another driver.
 
     `tree` serves another checkout's chalicelib (an older commit, for before/after).
     """
     tree = Path(tree).resolve() if tree else ROOT
-    root = workdir / "stratus-data"
+    root = workdir / f"{name}-data"
     root.mkdir()
     port = free_port()
     argv = [sys.executable, "-m", "chalicelib", "serve", "--addr", f"127.0.0.1:{port}"]
     if workers:
         argv += ["--workers", str(workers)]
     env = {
-        "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY": str(root),
+        **(storage or {"REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY": str(root)}),
         "REGISTRY_HTTP_SECRET": "bench-secret",
         "REGISTRY_LOG_LEVEL": "error",
         "PYTHONPATH": str(tree),
     }
-    with _run("stratus", argv, port, root, workdir, env, cwd=tree) as server:
+    with _run(name, argv, port, root, workdir, env, cwd=tree) as server:
         yield server
 
 
