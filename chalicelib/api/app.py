@@ -12,6 +12,7 @@ from typing import Callable, Optional, Protocol
 
 from ..context import Context
 from ..registry import Registry, RegistryError
+from ..registry.errors import PaginationNumberInvalidError, RangeInvalidError, ReadOnlyError
 from ..storage import StorageError
 from .errors import HTTPError, error_response, from_registry_error
 from .http import Request, Response
@@ -111,25 +112,16 @@ class RegistryAPI:
         self.signer = StateSigner(settings.secret)
         self.access_controller = access_controller
         self.context_factory = context_factory
-        self.handlers: dict[str, dict[str, Handler]] = {
-            "base": base.HANDLERS,
-            "catalog": catalog.HANDLERS,
-            "tags": tags.HANDLERS,
-            "manifest": manifests.HANDLERS,
-            "uploads": uploads.COLLECTION_HANDLERS,
-            "upload": uploads.HANDLERS,
-            "blob": blobs.HANDLERS,
-            "referrers": referrers.HANDLERS,
-        }
-        self._access = {
-            "base": base.access,
-            "catalog": catalog.access,
-            "tags": tags.access,
-            "manifest": manifests.access,
-            "uploads": uploads.access,
-            "upload": uploads.access,
-            "blob": blobs.access,
-            "referrers": referrers.access,
+        # route -> (method -> handler, the access a request of that route needs)
+        self.routes: dict[str, tuple[dict[str, Handler], Callable[[Scope], list[Access]]]] = {
+            "base": (base.HANDLERS, base.access),
+            "catalog": (catalog.HANDLERS, catalog.access),
+            "tags": (tags.HANDLERS, tags.access),
+            "manifest": (manifests.HANDLERS, manifests.access),
+            "uploads": (uploads.COLLECTION_HANDLERS, uploads.access),
+            "upload": (uploads.HANDLERS, uploads.access),
+            "blob": (blobs.HANDLERS, blobs.access),
+            "referrers": (referrers.HANDLERS, referrers.access),
         }
 
     def may_mount_from(self, scope: Scope, source: str) -> bool:
@@ -149,7 +141,7 @@ class RegistryAPI:
         route, params = match_route(request.path)
         if route is None:
             return error_response("UNSUPPORTED", "no such endpoint", {"path": request.path[:200]}, status=404)
-        methods = self.handlers[route]
+        methods, access = self.routes[route]
         method = request.method.upper()
         handler = methods.get(method)
         if handler is None:
@@ -161,7 +153,7 @@ class RegistryAPI:
         scope = Scope(self, request, ctx, params)
         try:
             if self.access_controller is not None:
-                denied = self.access_controller.authorize(request, self._access[route](scope))
+                denied = self.access_controller.authorize(request, access(scope))
                 if denied is not None:
                     return denied
             return handler(scope)
@@ -178,8 +170,7 @@ class RegistryAPI:
 
 
 def status_of(exc: RegistryError) -> Optional[int]:
-    from ..registry.errors import PaginationNumberInvalidError, RangeInvalidError, ReadOnlyError
-
+    """The few domain errors whose status is not their code's usual one."""
     if isinstance(exc, RangeInvalidError):
         return 416
     if isinstance(exc, ReadOnlyError):
