@@ -79,7 +79,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     serve = commands.add_parser("serve", help="serve the registry over HTTP")
     serve.add_argument("--config", "-c", help="YAML configuration (default: $REGISTRY_CONFIGURATION_PATH)")
     serve.add_argument("--addr", help="host:port to listen on (overrides http.addr)")
-    serve.add_argument("--workers", type=int, help="worker processes (default: $STRATUS_WORKERS or 2)")
+    serve.add_argument("--workers", type=int, help="worker processes (default: $STRATUS_WORKERS, else 1 for granian, 2 for gunicorn)")
     serve.set_defaults(func=cmd_serve)
     purge = commands.add_parser("purge-uploads", help="remove uploads older than an age")
     purge.add_argument("--config", "-c")
