@@ -196,6 +196,14 @@ def serve(api: RegistryAPI, addr: str, workers: Optional[int] = None, threads: i
     (_serve_granian if name == "granian" else _serve_gunicorn)(api, addr, workers, threads)
 
 
+def _access_log() -> Optional[str]:
+    """STRATUS_ACCESS_LOG: unset or 0 is off, 1 logs to stderr, else gunicorn's log file."""
+    value = os.environ.get("STRATUS_ACCESS_LOG", "").strip()
+    if value in ("", "0"):
+        return None
+    return "-" if value == "1" else value
+
+
 def _split_addr(addr: str) -> tuple[str, int]:
     host, _, port = addr.rpartition(":")
     return host.strip("[]") or "0.0.0.0", int(port)
@@ -238,7 +246,7 @@ def _serve_granian(api: RegistryAPI, addr: str, workers: int, threads: int) -> N
 
     host, port = _split_addr(addr)
     _APP = _without_process_headers(wsgi_app(api))
-    access_log = os.environ.get("STRATUS_ACCESS_LOG")
+    access_log = _access_log()
     server = Granian(
         "stratus",
         address=host,
@@ -269,7 +277,7 @@ def _serve_gunicorn(api: RegistryAPI, addr: str, workers: int, threads: int) -> 
         "keepalive": 75,
         # large pushes stream for minutes; a stalled client is cut by the OS, not a timer
         "timeout": 0,
-        "accesslog": os.environ.get("STRATUS_ACCESS_LOG") or None,
+        "accesslog": _access_log(),
         "loglevel": "warning",
         "preload_app": True,
     }
