@@ -9,7 +9,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 from . import client as registry_client
 from . import coldstart, descriptor_cache, hashing, loadgen, machine, rados, report, servers

@@ -16,7 +16,6 @@ import shutil
 import statistics
 import sys
 from contextlib import ExitStack
-from pathlib import Path
 
 from . import client as registry_client
 from . import loadgen, servers

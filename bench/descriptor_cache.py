@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .servers import _stop, free_port
+from .servers import free_port, stop
 
 REFERENCES = 5  # config + 4 layers in the manifest PUT
 
@@ -65,7 +65,7 @@ def _process(argv: list[str], port: int, log: Path) -> Iterator[None]:
             _wait_port(port, proc)
             yield
         finally:
-            _stop(proc)
+            stop(proc)
 
 
 @contextmanager

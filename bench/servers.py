@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,6 +16,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping, Optional, Sequence
+
+# the same process handling as the tests: free loopback ports, stop by process group
+from tests.servers import free_port, stop
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE_BINARY = "docker-registry"
@@ -30,12 +31,6 @@ class RunningServer:
     pid: int  # the session leader; its process tree is the server
     root: Path
     log: Path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60.0) -> None:
@@ -51,23 +46,6 @@ def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"{url} did not answer /v2/ within {timeout}s")
-
-
-def _stop(proc: subprocess.Popen, timeout: float = 15.0) -> None:
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout)
 
 
 @contextmanager
@@ -90,7 +68,7 @@ def _run(
             _wait_ready(url, proc, log)
             yield RunningServer(name, url, proc.pid, root, log)
         finally:
-            _stop(proc)
+            stop(proc, timeout=15.0)
 
 
 @contextmanager

@@ -16,7 +16,7 @@ from chalicelib.digest import Digest
 from chalicelib.registry import Registry, RegistryOptions
 from chalicelib.storage import create_driver
 
-from .moto_server import MotoS3, moto_s3  # noqa: F401  (fixture)
+from .moto_server import MotoS3
 from .redis_server import HAVE_REDIS, NO_REDIS, RedisServer, redis_server
 from .test_cache_registry import Client
 

@@ -17,7 +17,7 @@ import requests as http
 
 from chalicelib import aws_runtime
 from tests.lambda_events import Invoker, http_api_event
-from tests.moto_server import MotoS3, moto_s3  # noqa: F401
+from tests.moto_server import MotoS3
 
 MiB = 1 << 20
 REPO = Path(__file__).resolve().parent.parent

@@ -13,7 +13,7 @@ import pytest
 import requests as http
 
 from tests.lambda_events import Invoker
-from tests.moto_server import MotoS3, moto_s3  # noqa: F401
+from tests.moto_server import MotoS3
 
 MiB = 1 << 20
 ROUNDS = 200

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -18,7 +17,7 @@ import requests
 
 from .clients_images import Layout, assert_same_image, images_dir, needs_tools, pull, push, session_image
 from .clients_servers import CHALICE, clean_env, isolated_process, needs_chalice
-from .moto_server import MotoS3, moto_s3  # noqa: F401
+from .moto_server import MotoS3
 from .servers import ROOT, free_port
 
 

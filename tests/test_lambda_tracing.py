@@ -7,7 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -18,7 +17,7 @@ from chalicelib.bootstrap import build_api
 from chalicelib.config import config_from_mapping
 from chalicelib.storage.s3 import S3Driver
 from tests.lambda_events import Invoker
-from tests.moto_server import MotoS3, moto_s3  # noqa: F401
+from tests.moto_server import MotoS3
 
 REPO = Path(__file__).resolve().parent.parent
 TRACE_ROOT = "1-65f1c2a0-0123456789abcdef01234567"

@@ -22,7 +22,7 @@ from chalicelib.registry.errors import BlobUnknownError
 from chalicelib.storage import PathNotFoundError, create_driver
 from chalicelib.storage.s3 import client as s3_client
 from tests.lambda_events import Invoker
-from tests.moto_server import MotoS3, moto_s3  # noqa: F401
+from tests.moto_server import MotoS3
 
 MiB = 1 << 20
 

@@ -226,7 +226,7 @@ def _self_test(ops: dict[Algorithm, _Ops]) -> str | None:
 
 
 def _load() -> None:
-    global _loaded, _ops, _failure
+    global _ops, _failure
     reasons = []
     for name in _candidates():
         try:

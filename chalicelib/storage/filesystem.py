@@ -165,8 +165,6 @@ def _load_openat2() -> Any:
 
 class FilesystemDriver:
     name = NAME
-class FilesystemDriver:
-    name = NAME
 
     def __init__(self, root_directory: str, max_threads: int = 100) -> None:
         self.max_threads = max_threads
