@@ -420,8 +420,10 @@ def lie(body: bytes, how) -> Optional[int]:
 
 
 def fuzz(examples: int) -> settings:
+    # Under CI the examples are fixed (derandomize), so a landing is judged on the
+    # same inputs every time; a developer's run explores new ones each time.
     return settings(max_examples=examples, deadline=None, database=None, print_blob=True,
-                    suppress_health_check=list(HealthCheck))
+                    derandomize=bool(os.environ.get("CI")), suppress_health_check=list(HealthCheck))
 
 
 def send(api, method: str, path: str, query: dict | str | None = None, headers: Optional[dict] = None,
@@ -599,7 +601,9 @@ def test_upload_starts_monolithic_and_mounts(registry) -> None:
         r = send(api, "POST", f"/v2/{name}/blobs/uploads/", query, body=body, content_length=length, root=root)
         if r.status == 201:
             assert r.header("Docker-Content-Digest")
-        if len(body) > CHUNK_MAX and (length is None or length > CHUNK_MAX) and "digest" in query:
+        # a mount that succeeds answers 201 without reading the body at all
+        if len(body) > CHUNK_MAX and (length is None or length > CHUNK_MAX) and "digest" in query \
+                and "mount" not in query:
             assert r.status != 201, "a body over the chunk maximum was stored"
 
     run()
