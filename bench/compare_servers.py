@@ -24,7 +24,7 @@ from .memory import PeakRSS, tree_cpu_seconds, tree_rss
 
 
 def _argv(candidate: str, port: int) -> list[str]:
-    """gunicorn (what `stratus serve` runs) or granian-<workers>x<threads>."""
+    """gunicorn (`stratus serve` with STRATUS_SERVER=gunicorn in its env) or granian-<workers>x<threads>."""
     if candidate == "gunicorn":
         return [sys.executable, "-m", "chalicelib", "serve", "--addr", f"127.0.0.1:{port}"]
     if candidate.startswith("granian-"):
@@ -68,6 +68,8 @@ def main() -> None:
                 "REGISTRY_HTTP_SECRET": "bench-secret",
                 "REGISTRY_LOG_LEVEL": "error",
                 "PYTHONPATH": str(servers.ROOT),
+                # `stratus serve` runs granian unless told otherwise
+                **({"STRATUS_SERVER": "gunicorn"} if candidate == "gunicorn" else {}),
             }
             running[candidate] = stack.enter_context(
                 servers._run(candidate, _argv(candidate, port), port, root, workdir, env)
