@@ -8,24 +8,23 @@ Redis before every operation (not timed), so each one misses and writes back;
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .servers import free_port, stop
+from tests.servers import free_port, process
 
 REFERENCES = 5  # config + 4 layers in the manifest PUT
 
 
 def available() -> bool:
-    return shutil.which("redis-server") is not None and _moto_command() is not None
+    return shutil.which("redis-server") is not None and importlib.util.find_spec("moto") is not None
 
 
 @dataclass(frozen=True)
@@ -34,50 +33,19 @@ class Result:
     s3_requests: float  # per operation
 
 
-def _moto_command() -> list[str] | None:
-    local = Path(sys.executable).with_name("moto_server")
-    if local.exists():
-        return [str(local)]
-    found = shutil.which("moto_server")
-    return [found] if found else None
-
-
-def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on 127.0.0.1:{port}")
-
-
-@contextmanager
-def _process(argv: list[str], port: int, log: Path) -> Iterator[None]:
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            _wait_port(port, proc)
-            yield
-        finally:
-            stop(proc)
-
-
 @contextmanager
 def _backends(workdir: Path) -> Iterator[tuple[str, str]]:
     """(S3 endpoint, Redis address), both on free loopback ports."""
     s3_port, redis_port = free_port(), free_port()
     redis_dir = workdir / "redis"
     redis_dir.mkdir(exist_ok=True)
-    moto = [*_moto_command(), "-H", "127.0.0.1", "-p", str(s3_port)]
+    from tests.moto_server import moto_server_command
+
+    moto = [*moto_server_command(), "-H", "127.0.0.1", "-p", str(s3_port)]
     redis = ["redis-server", "--bind", "127.0.0.1", "--port", str(redis_port), "--dir", str(redis_dir),
              "--save", "", "--appendonly", "no"]
-    with _process(moto, s3_port, workdir / "moto.log"), _process(redis, redis_port, workdir / "redis.log"):
+    with process(moto, s3_port, log_path=workdir / "moto.log"), \
+            process(redis, redis_port, log_path=workdir / "redis.log"):
         yield f"http://127.0.0.1:{s3_port}", f"127.0.0.1:{redis_port}"
 
 
