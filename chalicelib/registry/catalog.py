@@ -7,8 +7,8 @@ from ..context import Context
 from ..storage import StorageDriver, StorageError, paths
 
 
-def repositories(ctx: Context, driver: StorageDriver) -> list[str]:
-    """Every repository name, sorted.
+def repositories(ctx: Context, driver: StorageDriver, marker: str = "_manifests") -> list[str]:
+    """Every repository name holding the folder `marker`, sorted.
 
     Found by listing directories breadth first; components starting with `_` are
     the layout's own folders, never names. Names are sorted at the end because a
@@ -25,7 +25,7 @@ def repositories(ctx: Context, driver: StorageDriver) -> list[str]:
             continue
         for child in children:
             leaf = child.rsplit("/", 1)[1]
-            if leaf == "_manifests" and path != paths.REPOSITORIES:
+            if leaf == marker and path != paths.REPOSITORIES:
                 names.append(path[len(prefix):])
             elif not leaf.startswith("_"):
                 pending.append(child)

@@ -41,7 +41,8 @@ def purge_uploads(
     """
     cutoff = (now or datetime.now(timezone.utc)) - older_than
     removed = []
-    for name in _all_repository_dirs(ctx, driver):
+    # repositories with uploads may have no manifests yet
+    for name in catalog.repositories(ctx, driver, marker="_uploads"):
         try:
             uploads = driver.list(ctx, paths.uploads(name))
         except StorageError:
@@ -65,25 +66,6 @@ def purge_uploads(
     if removed:
         log.info("purged %d upload(s)%s", len(removed), " (dry run)" if dry_run else "")
     return removed
-
-
-def _all_repository_dirs(ctx: Context, driver: StorageDriver) -> list[str]:
-    """Repositories with uploads may have no manifests yet, so walk for `_uploads` too."""
-    names = []
-    pending = [paths.REPOSITORIES]
-    while pending:
-        path = pending.pop()
-        try:
-            children = driver.list(ctx, path)
-        except StorageError:
-            continue
-        for child in children:
-            leaf = child.rsplit("/", 1)[1]
-            if leaf == "_uploads" and path != paths.REPOSITORIES:
-                names.append(path[len(paths.REPOSITORIES) + 1:])
-            elif not leaf.startswith("_"):
-                pending.append(child)
-    return sorted(names)
 
 
 @dataclass
