@@ -20,6 +20,7 @@ entry's TTL (base.REPOSITORY_TTL, GLOBAL_TTL) bounds how long it is believed.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -120,15 +121,6 @@ def connect(config: RedisConfig) -> redis.Redis:
     return redis.Redis(connection_pool=pool)
 
 
-def _config_key(config: RedisConfig) -> tuple:
-    pool = config.pool
-    return (
-        config.addr, config.username, config.password, config.db, config.tls,
-        config.dialtimeout, config.readtimeout, config.writetimeout,
-        pool.maxidle, pool.maxactive, pool.idletimeout,
-    )
-
-
 _shared: dict[tuple, "RedisBlobDescriptorCache"] = {}
 _shared_lock = threading.Lock()
 
@@ -174,7 +166,7 @@ class RedisBlobDescriptorCache:
         Adapters build the registry once per process, but a Lambda's module state
         outlives a handler rebuilt by mistake; sharing here keeps one pool either way.
         """
-        key = _config_key(config)
+        key = dataclasses.astuple(config)  # every field, the pool's included
         with _shared_lock:
             cache = _shared.get(key)
             if cache is None:
