@@ -319,3 +319,27 @@ def test_garbage_collection_keeps_referenced_blobs_only(registry):
     with pytest.raises(BlobUnknownError):
         fresh(registry).blobs.stat(CTX, orphan)
     assert fresh(registry).blobs.stat(CTX, Digest.from_bytes(b"kept")).size == 4
+
+
+def test_garbage_collection_removes_untagged_manifests_unless_an_index_or_subject_keeps_them(registry):
+    repo = registry.repository("r")
+    child = image_manifest(registry, "r", [b"child layer"])
+    child_digest, _ = repo.manifests.put(CTX, child, OCI_MANIFEST)
+    index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+        {"mediaType": OCI_MANIFEST, "digest": str(child_digest), "size": len(child)},
+    ]}
+    repo.manifests.put(CTX, json.dumps(index).encode(), OCI_INDEX, tag="multi")
+    tagged = image_manifest(registry, "r", [b"tagged layer"])
+    tagged_digest, _ = repo.manifests.put(CTX, tagged, OCI_MANIFEST, tag="v1")
+    subject = {"mediaType": OCI_MANIFEST, "digest": str(tagged_digest), "size": len(tagged)}
+    referrer_digest, _ = repo.manifests.put(CTX, image_manifest(registry, "r", [b"sbom"], subject=subject), OCI_MANIFEST)
+    untagged_digest, _ = repo.manifests.put(CTX, image_manifest(registry, "r", [b"untagged layer"]), OCI_MANIFEST)
+
+    report = collect_garbage(CTX, registry.driver, remove_untagged=True, cache=registry.cache)
+
+    assert report.manifests_deleted == [f"r@{untagged_digest}"]
+    assert Digest.from_bytes(b"untagged layer") in report.deleted
+    for kept in (child_digest, tagged_digest, referrer_digest):
+        assert fresh(registry).repository("r").manifests.exists(CTX, kept)
+    assert not fresh(registry).repository("r").manifests.exists(CTX, untagged_digest)
+    assert fresh(registry).blobs.stat(CTX, Digest.from_bytes(b"child layer")).size == len(b"child layer")

@@ -111,6 +111,7 @@ def collect_garbage(
 
     for name in catalog.repositories(ctx, driver):
         tagged: Optional[set] = None
+        children: Optional[set] = None  # digests the tagged indexes name, read once when first needed
         if remove_untagged:
             tags = TagStore(driver, name)
             tagged = set()
@@ -133,8 +134,11 @@ def collect_garbage(
                 tagged is None
                 or digest in tagged
                 or (manifest is not None and manifest.subject is not None and manifest.subject.digest in tagged)
-                or _is_referenced(ctx, driver, digest, tagged)
             )
+            if not keep:
+                if children is None:
+                    children = _index_children(ctx, driver, tagged)
+                keep = str(digest) in children
             if not keep:
                 report.manifests_deleted.append(f"{name}@{digest}")
                 if not dry_run:
@@ -157,8 +161,9 @@ def collect_garbage(
     return report
 
 
-def _is_referenced(ctx: Context, driver: StorageDriver, digest: Digest, tagged: set) -> bool:
-    """An untagged manifest stays if a tagged index in the repository names it."""
+def _index_children(ctx: Context, driver: StorageDriver, tagged: set) -> set:
+    """The digests the tagged indexes of a repository name: an untagged manifest they name stays."""
+    children = set()
     for parent in tagged:
         try:
             body = driver.get_content(ctx, blob_path(parent))
@@ -166,9 +171,9 @@ def _is_referenced(ctx: Context, driver: StorageDriver, digest: Digest, tagged: 
         except (StorageError, ValueError):
             continue
         for child in doc.get("manifests", []) if isinstance(doc, dict) else []:
-            if isinstance(child, dict) and child.get("digest") == str(digest):
-                return True
-    return False
+            if isinstance(child, dict) and isinstance(child.get("digest"), str):
+                children.add(child["digest"])
+    return children
 
 
 def _walk_blobs(ctx: Context, driver: StorageDriver):
