@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Iterator, Mapping, Optional, Sequence
 import pytest
 import requests
 
-from .servers import ROOT, free_port, stop, wait_for_port
+from .servers import ROOT, free_port, process
 
 REFERENCE_REGISTRY = "/usr/bin/docker-registry"
 CHALICE = Path(sys.executable).parent / "chalice"
@@ -37,20 +36,10 @@ def clean_env(extra: Mapping[str, str]) -> dict[str, str]:
 
 
 @contextmanager
-def isolated_process(
-    argv: Sequence[str], port: int, env: Mapping[str, str], log_path: Path
-) -> Iterator[None]:
-    """Like servers.process, but with exactly env: nothing inherited may reconfigure it."""
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            list(argv), env=dict(env), stdout=log, stderr=subprocess.STDOUT,
-            cwd=str(ROOT), start_new_session=True,
-        )
-        try:
-            wait_for_port(port, 30, proc)
-            yield
-        finally:
-            stop(proc)
+def isolated_process(argv: Sequence[str], port: int, env: Mapping[str, str], log_path: Path) -> Iterator[None]:
+    """servers.process with exactly env (nothing inherited may reconfigure it), in the repository root."""
+    with process(argv, port, env, log_path=log_path, cwd=ROOT, inherit_env=False):
+        yield
 
 
 def _ready(url: str) -> None:

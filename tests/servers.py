@@ -64,12 +64,15 @@ def process(
     log_path: Optional[Path] = None,
     cwd: Optional[Path] = None,
     timeout: float = 30.0,
+    inherit_env: bool = True,
 ) -> Iterator[subprocess.Popen]:
-    """Run argv in its own process group until the block ends; yields once it listens."""
+    """Run argv in its own process group until the block ends; yields once it listens.
+
+    With inherit_env=False the process gets exactly env: nothing inherited may reconfigure it."""
     log = open(log_path, "wb") if log_path else subprocess.DEVNULL
     proc = subprocess.Popen(
         list(argv),
-        env={**os.environ, **(env or {})},
+        env={**(os.environ if inherit_env else {}), **(env or {})},
         stdout=log,
         stderr=subprocess.STDOUT,
         cwd=str(cwd) if cwd else None,
