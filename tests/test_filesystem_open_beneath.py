@@ -2,6 +2,7 @@
 must agree: same bytes, same errors, same refusal to leave the root."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,12 @@ from chalicelib.storage.filesystem import FilesystemDriver
 def driver(request, tmp_path: Path, monkeypatch) -> FilesystemDriver:
     if request.param == "realpath":
         monkeypatch.setattr(filesystem, "_openat2", False)
+    else:
+        # Probed here, so that this half cannot quietly test the realpath() route twice.
+        openat2 = filesystem._load_openat2()
+        if openat2 is False:
+            pytest.skip("openat2 is not available here")
+        monkeypatch.setattr(filesystem, "_openat2", openat2)
     root = tmp_path / "root"
     root.mkdir()
     return FilesystemDriver(str(root))
@@ -39,6 +46,16 @@ def test_missing_and_directories_are_not_found(driver: FilesystemDriver) -> None
             driver.get_content(ctx, path)
         with pytest.raises(PathNotFoundError):
             driver.reader(ctx, path)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc")
+def test_refused_directory_leaves_no_open_descriptor(driver: FilesystemDriver) -> None:
+    driver.put_content(Context(), "/dir/file", b"x")
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        with pytest.raises(PathNotFoundError):
+            driver.reader(Context(), "/dir")
+    assert len(os.listdir("/proc/self/fd")) == before
 
 
 def test_relative_symlink_climbing_out_is_refused(driver: FilesystemDriver, tmp_path: Path) -> None:

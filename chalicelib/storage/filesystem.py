@@ -250,13 +250,16 @@ class FilesystemDriver:
         with _os_errors(path):
             try:
                 f = open(fd_or_path, "rb")
-            except IsADirectoryError:
-                raise PathNotFoundError(NAME, path) from None
+            except BaseException as exc:
+                # open() refuses a directory, an fd from openat2 included, and leaves
+                # an fd it was given open.
+                if fd is not None:
+                    os.close(fd)
+                if isinstance(exc, IsADirectoryError):
+                    raise PathNotFoundError(NAME, path) from None
+                raise
             try:
-                st = os.fstat(f.fileno())
-                if stat_mode.S_ISDIR(st.st_mode):  # an fd from openat2 may be a directory's
-                    raise PathNotFoundError(NAME, path)
-                if offset > st.st_size:
+                if offset > os.fstat(f.fileno()).st_size:
                     raise InvalidOffsetError(NAME, path, offset)
                 f.seek(offset)
             except BaseException:
