@@ -178,8 +178,7 @@ class FilesystemDriver:
         full = self._base + path if path != "/" else self.root_directory
         # check_path already confines the path lexically; a symlink planted inside
         # the root could still lead out of it. Resolving costs an lstat per part.
-        real = os.path.realpath(full)
-        if real != self.root_directory and not real.startswith(self._base + "/"):
+        if not self._inside_root(full):
             raise InvalidPathError(NAME, path, "resolves outside the root directory")
         return full
 
