@@ -157,16 +157,12 @@ class BlobUpload:
         self, ctx: Context, body: BinaryIO, length: Optional[int], start: Optional[int] = None
     ) -> int:
         """Append a chunk; `start` (from Content-Range) must be the current size."""
-        if start is not None and start != self.size:
-            raise RangeInvalidError(f"chunk starts at {start}, upload is at {self.size}")
-        writer = self._open_writer(ctx)
+        writer = self._open_writer(ctx, start)
         hasher = self._resume_hasher(ctx, writer.size)
         try:
             copy_body(body, length, writer, hasher)
-        except BaseException:
+        finally:
             self._checkpoint(ctx, writer, hasher)
-            raise
-        self._checkpoint(ctx, writer, hasher)
         return self.size
 
     def commit(
@@ -174,9 +170,7 @@ class BlobUpload:
         start: Optional[int] = None,
     ) -> BlobDescriptor:
         """Finish the upload as blob `expected`: verify, move into place, link."""
-        if start is not None and start != self.size:
-            raise RangeInvalidError(f"chunk starts at {start}, upload is at {self.size}")
-        writer = self._open_writer(ctx)
+        writer = self._open_writer(ctx, start)
         hasher = self._resume_hasher(ctx, writer.size) if expected.algorithm is CANONICAL else None
         if body is not None and (length is None or length > 0):
             try:
@@ -213,7 +207,10 @@ class BlobUpload:
 
     # -- internals -------------------------------------------------------------------
 
-    def _open_writer(self, ctx: Context) -> FileWriter:
+    def _open_writer(self, ctx: Context, start: Optional[int]) -> FileWriter:
+        """The upload's writer at its end; `start`, if given, must be where that is."""
+        if start is not None and start != self.size:
+            raise RangeInvalidError(f"chunk starts at {start}, upload is at {self.size}")
         try:
             writer = self._driver.writer(ctx, self._data_path, append=True)
         except PathNotFoundError:
