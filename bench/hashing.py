@@ -31,7 +31,3 @@ def resumable_seconds(data: memoryview, chunk: int) -> tuple[float, str]:
     final = CANONICAL.hasher() if state is None else ResumableHasher.restore(CANONICAL, state)
     hex_ = final.digest().hex
     return time.thread_time() - start, hex_
-
-
-def check_backend() -> str:
-    return CANONICAL.hasher().backend
