@@ -119,7 +119,7 @@ class AzureDriver:
 
     def put_content(self, ctx: Context, path: str, content: bytes) -> None:
         blob = self._blob(self.key(path))
-        with ctx.trace("azure.put_content", path=path), self.errors(path, missing_is_not_found=False):
+        with self.errors(path, missing_is_not_found=False):
             try:
                 blob.upload_blob(content, overwrite=True, length=len(content))
             except Exception as exc:
@@ -134,7 +134,7 @@ class AzureDriver:
         if offset < 0:
             raise InvalidOffsetError(NAME, path, offset)
         blob = self._blob(key)
-        with ctx.trace("azure.reader", path=path), self.errors(path):
+        with self.errors(path):
             stream = self._open_download(path, blob, offset)
             if stream is None:
                 # a file still being written: its staged blocks must be committed to be read
@@ -175,24 +175,23 @@ class AzureDriver:
     def writer(self, ctx: Context, path: str, append: bool = False) -> FileWriter:
         key = self.key(path)
         blob = self._blob(key)
-        with ctx.trace("azure.writer", path=path, append=append):
-            if not append:
-                with self.errors(path, missing_is_not_found=False):
-                    self._create_empty(blob)
-                return blocks.BlockBlobWriter(self, path, blob, blocks.BlockList(0))
-            with self.errors(path):
-                try:
-                    listing = blocks.read_block_list(blob)
-                except Exception as exc:
-                    if _code(exc) != "InvalidBlobType":
-                        raise
-                    properties = blob.get_blob_properties()
-                    if str(getattr(properties.blob_type, "value", properties.blob_type)) != "AppendBlob":
-                        raise self.error(path, f"cannot append to a {properties.blob_type}") from None
-                    return blocks.AppendBlobWriter(self, path, blob, properties.size)
-                if not listing.committed_is_ours:
-                    listing = self._adopt_committed(blob, listing)
-            return blocks.BlockBlobWriter(self, path, blob, listing)
+        if not append:
+            with self.errors(path, missing_is_not_found=False):
+                self._create_empty(blob)
+            return blocks.BlockBlobWriter(self, path, blob, blocks.BlockList(0))
+        with self.errors(path):
+            try:
+                listing = blocks.read_block_list(blob)
+            except Exception as exc:
+                if _code(exc) != "InvalidBlobType":
+                    raise
+                properties = blob.get_blob_properties()
+                if str(getattr(properties.blob_type, "value", properties.blob_type)) != "AppendBlob":
+                    raise self.error(path, f"cannot append to a {properties.blob_type}") from None
+                return blocks.AppendBlobWriter(self, path, blob, properties.size)
+            if not listing.committed_is_ours:
+                listing = self._adopt_committed(blob, listing)
+        return blocks.BlockBlobWriter(self, path, blob, listing)
 
     def _create_empty(self, blob: Any) -> None:
         # An empty commit creates the file (so stat finds the upload), truncates an
@@ -248,7 +247,7 @@ class AzureDriver:
         key = self.key(path, allow_root=True)
         if path == "/":
             return FileInfo(path="/", is_dir=True)
-        with ctx.trace("azure.stat", path=path), self.errors(path):
+        with self.errors(path):
             blob = self._blob(key)
             try:
                 properties = blob.get_blob_properties()
@@ -269,7 +268,7 @@ class AzureDriver:
         prefix = key if path == "/" else key + "/"
         children = []
         try:
-            with ctx.trace("azure.list", path=path), self.errors(path):
+            with self.errors(path):
                 for item in self.container.walk_blobs(name_starts_with=prefix or None, delimiter="/"):
                     name = item.name[len(prefix):].rstrip("/")
                     if name and _valid_parts(name):
@@ -330,19 +329,18 @@ class AzureDriver:
     def move(self, ctx: Context, source: str, dest: str) -> None:
         source_blob = self._blob(self.key(source))
         dest_blob = self._blob(self.key(dest))
-        with ctx.trace("azure.move", source=source, dest=dest):
-            with self.errors(source):
-                properties = source_blob.get_blob_properties()
-                if blocks.is_staged(properties.metadata):
-                    self._materialize(source, source_blob)
-            with self.errors(dest, missing_is_not_found=False):
-                self._copy(source, source_blob, dest_blob)
-            with self.errors(source, missing_is_not_found=False):
-                try:
-                    source_blob.delete_blob()
-                except Exception as exc:
-                    if not _is_not_found(exc):  # a concurrent move or delete took it: fine
-                        raise
+        with self.errors(source):
+            properties = source_blob.get_blob_properties()
+            if blocks.is_staged(properties.metadata):
+                self._materialize(source, source_blob)
+        with self.errors(dest, missing_is_not_found=False):
+            self._copy(source, source_blob, dest_blob)
+        with self.errors(source, missing_is_not_found=False):
+            try:
+                source_blob.delete_blob()
+            except Exception as exc:
+                if not _is_not_found(exc):  # a concurrent move or delete took it: fine
+                    raise
 
     def _copy(self, source: str, source_blob: Any, dest_blob: Any) -> None:
         """Server-side copy; within one account it is usually done when the call returns.
@@ -375,7 +373,7 @@ class AzureDriver:
 
     def delete(self, ctx: Context, path: str) -> None:
         key = self.key(path)
-        with ctx.trace("azure.delete", path=path), self.errors(path):
+        with self.errors(path):
             try:
                 self._blob(key).delete_blob()
                 return
