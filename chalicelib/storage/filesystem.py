@@ -90,8 +90,14 @@ def _fsync_dir(directory: str) -> None:
 
 
 def _create_in(directory: str, create: Callable[[], Any]) -> Any:
-    """Make directory's parents, then create; retried because a concurrent delete
-    (upload purging, GC) may remove the fresh parents before the file lands."""
+    """Create, making directory and its parents when they are missing; retried because
+    a concurrent delete (upload purging, GC) may remove fresh parents before the file
+    lands. The directory usually exists (rewritten links, hash states, every PATCH),
+    so create is tried first: makedirs costs three system calls even then."""
+    try:
+        return create()
+    except FileNotFoundError:
+        pass
     for attempt in range(_CREATE_ATTEMPTS):
         os.makedirs(directory, 0o777, exist_ok=True)
         try:
