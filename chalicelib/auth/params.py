@@ -4,44 +4,37 @@ from __future__ import annotations
 import logging
 from typing import Any, Iterable, Optional
 
-from ..config import ConfigError
+from ..config import _MISSING, ConfigError, _Section
 
 log = logging.getLogger("stratus.auth")
 
-_MISSING = object()
 
+class Parameters(_Section):
+    """`auth.<method>` parameters; every bad value is a ConfigError naming its key.
 
-class Parameters:
-    """`auth.<method>` parameters; every bad value is a ConfigError naming its key."""
+    Key paths, read tracking and `fail` are the configuration's own (config._Section);
+    what differs is auth's: keys fold case, "" counts as unset, and a string with no
+    default is required.
+    """
 
     def __init__(self, method: str, raw: dict[str, Any]):
-        self.method = method
         # keys match case-insensitively: REGISTRY_AUTH_* variables arrive lower-cased
-        self._raw = {str(k).lower(): v for k, v in (raw or {}).items()}
-        self._read: set[str] = set()
-
-    def key(self, name: str) -> str:
-        return f"auth.{self.method}.{name}"
-
-    def fail(self, name: str, expected: str, value: Any = _MISSING) -> ConfigError:
-        got = "" if value is _MISSING else f", got {value!r}"
-        return ConfigError(f"{self.key(name)}: expected {expected}{got}", key=self.key(name))
+        super().__init__({str(k).lower(): v for k, v in (raw or {}).items()}, f"auth.{method}", {})
+        self.method = method
 
     def string(self, name: str, default: Any = _MISSING) -> Optional[str]:
-        self._read.add(name)
-        value = self._raw.get(name, _MISSING)
-        if value is _MISSING or value is None or value == "":
+        value = self.value(name)
+        if value is _MISSING or value == "":
             if default is _MISSING:
-                raise ConfigError(f"{self.key(name)}: required", key=self.key(name))
+                raise ConfigError(f"{self.key_path(name)}: required", key=self.key_path(name))
             return default
         if isinstance(value, (dict, list, bool)):
             raise self.fail(name, "a string", value)
         return str(value)
 
     def boolean(self, name: str, default: bool = False) -> bool:
-        self._read.add(name)
-        value = self._raw.get(name, _MISSING)
-        if value is _MISSING or value is None:
+        value = self.value(name)
+        if value is _MISSING:
             return default
         if isinstance(value, bool):
             return value
@@ -50,9 +43,8 @@ class Parameters:
         raise self.fail(name, "true or false", value)
 
     def strings(self, name: str, default: Iterable[str] = ()) -> list[str]:
-        self._read.add(name)
-        value = self._raw.get(name, _MISSING)
-        if value is _MISSING or value is None:
+        value = self.value(name)
+        if value is _MISSING:
             return list(default)
         if isinstance(value, str):
             value = [value]
@@ -61,17 +53,16 @@ class Parameters:
         return value
 
     def number(self, name: str, default: float, minimum: float = 0) -> float:
-        self._read.add(name)
-        value = self._raw.get(name, _MISSING)
-        if value is _MISSING or value is None:
+        value = self.value(name)
+        if value is _MISSING:
             return default
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
             raise self.fail(name, f"a number of at least {minimum}", value)
         return float(value)
 
-    def warn_unknown(self, ignored: Iterable[str] = ()) -> None:
-        for name in sorted(set(self._raw) - self._read):
+    def warn_unknown(self, ignored: Iterable[str] = ()) -> None:  # type: ignore[override]
+        for name in sorted(set(self.mapping) - self.read):
             if name in ignored:
-                log.warning("%s is not supported by Stratus and is ignored", self.key(name))
+                log.warning("%s is not supported by Stratus and is ignored", self.key_path(name))
             else:
-                log.warning("%s is not a known parameter and is ignored", self.key(name))
+                log.warning("%s is not a known parameter and is ignored", self.key_path(name))
