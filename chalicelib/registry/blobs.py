@@ -88,12 +88,22 @@ class BlobStore:
     def put(self, ctx: Context, digest: Digest, content: bytes, media_type: str) -> BlobDescriptor:
         """Store small content (a manifest) at its digest's path, once."""
         descriptor = BlobDescriptor(digest=digest, size=len(content), media_type=media_type)
-        try:
-            self.stat_now(ctx, digest)
-        except BlobUnknownError:
-            self.driver.put_content(ctx, blob_path(digest), content)
-            self.statter.set_descriptor(ctx, digest, descriptor)
+        self._store_once(ctx, descriptor, lambda path: self.driver.put_content(ctx, path, content))
         return descriptor
+
+    def move_into_place(self, ctx: Context, source: str, descriptor: BlobDescriptor) -> None:
+        """Make the finished file at `source` the blob, unless the blob is already stored."""
+        self._store_once(ctx, descriptor, lambda path: self.driver.move(ctx, source, path))
+
+    def _store_once(self, ctx: Context, descriptor: BlobDescriptor, write: Callable[[str], None]) -> None:
+        # a new blob is the common case, and missing an existing one only costs a write
+        try:
+            self.stat_now(ctx, descriptor.digest)
+            return  # content-addressed: an existing blob already has these bytes
+        except BlobUnknownError:
+            pass
+        write(blob_path(descriptor.digest))
+        self.statter.set_descriptor(ctx, descriptor.digest, descriptor)
 
     def open(self, ctx: Context, digest: Digest, offset: int = 0) -> BinaryIO:
         try:

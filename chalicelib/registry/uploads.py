@@ -18,9 +18,8 @@ from ..context import Context
 from ..descriptor import BlobDescriptor
 from ..digest import CANONICAL, Algorithm, Digest, DigestError, ResumableHasher
 from ..storage import FileWriter, PathNotFoundError, StorageDriver, UnsupportedMethodError, paths
-from .blobs import BlobStore, LinkedBlobStore, blob_path
+from .blobs import BlobStore, LinkedBlobStore
 from .errors import (
-    BlobUnknownError,
     BlobUploadInvalidError,
     BlobUploadUnknownError,
     DigestInvalidError,
@@ -193,7 +192,7 @@ class BlobUpload:
             self.cancel(ctx)
             raise DigestInvalidError(f"digest {expected} does not match uploaded content {actual}")
         descriptor = BlobDescriptor(digest=expected, size=self.size)
-        self._move_into_place(ctx, expected)
+        self._uploads.blobs.move_into_place(ctx, self._data_path, descriptor)
         self._uploads.linked.link(ctx, descriptor)
         self._remove(ctx)
         return descriptor
@@ -284,17 +283,6 @@ class BlobUpload:
         hasher = algorithm.hasher()
         self._hash_stored(ctx, hasher, 0, self.size)
         return hasher.digest()
-
-    def _move_into_place(self, ctx: Context, digest: Digest) -> None:
-        blobs: BlobStore = self._uploads.blobs
-        # a new blob is the common case, and missing an existing one only costs a copy
-        try:
-            blobs.stat_now(ctx, digest)
-            return  # content-addressed: an existing blob already has these bytes
-        except BlobUnknownError:
-            pass
-        self._driver.move(ctx, self._data_path, blob_path(digest))
-        blobs.statter.set_descriptor(ctx, digest, BlobDescriptor(digest=digest, size=self.size))
 
     def _remove(self, ctx: Context) -> None:
         try:
