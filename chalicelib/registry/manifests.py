@@ -36,7 +36,7 @@ class ManifestStore:
         layers: LinkedBlobStore,
         tags: TagStore,
         referrers: ReferrersIndex,
-        bodies: Optional[ManifestBodyCache] = None,
+        bodies: ManifestBodyCache,
     ):
         self.blobs = blobs
         self.revisions = revisions
@@ -46,12 +46,6 @@ class ManifestStore:
         self.bodies = bodies
 
     def get(self, ctx: Context, digest: Digest) -> StoredManifest:
-        if self.bodies is None:
-            try:
-                body = self.revisions.get(ctx, digest)
-            except BlobUnknownError:
-                raise ManifestUnknownError(str(digest)) from None
-            return StoredManifest(digest=digest, media_type=media_type_of(body), body=body)
         self.stat(ctx, digest)  # linked in this repository, now: never cached
         cached = self.bodies.get(digest)
         if cached is not None:
