@@ -150,3 +150,13 @@ def redis_server(
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One server per test module (tests flush it); skips when redis-server is missing.
+    Import it into a test module to use it."""
+    if not HAVE_REDIS:
+        pytest.skip(NO_REDIS)
+    with redis_server(tmp_path_factory.mktemp("redis")) as server:
+        yield server

@@ -6,7 +6,6 @@ answers, the other must answer the same.
 from __future__ import annotations
 
 import time
-from typing import Iterator
 
 import pytest
 
@@ -17,7 +16,7 @@ from chalicelib.context import Context
 from chalicelib.descriptor import OCTET_STREAM, BlobDescriptor
 from chalicelib.digest import Algorithm, Digest
 
-from .redis_server import HAVE_REDIS, NO_REDIS, RedisServer, redis_server, requires_redis
+from .redis_server import RedisServer, redis_srv, requires_redis  # noqa: F401  (redis_srv: fixture)
 
 CTX = Context()
 LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
@@ -26,14 +25,6 @@ CONFIG = "application/vnd.oci.image.config.v1+json"
 
 def digest_of(data: bytes, algorithm: Algorithm = Algorithm.SHA256) -> Digest:
     return Digest.from_bytes(data, algorithm)
-
-
-@pytest.fixture(scope="module")
-def redis_srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    if not HAVE_REDIS:
-        pytest.skip(NO_REDIS)
-    with redis_server(tmp_path_factory.mktemp("redis")) as server:
-        yield server
 
 
 def make_provider(kind: str, request: pytest.FixtureRequest, **ttls):

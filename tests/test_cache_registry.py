@@ -26,12 +26,18 @@ from chalicelib.digest import Digest
 from chalicelib.registry import Registry
 from chalicelib.storage.filesystem import from_parameters as filesystem
 
-from .redis_server import HAVE_REDIS, NO_REDIS, RedisServer, redis_server
+from .redis_server import (  # noqa: F401  (redis_srv: a fixture)
+    HAVE_REDIS,
+    NO_REDIS,
+    RedisServer,
+    redis_server,
+    redis_srv,
+    requires_redis,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-needs_redis = pytest.mark.skipif(not HAVE_REDIS, reason=NO_REDIS)
 
 
 class CountingDriver:
@@ -99,14 +105,6 @@ def _descriptor(data: bytes, media_type: str) -> dict:
     return {"mediaType": media_type, "digest": str(Digest.from_bytes(data)), "size": len(data)}
 
 
-@pytest.fixture(scope="module")
-def redis_srv(tmp_path_factory) -> Iterator[RedisServer]:
-    if not HAVE_REDIS:
-        pytest.skip(NO_REDIS)
-    with redis_server(tmp_path_factory.mktemp("redis")) as server:
-        yield server
-
-
 class Deployment:
     """Storage plus a cache provider factory: each instance() is another process."""
 
@@ -129,7 +127,7 @@ class Deployment:
         return registry, Client(registry)
 
 
-@pytest.fixture(params=["inmemory", pytest.param("redis", marks=needs_redis)])
+@pytest.fixture(params=["inmemory", pytest.param("redis", marks=requires_redis)])
 def deployment(request, tmp_path) -> Iterator[Deployment]:
     server = None
     if request.param == "redis":
@@ -231,7 +229,7 @@ def test_mount_from_a_repository_that_lacks_the_blob_is_refused(deployment):
     assert client("HEAD", f"/v2/target/blobs/{digest}").status == 404
 
 
-@needs_redis
+@requires_redis
 def test_one_instance_warms_the_cache_for_another(shared):
     _, first = shared.instance()
     digest = first.push_blob("app", b"shared by instances")
@@ -306,7 +304,7 @@ def test_relinked_blob_after_delete_is_present_again(deployment):
     assert client("HEAD", f"/v2/app/blobs/{digest}").status == 200
 
 
-@needs_redis
+@requires_redis
 def test_delete_while_redis_is_down_is_never_served_stale(shared):
     _, client = shared.instance(cooldown=0.1)
     digest = client.push_blob("app", b"deleted during an outage")
@@ -325,7 +323,7 @@ def test_delete_while_redis_is_down_is_never_served_stale(shared):
     assert other("HEAD", f"/v2/app/blobs/{digest}").status == 404
 
 
-@needs_redis
+@requires_redis
 def test_redis_down_every_request_succeeds_and_it_refills_after(shared):
     _, client = shared.instance(cooldown=0.1)
     digest, body = client.push_image("app", "v1", [b"l1", b"l2"])
