@@ -6,12 +6,9 @@ a tracer for X-Ray subsegments) without any layer knowing the HTTP framework.
 from __future__ import annotations
 
 import contextlib
-import logging
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, ContextManager, Iterator
-
-log = logging.getLogger("stratus")
 
 
 @contextlib.contextmanager
@@ -25,8 +22,6 @@ class Context:
     # tracer(name, **metadata) returns a context manager that records one subsegment;
     # the default costs a generator frame and nothing else.
     tracer: Callable[..., ContextManager[None]] = _no_trace
-    values: dict = field(default_factory=dict)
-    logger: logging.Logger = log
 
     def trace(self, name: str, **metadata: Any) -> ContextManager[None]:
         return self.tracer(name, **metadata)
