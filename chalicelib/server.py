@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from http import HTTPStatus
-from typing import Callable, Iterable, Iterator, Optional
+from typing import Callable, Iterable, Optional
 
 from .api import FileBody, Headers, RegistryAPI, Request, Response
 from .api.http import parse_query
@@ -144,19 +144,6 @@ def _drain(environ: dict) -> None:
         return
 
 
-def _pieces(body: FileBody, size: int) -> Iterator[bytes]:
-    remaining = body.length
-    try:
-        while remaining > 0:
-            piece = body.file.read(min(size, remaining))
-            if not piece:
-                return
-            remaining -= len(piece)
-            yield piece
-    finally:
-        body.file.close()
-
-
 def wsgi_app(api: RegistryAPI) -> Callable:
     def application(environ: dict, start_response: Callable) -> Iterable[bytes]:
         response: Response = api.handle(_request_from_environ(environ))
@@ -173,7 +160,7 @@ def wsgi_app(api: RegistryAPI) -> Callable:
             # sendfile sends to the file's end; the server stops at Content-Length
             if wrapper is not None and hasattr(body.file, "fileno"):
                 return wrapper(body.file, _SENDFILE_BLOCK)
-            return _pieces(body, _STREAM_PIECE)
+            return body.pieces(_STREAM_PIECE)
         if isinstance(body, (bytes, bytearray)):
             return [bytes(body)]
         return body

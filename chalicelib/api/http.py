@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field
-from typing import BinaryIO, Iterable, Mapping, Optional, Union
+from typing import BinaryIO, Iterable, Iterator, Mapping, Optional, Union
 from urllib.parse import parse_qs
 
 
@@ -86,11 +86,15 @@ class FileBody:
     file: BinaryIO
     length: int
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[bytes]:
+        return self.pieces(1 << 20)
+
+    def pieces(self, size: int) -> Iterator[bytes]:
+        """The bytes in pieces of at most `size`; the file is closed at the end."""
         remaining = self.length
         try:
             while remaining > 0:
-                piece = self.file.read(min(1 << 20, remaining))
+                piece = self.file.read(min(size, remaining))
                 if not piece:
                     break
                 remaining -= len(piece)
