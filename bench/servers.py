@@ -5,7 +5,6 @@ never by name, so a benchmark cannot touch a registry it did not start.
 """
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Iterator, Mapping, Optional, Sequence
 
 # the same process handling as the tests: free loopback ports, stop by process group
-from tests.servers import free_port, stop
+from tests.servers import free_port, process
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE_BINARY = "docker-registry"
@@ -54,21 +53,10 @@ def _run(
     cwd: Path = ROOT,
 ) -> Iterator[RunningServer]:
     log = workdir / f"{name}.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            list(argv),
-            env={**os.environ, **(env or {})},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=str(cwd),
-            start_new_session=True,
-        )
-        try:
-            url = f"http://127.0.0.1:{port}"
-            _wait_ready(url, proc, log)
-            yield RunningServer(name, url, proc.pid, root, log)
-        finally:
-            stop(proc, timeout=15.0)
+    with process(argv, port, env, log_path=log, cwd=cwd, timeout=60.0) as proc:
+        url = f"http://127.0.0.1:{port}"
+        _wait_ready(url, proc, log)
+        yield RunningServer(name, url, proc.pid, root, log)
 
 
 @contextmanager

@@ -79,7 +79,11 @@ def process(
         start_new_session=True,
     )
     try:
-        wait_for_port(port, timeout, proc)
+        try:
+            wait_for_port(port, timeout, proc)
+        except RuntimeError as exc:  # it exited: say why
+            tail = log_path.read_text(errors="replace")[-2000:] if log_path else ""
+            raise RuntimeError(f"{argv[0]}: {exc}\n{tail}") from None
         yield proc
     finally:
         stop(proc)
