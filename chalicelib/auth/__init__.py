@@ -72,11 +72,10 @@ def create_access_controller(config: AuthConfig) -> Optional[AccessController]:
         from . import token
 
         controller = token.from_parameters(params)
-        params.warn_unknown(ignored=("autoredirect", "autoredirectpath"))
     elif config.name == "silly":
         controller = SillyAccessController(params.string("realm"), params.string("service"))
     else:
         raise ConfigError(f"auth: unknown method {config.name!r}", key=f"auth.{config.name}")
-    if config.name != "token":
-        params.warn_unknown()
+    # the reference's token redirect options: known, but Stratus does not act on them
+    params.warn_unknown(ignored=("autoredirect", "autoredirectpath") if config.name == "token" else ())
     return AnonymousPull(controller) if anonymous_pull else controller
