@@ -109,28 +109,49 @@ def commit_blocks(blob: Any, ids: list[str], metadata: Optional[dict] = None) ->
     blob.commit_block_list([BlobBlock(block_id=i) for i in ids], metadata=metadata)
 
 
-class BlockBlobWriter:
-    """Appends to a block blob by staging blocks; see the module docstring."""
+class _Writer:
+    """What both writers share: open -> closed | committed | cancelled, and cancel()."""
 
-    def __init__(self, driver: Any, path: str, blob: Any, blocks: BlockList):
+    def __init__(self, driver: Any, path: str, blob: Any):
         self._driver = driver
         self._path = path
         self._blob = blob
-        self._ids = blocks.ids_in_order()
-        self._stored = blocks.size  # bytes committed or staged
-        self._sequence = blocks.next_sequence
-        self._nonce = secrets.token_hex(4)
         self._buffer = bytearray()
         self._state = "open"  # -> closed | committed | cancelled
-        self._closed = False
-
-    @property
-    def size(self) -> int:
-        return self._stored + len(self._buffer)
 
     def _require_open(self) -> None:
         if self._state != "open":
             raise self._driver.error(self._path, f"writer already {self._state}")
+
+    def _flush(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        if self._state != "open":
+            return  # closing twice, or after commit/cancel, is harmless
+        self._state = "closed"
+        self._flush()
+
+    def cancel(self) -> None:
+        self._require_open()
+        self._state = "cancelled"
+        self._buffer.clear()
+        self._driver.discard_blob(self._path, self._blob)
+
+
+class BlockBlobWriter(_Writer):
+    """Appends to a block blob by staging blocks; see the module docstring."""
+
+    def __init__(self, driver: Any, path: str, blob: Any, blocks: BlockList):
+        super().__init__(driver, path, blob)
+        self._ids = blocks.ids_in_order()
+        self._stored = blocks.size  # bytes committed or staged
+        self._sequence = blocks.next_sequence
+        self._nonce = secrets.token_hex(4)
+
+    @property
+    def size(self) -> int:
+        return self._stored + len(self._buffer)
 
     def write(self, data: bytes) -> int:
         self._require_open()
@@ -154,14 +175,6 @@ class BlockBlobWriter:
         self._stored += len(self._buffer)
         self._buffer.clear()
 
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._state == "open":
-            self._state = "closed"
-            self._flush()  # the blocks stay staged for whoever appends next
-
     def commit(self) -> None:
         self._require_open()
         self._flush()
@@ -169,34 +182,18 @@ class BlockBlobWriter:
             commit_blocks(self._blob, self._ids)  # no metadata: clears the staged mark
         self._state = "committed"
 
-    def cancel(self) -> None:
-        self._require_open()
-        self._state = "cancelled"
-        self._closed = True
-        self._buffer.clear()
-        self._driver.discard_blob(self._path, self._blob)
 
-
-class AppendBlobWriter:
+class AppendBlobWriter(_Writer):
     """Continues an append blob, which is how registry 2.x's azure driver wrote uploads,
     so an upload it started can be finished here."""
 
     def __init__(self, driver: Any, path: str, blob: Any, size: int):
-        self._driver = driver
-        self._path = path
-        self._blob = blob
+        super().__init__(driver, path, blob)
         self._size = size
-        self._buffer = bytearray()
-        self._state = "open"
-        self._closed = False
 
     @property
     def size(self) -> int:
         return self._size
-
-    def _require_open(self) -> None:
-        if self._state != "open":
-            raise self._driver.error(self._path, f"writer already {self._state}")
 
     def write(self, data: bytes) -> int:
         self._require_open()
@@ -212,26 +209,11 @@ class AppendBlobWriter:
             self._blob.append_block(piece, length=len(piece))
         del self._buffer[:len(piece)]
 
-    def _drain(self) -> None:
+    def _flush(self) -> None:
         while self._buffer:
             self._append(APPEND_BLOCK_SIZE)
 
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._state == "open":
-            self._state = "closed"
-            self._drain()
-
     def commit(self) -> None:
         self._require_open()
-        self._drain()
+        self._flush()
         self._state = "committed"
-
-    def cancel(self) -> None:
-        self._require_open()
-        self._state = "cancelled"
-        self._closed = True
-        self._buffer.clear()
-        self._driver.discard_blob(self._path, self._blob)
