@@ -92,10 +92,7 @@ class ManifestStore:
 
     def delete(self, ctx: Context, digest: Digest) -> None:
         """Remove the revision, every tag pointing at it, and its referrers entry."""
-        try:
-            stored = self.get(ctx, digest)
-        except ManifestUnknownError:
-            raise
+        stored = self.get(ctx, digest)
         for tag in self.tags.lookup(ctx, digest):
             self.tags.untag(ctx, tag)
         try:
