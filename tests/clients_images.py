@@ -251,6 +251,11 @@ def add_uncompressed_variant(layout: Layout, tag: str, new_tag: str) -> str:
     return digest
 
 
+def absolute(url: str, location: str) -> str:
+    """registry:2 sends relative Locations unless told its host; Stratus absolute ones."""
+    return location if location.startswith("http") else url + location
+
+
 def push_artifact(registry_url: str, name: str, tag: str, layer: bytes) -> tuple[str, str]:
     """An OCI manifest of one layer pushed with plain HTTP; (manifest digest, layer digest)."""
     import requests
@@ -262,7 +267,7 @@ def push_artifact(registry_url: str, name: str, tag: str, layer: bytes) -> tuple
         assert response.status_code == 202, response.text
         location = response.headers["Location"]
         response = requests.put(
-            location if location.startswith("http") else registry_url + location,
+            absolute(registry_url, location),
             params={"digest": sha256_digest(blob)}, data=blob,
             headers={"Content-Type": "application/octet-stream"}, timeout=30,
         )

@@ -16,6 +16,7 @@ import requests
 from .servers import ROOT, free_port, process
 
 REFERENCE_REGISTRY = "/usr/bin/docker-registry"
+REFERENCE_SECRET = "reference-secret"  # its http.secret, which signs its upload `_state` tokens
 CHALICE = Path(sys.executable).parent / "chalice"
 
 needs_reference = pytest.mark.skipif(
@@ -66,7 +67,7 @@ def chalice_local(root: Path, secret: str = "test-secret") -> Iterator[str]:
         yield url
 
 
-def reference_config(root: Path, port: int, secret: str = "reference-secret") -> Path:
+def reference_config(root: Path, port: int, secret: str = REFERENCE_SECRET) -> Path:
     path = root.parent / f"reference-{port}.yml"
     path.write_text(
         "version: 0.1\n"

@@ -18,6 +18,7 @@ import requests
 
 from .clients_images import (
     Layout,
+    absolute,
     assert_same_image,
     assert_stored_like,
     images_dir,
@@ -30,6 +31,7 @@ from .clients_images import (
 )
 from .clients_servers import (
     REFERENCE_REGISTRY,
+    REFERENCE_SECRET,
     clean_env,
     needs_reference,
     reference_config,
@@ -254,11 +256,6 @@ def assert_same_trees(reference_root: Path, stratus_root: Path) -> None:
     assert links and all(re.fullmatch(rb"sha256:[0-9a-f]{64}", ours[p]) for p in links)
 
 
-def absolute(url: str, location: str) -> str:
-    """registry:2 sends relative Locations unless told its host; Stratus absolute ones."""
-    return location if location.startswith("http") else url + location
-
-
 def _upload(url: str, name: str, chunks: list[bytes]) -> str:
     """Start an upload and PATCH chunks into it; returns the upload's id."""
     response = requests.post(f"{url}/v2/{name}/blobs/uploads/", timeout=10)
@@ -300,9 +297,6 @@ def test_an_upload_in_progress_has_the_reference_files(twin_roots) -> None:
 
 
 # -- one upload, two registries -------------------------------------------------------
-
-REFERENCE_SECRET = "reference-secret"  # clients_servers.reference_config's http.secret
-
 
 def reference_state_token(name: str, upload_id: str, offset: int, started_at: str) -> str:
     """registry:2's `_state`: base64url(HMAC-SHA256(secret, json) + json) of its blobUploadState."""
