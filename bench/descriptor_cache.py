@@ -73,18 +73,11 @@ def measure(workdir: Path, ops: int, reps: int = 1) -> list[dict[str, Result]]:
     from chalicelib.storage.s3 import client as s3_client
 
     os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
-    with _backends(workdir) as (endpoint, redis_addr):
-        import boto3
+    from tests.moto_server import MotoS3
 
-        bucket = "stratus-bench"
-        boto3.session.Session().client(
-            "s3", endpoint_url=endpoint, region_name="us-east-1",
-            aws_access_key_id="bench", aws_secret_access_key="bench",
-        ).create_bucket(Bucket=bucket)
-        driver = create_driver("s3", {
-            "bucket": bucket, "region": "us-east-1", "regionendpoint": endpoint,
-            "accesskey": "bench", "secretkey": "bench", "forcepathstyle": True,
-        })
+    with _backends(workdir) as (endpoint, redis_addr):
+        moto = MotoS3(endpoint)
+        driver = create_driver("s3", moto.parameters(moto.create_bucket("stratus-bench")))
         cache = RedisBlobDescriptorCache(connect(RedisConfig(addr=redis_addr)))
         api = RegistryAPI(Registry(driver, cache, RegistryOptions(stat_retries=3)), APISettings(secret=b"bench"))
 
