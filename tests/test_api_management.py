@@ -6,6 +6,7 @@ deletes of its teardowns (referrers, index children), and a registry started wit
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -188,3 +189,25 @@ def test_deletes_are_refused_with_405_when_disabled(no_delete: Registry) -> None
 def test_upload_cancel_still_works_when_deletes_are_disabled(no_delete: Registry) -> None:
     location = no_delete.upload_location(unique_repo("manage"))
     assert no_delete.delete(location).status_code == 204
+
+
+# -- a read-only registry (storage.maintenance.readonly) ---------------------------------
+
+
+def test_writes_are_refused_with_405_when_read_only(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    root.mkdir()
+    repo = unique_repo("manage")
+    with stratus_server(root) as url:
+        writable = Registry(url)
+        image: Image = writable.push_image(repo, tag="t")
+        writable.close()
+    with stratus_server(root, env={"REGISTRY_STORAGE_MAINTENANCE_READONLY_ENABLED": "true"}) as url:
+        read_only = Registry(url)
+        try:
+            assert_error(read_only.start_upload(repo), 405, "UNSUPPORTED")
+            assert_error(read_only.put_manifest(repo, "t2", image.body), 405, "UNSUPPORTED")
+            assert read_only.manifest(repo, "t").status_code == 200
+            assert read_only.blob(repo, image.config_digest).status_code == 200
+        finally:
+            read_only.close()

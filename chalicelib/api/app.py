@@ -12,7 +12,7 @@ from typing import Callable, Optional, Protocol
 
 from ..context import Context
 from ..registry import Registry, RegistryError
-from ..registry.errors import PaginationNumberInvalidError, RangeInvalidError, ReadOnlyError
+from ..registry.errors import PaginationNumberInvalidError, RangeInvalidError
 from ..storage import StorageError
 from .errors import HTTPError, error_response, from_registry_error
 from .http import Request, Response
@@ -170,11 +170,10 @@ class RegistryAPI:
 
 
 def status_of(exc: RegistryError) -> Optional[int]:
-    """The few domain errors whose status is not their code's usual one."""
+    """The few domain errors whose status is not their code's usual one
+    (a read-only registry's UNSUPPORTED is the usual 405)."""
     if isinstance(exc, RangeInvalidError):
         return 416
-    if isinstance(exc, ReadOnlyError):
-        return 405
     if isinstance(exc, PaginationNumberInvalidError):  # a bad query, not a bad method
         return 400
     return None

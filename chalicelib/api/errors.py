@@ -23,8 +23,6 @@ STATUS = {
     "DENIED": 403,
     "UNSUPPORTED": 405,
     "TOOMANYREQUESTS": 429,
-    "PAGINATION_NUMBER_INVALID": 400,
-    "RANGE_INVALID": 416,
     "UNKNOWN": 500,
 }
 JSON = "application/json"
