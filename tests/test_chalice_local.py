@@ -3,7 +3,6 @@ repository names with slashes, request bodies of any Content-Type (or none, or a
 chunked one) reaching the api unchanged, and HEAD answers with the GET's length."""
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 from typing import Iterator, Optional
@@ -14,16 +13,12 @@ import requests
 
 from .clients_servers import chalice_local, needs_chalice
 from .conftest import RunningRegistry
+from .oci_client import OCI_MANIFEST, digest_of
 
 pytestmark = needs_chalice
 
 NESTED = "org/team/project/sub/image"
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 ALL_BYTES = bytes(range(256)) * 64  # every byte value, so a text or base64 slip shows
-
-
-def digest_of(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 @pytest.fixture(scope="module")
