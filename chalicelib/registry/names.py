@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import NameInvalidError, TagInvalidError
+from .errors import NameInvalidError
 
 # path-component: [a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*
 _COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
@@ -32,9 +32,3 @@ def validate_name(name: str) -> str:
 
 def is_tag(reference: str) -> bool:
     return bool(TAG_RE.match(reference))
-
-
-def validate_tag(tag: str) -> str:
-    if not TAG_RE.match(tag):
-        raise TagInvalidError(f"invalid tag {tag[:200]!r}: must match [a-zA-Z0-9_][a-zA-Z0-9._-]{{0,127}}")
-    return tag
