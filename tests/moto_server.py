@@ -5,9 +5,11 @@ moto in server mode speaks the S3 REST API over HTTP like any S3-compatible stor
 """
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -62,6 +64,28 @@ class MotoS3:
             "REGISTRY_STORAGE_S3_FORCEPATHSTYLE": "true",
             **extra,
         }
+
+
+    @contextmanager
+    def lambda_function(self, monkeypatch: pytest.MonkeyPatch, bucket: str, **extra: str) -> Iterator[dict[str, str]]:
+        """This process as a deployed function storing in bucket: the caller's REGISTRY_*,
+        X-Ray and secret-parameter variables cleared, app.py's registry built afresh."""
+        from chalicelib.aws_runtime import SECRET_PARAMETER_ENV, TRACE_HEADER_ENV
+
+        for name in list(os.environ):
+            if name.startswith("REGISTRY_") or name in (TRACE_HEADER_ENV, "AWS_XRAY_DAEMON_ADDRESS",
+                                                       SECRET_PARAMETER_ENV):
+                monkeypatch.delenv(name)
+        env = {**self.environment(bucket), "AWS_LAMBDA_FUNCTION_NAME": "stratus-dev", **extra}
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        import app
+
+        app.RegistryChalice._api = None
+        try:
+            yield env
+        finally:
+            app.RegistryChalice._api = None
 
 
 def moto_server_command() -> list[str]:

@@ -32,23 +32,9 @@ def bucket(moto_s3: MotoS3) -> str:
 @pytest.fixture
 def lambda_env(monkeypatch, moto_s3: MotoS3, bucket: str) -> Iterator[dict]:
     """The environment of a deployed function: S3 selected, running on Lambda."""
-    for name in list(os.environ):
-        if name.startswith("REGISTRY_") or name in ("_X_AMZN_TRACE_ID", "AWS_XRAY_DAEMON_ADDRESS",
-                                                   aws_runtime.SECRET_PARAMETER_ENV):
-            monkeypatch.delenv(name)
-    env = {
-        **moto_s3.environment(bucket),
-        "REGISTRY_HTTP_SECRET": "lambda-test-secret",
-        "REGISTRY_STORAGE_CACHE_BLOBDESCRIPTOR": "inmemory",
-        "AWS_LAMBDA_FUNCTION_NAME": "stratus-dev",
-        "AWS_REGION": "us-east-1",
-    }
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    import app
-
-    yield env
-    app.RegistryChalice._api = None
+    with moto_s3.lambda_function(monkeypatch, bucket, REGISTRY_HTTP_SECRET="lambda-test-secret",
+                                 REGISTRY_STORAGE_CACHE_BLOBDESCRIPTOR="inmemory", AWS_REGION="us-east-1") as env:
+        yield env
 
 
 @pytest.fixture(params=["http", "rest"])

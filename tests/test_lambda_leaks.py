@@ -25,21 +25,11 @@ def open_fds() -> int:
 
 @pytest.fixture
 def warm_instance(monkeypatch, moto_s3: MotoS3) -> Iterator[Invoker]:
-    for name in list(os.environ):
-        if name.startswith("REGISTRY_") or name in ("_X_AMZN_TRACE_ID", "AWS_XRAY_DAEMON_ADDRESS"):
-            monkeypatch.delenv(name)
-    bucket = moto_s3.create_bucket()
-    env = {**moto_s3.environment(bucket), "REGISTRY_HTTP_SECRET": "s", "AWS_LAMBDA_FUNCTION_NAME": "stratus-dev",
-           # so that a few blobs take the parallel multipart copy path (its threads must end)
-           "REGISTRY_STORAGE_S3_MULTIPARTCOPYTHRESHOLDSIZE": "5MiB",
-           "REGISTRY_STORAGE_S3_MULTIPARTCOPYCHUNKSIZE": "5MiB"}
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    import app
-
-    app.RegistryChalice._api = None
-    yield Invoker("http")
-    app.RegistryChalice._api = None
+    # multipart copies of 5 MiB, so that a few blobs take the parallel copy path (its threads must end)
+    with moto_s3.lambda_function(monkeypatch, moto_s3.create_bucket(), REGISTRY_HTTP_SECRET="s",
+                                 REGISTRY_STORAGE_S3_MULTIPARTCOPYTHRESHOLDSIZE="5MiB",
+                                 REGISTRY_STORAGE_S3_MULTIPARTCOPYCHUNKSIZE="5MiB"):
+        yield Invoker("http")
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc to count file descriptors")

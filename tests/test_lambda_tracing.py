@@ -103,16 +103,9 @@ def test_stratus_serve_traces_each_request_with_subsegments(daemon, monkeypatch,
 
 
 def test_lambda_invocations_add_subsegments_to_lambdas_segment(daemon, monkeypatch, moto_s3, bucket) -> None:
-    for name in list(os.environ):
-        if name.startswith("REGISTRY_"):
-            monkeypatch.delenv(name)
-    env = {**moto_s3.environment(bucket), "REGISTRY_HTTP_SECRET": "s", "AWS_LAMBDA_FUNCTION_NAME": "stratus-dev",
-           "LAMBDA_TASK_ROOT": str(REPO), "_X_AMZN_TRACE_ID": f"Root={TRACE_ROOT};Parent={PARENT};Sampled=1"}
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    import app
-
-    try:
+    with moto_s3.lambda_function(monkeypatch, bucket, REGISTRY_HTTP_SECRET="s", LAMBDA_TASK_ROOT=str(REPO),
+                                 AWS_XRAY_DAEMON_ADDRESS=daemon.address,
+                                 _X_AMZN_TRACE_ID=f"Root={TRACE_ROOT};Parent={PARENT};Sampled=1"):
         invoke = Invoker("http")
         assert invoke("POST", "/v2/traced/fn/blobs/uploads/").status == 202
         docs = daemon.documents()
@@ -124,8 +117,6 @@ def test_lambda_invocations_add_subsegments_to_lambdas_segment(daemon, monkeypat
         monkeypatch.setenv("_X_AMZN_TRACE_ID", f"Root=1-65f1c2a0-00000000000000000000000a;Parent={PARENT};Sampled=0")
         assert invoke("POST", "/v2/traced/fn/blobs/uploads/").status == 202
         assert daemon.documents() == []  # an invocation X-Ray did not sample sends nothing
-    finally:
-        app.RegistryChalice._api = None
 
 
 def test_tracing_off_wraps_nothing_and_loads_no_sdk(moto_s3, bucket) -> None:

@@ -38,16 +38,8 @@ def bucket(moto_s3: MotoS3) -> str:
 
 @pytest.fixture
 def lambda_env(monkeypatch, moto_s3: MotoS3, bucket: str) -> Iterator[None]:
-    for name in list(os.environ):
-        if name.startswith("REGISTRY_") or name in ("_X_AMZN_TRACE_ID", "AWS_XRAY_DAEMON_ADDRESS"):
-            monkeypatch.delenv(name)
-    for name, value in {**moto_s3.environment(bucket), "REGISTRY_HTTP_SECRET": "uploads-secret",
-                        "AWS_LAMBDA_FUNCTION_NAME": "stratus-dev"}.items():
-        monkeypatch.setenv(name, value)
-    import app
-
-    yield
-    app.RegistryChalice._api = None
+    with moto_s3.lambda_function(monkeypatch, bucket, REGISTRY_HTTP_SECRET="uploads-secret"):
+        yield
 
 
 def multipart_uploads(moto_s3: MotoS3, bucket: str) -> list[str]:
