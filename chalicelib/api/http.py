@@ -122,11 +122,6 @@ class Response:
                 return value
         return None
 
-    def set_header(self, name: str, value: str) -> None:
-        lowered = name.lower()
-        self.headers = [(k, v) for k, v in self.headers if k.lower() != lowered]
-        self.headers.append((name, value))
-
     def body_bytes(self) -> bytes:
         """The whole body in memory (for adapters that cannot stream)."""
         if isinstance(self.body, (bytes, bytearray)):

@@ -39,18 +39,6 @@ class Descriptor:
     annotations: Optional[dict] = None
     platform: Optional[dict] = None
 
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"mediaType": self.media_type, "digest": str(self.digest), "size": self.size}
-        if self.artifact_type:
-            out["artifactType"] = self.artifact_type
-        if self.annotations:
-            out["annotations"] = self.annotations
-        if self.platform:
-            out["platform"] = self.platform
-        if self.urls:
-            out["urls"] = list(self.urls)
-        return out
-
 
 @dataclass(frozen=True)
 class Manifest:
@@ -61,10 +49,6 @@ class Manifest:
     subject: Optional[Descriptor] = None
     artifact_type: Optional[str] = None
     annotations: dict = field(default_factory=dict)
-
-    @property
-    def is_index(self) -> bool:
-        return self.media_type in INDEXES
 
 
 def media_type_of(body: bytes) -> str:
