@@ -297,6 +297,16 @@ class StorageDriverSuite:
         self.write_session(driver, ctx, path, [b"abc"], append=False, commit=True, expect_start=0)
         assert driver.get_content(ctx, path) == b"abc"
 
+    def test_append_to_a_missing_file_is_not_found_and_creates_nothing(self, driver, ctx, base) -> None:
+        for path in (f"{base}/never/data", f"{base}/gone/data"):
+            if path.endswith("gone/data"):
+                self.write_session(driver, ctx, path, [b"abc"], append=False, commit=False, expect_start=0)
+                driver.delete(ctx, f"{base}/gone")
+            with pytest.raises(PathNotFoundError):
+                driver.writer(ctx, path, append=True)
+            with pytest.raises(PathNotFoundError):
+                driver.stat(ctx, path)
+
     def test_close_then_append_in_new_writer(self, driver, ctx, base) -> None:
         path = f"{base}/upload/data"
         first, second = payload(1000, seed=1), payload(777, seed=2)

@@ -368,6 +368,7 @@ WRITER_SCRIPT = """
 
 def test_append_continues_a_file_written_by_another_process(small_driver, ceph, ctx, base) -> None:
     path = f"{base}/_uploads/u/data"
+    small_driver.writer(ctx, path).close()  # as POST creates an upload; PATCHes append
     written = 0
     for text in ["first;", "second;"]:  # each ends mid-stripe: the next one fills it up
         result = run_python(WRITER_SCRIPT, ceph.pool, str(ceph.conffile), path, text)

@@ -112,7 +112,12 @@ class StorageDriver(Protocol):
         ...
 
     def writer(self, ctx: Context, path: str, append: bool = False) -> FileWriter:
-        """A writer at the end of path (append) or over a new empty file."""
+        """A writer over a new empty file, or (append) at the end of an existing one.
+
+        Appending to a file that does not exist raises PathNotFoundError rather
+        than starting one: an upload cancelled or purged meanwhile must not come
+        back to life, and the caller learns that without a separate stat.
+        """
         ...
 
     def stat(self, ctx: Context, path: str) -> FileInfo:

@@ -275,8 +275,17 @@ class FilesystemDriver:
     def writer(self, ctx: Context, path: str, append: bool = False) -> FileWriter:
         full = self._full(path)
         directory = os.path.dirname(full)
+        if append:
+            with _os_errors(path):
+                fd = os.open(full, _WRITE_FLAGS)
+                try:
+                    size = os.fstat(fd).st_size
+                except BaseException:
+                    os.close(fd)
+                    raise
+            return _FileWriter(path, full, fd, size)
         with _os_errors(path, missing_is_not_found=False):
-            fd, created = _create_in(directory, lambda: _open_for_writing(full, append))
+            fd, created = _create_in(directory, lambda: _create_or_truncate(full))
             try:
                 size = os.fstat(fd).st_size
                 if created:
@@ -379,12 +388,12 @@ class FilesystemDriver:
         return real == self.root_directory or real.startswith(self._base + "/")
 
 
-def _open_for_writing(full: str, append: bool) -> tuple[int, bool]:
-    """Open for appending; returns (fd, whether the file was created)."""
+def _create_or_truncate(full: str) -> tuple[int, bool]:
+    """Open a new empty file; returns (fd, whether the file was created)."""
     try:
         return os.open(full, _WRITE_FLAGS | os.O_CREAT | os.O_EXCL, 0o666), True
     except FileExistsError:
-        return os.open(full, _WRITE_FLAGS | (0 if append else os.O_TRUNC)), False
+        return os.open(full, _WRITE_FLAGS | os.O_TRUNC), False
 
 
 def _read_all(fd: int, path: str) -> bytes:

@@ -142,7 +142,9 @@ class InMemoryDriver:
         check_path(NAME, path)
         with self._lock:
             node = self._find(path)
-            if not (append and isinstance(node, _File)):
+            if append and not isinstance(node, _File):
+                raise PathNotFoundError(NAME, path)
+            if not append:
                 node = _File()
                 self._attach(path, node)
         return _MemoryWriter(self, path, node)

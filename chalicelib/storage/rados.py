@@ -527,7 +527,7 @@ class RadosDriver:
                     if entry == _DIR:
                         raise _NotADirectory(NAME, path, f"{path} is a directory")
                     if entry is None:
-                        break
+                        raise PathNotFoundError(NAME, path)
                     writer = _Writer.resume(self, path, entry.decode())
                     if writer is not None:
                         return writer

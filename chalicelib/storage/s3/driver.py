@@ -102,8 +102,9 @@ class S3Driver:
         if append:
             with s3_errors(path):
                 writer = open_for_append(self.bucket, path, key)
-            if writer is not None:
-                return writer
+            if writer is None:
+                raise PathNotFoundError(NAME, path)
+            return writer
         # A fresh file: nothing is sent until close() or commit(). A multipart upload
         # an earlier writer left at this key is orphaned, and aborted with its directory.
         return S3FileWriter(self.bucket, path, key, Pending(), dirty=True)
