@@ -206,8 +206,9 @@ def test_requests_per_push_and_pull(moto_s3, bucket, capsys) -> None:
     size = int(os.environ.get("STRATUS_S3_COUNT_MIB", "32")) * MiB
     counts = push_and_pull_counts(moto_s3, bucket, size, 4 * MiB)
     chunks = size // (4 * MiB)
-    # A 4 MiB chunk costs HEAD + GET of the upload's tail and GET of the hash state,
-    # then PUT of the tail and of the new state, and every other chunk one UploadPart
+    # A 4 MiB chunk costs a GET of the upload's tail (which also proves it exists) and
+    # of the hash state, then PUT of the tail and of the new state, and every other
+    # chunk one UploadPart
     # (the first of them creates the multipart upload).
     assert max(counts["patches"]) <= 7 and sum(counts["patches"]) <= 5.5 * chunks + 1
     assert counts["put"] <= 25

@@ -135,7 +135,9 @@ def _mount(scope: Scope, repo: Repository, mount: str, source: Optional[str]) ->
     return _blob_created(scope, repo, digest)
 
 
-def _resume(scope: Scope) -> tuple[Repository, BlobUpload, Optional[UploadState]]:
+def _resume(scope: Scope, stat: bool = True) -> tuple[Repository, BlobUpload, Optional[UploadState]]:
+    """The upload the path and its `_state` name; PATCH and PUT skip the stat
+    (stat=False) because opening the upload's writer checks it exists."""
     repo = repository(scope)
     upload_id = scope.params["upload_id"]
     token = scope.request.arg("_state")
@@ -147,7 +149,7 @@ def _resume(scope: Scope) -> tuple[Repository, BlobUpload, Optional[UploadState]
             raise BlobUploadUnknownError(str(exc)) from None
         if state.name != repo.name or state.upload_id != upload_id:
             raise BlobUploadUnknownError("upload state does not belong to this upload")
-    upload = repo.uploads.get(scope.ctx, upload_id, state.started_at if state else None)
+    upload = repo.uploads.get(scope.ctx, upload_id, state.started_at if state else None, stat=stat)
     return repo, upload, state
 
 
@@ -175,7 +177,7 @@ def _range_error(scope: Scope, repo: Repository, upload: BlobUpload, exc: RangeI
 def patch(scope: Scope) -> Response:
     check_writable(scope)
     _check_chunk_size(scope)
-    repo, upload, state = _resume(scope)
+    repo, upload, state = _resume(scope, stat=False)
     try:
         upload.write(scope.ctx, scope.request.body, scope.request.content_length, _expected_start(scope, upload, state))
     except RangeInvalidError as exc:
@@ -186,7 +188,7 @@ def patch(scope: Scope) -> Response:
 def put(scope: Scope) -> Response:
     check_writable(scope)
     _check_chunk_size(scope)
-    repo, upload, state = _resume(scope)
+    repo, upload, state = _resume(scope, stat=False)
     digest = parse_digest(scope.request.arg("digest"))
     try:
         upload.commit(

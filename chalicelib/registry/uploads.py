@@ -207,19 +207,19 @@ class BlobUpload:
     # -- internals -------------------------------------------------------------------
 
     def _open_writer(self, ctx: Context, start: Optional[int]) -> FileWriter:
-        """The upload's writer at its end; `start`, if given, must be where that is."""
-        if start is not None and start != self.size:
-            raise RangeInvalidError(f"chunk starts at {start}, upload is at {self.size}")
+        """The upload's writer at its end; `start`, if given, must be where that is.
+
+        Opening it is also the existence check: appending to a missing file is
+        PathNotFoundError in every driver, so a PATCH or PUT needs no stat first.
+        """
         try:
             writer = self._driver.writer(ctx, self._data_path, append=True)
         except PathNotFoundError:
             raise BlobUploadUnknownError(self.id) from None
-        if writer.size != self.size:
-            # another request moved the upload on since we looked: the client is out of order
-            size = writer.size
+        self.size = writer.size
+        if start is not None and start != self.size:
             writer.close()
-            self.size = size
-            raise RangeInvalidError(f"upload is at {size}")
+            raise RangeInvalidError(f"chunk starts at {start}, upload is at {self.size}")
         return writer
 
     def _checkpoint(self, ctx: Context, writer: FileWriter, hasher: Optional[ResumableHasher]) -> None:
@@ -305,16 +305,22 @@ class BlobUploads:
         self.driver.writer(ctx, paths.upload_data(self.name, upload_id), append=False).close()
         return BlobUpload(self, upload_id, started_at, 0)
 
-    def get(self, ctx: Context, upload_id: str, started_at: Optional[str] = None) -> BlobUpload:
+    def get(
+        self, ctx: Context, upload_id: str, started_at: Optional[str] = None, stat: bool = True
+    ) -> BlobUpload:
+        """The upload, with its size when `stat`; without, its size is learned (and
+        its existence checked) when a writer opens it, saving a storage round trip."""
         if not valid_upload_id(upload_id):
             raise BlobUploadUnknownError(upload_id)
-        try:
-            info = self.driver.stat(ctx, paths.upload_data(self.name, upload_id))
-        except PathNotFoundError:
-            raise BlobUploadUnknownError(upload_id) from None
+        size = 0
+        if stat:
+            try:
+                size = self.driver.stat(ctx, paths.upload_data(self.name, upload_id)).size
+            except PathNotFoundError:
+                raise BlobUploadUnknownError(upload_id) from None
         if started_at is None:
             try:
                 started_at = self.driver.get_content(ctx, paths.upload_started_at(self.name, upload_id)).decode()
             except PathNotFoundError:
                 raise BlobUploadUnknownError(upload_id) from None
-        return BlobUpload(self, upload_id, started_at, info.size)
+        return BlobUpload(self, upload_id, started_at, size)
