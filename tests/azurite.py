@@ -6,9 +6,7 @@ stops it by pid. A test module makes it a fixture with ``start_azurite``.
 """
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import time
 import uuid
 from contextlib import contextmanager
@@ -24,9 +22,6 @@ from .servers import ROOT, free_port, process
 ACCOUNT_NAME = "devstoreaccount1"
 ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 AZURITE_BLOB = ROOT / "node_modules" / ".bin" / "azurite-blob"
-# Names the OCI distribution-spec conformance binary (opencontainers/distribution-spec,
-# conformance/), which the Azure tests then run too: opt-in, it takes a minute or two.
-CONFORMANCE = "STRATUS_OCI_CONFORMANCE"
 
 
 @dataclass(frozen=True)
@@ -157,17 +152,3 @@ def start_azurite(tmp_path_factory: pytest.TempPathFactory, oauth: bool = False)
     workspace.mkdir()
     with azurite_blob(workspace, oauth=oauth) as emulator:
         yield emulator
-
-
-def run_oci_conformance(url: str, workdir: Path) -> int:
-    """Runs the conformance binary named by $STRATUS_OCI_CONFORMANCE against url with
-    every workflow and automatic cross-mounting; prints its report tail on failure."""
-    env = {**os.environ, "OCI_ROOT_URL": url, "OCI_NAMESPACE": "conformance/repo",
-           "OCI_CROSSMOUNT_NAMESPACE": "conformance/other", "OCI_AUTOMATIC_CROSSMOUNT": "1",
-           "OCI_TEST_PULL": "1", "OCI_TEST_PUSH": "1", "OCI_TEST_CONTENT_DISCOVERY": "1",
-           "OCI_TEST_CONTENT_MANAGEMENT": "1", "OCI_REPORT_DIR": str(workdir)}
-    done = subprocess.run([os.environ[CONFORMANCE]], cwd=workdir, env=env, capture_output=True, text=True,
-                          timeout=900)
-    if done.returncode != 0:
-        print(done.stdout[-6000:], done.stderr[-3000:])
-    return done.returncode

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from chalicelib.auth.htpasswd import Htpasswd, HtpasswdAccessController
 from chalicelib.bootstrap import build_api
 from chalicelib.config import AuthConfig, ConfigError, config_from_mapping, load_config
 
-from .azurite import CONFORMANCE, run_oci_conformance
+from .oci_conformance import requires_conformance, run_oci_conformance
 from .clients_images import assert_same_image, needs_tools, pull, push, session_image, skopeo
 from .servers import stratus_server
 
@@ -369,7 +368,7 @@ def test_skopeo_pulls_anonymously_when_anonymous_pull_is_on(tmp_path: Path, imag
         skopeo("inspect", "--raw", "--tls-verify=false", "--no-creds", f"docker://{url.split('://')[1]}/public/app:v1")
 
 
-@pytest.mark.skipif(not os.environ.get(CONFORMANCE), reason=f"set {CONFORMANCE}=<conformance binary>")
+@requires_conformance
 def test_oci_conformance_suite_with_htpasswd_credentials(tmp_path: Path, monkeypatch) -> None:
     root = tmp_path / "data"
     root.mkdir()
@@ -379,4 +378,4 @@ def test_oci_conformance_suite_with_htpasswd_credentials(tmp_path: Path, monkeyp
     monkeypatch.setenv("OCI_USERNAME", "conformance")
     monkeypatch.setenv("OCI_PASSWORD", PASSWORD)
     with stratus_server(root, config=config) as url:
-        assert run_oci_conformance(url, tmp_path) == 0
+        assert run_oci_conformance(url, tmp_path).returncode == 0

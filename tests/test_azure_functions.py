@@ -22,7 +22,8 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 import pytest
 import requests
 
-from tests.azurite import ACCOUNT_KEY, ACCOUNT_NAME, CONFORMANCE, Azurite, run_oci_conformance, start_azurite
+from tests.azurite import ACCOUNT_KEY, ACCOUNT_NAME, Azurite, start_azurite
+from tests.oci_conformance import requires_conformance, run_oci_conformance
 from tests.oci_client import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, canonical, descriptor, random_bytes, sha256
 
 azure_functions = pytest.importorskip("azure.functions")
@@ -521,6 +522,6 @@ def test_skopeo_push_and_pull_through_the_function_app(functions_host, tmp_path,
     assert_same_image(image, "v1", copy, "v1")
 
 
-@pytest.mark.skipif(not os.environ.get(CONFORMANCE), reason=f"set {CONFORMANCE}=<binary>")
+@requires_conformance
 def test_oci_conformance_suite_through_the_function_app(functions_host, tmp_path) -> None:
-    assert run_oci_conformance(functions_host, tmp_path) == 0
+    assert run_oci_conformance(functions_host, tmp_path).returncode == 0

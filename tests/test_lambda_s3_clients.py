@@ -7,8 +7,6 @@ binary (built from opencontainers/distribution-spec/conformance): it takes a whi
 """
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from typing import Iterator
 
@@ -18,6 +16,7 @@ import requests
 from .clients_images import Layout, assert_same_image, images_dir, needs_tools, pull, push, session_image
 from .clients_servers import CHALICE, clean_env, isolated_process, needs_chalice
 from .moto_server import MotoS3
+from .oci_conformance import requires_conformance, run_oci_conformance
 from .servers import ROOT, free_port
 
 
@@ -63,13 +62,9 @@ def test_skopeo_round_trip_through_s3_redirects(s3_registry, moto_s3, small_imag
     assert not moto_s3.client().list_multipart_uploads(Bucket=bucket).get("Uploads")
 
 
-@pytest.mark.skipif(not os.environ.get("STRATUS_OCI_CONFORMANCE"), reason="set STRATUS_OCI_CONFORMANCE=<binary>")
+@requires_conformance
 def test_oci_conformance_suite_on_s3(s3_registry, tmp_path) -> None:
     url, _ = s3_registry
-    env = {**os.environ, "OCI_ROOT_URL": url, "OCI_NAMESPACE": "conformance/repo",
-           "OCI_CROSSMOUNT_NAMESPACE": "conformance/other", "OCI_TEST_PULL": "1", "OCI_TEST_PUSH": "1",
-           "OCI_TEST_CONTENT_DISCOVERY": "1", "OCI_TEST_CONTENT_MANAGEMENT": "1", "OCI_AUTOMATIC_CROSSMOUNT": "1"}
-    done = subprocess.run([os.environ["STRATUS_OCI_CONFORMANCE"]], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    done = run_oci_conformance(url, tmp_path)
+    assert done.returncode == 0
     assert " 0 Failed" in done.stdout or "0 Failed" in done.stdout

@@ -17,8 +17,9 @@ pytest.register_assert_rewrite("tests.storage_suite")
 from chalicelib.context import Context  # noqa: E402
 from chalicelib.storage import InvalidPathError, PathNotFoundError, StorageError, create_driver  # noqa: E402
 from chalicelib.storage.azure import AzureDriver, blocks, from_parameters, parse_parameters  # noqa: E402
+from tests.oci_conformance import requires_conformance, run_oci_conformance
 from tests.azurite import (  # noqa: E402
-    ACCOUNT_KEY, ACCOUNT_NAME, CONFORMANCE, Azurite, FakeEntraCredential, run_oci_conformance, start_azurite,
+    ACCOUNT_KEY, ACCOUNT_NAME, Azurite, FakeEntraCredential, start_azurite,
 )
 from tests.clients_images import Layout, assert_same_image, images_dir, needs_tools, pull, push, session_image  # noqa: E402
 from tests.servers import ROOT, free_port, process  # noqa: E402
@@ -455,10 +456,10 @@ def test_stratus_serve_over_azure_with_skopeo(azure_registry, azurite, tmp_path,
     assert not [n for n in names if "/_uploads/" in n]
 
 
-@pytest.mark.skipif(not os.environ.get(CONFORMANCE), reason=f"set {CONFORMANCE}=<binary>")
+@requires_conformance
 def test_oci_conformance_suite_on_azure(azure_registry, tmp_path) -> None:
     url, _ = azure_registry
-    assert run_oci_conformance(url, tmp_path) == 0
+    assert run_oci_conformance(url, tmp_path).returncode == 0
 
 
 # -- Entra ID credentials: OAuth to storage, user-delegation SAS ----------------------------------
