@@ -34,9 +34,11 @@ DIGEST = "sha256:" + "ab" * 32
 
 
 class TestFilesystemDriver(StorageDriverSuite):
-    @pytest.fixture
-    def driver(self, tmp_path: Path) -> FilesystemDriver:
-        return from_parameters({"rootdirectory": str(tmp_path / "root")})
+    """Uploads written with O_DIRECT (the default) and through the page cache."""
+
+    @pytest.fixture(params=[True, False], ids=["direct", "cached"])
+    def driver(self, request, tmp_path: Path) -> FilesystemDriver:
+        return from_parameters({"rootdirectory": str(tmp_path / "root"), "directwrites": request.param})
 
 
 @pytest.fixture
@@ -297,8 +299,9 @@ def test_os_errors_become_storage_errors(driver, ctx, monkeypatch) -> None:
         assert type(info.value) is StorageError
 
 
-def test_write_errors_keep_size_honest(driver, ctx, monkeypatch) -> None:
-    writer = driver.writer(ctx, "/f")
+def test_write_errors_keep_size_honest(root: Path, ctx, monkeypatch) -> None:
+    # the page-cache writer; tests/test_storage_filesystem_direct.py has the direct one's
+    writer = FilesystemDriver(str(root), direct_writes=False).writer(ctx, "/f")
     real_write = os.write
     calls = iter([lambda fd, d: real_write(fd, d[:3]), None])
 

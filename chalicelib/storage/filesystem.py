@@ -8,6 +8,9 @@ way round.
 from __future__ import annotations
 
 import errno
+import fcntl
+import logging
+import mmap
 import os
 import re
 import secrets
@@ -29,6 +32,8 @@ from .base import (
     check_path,
 )
 
+log = logging.getLogger("stratus.storage.filesystem")
+
 NAME = "filesystem"
 DEFAULT_ROOT_DIRECTORY = "/var/lib/registry"  # the reference registry's default
 
@@ -38,6 +43,7 @@ _COMPONENT_RE = re.compile(r"[A-Za-z0-9._-]+\Z")
 # starting with "." or "_" are valid components, so a prefix alone would not do).
 _TEMP_PREFIX = ".stratus~tmp~"
 _WRITE_FLAGS = os.O_WRONLY | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
+_DIRECT_OPEN_FLAGS = os.O_RDWR | getattr(os, "O_CLOEXEC", 0)
 _CREATE_ATTEMPTS = 3
 
 
@@ -172,8 +178,11 @@ def _load_openat2() -> Any:
 class FilesystemDriver:
     name = NAME
 
-    def __init__(self, root_directory: str, max_threads: int = 100) -> None:
+    def __init__(self, root_directory: str, max_threads: int = 100, direct_writes: bool = True) -> None:
         self.max_threads = max_threads
+        # upload data bypasses the page cache (see _DirectFileWriter); turned off by
+        # the first file the filesystem refuses O_DIRECT for
+        self.direct_writes = direct_writes
         # Resolved once, so that a root which is itself a symlink (a common mount
         # arrangement) is fine and the containment check compares resolved paths.
         self.root_directory = os.path.realpath(os.path.abspath(root_directory))
@@ -275,24 +284,37 @@ class FilesystemDriver:
     def writer(self, ctx: Context, path: str, append: bool = False) -> FileWriter:
         full = self._full(path)
         directory = os.path.dirname(full)
+        # O_APPEND would make the direct writer's pwrite()s land at the end, not at
+        # their offsets (Linux), so it opens read-write and keeps the offsets itself.
+        flags = _DIRECT_OPEN_FLAGS if self.direct_writes else _WRITE_FLAGS
         if append:
             with _os_errors(path):
-                fd = os.open(full, _WRITE_FLAGS)
-                try:
-                    size = os.fstat(fd).st_size
-                except BaseException:
-                    os.close(fd)
-                    raise
-            return _FileWriter(path, full, fd, size)
-        with _os_errors(path, missing_is_not_found=False):
-            fd, created = _create_in(directory, lambda: _create_or_truncate(full))
+                fd = os.open(full, flags)
+                created = False
+        else:
+            with _os_errors(path, missing_is_not_found=False):
+                fd, created = _create_in(directory, lambda: _create_or_truncate(full, flags))
+        with _os_errors(path, missing_is_not_found=append):
             try:
+                _lock_for_writing(fd, path)
                 size = os.fstat(fd).st_size
                 if created:
                     _fsync_dir(directory)  # so close() leaves a file a restart can find
+                if self.direct_writes:
+                    # read while the fd still goes through the cache: any length will do
+                    head = _pread_exactly(fd, size % _DIRECT_ALIGN, size - size % _DIRECT_ALIGN, path)
+                    if _enable_direct(fd):
+                        return _DirectFileWriter(path, full, fd, size, head)
             except BaseException:
                 os.close(fd)
                 raise
+        if self.direct_writes:
+            # the filesystem refused O_DIRECT (tmpfs before Linux 6.6, some FUSE or
+            # network filesystems): write through the page cache from now on
+            log.info("filesystem %s: no O_DIRECT here; uploads are written through the page cache",
+                     self.root_directory)
+            self.direct_writes = False
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
         return _FileWriter(path, full, fd, size)
 
     def stat(self, ctx: Context, path: str) -> FileInfo:
@@ -388,12 +410,12 @@ class FilesystemDriver:
         return real == self.root_directory or real.startswith(self._base + "/")
 
 
-def _create_or_truncate(full: str) -> tuple[int, bool]:
+def _create_or_truncate(full: str, flags: int) -> tuple[int, bool]:
     """Open a new empty file; returns (fd, whether the file was created)."""
     try:
-        return os.open(full, _WRITE_FLAGS | os.O_CREAT | os.O_EXCL, 0o666), True
+        return os.open(full, flags | os.O_CREAT | os.O_EXCL, 0o666), True
     except FileExistsError:
-        return os.open(full, _WRITE_FLAGS | os.O_TRUNC), False
+        return os.open(full, flags | os.O_TRUNC), False
 
 
 def _read_all(fd: int, path: str) -> bytes:
@@ -453,9 +475,19 @@ def _start_writeback(fd: int, offset: int, length: int) -> None:
         _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
+def _lock_for_writing(fd: int, path: str) -> None:
+    """One writer per file at a time, across threads and processes: two PATCHes of one
+    upload racing would interleave their bytes under hash states that each describe
+    only their own. The kernel drops the lock with the last fd, even on a crash."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise StorageError(NAME, path, "another writer is appending to this file") from None
+
+
 class _FileWriter:
-    """Writes straight into the file, so a later writer(append=True) in any process
-    continues from what close() made durable."""
+    """Writes into the file through the page cache, so a later writer(append=True) in
+    any process continues from what close() made durable."""
 
     def __init__(self, path: str, full: str, fd: int, size: int) -> None:
         self._path = path
@@ -486,36 +518,182 @@ class _FileWriter:
             self._written_back = self._size
         return len(data)
 
+    def _flush(self) -> None:
+        """Hand what the writer still holds to the file (before an fsync)."""
+
+    def _release(self) -> None:
+        """Free what the writer holds besides its fd."""
+
     def commit(self) -> None:
         self._require_open()
         with _os_errors(self._path):
+            self._flush()
             os.fsync(self._fd)
         self._state = "committed"
 
     def close(self) -> None:
         if self._fd < 0:
             return  # closing twice is harmless, as for any Python file
-        fd, self._fd = self._fd, -1
-        synced = self._state == "committed"
-        if self._state == "open":
-            self._state = "closed"
-        with _os_errors(self._path):
-            try:
-                if not synced:
+        fd = self._fd
+        try:
+            with _os_errors(self._path):
+                if self._state == "open":
+                    self._state = "closed"
+                    self._flush()
                     os.fsync(fd)
-            finally:
-                os.close(fd)
+        finally:
+            self._fd = -1
+            os.close(fd)
+            self._release()
 
     def cancel(self) -> None:
         self._require_open()
         self._state = "cancelled"
         fd, self._fd = self._fd, -1
         os.close(fd)
+        self._release()
         with _os_errors(self._path):
             try:
                 os.unlink(self._full)
             except FileNotFoundError:
                 pass
+
+
+# Upload data is written with O_DIRECT where the filesystem takes it. Through the page
+# cache, a pushed blob's every page had to be allocated and copied into, and on a VM
+# whose memory the hypervisor backs on first touch that copy ran at ~400 MB/s and cost
+# 0.6 s of CPU per 256 MiB; O_DIRECT moves the bytes from one warm staging buffer at
+# 1-2 GB/s for ~0.05 s of CPU. A push also no longer evicts blobs that pulls are being
+# served from. The price: the first read of a new blob comes from disk, not from the
+# cache (storage.filesystem.directwrites: false writes through the cache instead).
+_DIRECT_ALIGN = 4096  # offsets, lengths and buffer addresses; covers 512 B and 4 KiB sectors
+_DIRECT_PIECE = 1 << 20  # staging buffer size: one pwrite per MiB
+_STAGING_POOL_MAX = 8  # warm buffers kept for the next writers
+_staging_pool: list[mmap.mmap] = []
+
+
+def _enable_direct(fd: int) -> bool:
+    """Turn O_DIRECT on for fd; False where the OS or filesystem cannot."""
+    direct = getattr(os, "O_DIRECT", 0)
+    if not direct:
+        return False
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | direct)
+    except OSError as exc:
+        if exc.errno in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+            return False
+        raise
+    return True
+
+
+def _disable_direct(fd: int) -> None:
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+
+
+def _take_staging() -> mmap.mmap:
+    # an anonymous mapping is page-aligned, as O_DIRECT needs; list.pop is atomic
+    try:
+        return _staging_pool.pop()
+    except IndexError:
+        return mmap.mmap(-1, _DIRECT_PIECE)
+
+
+def _give_back_staging(buffer: mmap.mmap) -> None:
+    if len(_staging_pool) < _STAGING_POOL_MAX:
+        _staging_pool.append(buffer)
+    else:
+        buffer.close()
+
+
+class _DirectFileWriter(_FileWriter):
+    """Writes whole aligned blocks with O_DIRECT from a staging buffer.
+
+    The file's last partial block is written through the page cache when the writer
+    closes; the next writer reads it back and rewrites it whole, its old bytes first
+    and unchanged, so a crash in between loses nothing that close() made durable.
+    Where a direct write is refused (an unusual sector size), the rest goes through
+    the page cache.
+    """
+
+    def __init__(self, path: str, full: str, fd: int, size: int, head: bytes) -> None:
+        """`head`: the bytes of the file's last partial block, read before O_DIRECT."""
+        super().__init__(path, full, fd, size)
+        self._staging: Optional[mmap.mmap] = None
+        self._staged = 0  # bytes in staging, which starts at file offset _block
+        self._block = size - len(head)
+        self._direct = True
+        if head:
+            self._stage(memoryview(head))
+
+    def _stage(self, view: memoryview) -> int:
+        """Copy as much of view as fits into staging; returns how much."""
+        if self._staging is None:
+            self._staging = _take_staging()
+        taken = min(len(view), _DIRECT_PIECE - self._staged)
+        self._staging[self._staged:self._staged + taken] = view[:taken]
+        self._staged += taken
+        return taken
+
+    def write(self, data: bytes) -> int:
+        self._require_open()
+        view = memoryview(data).cast("B")
+        with _os_errors(self._path):
+            while view:
+                taken = self._stage(view)
+                view = view[taken:]
+                self._size += taken
+                if self._staged == _DIRECT_PIECE:
+                    self._write_staged(_DIRECT_PIECE)
+                    self._block += _DIRECT_PIECE
+                    self._staged = 0
+        return len(data)
+
+    def _write_staged(self, end: int, start: int = 0) -> None:
+        """Write staging[start:end] at its place in the file: directly while it can."""
+        assert self._staging is not None
+        with memoryview(self._staging) as staged:
+            while start < end:
+                try:
+                    written = os.pwrite(self._fd, staged[start:end], self._block + start)
+                except OSError as exc:
+                    if self._direct and exc.errno == errno.EINVAL:
+                        self._through_cache()  # an alignment this device refuses
+                        continue
+                    self._size = self._block + start  # what is surely in the file
+                    self._staged = 0
+                    raise
+                start += written
+                if self._direct and start % _DIRECT_ALIGN:
+                    self._through_cache()  # a short write left an unaligned offset
+
+    def _through_cache(self) -> None:
+        _disable_direct(self._fd)
+        self._direct = False
+
+    def _flush(self) -> None:
+        if not self._staged:
+            return
+        aligned = self._staged - self._staged % _DIRECT_ALIGN
+        self._write_staged(aligned)
+        if aligned < self._staged:
+            if self._direct:
+                self._through_cache()  # the last partial block
+            self._write_staged(self._staged, aligned)
+        self._staged = 0
+
+    def _release(self) -> None:
+        if self._staging is not None:
+            _give_back_staging(self._staging)
+            self._staging = None
+
+
+def _pread_exactly(fd: int, length: int, offset: int, path: str) -> bytes:
+    if not length:
+        return b""
+    data = os.pread(fd, length, offset)
+    if len(data) != length:
+        raise StorageError(NAME, path, "file shrank while being opened for appending")
+    return data
 
 
 def _root_directory(params: Mapping[str, Any]) -> str:
@@ -541,11 +719,20 @@ def _max_threads(params: Mapping[str, Any]) -> int:
     return max(value, 25)
 
 
+def _direct_writes(params: Mapping[str, Any]) -> bool:
+    value = params.get("directwrites", True)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        value = value.strip().lower() == "true"
+    if not isinstance(value, bool):
+        raise ValueError(f"storage.filesystem.directwrites: expected true or false, got {value!r}")
+    return value
+
+
 def from_parameters(params: Mapping[str, Any]) -> FilesystemDriver:
-    unknown = sorted(set(params) - {"rootdirectory", "maxthreads"})
+    unknown = sorted(set(params) - {"rootdirectory", "maxthreads", "directwrites"})
     if unknown:
         raise ValueError(
             f"storage.filesystem.{unknown[0]}: unknown parameter; "
-            "the filesystem driver takes rootdirectory and maxthreads"
+            "the filesystem driver takes rootdirectory, maxthreads and directwrites"
         )
-    return FilesystemDriver(_root_directory(params), _max_threads(params))
+    return FilesystemDriver(_root_directory(params), _max_threads(params), _direct_writes(params))
