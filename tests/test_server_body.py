@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 
 import requests
 
+from tests.conftest import backend_only
+
 
 def _connect(url: str) -> socket.socket:
     parts = urlsplit(url)
@@ -106,3 +108,35 @@ def test_refused_chunk_body_arriving_late_keeps_the_connection(registry_url: str
         sock.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
         status, _, _ = _read_response(sock)
         assert status == 200
+
+
+@backend_only("filesystem", "redis")
+def test_a_second_patch_while_a_chunk_is_being_written_is_refused_and_the_first_completes(
+    registry_url: str,
+) -> None:
+    location = _start_upload(registry_url, "body/racing")
+    chunk = os.urandom(3 << 20)
+    with _connect(registry_url) as sock:
+        sock.sendall(
+            (
+                f"PATCH {location} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+                f"Content-Range: 0-{len(chunk) - 1}\r\nContent-Length: {len(chunk)}\r\n\r\n"
+            ).encode()
+            + chunk[:1 << 20]
+        )
+        time.sleep(0.3)  # the first PATCH now holds the upload's writer
+        second = requests.patch(
+            f"{registry_url}{location}", data=b"intruder", timeout=30,
+            headers={"Content-Type": "application/octet-stream", "Content-Range": "0-7"},
+        )
+        assert second.status_code == 503, second.text
+        assert second.json()["errors"][0]["code"] == "UNKNOWN"
+        sock.sendall(chunk[1 << 20:])
+        status, headers, _ = _read_response(sock)
+        assert status == 202, headers
+        assert headers["range"] == f"0-{len(chunk) - 1}"
+    digest = "sha256:" + hashlib.sha256(chunk).hexdigest()
+    after = urlsplit(headers["location"])  # absolute, on the Host the raw request named
+    put = requests.put(f"{registry_url}{after.path}?{after.query}&digest={digest}", timeout=30)
+    assert put.status_code == 201, put.text
+    assert requests.get(f"{registry_url}/v2/body/racing/blobs/{digest}", timeout=30).content == chunk
