@@ -314,7 +314,11 @@ class FilesystemDriver:
             log.info("filesystem %s: no O_DIRECT here; uploads are written through the page cache",
                      self.root_directory)
             self.direct_writes = False
-            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
+            try:
+                fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
+            except BaseException:
+                os.close(fd)
+                raise
         return _FileWriter(path, full, fd, size)
 
     def stat(self, ctx: Context, path: str) -> FileInfo:
