@@ -200,7 +200,9 @@ def test_write_errors_keep_size_honest(driver, ctx, root: Path, monkeypatch) -> 
     assert (root / "f").stat().st_size == PIECE
 
 
-def test_one_writer_per_file(driver, ctx, root: Path) -> None:
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "cached"])
+def test_one_writer_per_file(root: Path, ctx, direct: bool) -> None:
+    driver = FilesystemDriver(str(root), direct_writes=direct)
     first = driver.writer(ctx, "/f")
     first.write(b"a")
     with pytest.raises(StorageError, match="another writer"):
@@ -225,3 +227,16 @@ def test_a_cancelled_writer_removes_the_file_and_returns_its_buffer(driver, ctx,
     for w in writers:
         w.close()
     assert len(filesystem._staging_pool) == filesystem._STAGING_POOL_MAX  # bounded
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "cached"])
+def test_without_a_lock_manager_writers_go_unlocked(root: Path, ctx, monkeypatch, direct: bool) -> None:
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")  # NFS mounted with nolock
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    driver = FilesystemDriver(str(root), direct_writes=direct)
+    writer = driver.writer(ctx, "/f")
+    writer.write(b"abc")
+    writer.close()
+    assert (root / "f").read_bytes() == b"abc"

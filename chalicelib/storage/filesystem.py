@@ -487,6 +487,10 @@ def _lock_for_writing(fd: int, path: str) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         raise StorageError(NAME, path, "another writer is appending to this file") from None
+    except OSError as exc:
+        # no lock manager (an NFS mount with nolock): write unlocked, as registry:2 does
+        if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL):
+            raise
 
 
 class _FileWriter:
