@@ -240,3 +240,37 @@ def test_without_a_lock_manager_writers_go_unlocked(root: Path, ctx, monkeypatch
     writer.write(b"abc")
     writer.close()
     assert (root / "f").read_bytes() == b"abc"
+
+
+def test_concurrent_writers_on_threads_keep_their_own_bytes(driver, ctx, root: Path) -> None:
+    import threading
+
+    expected: dict[str, bytes] = {}
+    failures: list[BaseException] = []
+
+    def upload(index: int) -> None:
+        try:
+            rng = random.Random(index)
+            path = f"/up{index}/data"
+            driver.writer(ctx, path).close()
+            data = bytearray()
+            for _ in range(6):  # six PATCHes of uneven lengths
+                writer = driver.writer(ctx, path, append=True)
+                chunk = rng.randbytes(rng.randrange(1, 3 * PIECE))
+                for at in range(0, len(chunk), 300_000):
+                    writer.write(chunk[at:at + 300_000])
+                writer.close()
+                data += chunk
+            expected[path] = bytes(data)
+        except BaseException as exc:  # surfaced below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=upload, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures
+    for path, data in expected.items():
+        assert (root / path.lstrip("/")).read_bytes() == data
+    assert len(filesystem._staging_pool) <= filesystem._STAGING_POOL_MAX
