@@ -50,9 +50,9 @@ def has_direct(writer) -> bool:
 
 def test_parameter_directwrites(root: Path) -> None:
     assert from_parameters({"rootdirectory": str(root)}).direct_writes is True
-    for value, expected in ((False, False), ("false", False), ("True", True), (True, True)):
+    for value, expected in ((False, False), ("false", False), ("True", True), (True, True), ("0", False), ("", True)):
         assert from_parameters({"rootdirectory": str(root), "directwrites": value}).direct_writes is expected
-    for bad in ("no", 1, None, "0"):
+    for bad in ("nope", 1, [True]):
         with pytest.raises(ValueError, match=r"storage\.filesystem\.directwrites"):
             from_parameters({"rootdirectory": str(root), "directwrites": bad})
 

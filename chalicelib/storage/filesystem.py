@@ -31,6 +31,7 @@ from .base import (
     StorageError,
     check_path,
 )
+from .params import boolean
 
 log = logging.getLogger("stratus.storage.filesystem")
 
@@ -727,15 +728,6 @@ def _max_threads(params: Mapping[str, Any]) -> int:
     return max(value, 25)
 
 
-def _direct_writes(params: Mapping[str, Any]) -> bool:
-    value = params.get("directwrites", True)
-    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-        value = value.strip().lower() == "true"
-    if not isinstance(value, bool):
-        raise ValueError(f"storage.filesystem.directwrites: expected true or false, got {value!r}")
-    return value
-
-
 def from_parameters(params: Mapping[str, Any]) -> FilesystemDriver:
     unknown = sorted(set(params) - {"rootdirectory", "maxthreads", "directwrites"})
     if unknown:
@@ -743,4 +735,5 @@ def from_parameters(params: Mapping[str, Any]) -> FilesystemDriver:
             f"storage.filesystem.{unknown[0]}: unknown parameter; "
             "the filesystem driver takes rootdirectory, maxthreads and directwrites"
         )
-    return FilesystemDriver(_root_directory(params), _max_threads(params), _direct_writes(params))
+    direct_writes = boolean(params, NAME, "directwrites", True)
+    return FilesystemDriver(_root_directory(params), _max_threads(params), direct_writes)

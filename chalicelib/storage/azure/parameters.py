@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 from ...durations import parse_duration
+from ..params import boolean
 
 PREFIX = "storage.azure"
 DEFAULT_REALM = "core.windows.net"
@@ -101,15 +102,6 @@ def _duration(params: Mapping[str, Any], key: str, default: float) -> float:
     return seconds
 
 
-def _boolean(params: Mapping[str, Any], key: str, default: bool) -> bool:
-    value = params.get(key, default)
-    if isinstance(value, str) and value.lower() in ("true", "false"):
-        value = value.lower() == "true"
-    if not isinstance(value, bool):
-        raise _fail(key, "true or false", value)
-    return value
-
-
 def _credentials(params: Mapping[str, Any], has_key: bool) -> Credentials:
     raw = params.get("credentials")
     if raw is None:
@@ -180,7 +172,7 @@ def parse_parameters(params: Mapping[str, Any]) -> AzureParameters:
         connection_string=connection_string,
         credentials=_credentials(params, has_key=bool(account_key) or connection_string is not None),
         root_directory=root,
-        legacy_root_prefix=_boolean(params, "legacyrootprefix", False),
+        legacy_root_prefix=boolean(params, "azure", "legacyrootprefix", False),
         max_retries=_integer(params, "max_retries", 3, 0),
         retry_delay=_duration(params, "retry_delay", 0.8),
         max_retry_delay=_duration(params, "max_retry_delay", 60.0),

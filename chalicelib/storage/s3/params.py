@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 from ...durations import parse_size
+from ..params import boolean
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -45,8 +46,6 @@ KNOWN = frozenset({
     "accelerate", "usefipsendpoint", "multipartcopychunksize", "multipartcopymaxconcurrency",
     "multipartcopythresholdsize", "loglevel",
 })
-_TRUE = ("1", "t", "true", "yes", "on")
-_FALSE = ("0", "f", "false", "no", "off")
 
 
 @dataclass(frozen=True)
@@ -101,17 +100,6 @@ def _string(params: Mapping[str, Any], key: str, default: Optional[str] = None) 
     if isinstance(value, (dict, list, bool)):
         raise ValueError(f"{_label(key)}: expected a string, got {value!r}")
     return str(value)
-
-
-def _bool(params: Mapping[str, Any], key: str, default: bool) -> bool:
-    value = params.get(key)
-    if value is None or value == "":
-        return default
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
-        return value.strip().lower() in _TRUE
-    raise ValueError(f"{_label(key)}: expected a boolean, got {value!r}")
 
 
 def _int(params: Mapping[str, Any], key: str, default: int, minimum: int, maximum: int,
@@ -171,7 +159,7 @@ def parse_parameters(params: Mapping[str, Any]) -> S3Parameters:
     bucket = _string(params, "bucket")
     if not bucket:
         raise ValueError(f"{_label('bucket')}: required, the name of the S3 bucket")
-    secure = _bool(params, "secure", True)
+    secure = boolean(params, "s3", "secure", True)
     endpoint = _endpoint(params, secure)
     region = _string(params, "region")
     if region is None and endpoint is None:
@@ -192,13 +180,13 @@ def parse_parameters(params: Mapping[str, Any]) -> S3Parameters:
         access_key=access_key,
         secret_key=secret_key,
         session_token=_string(params, "sessiontoken"),
-        force_path_style=_bool(params, "forcepathstyle", False),
-        verify=not _bool(params, "skipverify", False),
-        v4auth=_bool(params, "v4auth", True),
+        force_path_style=boolean(params, "s3", "forcepathstyle", False),
+        verify=not boolean(params, "s3", "skipverify", False),
+        v4auth=boolean(params, "s3", "v4auth", True),
         user_agent=_string(params, "useragent"),
-        dual_stack=_bool(params, "usedualstack", False),
-        accelerate=_bool(params, "accelerate", False),
-        fips=_bool(params, "usefipsendpoint", False),
+        dual_stack=boolean(params, "s3", "usedualstack", False),
+        accelerate=boolean(params, "s3", "accelerate", False),
+        fips=boolean(params, "s3", "usefipsendpoint", False),
         # bounded: copies use at most this many threads, requests share the pool
         max_pool_connections=min(max(concurrency, 10), 32),
     )
@@ -211,7 +199,7 @@ def parse_parameters(params: Mapping[str, Any]) -> S3Parameters:
         connection=connection,
         root_directory=root.strip("/"),
         chunk_size=_int(params, "chunksize", DEFAULT_CHUNK_SIZE, MIN_PART_SIZE, MAX_PART_SIZE),
-        encrypt=_bool(params, "encrypt", False),
+        encrypt=boolean(params, "s3", "encrypt", False),
         key_id=_string(params, "keyid"),
         storage_class=None if storage_class == "NONE" else storage_class,
         object_acl=_choice(params, "objectacl", OBJECT_ACLS, None, fold=str.lower),
