@@ -124,7 +124,7 @@ def test_tracing_off_wraps_nothing_and_loads_no_sdk(moto_s3, bucket) -> None:
     api = build_api(config)
     assert type(api).__name__ == "RegistryAPI"
     assert isinstance(api.registry.driver, S3Driver)
-    code = f"""
+    code = """
 import sys, json
 from chalicelib.bootstrap import build_api
 from chalicelib.config import config_from_mapping

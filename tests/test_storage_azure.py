@@ -17,7 +17,7 @@ pytest.register_assert_rewrite("tests.storage_suite")
 from chalicelib.context import Context  # noqa: E402
 from chalicelib.storage import InvalidPathError, PathNotFoundError, StorageError, create_driver  # noqa: E402
 from chalicelib.storage.azure import AzureDriver, blocks, from_parameters, parse_parameters  # noqa: E402
-from tests.oci_conformance import requires_conformance, run_oci_conformance
+from tests.oci_conformance import requires_conformance, run_oci_conformance  # noqa: E402
 from tests.azurite import (  # noqa: E402
     ACCOUNT_KEY, ACCOUNT_NAME, Azurite, FakeEntraCredential, start_azurite,
 )

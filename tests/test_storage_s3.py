@@ -11,7 +11,7 @@ pytest.register_assert_rewrite("tests.storage_suite")
 from chalicelib.context import Context  # noqa: E402
 from chalicelib.storage import create_driver  # noqa: E402
 from chalicelib.storage.s3 import S3Driver, from_parameters  # noqa: E402
-from tests.moto_server import MotoS3
+from tests.moto_server import MotoS3  # noqa: E402
 from tests.storage_suite import StorageDriverSuite  # noqa: E402
 
 
