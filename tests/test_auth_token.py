@@ -335,3 +335,116 @@ def test_mount_without_from_needs_pull_on_every_repository(api, issuer: TokenIss
     r = call(api, "POST", "/v2/outsider/dst/blobs/uploads/", f"mount={digest}", outsider)
     assert r.status == 202
     assert call(api, "HEAD", f"/v2/outsider/dst/blobs/{digest}", headers=outsider).status == 404
+
+
+# -- accepted tokens are remembered until they expire ----------------------------------
+
+
+@pytest.fixture
+def controller(tmp_path: Path, issuer: TokenIssuer):
+    return create_access_controller(AuthConfig("token", issuer.auth_config(tmp_path)["token"]))
+
+
+def _count_verifications(monkeypatch) -> list:
+    import chalicelib.auth.token as token_module
+
+    calls: list = []
+    real_decode = token_module.jwt.decode
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real_decode(*args, **kwargs)
+
+    monkeypatch.setattr(token_module.jwt, "decode", counting)
+    return calls
+
+
+def test_a_token_is_verified_once_then_remembered(controller, issuer: TokenIssuer, monkeypatch) -> None:
+    calls = _count_verifications(monkeypatch)
+    for signer in (issuer.x5c(), issuer.jwks()):
+        token = issuer.token([pull_only("a")], signer=signer)
+        for _ in range(5):
+            assert controller.verify(token)["access"] == [pull_only("a")]
+    assert len(calls) == 2
+
+
+def test_refused_tokens_are_never_remembered(controller, issuer: TokenIssuer, monkeypatch) -> None:
+    good = issuer.token([pull_only("a")])
+    header, payload, signature = good.split(".")
+    forged_payload = base64.urlsafe_b64encode(
+        json.dumps({**jwt.decode(good, options={"verify_signature": False}), "access": [pull_push("*")]}).encode()
+    ).rstrip(b"=").decode()
+    forged = f"{header}.{forged_payload}.{signature}"
+    calls = _count_verifications(monkeypatch)
+    for token in (forged, issuer.token([pull_only("a")], aud="another-service")):
+        for _ in range(3):
+            with pytest.raises(Exception, match="Invalid|invalid|audience|Signature"):
+                controller.verify(token)
+    assert len(calls) == 6
+    controller.verify(good)  # the real token is still accepted, and only it
+    assert controller.verify(good)["access"] == [pull_only("a")]
+
+
+def _set_clock(monkeypatch, seconds: float) -> None:
+    """Move the clock both this registry and PyJWT read."""
+    import datetime as dt
+
+    import jwt.api_jwt
+
+    import chalicelib.auth.token as token_module
+
+    class At(dt.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return dt.datetime.fromtimestamp(seconds, tz)
+
+    monkeypatch.setattr(token_module.time, "time", lambda: seconds)
+    monkeypatch.setattr(token_module, "datetime", At)
+    monkeypatch.setattr(jwt.api_jwt, "datetime", At)
+
+
+def test_a_remembered_token_expires_with_its_exp(controller, issuer: TokenIssuer, monkeypatch) -> None:
+    import chalicelib.auth.token as token_module
+
+    token = issuer.token([pull_only("a")], lifetime=30)
+    exp = jwt.decode(token, options={"verify_signature": False})["exp"]
+    assert controller.verify(token)
+    calls = _count_verifications(monkeypatch)
+    _set_clock(monkeypatch, exp + token_module.LEEWAY - 5)
+    assert controller.verify(token)  # still inside exp + leeway: remembered
+    assert calls == []
+    _set_clock(monkeypatch, exp + token_module.LEEWAY + 5)
+    with pytest.raises(token_module.InvalidToken, match="expired"):
+        controller.verify(token)
+    assert calls == [1]  # forgotten, verified again, refused
+
+
+def test_a_remembered_x5c_token_ends_with_its_certificates(tmp_path: Path, monkeypatch) -> None:
+    import chalicelib.auth.token as token_module
+    from tests.token_issuer import _certificate
+
+    issuer = TokenIssuer()
+    controller = create_access_controller(AuthConfig("token", issuer.auth_config(tmp_path)["token"]))
+    # a leaf certificate that expires long before the token does
+    leaf = _certificate("short-lived signer", issuer.leaf_key, issuer.intermediate, issuer.intermediate_key,
+                        ca=False, days=1)
+    chain = [base64.b64encode(c.public_bytes(serialization.Encoding.DER)).decode() for c in (leaf, issuer.intermediate)]
+    token = issuer.token([pull_only("a")], signer=Signer(issuer.leaf_key, "ES256", {"x5c": chain}),
+                         lifetime=10 * 86400)
+    assert controller.verify(token)
+    chain_ends = min(c.not_valid_after_utc for c in (leaf, issuer.intermediate, issuer.root)).timestamp()
+    _set_clock(monkeypatch, chain_ends - 10)
+    assert controller.verify(token)
+    _set_clock(monkeypatch, chain_ends + 1)
+    with pytest.raises(token_module.InvalidToken, match="validity period"):
+        controller.verify(token)
+
+
+def test_remembered_tokens_are_bounded(controller, issuer: TokenIssuer, monkeypatch) -> None:
+    import chalicelib.auth.token as token_module
+
+    monkeypatch.setattr(token_module._AcceptedTokens, "SIZE", 3)
+    tokens = [issuer.token([pull_only(f"r{i}")]) for i in range(5)]
+    for token in tokens:
+        controller.verify(token)
+    assert len(controller._accepted._entries) == 3

@@ -19,6 +19,9 @@ import binascii
 import hashlib
 import json
 import logging
+import threading
+import time
+from collections import OrderedDict
 from datetime import datetime, timezone
 from typing import Any, Optional
 
@@ -111,17 +114,19 @@ class TrustedKeys:
                     self.by_kid[kid] = (key, None)
         self.by_kid.update(jwks)
 
-    def key_for(self, header: dict) -> tuple[Any, Optional[str]]:
+    def key_for(self, header: dict) -> tuple[Any, Optional[str], Optional[datetime]]:
+        """(public key, the algorithm it is restricted to, when its trust ends if it does)."""
         x5c = header.get("x5c")
         if x5c is not None:
-            return self._verify_chain(x5c), None
+            return self._verify_chain(x5c)
         kid = header.get("kid")
         if isinstance(kid, str) and kid in self.by_kid:
-            return self.by_kid[kid]
+            return (*self.by_kid[kid], None)
         raise InvalidToken("token is signed by an untrusted key" if kid else "token names no signing key")
 
-    def _verify_chain(self, x5c: Any) -> Any:
-        """The leaf's public key, once the chain in `x5c` leads to a root certificate."""
+    def _verify_chain(self, x5c: Any) -> tuple[Any, None, datetime]:
+        """The leaf's public key, once the chain in `x5c` leads to a root certificate,
+        and the end of the shortest validity period along the way."""
         if not isinstance(x5c, list) or not x5c or len(x5c) > _MAX_CHAIN or not all(isinstance(c, str) for c in x5c):
             raise InvalidToken("malformed x5c")
         try:
@@ -133,14 +138,15 @@ class TrustedKeys:
             if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
                 raise InvalidToken("x5c certificate outside its validity period")
         current, intermediates = chain[0], chain[1:]
+        trusted_until = min(cert.not_valid_after_utc for cert in chain)
         for _ in range(_MAX_CHAIN + 1):
             if current.public_bytes(serialization.Encoding.DER) in self._root_der:
-                return chain[0].public_key()
+                return chain[0].public_key(), None, trusted_until
             root = self._issuer_among(current, self.roots)
             if root is not None:
                 if not root.not_valid_before_utc <= now <= root.not_valid_after_utc:
                     raise InvalidToken("root certificate outside its validity period")
-                return chain[0].public_key()
+                return chain[0].public_key(), None, min(trusted_until, root.not_valid_after_utc)
             issuer = self._issuer_among(current, intermediates)
             if issuer is None:
                 raise InvalidToken("x5c chain does not lead to a trusted root certificate")
@@ -233,6 +239,51 @@ def covers(granted: dict[tuple[str, str], set[str]], access: Access) -> bool:
     return "*" in actions or access.action in actions
 
 
+class _AcceptedTokens:
+    """Tokens this process accepted, each until its `exp` (or its certificates) runs out.
+
+    A client sends the same token with every request of a pull or push; verifying it
+    again (parsing the x5c chain, checking its signatures and the token's) cost ~0.5 ms,
+    several times the rest of a manifest GET. Keyed by the token's SHA-256, so only the
+    exact bytes that were verified hit; `nbf` and the end of validity are checked at
+    every use; refused tokens are never kept. The trust configuration is fixed for the
+    life of the process, so nothing else can change the outcome.
+    """
+
+    SIZE = 4096
+
+    def __init__(self) -> None:
+        self._entries: OrderedDict[bytes, tuple[dict, float, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, token: str, now: float) -> Optional[dict]:
+        key = hashlib.sha256(token.encode()).digest()
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            claims, valid_from, valid_until = entry
+            if not valid_from <= now <= valid_until:
+                if now > valid_until:
+                    del self._entries[key]
+                return None
+            self._entries.move_to_end(key)
+            return claims
+
+    def put(self, token: str, claims: dict, valid_from: float, valid_until: float) -> None:
+        key = hashlib.sha256(token.encode()).digest()
+        with self._lock:
+            self._entries[key] = (claims, valid_from, valid_until)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.SIZE:
+                self._entries.popitem(last=False)
+
+
+def _number(claims: dict, name: str, default: float) -> float:
+    value = claims.get(name)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
+
+
 class TokenAccessController:
     def __init__(self, realm: str, service: str, issuer: str, keys: TrustedKeys, algorithms: list[str]):
         self.realm = realm
@@ -240,11 +291,16 @@ class TokenAccessController:
         self.issuer = issuer
         self.keys = keys
         self.algorithms = algorithms
+        self._accepted = _AcceptedTokens()
 
     def verify(self, token: str) -> dict:
         """The claims of a token this registry accepts; InvalidToken otherwise."""
         if len(token) > _MAX_TOKEN:
             raise InvalidToken("token too large")
+        now = time.time()
+        claims = self._accepted.get(token, now)
+        if claims is not None:
+            return claims
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
@@ -252,11 +308,11 @@ class TokenAccessController:
         alg = header.get("alg")
         if alg not in self.algorithms:
             raise InvalidToken(f"signing algorithm {str(alg)[:20]!r} is not accepted")
-        key, restricted_to = self.keys.key_for(header)
+        key, restricted_to, trusted_until = self.keys.key_for(header)
         if restricted_to is not None and restricted_to != alg:
             raise InvalidToken(f"key is for {restricted_to}, token uses {alg}")
         try:
-            return jwt.decode(
+            claims = jwt.decode(
                 token,
                 key,
                 algorithms=[alg],
@@ -267,6 +323,12 @@ class TokenAccessController:
             )
         except (jwt.PyJWTError, ValueError, TypeError) as exc:
             raise InvalidToken(f"{type(exc).__name__}: {exc}") from None
+        # the window PyJWT just checked, and no further than the signing certificates
+        valid_until = _number(claims, "exp", now) + LEEWAY
+        if trusted_until is not None:
+            valid_until = min(valid_until, trusted_until.timestamp())
+        self._accepted.put(token, claims, _number(claims, "nbf", now) - LEEWAY, valid_until)
+        return claims
 
     def authorize(self, request: Request, access: list[Access]) -> Optional[Response]:
         scheme, _, token = (request.headers.get("Authorization") or "").strip().partition(" ")
