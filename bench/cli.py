@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from . import client as registry_client
-from . import coldstart, descriptor_cache, hashing, loadgen, machine, rados, report, servers
+from . import coldstart, descriptor_cache, hashing, loadgen, machine, rados, report, servers, token_auth
 from .memory import PeakRSS, available_memory, tree_rss, warm_guest_memory
 
 MiB = 1 << 20
 MB = 1e6
-MEASURES = ("push", "pull", "rates", "rss", "import", "hash", "cache", "rados")
+MEASURES = ("push", "pull", "rates", "token", "rss", "import", "hash", "cache", "rados")
 # the first pull after each push, then this many more (the blob is cached by then on
 # both registries: see "Pull, first after push" in docs/benchmarks.md)
 PULLS_PER_REP = 3
@@ -49,6 +49,8 @@ class Settings:
             ("Pulls", f"1 right after each push, then {PULLS_PER_REP} more, per repetition and registry, alternating"),
             ("Request rates", f"wrk -t{self.wrk_threads} -c{self.connections} -d{self.wrk_seconds:g}s, keep-alive"),
             ("Hashing", f"{HASH_RUNS_PER_REP} runs per repetition, timed in thread CPU time (immune to preemption)"),
+            ("Bearer token", "ES256 JWT with its x5c chain (leaf, intermediate) under a root both registries "
+             "trust; one token on every request, as a client sends it"),
             ("Stratus workers", str(self.workers or "default")),
             ("Stratus served from", str(self.tree) if self.tree else "this checkout"),
             ("Guest memory", "touched and freed right before each push, for both registries "
@@ -138,6 +140,8 @@ def rows_template() -> dict[str, report.Row]:
         "manifest_tag": report.Row("Manifest GET by tag", "req/s", target=ratio(1.5), target_text="≥ 1.5×"),
         "manifest_digest": report.Row("Manifest GET by digest", "req/s", target=ratio(1.5), target_text="≥ 1.5×"),
         "blob_head": report.Row("Blob HEAD (empty blob)", "req/s", target=ratio(1.5), target_text="≥ 1.5×"),
+        # not an issue-3 target: what a bearer token adds to the commonest request
+        "token_manifest_tag": report.Row("Manifest GET by tag, bearer token (x5c chain)", "req/s"),
         "rss_idle": report.Row("Server RSS, idle", "MB", fmt="{:.1f}"),
         "rss_peak": report.Row("Server RSS, peak during push", "MB", fmt="{:.1f}",
                                target=report.below(150), target_text="< 150 MB"),
@@ -250,6 +254,29 @@ class Bench:
                     self.record(key, name, rate)
                     log(f"{scenario.name} {name}: {rate:.0f} req/s")
 
+    def measure_token(self) -> None:
+        """Manifest GET by tag with the same bearer token on every request, both
+        registries configured for token auth (bench/token_auth.py)."""
+        s = self.settings
+        tokens = token_auth.BenchTokens(self.workdir)
+        token = tokens.token("bench/token")
+        headers = (("Accept", registry_client.MANIFEST_ACCEPT), ("Authorization", f"Bearer {token}"))
+        with token_auth.registries(self.workdir, tokens, "reference" in s.registries, s.workers, s.tree) as running:
+            paths = {}
+            for name, server in running.items():
+                with registry_client.Client(server.url, headers={"Authorization": f"Bearer {token}"}) as c:
+                    image = c.push_image("bench/token", "latest", os.urandom(4096))
+                paths[name] = f"/v2/{image.repository}/manifests/{image.tag}"
+            for rep in range(s.reps):
+                for name in list(running)[:: 1 if rep % 2 == 0 else -1]:
+                    scenario = loadgen.Scenario("manifest-tag-token", "GET", paths[name], headers)
+                    rate = loadgen.rate(
+                        running[name].url, scenario, self.workdir,
+                        connections=s.connections, threads=s.wrk_threads, seconds=s.wrk_seconds,
+                    )
+                    self.record("token_manifest_tag", name, rate)
+                    log(f"{scenario.name} {name}: {rate:.0f} req/s")
+
     def measure_rss(self, blob: Blob) -> None:
         s = self.settings
         copies = max(1, s.rss_push // s.blob)
@@ -346,6 +373,8 @@ class Bench:
                 self.measure_rss(blob)
             if "rates" in s.measures:
                 self.measure_rates()
+        if "token" in s.measures:
+            self.measure_token()
         if "import" in s.measures:
             self.measure_import()
         if "hash" in s.measures:

@@ -53,8 +53,10 @@ class Image:
 
 
 class Client:
-    def __init__(self, base_url: str, timeout: float = 600.0):
+    def __init__(self, base_url: str, timeout: float = 600.0, headers: Optional[dict] = None):
+        """`headers` go with every request (an Authorization header, say)."""
         parts = urlsplit(base_url)
+        self._headers = dict(headers or {})
         self.base_url = base_url.rstrip("/")
         self._host = parts.hostname or "127.0.0.1"
         self._port = parts.port or 80
@@ -131,7 +133,7 @@ class Client:
             length = memoryview(body).nbytes  # type: ignore[arg-type]
         if body is not None or method in ("PUT", "POST", "PATCH"):
             conn.putheader("Content-Length", str(length or 0))
-        for key, value in (headers or {}).items():
+        for key, value in {**self._headers, **(headers or {})}.items():
             conn.putheader(key, value)
         try:
             conn.endheaders()

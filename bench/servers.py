@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -42,6 +43,10 @@ def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60
             with urllib.request.urlopen(url + "/v2/", timeout=2) as response:
                 if response.status == 200:
                     return
+        except urllib.error.HTTPError as exc:
+            if exc.code == 401:  # serving, with access control on
+                return
+            time.sleep(0.05)
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"{url} did not answer /v2/ within {timeout}s")
@@ -63,6 +68,7 @@ def _run(
 def stratus(
     workdir: Path, workers: Optional[int] = None, tree: Optional[Path] = None,
     storage: Optional[Mapping[str, str]] = None, name: str = "stratus",
+    environment: Optional[Mapping[str, str]] = None,
 ) -> Iterator[RunningServer]:
     """`stratus serve` as a user runs it: production defaults, filesystem storage
     unless `storage` gives REGISTRY_STORAGE* variables for another driver.
@@ -81,6 +87,7 @@ def stratus(
         "REGISTRY_HTTP_SECRET": "bench-secret",
         "REGISTRY_LOG_LEVEL": "error",
         "PYTHONPATH": str(tree),
+        **(environment or {}),
     }
     with _run(name, argv, port, root, workdir, env, cwd=tree) as server:
         yield server
@@ -102,7 +109,7 @@ storage:
 http:
   addr: 127.0.0.1:{port}
   secret: bench-secret
-"""
+{extra}"""
 
 
 def reference_available() -> bool:
@@ -110,18 +117,19 @@ def reference_available() -> bool:
 
 
 @contextmanager
-def reference(workdir: Path) -> Iterator[RunningServer]:
+def reference(workdir: Path, extra_config: str = "", name: str = "reference") -> Iterator[RunningServer]:
     """The reference registry (Debian docker-registry) with its packaged defaults,
-    minus access logging, which Stratus does not do by default either."""
+    minus access logging, which Stratus does not do by default either; `extra_config`
+    is YAML for more top-level sections (auth, say)."""
     binary = shutil.which(REFERENCE_BINARY)
     if binary is None:
         raise RuntimeError("docker-registry is not installed (scripts/install-system-deps.sh installs it)")
-    root = workdir / "reference-data"
+    root = workdir / f"{name}-data"
     root.mkdir()
     port = free_port()
-    config = workdir / "reference.yml"
-    config.write_text(REFERENCE_CONFIG.format(root=root, port=port))
-    with _run("reference", [binary, "serve", str(config)], port, root, workdir) as server:
+    config = workdir / f"{name}.yml"
+    config.write_text(REFERENCE_CONFIG.format(root=root, port=port, extra=extra_config))
+    with _run(name, [binary, "serve", str(config)], port, root, workdir) as server:
         yield server
 
 

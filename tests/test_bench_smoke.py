@@ -35,7 +35,8 @@ def test_quick_bench_reports_every_row_for_both_registries(tmp_path: Path) -> No
         row = next(line for line in text.splitlines() if line.startswith(f"| {label}"))
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert cells[1] not in ("", "—"), row  # Stratus measured
-    for label in ("Push, monolithic", "Pull", "Manifest GET by tag", "Blob HEAD"):
+    for label in ("Push, monolithic", "Pull", "Pull, first after push", "Manifest GET by tag", "Blob HEAD",
+                  "Manifest GET by tag, bearer token"):
         row = next(line for line in text.splitlines() if line.startswith(f"| {label}"))
         assert "×" in row, row  # the reference ran too, so there is a ratio
     assert "### Machine" in text and "CPU:" in text
