@@ -1,7 +1,8 @@
 """The catalog: every directory under repositories/ that holds `_manifests`."""
 from __future__ import annotations
 
-from typing import Iterable, Optional
+import bisect
+from typing import Optional, Sequence
 
 from ..context import Context
 from ..storage import StorageDriver, StorageError, paths
@@ -33,13 +34,8 @@ def repositories(ctx: Context, driver: StorageDriver, marker: str = "_manifests"
     return names
 
 
-def page(names: Iterable[str], n: Optional[int], last: Optional[str]) -> tuple[list[str], bool]:
-    """One page of sorted names after `last`; the flag says whether more follow."""
-    out: list[str] = []
-    for name in names:
-        if last is not None and name <= last:
-            continue
-        if n is not None and len(out) >= n:
-            return out, True
-        out.append(name)
-    return out, False
+def page(names: Sequence[str], n: Optional[int], last: Optional[str]) -> tuple[list[str], bool]:
+    """One page of the sorted `names` after `last`; the flag says whether more follow."""
+    start = 0 if last is None else bisect.bisect_right(names, last)
+    end = len(names) if n is None else min(len(names), start + n)
+    return list(names[start:end]), end < len(names)

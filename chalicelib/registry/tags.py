@@ -42,7 +42,8 @@ class TagStore:
             if not self._has_manifests(ctx):
                 raise NameUnknownError(self.name) from None
             return []
-        return sorted(entry.rsplit("/", 1)[1] for entry in entries)
+        cut = len(paths.tags(self.name)) + 1  # entries are "<tags dir>/<tag>"
+        return sorted([entry[cut:] for entry in entries])
 
     def lookup(self, ctx: Context, digest: Digest) -> list[str]:
         """Tags whose current link names digest."""

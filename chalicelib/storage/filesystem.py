@@ -39,6 +39,7 @@ NAME = "filesystem"
 DEFAULT_ROOT_DIRECTORY = "/var/lib/registry"  # the reference registry's default
 
 _COMPONENT_RE = re.compile(r"[A-Za-z0-9._-]+\Z")
+_COMPONENTS_RE = re.compile(r"[A-Za-z0-9._-]+(?:/[A-Za-z0-9._-]+)*\Z")  # "/"-joined names
 # Temporary files carry "~", which no storage path component may contain: they can
 # never be listed, walked or addressed, nor mistaken for a registry file (names
 # starting with "." or "_" are valid components, so a prefix alone would not do).
@@ -333,16 +334,27 @@ class FilesystemDriver:
                 raise
 
     def list(self, ctx: Context, path: str) -> list[str]:
-        full = self._full(path, allow_root=True)
+        # through openat2 like reads: realpath() was a sixth of a tags/list request
+        fd = self._open_beneath(path) if path != "/" else None
         with _os_errors(path):
-            try:
-                names = os.listdir(full)
-            except FileNotFoundError:
-                if path == "/":
-                    return []
-                raise
+            if fd is not None:
+                try:
+                    names = os.listdir(fd)
+                finally:
+                    os.close(fd)
+            else:
+                try:
+                    names = os.listdir(self._full(path, allow_root=True))
+                except FileNotFoundError:
+                    if path == "/":
+                        return []
+                    raise
         prefix = "" if path == "/" else path
-        return sorted(f"{prefix}/{name}" for name in names if is_listable(name))
+        # one regex over all names at once: a tags directory may hold thousands, and
+        # a match per name was a fifth of a tags/list request
+        if not _COMPONENTS_RE.match("/".join(names)):
+            names = [name for name in names if is_listable(name)]
+        return [f"{prefix}/{name}" for name in names]
 
     def move(self, ctx: Context, source: str, dest: str) -> None:
         source_full = self._full(source)
