@@ -263,8 +263,8 @@ class _AcceptedTokens:
             if entry is None:
                 return None
             claims, valid_from, valid_until = entry
-            if not valid_from <= now <= valid_until:
-                if now > valid_until:
+            if not valid_from <= now < valid_until:  # PyJWT refuses exp <= now - leeway
+                if now >= valid_until:
                     del self._entries[key]
                 return None
             self._entries.move_to_end(key)
