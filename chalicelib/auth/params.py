@@ -12,9 +12,9 @@ log = logging.getLogger("stratus.auth")
 class Parameters(_Section):
     """`auth.<method>` parameters; every bad value is a ConfigError naming its key.
 
-    Key paths, read tracking and `fail` are the configuration's own (config._Section);
-    what differs is auth's: keys fold case, "" counts as unset, and a string with no
-    default is required.
+    Key paths, read tracking, `fail` and `boolean` are the configuration's own
+    (config._Section); what differs is auth's: keys fold case, "" counts as an unset
+    string, and a string with no default is required.
     """
 
     def __init__(self, method: str, raw: dict[str, Any]):
@@ -31,16 +31,6 @@ class Parameters(_Section):
         if isinstance(value, (dict, list, bool)):
             raise self.fail(name, "a string", value)
         return str(value)
-
-    def boolean(self, name: str, default: bool = False) -> bool:
-        value = self.value(name)
-        if value is _MISSING:
-            return default
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        raise self.fail(name, "true or false", value)
 
     def strings(self, name: str, default: Iterable[str] = ()) -> list[str]:
         value = self.value(name)
