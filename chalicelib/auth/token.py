@@ -23,7 +23,7 @@ import threading
 import time
 from collections import OrderedDict
 from datetime import datetime, timezone
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import jwt
 from cryptography import x509
@@ -219,11 +219,14 @@ def load_jwks(path: str) -> dict[str, tuple[Any, Optional[str]]]:
 # ------------------------------------------------------------------- the token
 
 
-def _granted(claims: dict) -> dict[tuple[str, str], set[str]]:
+Granted = dict[tuple[str, str], set[str]]  # (type, name) -> the actions the token grants
+
+
+def _granted(claims: dict) -> Granted:
     access = claims.get("access", [])
     if not isinstance(access, list):
         raise InvalidToken("access claim is not a list")
-    granted: dict[tuple[str, str], set[str]] = {}
+    granted: Granted = {}
     for entry in access:
         if not isinstance(entry, dict):
             raise InvalidToken("access entry is not an object")
@@ -234,9 +237,14 @@ def _granted(claims: dict) -> dict[tuple[str, str], set[str]]:
     return granted
 
 
-def covers(granted: dict[tuple[str, str], set[str]], access: Access) -> bool:
+def covers(granted: Granted, access: Access) -> bool:
     actions = granted.get((access.type, access.name), set())
     return "*" in actions or access.action in actions
+
+
+class Accepted(NamedTuple):
+    claims: dict
+    granted: Granted  # the access claim, read once
 
 
 class _AcceptedTokens:
@@ -253,27 +261,27 @@ class _AcceptedTokens:
     SIZE = 4096
 
     def __init__(self) -> None:
-        self._entries: OrderedDict[bytes, tuple[dict, float, float]] = OrderedDict()
+        self._entries: OrderedDict[bytes, tuple[Accepted, float, float]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, token: str, now: float) -> Optional[dict]:
+    def get(self, token: str, now: float) -> Optional[Accepted]:
         key = hashlib.sha256(token.encode()).digest()
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
                 return None
-            claims, valid_from, valid_until = entry
+            accepted, valid_from, valid_until = entry
             if not valid_from <= now < valid_until:  # PyJWT refuses exp <= now - leeway
                 if now >= valid_until:
                     del self._entries[key]
                 return None
             self._entries.move_to_end(key)
-            return claims
+            return accepted
 
-    def put(self, token: str, claims: dict, valid_from: float, valid_until: float) -> None:
+    def put(self, token: str, accepted: Accepted, valid_from: float, valid_until: float) -> None:
         key = hashlib.sha256(token.encode()).digest()
         with self._lock:
-            self._entries[key] = (claims, valid_from, valid_until)
+            self._entries[key] = (accepted, valid_from, valid_until)
             self._entries.move_to_end(key)
             while len(self._entries) > self.SIZE:
                 self._entries.popitem(last=False)
@@ -295,12 +303,16 @@ class TokenAccessController:
 
     def verify(self, token: str) -> dict:
         """The claims of a token this registry accepts; InvalidToken otherwise."""
+        return self.accept(token).claims
+
+    def accept(self, token: str) -> Accepted:
+        """The claims and granted access of a token this registry accepts; InvalidToken otherwise."""
         if len(token) > _MAX_TOKEN:
             raise InvalidToken("token too large")
         now = time.time()
-        claims = self._accepted.get(token, now)
-        if claims is not None:
-            return claims
+        accepted = self._accepted.get(token, now)
+        if accepted is not None:
+            return accepted
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
@@ -323,12 +335,13 @@ class TokenAccessController:
             )
         except (jwt.PyJWTError, ValueError, TypeError) as exc:
             raise InvalidToken(f"{type(exc).__name__}: {exc}") from None
+        accepted = Accepted(claims, _granted(claims))
         # the window PyJWT just checked, and no further than the signing certificates
         valid_until = _number(claims, "exp", now) + LEEWAY
         if trusted_until is not None:
             valid_until = min(valid_until, trusted_until.timestamp())
-        self._accepted.put(token, claims, _number(claims, "nbf", now) - LEEWAY, valid_until)
-        return claims
+        self._accepted.put(token, accepted, _number(claims, "nbf", now) - LEEWAY, valid_until)
+        return accepted
 
     def authorize(self, request: Request, access: list[Access]) -> Optional[Response]:
         scheme, _, token = (request.headers.get("Authorization") or "").strip().partition(" ")
@@ -336,7 +349,7 @@ class TokenAccessController:
         if scheme.lower() != "bearer" or not token:
             return unauthorized(bearer_challenge(self.realm, self.service, access), access)
         try:
-            granted = _granted(self.verify(token))
+            granted = self.accept(token).granted
         except InvalidToken as exc:
             log.debug("bearer token refused: %s", exc)
             return unauthorized(
