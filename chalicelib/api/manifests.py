@@ -60,6 +60,10 @@ def _serve(scope: Scope, head: bool) -> Response:
     return Response(200, headers, b"" if head else manifest.body)
 
 
+def _too_large() -> HTTPError:
+    return HTTPError(413, "SIZE_INVALID", f"manifest exceeds {MAX_MANIFEST_SIZE} bytes", {"max": MAX_MANIFEST_SIZE})
+
+
 def put(scope: Scope) -> Response:
     check_writable(scope)
     repo = repository(scope)
@@ -67,15 +71,15 @@ def put(scope: Scope) -> Response:
     request = scope.request
     length = request.content_length
     if length is not None and length > MAX_MANIFEST_SIZE:
-        raise HTTPError(413, "SIZE_INVALID", f"manifest exceeds {MAX_MANIFEST_SIZE} bytes", {"max": MAX_MANIFEST_SIZE})
+        raise _too_large()
     pieces: list[bytes] = []
     received = 0
 
     def collect(piece: bytes) -> None:
         nonlocal received
         received += len(piece)
-        if received > MAX_MANIFEST_SIZE:
-            raise HTTPError(413, "SIZE_INVALID", f"manifest exceeds {MAX_MANIFEST_SIZE} bytes", {"max": MAX_MANIFEST_SIZE})
+        if received > MAX_MANIFEST_SIZE:  # a body sent without Content-Length
+            raise _too_large()
         pieces.append(piece)
 
     read_body(request.body, length, collect)
