@@ -30,18 +30,21 @@ def _chunk_limits(scope: Scope) -> list[tuple[str, str]]:
     return headers
 
 
-def _upload_headers(scope: Scope, repo: Repository, upload: BlobUpload, status: int) -> Response:
+def _session_headers(scope: Scope, repo: Repository, upload: BlobUpload) -> list[tuple[str, str]]:
+    """Where the upload stands and where to send its next chunk."""
     token = scope.api.signer.pack(UploadState(repo.name, upload.id, upload.size, upload.started_at))
     location = scope.url(f"/v2/{repo.name}/blobs/uploads/{upload.id}?_state={token}")
     # registry:2 reports "0-0" for an empty upload; clients expect that form
     end = upload.size - 1 if upload.size > 0 else 0
-    headers = [
+    return [
         ("Location", location),
         ("Range", f"0-{end}"),
         ("Docker-Upload-UUID", upload.id),
-        ("Content-Length", "0"),
-    ]
-    return Response(status, headers + _chunk_limits(scope))
+    ] + _chunk_limits(scope)
+
+
+def _session_response(scope: Scope, repo: Repository, upload: BlobUpload, status: int) -> Response:
+    return Response(status, _session_headers(scope, repo, upload) + [("Content-Length", "0")])
 
 
 def _blob_created(scope: Scope, repo: Repository, digest) -> Response:
@@ -107,7 +110,7 @@ def start(scope: Scope) -> Response:
             raise
         return _blob_created(scope, repo, digest)
     upload = repo.uploads.create(scope.ctx)
-    return _upload_headers(scope, repo, upload, 202)
+    return _session_response(scope, repo, upload, 202)
 
 
 def _mount(scope: Scope, repo: Repository, mount: str, source: Optional[str]) -> Optional[Response]:
@@ -167,11 +170,7 @@ def _expected_start(scope: Scope, upload: BlobUpload, state: Optional[UploadStat
 
 def _range_error(scope: Scope, repo: Repository, upload: BlobUpload, exc: RangeInvalidError) -> Response:
     """416 carrying the upload's real Range and a fresh Location to resume from."""
-    resume = _upload_headers(scope, repo, upload, 416).headers
-    return error_response(
-        exc.code, exc.message, exc.detail, status=416,
-        headers=[h for h in resume if h[0] != "Content-Length"],
-    )
+    return error_response(exc.code, exc.message, exc.detail, status=416, headers=_session_headers(scope, repo, upload))
 
 
 def patch(scope: Scope) -> Response:
@@ -182,7 +181,7 @@ def patch(scope: Scope) -> Response:
         upload.write(scope.ctx, scope.request.body, scope.request.content_length, _expected_start(scope, upload, state))
     except RangeInvalidError as exc:
         return _range_error(scope, repo, upload, exc)
-    return _upload_headers(scope, repo, upload, 202)
+    return _session_response(scope, repo, upload, 202)
 
 
 def put(scope: Scope) -> Response:
@@ -202,7 +201,7 @@ def put(scope: Scope) -> Response:
 
 def status(scope: Scope) -> Response:
     repo, upload, _ = _resume(scope)
-    return _upload_headers(scope, repo, upload, 204)
+    return _session_response(scope, repo, upload, 204)
 
 
 def cancel(scope: Scope) -> Response:
