@@ -17,6 +17,9 @@ request. A clear that fails is kept as a tombstone in this process: until it has
 been replayed into Redis (before any other command, once Redis answers), stats of
 that digest miss here. Other processes cannot see the tombstone; for them the
 entry's TTL (base.REPOSITORY_TTL, GLOBAL_TTL) bounds how long it is believed.
+
+Calls are not traced here: with X-Ray on, tracing.TracingCache wraps every
+provider and records each call as a `cache.*` subsegment.
 """
 from __future__ import annotations
 
@@ -180,8 +183,7 @@ class RedisBlobDescriptorCache:
 
     def stat(self, ctx: Context, digest: Digest) -> BlobDescriptor:
         d = str(digest)
-        with ctx.trace("redis.stat", digest=d):
-            fields = self._call(lambda r: r.hmget(blob_key(d), "digest", "size", "mediatype"))
+        fields = self._call(lambda r: r.hmget(blob_key(d), "digest", "size", "mediatype"))
         self._check_tombstones(("", d))
         return _descriptor(digest, fields)
 
@@ -193,12 +195,10 @@ class RedisBlobDescriptorCache:
             self._write_global(pipe, digest, descriptor)
             pipe.execute()
 
-        with ctx.trace("redis.set", digest=str(digest)):
-            self._call(write)
+        self._call(write)
 
     def clear(self, ctx: Context, digest: Digest) -> None:
-        with ctx.trace("redis.clear", digest=str(digest)):
-            self._invalidate(("", str(digest)), [("del", blob_key(digest))])
+        self._invalidate(("", str(digest)), [("del", blob_key(digest))])
 
     def repository_scoped(self, name: str) -> "RepositoryScopedRedisCache":
         return RepositoryScopedRedisCache(self, name)
@@ -309,8 +309,7 @@ class RepositoryScopedRedisCache:
             pipe.hget(repository_blob_key(self.name, d), "mediatype")
             return pipe.execute()
 
-        with ctx.trace("redis.stat", digest=d, repository=self.name):
-            member, fields, media_type = self._parent._call(read)
+        member, fields, media_type = self._parent._call(read)
         self._parent._check_tombstones((self.name, d), ("", d))
         # no repository hash: its TTL ran out, so storage is asked again
         if not member or media_type is None:
@@ -334,11 +333,9 @@ class RepositoryScopedRedisCache:
             pipe.pexpire(key, int(parent.repository_ttl * 1000))
             pipe.execute()
 
-        with ctx.trace("redis.set", digest=str(digest), repository=self.name):
-            parent._call(write)
+        parent._call(write)
 
     def clear(self, ctx: Context, digest: Digest) -> None:
         d = str(digest)
         ops: list[_Op] = [("srem", self._set_key, d), ("del", repository_blob_key(self.name, d))]
-        with ctx.trace("redis.clear", digest=d, repository=self.name):
-            self._parent._invalidate((self.name, d), ops)
+        self._parent._invalidate((self.name, d), ops)
