@@ -62,6 +62,17 @@ class Azurite:
             **extra,
         }
 
+    def environment(self, container: str, **extra: str) -> dict[str, str]:
+        """The same as REGISTRY_* variables, for a `stratus serve` or function app process."""
+        return {
+            "REGISTRY_STORAGE": "azure",
+            "REGISTRY_STORAGE_AZURE_ACCOUNTNAME": ACCOUNT_NAME,
+            "REGISTRY_STORAGE_AZURE_ACCOUNTKEY": ACCOUNT_KEY,
+            "REGISTRY_STORAGE_AZURE_SERVICEURL": self.blob_endpoint,
+            "REGISTRY_STORAGE_AZURE_CONTAINER": container,
+            **extra,
+        }
+
 
 @contextmanager
 def azurite_blob(workspace: Path, oauth: bool = False) -> Iterator[Azurite]:

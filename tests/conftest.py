@@ -50,17 +50,10 @@ def _backend_environment(
         moto = request.getfixturevalue("moto_s3")
         return {**moto.environment(moto.create_bucket()), **NO_REDIRECT}
     if backend == "azure":
-        from .azurite import ACCOUNT_KEY, ACCOUNT_NAME, azurite_blob
+        from .azurite import azurite_blob
 
         azurite = stack.enter_context(azurite_blob(workspace / "azurite"))
-        return {
-            "REGISTRY_STORAGE": "azure",
-            "REGISTRY_STORAGE_AZURE_ACCOUNTNAME": ACCOUNT_NAME,
-            "REGISTRY_STORAGE_AZURE_ACCOUNTKEY": ACCOUNT_KEY,
-            "REGISTRY_STORAGE_AZURE_SERVICEURL": azurite.blob_endpoint,
-            "REGISTRY_STORAGE_AZURE_CONTAINER": azurite.new_container(),
-            **NO_REDIRECT,
-        }
+        return {**azurite.environment(azurite.new_container()), **NO_REDIRECT}
     if backend == "rados":
         from .ceph_cluster import ceph_cluster, unavailable_reason
 

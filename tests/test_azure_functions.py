@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 import pytest
 import requests
 
-from tests.azurite import ACCOUNT_KEY, ACCOUNT_NAME, Azurite, start_azurite
+from tests.azurite import Azurite, start_azurite
 from tests.oci_conformance import requires_conformance, run_oci_conformance
 from tests.oci_client import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, canonical, descriptor, random_bytes, sha256
 
@@ -92,14 +92,7 @@ def container(azurite: Azurite) -> str:
 
 @pytest.fixture
 def environment(azurite: Azurite, container: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    env = {
-        "REGISTRY_STORAGE": "azure",
-        "REGISTRY_STORAGE_AZURE_ACCOUNTNAME": ACCOUNT_NAME,
-        "REGISTRY_STORAGE_AZURE_ACCOUNTKEY": ACCOUNT_KEY,
-        "REGISTRY_STORAGE_AZURE_SERVICEURL": azurite.blob_endpoint,
-        "REGISTRY_STORAGE_AZURE_CONTAINER": container,
-        "REGISTRY_HTTP_SECRET": "functions-test-secret",
-    }
+    env = azurite.environment(container, REGISTRY_HTTP_SECRET="functions-test-secret")
     for name in [n for n in os.environ if n.startswith("REGISTRY_")]:
         monkeypatch.delenv(name)
     monkeypatch.delenv("FUNCTIONS_REQUEST_BODY_SIZE_LIMIT", raising=False)

@@ -18,9 +18,7 @@ from chalicelib.context import Context  # noqa: E402
 from chalicelib.storage import InvalidPathError, PathNotFoundError, StorageError, create_driver  # noqa: E402
 from chalicelib.storage.azure import AzureDriver, blocks, from_parameters, parse_parameters  # noqa: E402
 from tests.oci_conformance import requires_conformance, run_oci_conformance  # noqa: E402
-from tests.azurite import (  # noqa: E402
-    ACCOUNT_KEY, ACCOUNT_NAME, Azurite, FakeEntraCredential, start_azurite,
-)
+from tests.azurite import ACCOUNT_NAME, Azurite, FakeEntraCredential, start_azurite  # noqa: E402
 from tests.clients_images import Layout, assert_same_image, images_dir, needs_tools, pull, push, session_image  # noqa: E402
 from tests.servers import ROOT, free_port, process  # noqa: E402
 from tests.storage_suite import StorageDriverSuite, payload  # noqa: E402
@@ -356,14 +354,7 @@ def test_secrets_are_not_echoed_in_errors() -> None:
 def test_environment_selects_and_configures_azure(azurite, container) -> None:
     from chalicelib.config import load_config
 
-    config = load_config(environ={
-        "REGISTRY_STORAGE": "azure",
-        "REGISTRY_STORAGE_AZURE_ACCOUNTNAME": ACCOUNT_NAME,
-        "REGISTRY_STORAGE_AZURE_ACCOUNTKEY": ACCOUNT_KEY,
-        "REGISTRY_STORAGE_AZURE_CONTAINER": container,
-        "REGISTRY_STORAGE_AZURE_SERVICEURL": azurite.blob_endpoint,
-        "REGISTRY_STORAGE_AZURE_ROOTDIRECTORY": "/env-root",
-    })
+    config = load_config(environ=azurite.environment(container, REGISTRY_STORAGE_AZURE_ROOTDIRECTORY="/env-root"))
     assert config.storage.driver == "azure"
     driver = create_driver(config.storage.driver, config.storage.parameters)
     ctx = Context()
@@ -411,15 +402,7 @@ def azure_registry(azurite: Azurite, tmp_path_factory: pytest.TempPathFactory) -
     """(URL, container) of a `stratus serve` storing in Azurite."""
     container = azurite.new_container()
     port = free_port()
-    env = {
-        "REGISTRY_STORAGE": "azure",
-        "REGISTRY_STORAGE_AZURE_ACCOUNTNAME": ACCOUNT_NAME,
-        "REGISTRY_STORAGE_AZURE_ACCOUNTKEY": ACCOUNT_KEY,
-        "REGISTRY_STORAGE_AZURE_SERVICEURL": azurite.blob_endpoint,
-        "REGISTRY_STORAGE_AZURE_CONTAINER": container,
-        "REGISTRY_HTTP_SECRET": "e2e-secret",
-        "PYTHONPATH": str(ROOT),
-    }
+    env = azurite.environment(container, REGISTRY_HTTP_SECRET="e2e-secret", PYTHONPATH=str(ROOT))
     argv = [sys.executable, "-m", "chalicelib", "serve", "--addr", f"127.0.0.1:{port}", "--workers", "2"]
     logs = tmp_path_factory.mktemp("stratus-azure")
     with pytest.MonkeyPatch.context() as patch:
