@@ -1,19 +1,15 @@
 """GET /v2/_catalog, sorted, with n/last pagination capped by catalog.maxentries."""
 from __future__ import annotations
 
-import json
-
 from .app import Access, Scope
-from .http import Response
+from .http import Response, json_response
 from .pagination import paginate
 
 
 def get(scope: Scope) -> Response:
     names = scope.registry.catalog(scope.ctx)
     repos, headers = paginate(scope, names, "/v2/_catalog", scope.settings.catalog_max_entries)
-    body = json.dumps({"repositories": repos}).encode()
-    headers += [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
-    return Response(200, headers, b"" if scope.request.method == "HEAD" else body)
+    return json_response({"repositories": repos}, headers, head=scope.request.method == "HEAD")
 
 
 def access(scope: Scope) -> list[Access]:

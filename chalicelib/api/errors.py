@@ -5,7 +5,7 @@ import json
 from typing import Any, Optional
 
 from ..registry.errors import RegistryError
-from .http import Response
+from .http import JSON, Response
 
 STATUS = {
     "BLOB_UNKNOWN": 404,
@@ -25,7 +25,6 @@ STATUS = {
     "TOOMANYREQUESTS": 429,
     "UNKNOWN": 500,
 }
-JSON = "application/json"
 
 
 def error_body(code: str, message: str, detail: Any = None) -> bytes:

@@ -6,9 +6,12 @@ Functions); a response body is bytes, an iterable of bytes, or a file to send.
 from __future__ import annotations
 
 import io
+import json
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterable, Iterator, Mapping, Optional, Union
 from urllib.parse import parse_qs
+
+JSON = "application/json"
 
 
 class Headers:
@@ -127,3 +130,13 @@ class Response:
         if isinstance(self.body, (bytes, bytearray)):
             return bytes(self.body)
         return b"".join(self.body)
+
+
+def json_response(
+    doc: object, headers: Iterable[tuple[str, str]] = (), head: bool = False, content_type: str = JSON
+) -> Response:
+    """200 with `doc` as its JSON body (none for a HEAD, whose Content-Length still counts it)."""
+    body = json.dumps(doc).encode()
+    return Response(
+        200, [*headers, ("Content-Type", content_type), ("Content-Length", str(len(body)))], b"" if head else body
+    )

@@ -1,11 +1,9 @@
 """GET /v2/<name>/referrers/<digest>: an image index of the manifests whose subject it is."""
 from __future__ import annotations
 
-import json
-
 from ..registry.manifest_types import OCI_INDEX
 from .app import Access, Scope
-from .http import Response
+from .http import Response, json_response
 from .params import parse_digest, repository
 
 
@@ -14,11 +12,9 @@ def get(scope: Scope) -> Response:
     subject = parse_digest(scope.params["digest"])
     artifact_type = scope.request.arg("artifactType") or None
     descriptors = repo.referrers.list(scope.ctx, subject, artifact_type)
-    body = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": descriptors}).encode()
-    headers = [("Content-Type", OCI_INDEX), ("Content-Length", str(len(body)))]
-    if artifact_type is not None:
-        headers.append(("OCI-Filters-Applied", "artifactType"))
-    return Response(200, headers, b"" if scope.request.method == "HEAD" else body)
+    doc = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": descriptors}
+    headers = [("OCI-Filters-Applied", "artifactType")] if artifact_type is not None else []
+    return json_response(doc, headers, head=scope.request.method == "HEAD", content_type=OCI_INDEX)
 
 
 def access(scope: Scope) -> list[Access]:

@@ -1,10 +1,8 @@
 """GET /v2/<name>/tags/list, sorted, with n/last pagination."""
 from __future__ import annotations
 
-import json
-
 from .app import Access, Scope
-from .http import Response
+from .http import Response, json_response
 from .pagination import paginate
 from .params import repository
 
@@ -12,9 +10,7 @@ from .params import repository
 def get(scope: Scope) -> Response:
     repo = repository(scope)
     tags, headers = paginate(scope, repo.tags.all(scope.ctx), f"/v2/{repo.name}/tags/list")
-    body = json.dumps({"name": repo.name, "tags": tags}).encode()
-    headers += [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
-    return Response(200, headers, b"" if scope.request.method == "HEAD" else body)
+    return json_response({"name": repo.name, "tags": tags}, headers, head=scope.request.method == "HEAD")
 
 
 def access(scope: Scope) -> list[Access]:
