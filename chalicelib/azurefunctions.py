@@ -101,6 +101,7 @@ class FunctionsRegistry:
     def __init__(self, environ: Optional[Mapping[str, str]] = None):
         self._environ = environ
         self._api: Optional[RegistryAPI] = None
+        self._config: Optional[Config] = None
         self._lock = threading.Lock()
 
     @property
@@ -111,14 +112,21 @@ class FunctionsRegistry:
                     self._api = self._build()
         return self._api
 
+    @property
+    def config(self) -> Config:
+        """The configuration, read once per worker process (the api and the timer share it)."""
+        if self._config is None:
+            from .config import load_config
+
+            environ = os.environ if self._environ is None else self._environ
+            self._config = with_platform_limits(load_config(environ=environ), environ)
+        return self._config
+
     def _build(self) -> RegistryAPI:
         from .bootstrap import build_api, configure_logging
-        from .config import load_config
 
-        environ = os.environ if self._environ is None else self._environ
-        config = with_platform_limits(load_config(environ=environ), environ)
-        configure_logging(config)
-        return build_api(config)
+        configure_logging(self.config)
+        return build_api(self.config)
 
     def handle(self, req: Any) -> Any:
         request = request_from_functions(req)
@@ -128,12 +136,10 @@ class FunctionsRegistry:
         """Remove uploads older than storage.maintenance.uploadpurging.age (timer trigger)."""
         from datetime import timedelta
 
-        from .config import load_config
         from .context import background
         from .registry.maintenance import purge_uploads
 
-        environ = os.environ if self._environ is None else self._environ
-        storage = load_config(environ=environ).storage
+        storage = self.config.storage
         purging = storage.upload_purging
         if not purging.enabled or storage.readonly:
             return []
