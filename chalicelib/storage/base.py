@@ -17,6 +17,7 @@ from ..context import Context
 
 # \Z, not $: "$" also matches before a trailing newline, which let "/a\n" through.
 _PATH_RE = re.compile(r"^(/[A-Za-z0-9._-]+)+\Z")
+_COMPONENT_RE = re.compile(r"[A-Za-z0-9._-]+\Z")
 
 
 class StorageError(Exception):
@@ -59,6 +60,15 @@ def check_path(driver: str, path: str, *, allow_root: bool = False) -> None:
         return
     if not _PATH_RE.match(path) or any(part in (".", "..") for part in path.split("/")):
         raise InvalidPathError(driver, path, "invalid path")
+
+
+def is_component(name: str) -> bool:
+    """Whether name can be one component of a storage path.
+
+    Drivers listing a backend use it to hide entries no storage path can name
+    (temporary files, "lost+found", keys written by other tools).
+    """
+    return _COMPONENT_RE.match(name) is not None and name not in (".", "..")
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from .base import (
     PathNotFoundError,
     StorageError,
     check_path,
+    is_component,
 )
 from .params import boolean
 
@@ -38,7 +39,6 @@ log = logging.getLogger("stratus.storage.filesystem")
 NAME = "filesystem"
 DEFAULT_ROOT_DIRECTORY = "/var/lib/registry"  # the reference registry's default
 
-_COMPONENT_RE = re.compile(r"[A-Za-z0-9._-]+\Z")
 _COMPONENTS_RE = re.compile(r"[A-Za-z0-9._-]+(?:/[A-Za-z0-9._-]+)*\Z")  # "/"-joined names
 # Temporary files carry "~", which no storage path component may contain: they can
 # never be listed, walked or addressed, nor mistaken for a registry file (names
@@ -47,11 +47,6 @@ _TEMP_PREFIX = ".stratus~tmp~"
 _WRITE_FLAGS = os.O_WRONLY | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
 _DIRECT_OPEN_FLAGS = os.O_RDWR | getattr(os, "O_CLOEXEC", 0)
 _CREATE_ATTEMPTS = 3
-
-
-def is_listable(name: str) -> bool:
-    """Whether a directory entry is a storage path component (temp files are not)."""
-    return _COMPONENT_RE.match(name) is not None and name not in (".", "..")
 
 
 def _error(path: str, exc: OSError, *, missing_is_not_found: bool = True) -> StorageError:
@@ -353,7 +348,7 @@ class FilesystemDriver:
         # one regex over all names at once: a tags directory may hold thousands, and
         # a match per name was a fifth of a tags/list request
         if not _COMPONENTS_RE.match("/".join(names)):
-            names = [name for name in names if is_listable(name)]
+            names = [name for name in names if is_component(name)]
         return [f"{prefix}/{name}" for name in names]
 
     def move(self, ctx: Context, source: str, dest: str) -> None:
@@ -402,7 +397,7 @@ class FilesystemDriver:
         prefix = "" if path == "/" else path
         try:
             with os.scandir(full) as scan:
-                entries = sorted((e for e in scan if is_listable(e.name)), key=lambda e: e.name)
+                entries = sorted((e for e in scan if is_component(e.name)), key=lambda e: e.name)
         except (FileNotFoundError, NotADirectoryError):
             return  # deleted while we walked (GC, purging): nothing is below it now
         except OSError as exc:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import itertools
 import logging
-import re
 import time
 from contextlib import contextmanager
 from typing import Any, BinaryIO, Iterator, Optional
@@ -26,6 +25,7 @@ from ..base import (
     PathNotFoundError,
     StorageError,
     check_path,
+    is_component,
 )
 from . import blocks
 from .client import Signer, service_client
@@ -34,7 +34,6 @@ from .parameters import AzureParameters
 NAME = "azure"
 log = logging.getLogger("stratus.storage.azure")
 
-_COMPONENT_RE = re.compile(r"[A-Za-z0-9._-]+\Z")
 _NOT_FOUND = {"BlobNotFound", "ContainerNotFound", "ResourceNotFound", "CannotVerifyCopySource"}
 _DELETE_BATCH = 256  # the most one Blob Batch request may carry
 
@@ -49,7 +48,7 @@ def _is_not_found(exc: Exception) -> bool:
 
 
 def _valid_parts(relative: str) -> bool:
-    return all(_COMPONENT_RE.match(p) and p not in (".", "..") for p in relative.split("/"))
+    return all(is_component(p) for p in relative.split("/"))
 
 
 class AzureDriver:

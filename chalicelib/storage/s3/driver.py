@@ -20,20 +20,13 @@ from ..base import (
     StorageError,
     UnsupportedMethodError,
     check_path,
+    is_component,
 )
 from .bucket import Bucket, Pending
 from .client import requests
 from .errors import NAME, error_code, s3_errors
 from .params import S3Parameters
 from .writer import S3FileWriter, open_for_append
-
-
-def _is_component(name: str) -> bool:
-    try:
-        check_path(NAME, "/" + name)
-    except StorageError:
-        return False
-    return "/" not in name
 
 
 class S3Driver:
@@ -139,11 +132,11 @@ class S3Driver:
             for page in self.bucket.list_pages(prefix, delimiter="/"):
                 for item in page.get("Contents", []):
                     name = item["Key"][len(prefix):]
-                    if _is_component(name):
+                    if is_component(name):
                         children.append(self._path(item["Key"]))
                 for common in page.get("CommonPrefixes", []):
                     name = common["Prefix"][len(prefix):-1]
-                    if _is_component(name):
+                    if is_component(name):
                         children.append(self._path(common["Prefix"][:-1]))
         if not children and path != "/":
             raise PathNotFoundError(NAME, path)
@@ -210,7 +203,7 @@ class S3Driver:
                 child = self._path(item["Key"])
                 relative = child[len(root):]
                 parts = relative.split("/")[1:]
-                if not parts or not all(_is_component(p) for p in parts):
+                if not parts or not all(is_component(p) for p in parts):
                     continue  # "folder/" markers and keys that are not storage paths
                 dirs = [root + "/" + "/".join(parts[:i]) for i in range(1, len(parts))]
                 common = 0
