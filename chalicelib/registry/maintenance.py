@@ -19,6 +19,7 @@ from . import catalog
 from .blobs import blob_path
 from .manifest_types import parse_manifest, media_type_of
 from .errors import ManifestInvalidError
+from .tags import TagStore
 
 log = logging.getLogger("stratus.maintenance")
 
@@ -107,8 +108,6 @@ def collect_garbage(
     none of them goes on reporting it present.
     """
     report = GCReport()
-    from .tags import TagStore
-
     for name in catalog.repositories(ctx, driver):
         tagged: Optional[set] = None
         children: Optional[set] = None  # digests the tagged indexes name, read once when first needed
