@@ -76,6 +76,12 @@ class InMemoryDriver:
             raise PathNotFoundError(NAME, path)
         return node
 
+    def _dir(self, path: str) -> _Dir:
+        node = self._find(path)
+        if not isinstance(node, _Dir):
+            raise PathNotFoundError(NAME, path)
+        return node
+
     def _parent_for(self, path: str) -> tuple[_Dir, str]:
         """The directory that will hold path, created as needed, and path's name."""
         *dirs, name = _parts(path)
@@ -160,10 +166,7 @@ class InMemoryDriver:
     def list(self, ctx: Context, path: str) -> list[str]:
         check_path(NAME, path, allow_root=True)
         with self._lock:
-            node = self._find(path)
-            if not isinstance(node, _Dir):
-                raise PathNotFoundError(NAME, path)
-            return sorted(_join(path, name) for name in node.children)
+            return sorted(_join(path, name) for name in self._dir(path).children)
 
     def move(self, ctx: Context, source: str, dest: str) -> None:
         check_path(NAME, source)
@@ -195,11 +198,8 @@ class InMemoryDriver:
     def walk(self, ctx: Context, path: str) -> Iterator[FileInfo]:
         check_path(NAME, path, allow_root=True)
         with self._lock:
-            node = self._find(path)
-            if not isinstance(node, _Dir):
-                raise PathNotFoundError(NAME, path)
             # A snapshot, so no lock is held while the caller works between items.
-            return iter(list(_walk(path, node)))
+            return iter(list(_walk(path, self._dir(path))))
 
 
 def _info(path: str, node: _Node) -> FileInfo:
