@@ -20,6 +20,7 @@ from chalicelib.config import AuthConfig, ConfigError, config_from_mapping, load
 
 from .oci_conformance import requires_conformance, run_oci_conformance
 from .clients_images import assert_same_image, needs_tools, pull, push, session_image, skopeo
+from .moto_server import ACCESS_KEY, REGION, SECRET_KEY, MotoS3
 from .servers import stratus_server
 
 PASSWORD = "s3cret-Passw0rd"
@@ -189,25 +190,21 @@ def test_entries_from_an_environment_variable(monkeypatch, tmp_path: Path) -> No
         assert controller.authorize(Request.from_bytes("GET", "/v2/", headers=basic("bob", "x")), []).status == 401
 
 
-def test_entries_from_an_s3_object(monkeypatch, tmp_path: Path) -> None:
-    moto = pytest.importorskip("moto")
-    import boto3
-
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    with moto.mock_aws():
-        s3 = boto3.client("s3")
-        s3.create_bucket(Bucket="stratus-auth")
-        s3.put_object(Bucket="stratus-auth", Key="registry/htpasswd",
-                      Body=htpasswd_file(tmp_path, {"alice": PASSWORD}).read_bytes())
-        controller = create_access_controller(
-            AuthConfig("htpasswd", {"realm": "r", "path": "s3://stratus-auth/registry/htpasswd", "refresh": 0})
-        )
-        assert controller.authorize(Request.from_bytes("GET", "/v2/", headers=basic("alice", PASSWORD)), []) is None
-        s3.put_object(Bucket="stratus-auth", Key="registry/htpasswd",
-                      Body=htpasswd_file(tmp_path, {"erin": "e"}).read_bytes())
-        assert controller.authorize(Request.from_bytes("GET", "/v2/", headers=basic("erin", "e")), []) is None
+def test_entries_from_an_s3_object(monkeypatch, tmp_path: Path, moto_s3: MotoS3) -> None:
+    # the function's own boto3 client, pointed at the S3 endpoint the way a deployment's is
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_s3.endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    s3 = moto_s3.client()
+    bucket = moto_s3.create_bucket()
+    s3.put_object(Bucket=bucket, Key="registry/htpasswd", Body=htpasswd_file(tmp_path, {"alice": PASSWORD}).read_bytes())
+    controller = create_access_controller(
+        AuthConfig("htpasswd", {"realm": "r", "path": f"s3://{bucket}/registry/htpasswd", "refresh": 0})
+    )
+    assert controller.authorize(Request.from_bytes("GET", "/v2/", headers=basic("alice", PASSWORD)), []) is None
+    s3.put_object(Bucket=bucket, Key="registry/htpasswd", Body=htpasswd_file(tmp_path, {"erin": "e"}).read_bytes())
+    assert controller.authorize(Request.from_bytes("GET", "/v2/", headers=basic("erin", "e")), []) is None
 
 
 def test_configured_through_registry_environment_variables(tmp_path: Path, htpasswd: Path) -> None:
