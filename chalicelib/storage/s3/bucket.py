@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from .client import client_for
+from .errors import error_code
 from .params import MAX_PART_SIZE, MIN_PART_SIZE, S3Parameters
 
 CONTENT_TYPE = "application/octet-stream"
@@ -190,8 +191,6 @@ class Bucket:
         try:
             self.client.abort_multipart_upload(Bucket=self.name, Key=key, UploadId=upload_id)
         except Exception as exc:
-            from .errors import error_code
-
             if error_code(exc) not in ("NoSuchUpload", "404"):
                 raise
 

@@ -24,7 +24,7 @@ from ..base import (
 )
 from .bucket import Bucket, Pending
 from .client import requests
-from .errors import NAME, error_code, s3_errors
+from .errors import NAME, error_code, is_not_found, s3_errors
 from .params import S3Parameters
 from .writer import S3FileWriter, open_for_append
 
@@ -111,7 +111,8 @@ class S3Driver:
             try:
                 head = self.bucket.head(key)
             except Exception as exc:
-                if error_code(exc) not in ("404", "NoSuchKey", "NotFound", "403"):
+                # 403: a missing key, to a role that may not list the bucket
+                if not is_not_found(exc) and error_code(exc) != "403":
                     raise
             else:
                 size = int(head["ContentLength"])

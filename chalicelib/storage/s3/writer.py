@@ -25,7 +25,7 @@ from typing import Optional
 
 from ..base import StorageError
 from .bucket import Bucket, Pending, copy_ranges
-from .errors import NAME, s3_errors
+from .errors import NAME, is_not_found, s3_errors
 from .params import MIN_PART_SIZE
 
 
@@ -146,8 +146,6 @@ def open_for_append(bucket: Bucket, path: str, key: str) -> Optional[S3FileWrite
     try:
         response = bucket.get(key)
     except Exception as exc:
-        from .errors import is_not_found
-
         if is_not_found(exc):
             return None
         raise
