@@ -22,11 +22,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
     config = _load(args.config)
     configure_logging(config)
     addr = args.addr or config.http.addr
-    from .config import ConfigError
-
     try:
         api = build_api(config)
-    except (ConfigError, ValueError) as exc:  # driver and auth parameters are checked here
+    except ValueError as exc:  # driver and auth parameters are checked here (ConfigError is one)
         sys.exit(f"stratus: configuration error: {exc}")
     purging = config.storage.upload_purging
     if purging.enabled and not config.storage.readonly:

@@ -100,12 +100,11 @@ def _request_from_environ(environ: dict) -> Request:
     length_text = environ.get("CONTENT_LENGTH")
     content_length: Optional[int] = None
     if length_text:
+        headers.append(("Content-Length", length_text))
         try:
             content_length = int(length_text)
         except ValueError:
-            content_length = None
-    if length_text:
-        headers.append(("Content-Length", length_text))
+            pass  # not a number: no known length
     host = environ.get("HTTP_HOST") or f"{environ.get('SERVER_NAME', 'localhost')}:{environ.get('SERVER_PORT', '80')}"
     # PEP 3333 hands the path over as latin-1 decoded bytes
     path = environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8", "replace")
