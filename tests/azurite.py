@@ -2,7 +2,8 @@
 
 ``azurite_blob()`` runs ``azurite-blob`` from node_modules (package.json pins it;
 ``npm ci`` installs it) on a free loopback port with a throw-away workspace and
-stops it by pid. A test module makes it a fixture with ``start_azurite``.
+stops it by pid. The session fixture ``azurite`` is one such emulator shared by
+every test module; ``start_azurite`` makes a fixture of another (OAuth, say).
 """
 from __future__ import annotations
 
@@ -156,10 +157,17 @@ def available() -> bool:
 
 
 def start_azurite(tmp_path_factory: pytest.TempPathFactory, oauth: bool = False) -> Iterator[Azurite]:
-    """Body of a test module's fixture: `yield from start_azurite(tmp_path_factory)`."""
+    """Body of a fixture: `yield from start_azurite(tmp_path_factory)`."""
     if not available():
         pytest.skip("Azurite is not installed (npm ci installs it; see package.json)")
     workspace = tmp_path_factory.mktemp("azurite-oauth" if oauth else "azurite") / "data"
     workspace.mkdir()
     with azurite_blob(workspace, oauth=oauth) as emulator:
         yield emulator
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
+    """One Azurite for the session (conftest.py makes it everyone's fixture); each test
+    module works in containers of its own (`new_container()`)."""
+    yield from start_azurite(tmp_path_factory)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Iterator, Optional
 
 import pytest
 
+from .azurite import azurite  # noqa: F401  (a session fixture of the azure tests)
 from .moto_server import moto_s3  # noqa: F401  (a fixture the s3 backend requests)
 from .servers import stratus_server
 
@@ -52,8 +53,8 @@ def _backend_environment(
     if backend == "azure":
         from .azurite import azurite_blob
 
-        azurite = stack.enter_context(azurite_blob(workspace / "azurite"))
-        return {**azurite.environment(azurite.new_container()), **NO_REDIRECT}
+        emulator = stack.enter_context(azurite_blob(workspace / "azurite"))
+        return {**emulator.environment(emulator.new_container()), **NO_REDIRECT}
     if backend == "rados":
         from .ceph_cluster import ceph_cluster, unavailable_reason
 

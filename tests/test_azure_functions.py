@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 import pytest
 import requests
 
-from tests.azurite import Azurite, start_azurite
+from tests.azurite import Azurite
 from tests.oci_conformance import requires_conformance, run_oci_conformance
 from tests.oci_client import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, canonical, descriptor, random_bytes, sha256
 
@@ -78,11 +78,6 @@ class Functions:
 
 def error_code(response: Any) -> str:
     return json.loads(response.get_body())["errors"][0]["code"]
-
-
-@pytest.fixture(scope="module")
-def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
-    yield from start_azurite(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

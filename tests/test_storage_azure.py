@@ -27,11 +27,6 @@ KiB, MiB = 1024, 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
-    yield from start_azurite(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
 def container(azurite: Azurite) -> str:
     return azurite.new_container()
 
