@@ -9,7 +9,7 @@ from .base import (
     StorageError,
     UnsupportedMethodError,
 )
-from .factory import create_driver, register_driver
+from .factory import create_driver
 
 __all__ = [
     "FileInfo",
@@ -21,5 +21,4 @@ __all__ = [
     "StorageError",
     "UnsupportedMethodError",
     "create_driver",
-    "register_driver",
 ]

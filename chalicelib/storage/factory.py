@@ -6,14 +6,12 @@ so drivers are named by module path and loaded on first use.
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from .base import StorageDriver
 
-DriverFactory = Callable[[Mapping[str, Any]], StorageDriver]
-
 # name -> "module:callable"; the callable takes the driver's parameter mapping.
-_DRIVERS: dict[str, str | DriverFactory] = {
+_DRIVERS: dict[str, str] = {
     "filesystem": "chalicelib.storage.filesystem:from_parameters",
     "inmemory": "chalicelib.storage.inmemory:from_parameters",
     "s3": "chalicelib.storage.s3:from_parameters",
@@ -26,10 +24,6 @@ class UnknownDriverError(ValueError):
     pass
 
 
-def register_driver(name: str, factory: str | DriverFactory) -> None:
-    _DRIVERS[name] = factory
-
-
 def driver_names() -> list[str]:
     return sorted(_DRIVERS)
 
@@ -37,12 +31,10 @@ def driver_names() -> list[str]:
 def create_driver(name: str, parameters: Mapping[str, Any] | None = None) -> StorageDriver:
     """Build the driver; parameter errors surface as ValueError naming the key."""
     try:
-        factory = _DRIVERS[name]
+        module_name, _, attr = _DRIVERS[name].partition(":")
     except KeyError:
         raise UnknownDriverError(
             f"storage driver {name!r} is not known; choose one of {', '.join(driver_names())}"
         ) from None
-    if isinstance(factory, str):
-        module_name, _, attr = factory.partition(":")
-        factory = getattr(importlib.import_module(module_name), attr)
+    factory = getattr(importlib.import_module(module_name), attr)
     return factory(dict(parameters or {}))
