@@ -33,18 +33,11 @@ from chalicelib.bootstrap import build_api
 from chalicelib.config import config_from_mapping
 from chalicelib.registry.names import _COMPONENT, NAME_RE, TAG_RE
 
+from .oci_client import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, SPEC_ERROR_CODES, sha256
 from .servers import stratus_server
 
-SPEC_CODES = {
-    "BLOB_UNKNOWN", "BLOB_UPLOAD_INVALID", "BLOB_UPLOAD_UNKNOWN", "DIGEST_INVALID", "MANIFEST_BLOB_UNKNOWN",
-    "MANIFEST_INVALID", "MANIFEST_UNKNOWN", "NAME_INVALID", "NAME_UNKNOWN", "SIZE_INVALID", "UNAUTHORIZED",
-    "DENIED", "UNSUPPORTED", "TOOMANYREQUESTS",
-}
 CHUNK_MAX = 64 * 1024
 MANIFEST_MAX = 4 * 1024 * 1024
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 MEDIA_TYPES = [
     OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, "application/vnd.docker.distribution.manifest.list.v2+json",
     "application/vnd.docker.distribution.manifest.v1+json", "application/vnd.docker.distribution.manifest.v1+prettyjws",
@@ -55,10 +48,6 @@ PASSWORD = "fuzz-password"
 
 COUNTS: collections.Counter = collections.Counter()
 STATUSES: collections.Counter = collections.Counter()
-
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 # --------------------------------------------------------------------------- the registries
@@ -199,7 +188,7 @@ def check(response, method: str, root: Optional[Path] = None) -> None:
         doc = json.loads(body)
         assert doc["errors"], doc
         for error in doc["errors"]:
-            assert error["code"] in SPEC_CODES, doc
+            assert error["code"] in SPEC_ERROR_CODES, doc
             assert isinstance(error["message"], str)
         assert response.header("Content-Type") == "application/json"
         text = body.decode("utf-8", "replace")
@@ -894,7 +883,7 @@ def test_http_sample(served) -> None:
         lowered = {k.lower(): v for k, v in response_headers.items()}
         if status >= 400 and method != "HEAD":
             doc = json.loads(response_body)
-            assert all(e["code"] in SPEC_CODES for e in doc["errors"]), doc
+            assert all(e["code"] in SPEC_ERROR_CODES for e in doc["errors"]), doc
             assert lowered.get("content-type") == "application/json"
 
     run()
