@@ -43,16 +43,16 @@ EMPTY_JSON = b"{}"
 EMPTY_JSON_DIGEST = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
 
 
+def digest_of(data: bytes, algorithm: str = "sha256") -> str:
+    return f"{algorithm}:" + hashlib.new(algorithm, data).hexdigest()
+
+
 def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+    return digest_of(data, "sha256")
 
 
 def sha512(data: bytes) -> str:
-    return "sha512:" + hashlib.sha512(data).hexdigest()
-
-
-def digest_of(data: bytes, algorithm: str = "sha256") -> str:
-    return f"{algorithm}:" + hashlib.new(algorithm, data).hexdigest()
+    return digest_of(data, "sha512")
 
 
 def unique_repo(prefix: str) -> str:
