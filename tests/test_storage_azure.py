@@ -20,7 +20,7 @@ from chalicelib.storage.azure import AzureDriver, blocks, from_parameters, parse
 from tests.oci_conformance import requires_conformance, run_oci_conformance  # noqa: E402
 from tests.azurite import ACCOUNT_NAME, Azurite, FakeEntraCredential, start_azurite  # noqa: E402
 from tests.clients_images import Layout, assert_same_image, images_dir, needs_tools, pull, push, session_image  # noqa: E402
-from tests.servers import ROOT, free_port, process  # noqa: E402
+from tests.servers import stratus_server  # noqa: E402
 from tests.storage_suite import StorageDriverSuite, payload  # noqa: E402
 
 KiB, MiB = 1024, 1024 * 1024
@@ -396,16 +396,15 @@ def test_invalid_paths_never_reach_azure(driver, ctx) -> None:
 def azure_registry(azurite: Azurite, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     """(URL, container) of a `stratus serve` storing in Azurite."""
     container = azurite.new_container()
-    port = free_port()
-    env = azurite.environment(container, REGISTRY_HTTP_SECRET="e2e-secret", PYTHONPATH=str(ROOT))
-    argv = [sys.executable, "-m", "chalicelib", "serve", "--addr", f"127.0.0.1:{port}", "--workers", "2"]
-    logs = tmp_path_factory.mktemp("stratus-azure")
+    env = azurite.environment(container, REGISTRY_HTTP_SECRET="e2e-secret")
+    # no data lands under root (storage is Azurite): the server's log goes beside it
+    root = tmp_path_factory.mktemp("stratus-azure") / "data"
     with pytest.MonkeyPatch.context() as patch:
         # `make test` exports a filesystem root, and a second driver would be refused
         for name in [n for n in os.environ if n.startswith("REGISTRY_")]:
             patch.delenv(name)
-        with process(argv, port, env, log_path=logs / "stratus.log", cwd=ROOT):
-            yield f"http://127.0.0.1:{port}", container
+        with stratus_server(root, env, workers=2) as url:
+            yield url, container
 
 
 @needs_tools
