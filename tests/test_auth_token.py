@@ -124,10 +124,9 @@ def test_tokens_signed_through_a_jwks_kid_are_accepted(api, issuer: TokenIssuer)
     push_image(api, "jwks/app", "v1", bearer(issuer.token([pull_push("jwks/app")], signer=issuer.jwks())))
 
 
-def test_kid_naming_a_root_certificate_key_is_accepted(tmp_path: Path, issuer: TokenIssuer) -> None:
+def test_kid_naming_a_root_certificate_key_is_accepted(controller, issuer: TokenIssuer) -> None:
     from chalicelib.auth.token import libtrust_key_id, rfc7638_thumbprint
 
-    controller = create_access_controller(AuthConfig("token", issuer.auth_config(tmp_path)["token"]))
     for kid in (rfc7638_thumbprint(issuer.root_key.public_key()), libtrust_key_id(issuer.root_key.public_key())):
         token = issuer.token([pull_only("a")], signer=Signer(issuer.root_key, "ES256", {"kid": kid}))
         assert controller.verify(token)["access"] == [pull_only("a")]
@@ -213,12 +212,16 @@ def test_unusable_tokens_are_refused_as_invalid(api, issuer: TokenIssuer, case: 
     assert token[:40] not in r.body_bytes().decode()
 
 
-def test_mount_from_a_repository_the_token_cannot_pull_falls_back_to_an_upload(api, issuer: TokenIssuer) -> None:
-    data = b"a private layer"
+def _push_private_blob(api, issuer: TokenIssuer, data: bytes) -> str:
+    """Pushes data to private/src only; returns its digest."""
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     owner = bearer(issuer.token([pull_push("private/src")]))
     assert call(api, "POST", "/v2/private/src/blobs/uploads/", f"digest={digest}", owner, data).status == 201
+    return digest
 
+
+def test_mount_from_a_repository_the_token_cannot_pull_falls_back_to_an_upload(api, issuer: TokenIssuer) -> None:
+    digest = _push_private_blob(api, issuer, b"a private layer")
     outsider = bearer(issuer.token([pull_push("outsider/dst")]))
     r = call(api, "POST", "/v2/outsider/dst/blobs/uploads/", f"mount={digest}&from=private/src", outsider)
     assert r.status == 202
@@ -326,11 +329,7 @@ def test_skopeo_pushes_through_the_token_server(token_server, tmp_path_factory: 
 
 
 def test_mount_without_from_needs_pull_on_every_repository(api, issuer: TokenIssuer) -> None:
-    data = b"a layer somewhere in the registry"
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    owner = bearer(issuer.token([pull_push("private/src")]))
-    assert call(api, "POST", "/v2/private/src/blobs/uploads/", f"digest={digest}", owner, data).status == 201
-
+    digest = _push_private_blob(api, issuer, b"a layer somewhere in the registry")
     outsider = bearer(issuer.token([pull_push("outsider/dst")]))
     r = call(api, "POST", "/v2/outsider/dst/blobs/uploads/", f"mount={digest}", outsider)
     assert r.status == 202
