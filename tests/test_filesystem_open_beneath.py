@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -14,18 +15,30 @@ from chalicelib.storage.filesystem import FilesystemDriver
 
 
 @pytest.fixture(params=["openat2", "realpath"])
-def driver(request, tmp_path: Path, monkeypatch) -> FilesystemDriver:
-    if request.param == "realpath":
-        monkeypatch.setattr(filesystem, "_openat2", False)
-    else:
-        # Probed here, so that this half cannot quietly test the realpath() route twice.
-        openat2 = filesystem._load_openat2()
-        if openat2 is False:
-            pytest.skip("openat2 is not available here")
-        monkeypatch.setattr(filesystem, "_openat2", openat2)
+def driver(request, tmp_path: Path, monkeypatch) -> Iterator[FilesystemDriver]:
     root = tmp_path / "root"
     root.mkdir()
-    return FilesystemDriver(str(root))
+    if request.param == "realpath":
+        monkeypatch.setattr(filesystem, "_openat2", False)
+        yield FilesystemDriver(str(root))
+        return
+    # Probed here by a real call, and checked after the test, so that this half cannot
+    # quietly test the realpath() route twice: the driver turns openat2 off for good at
+    # the first ENOSYS/EPERM (an old kernel, a seccomp filter), and loading the wrapper
+    # does not call the system call.
+    openat2 = filesystem._load_openat2()
+    if openat2 is False:
+        pytest.skip("openat2 is not available here")
+    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.close(openat2(root_fd, b".", os.O_RDONLY | os.O_CLOEXEC))
+    except OSError as exc:
+        pytest.skip(f"openat2 is refused here: {exc}")
+    finally:
+        os.close(root_fd)
+    monkeypatch.setattr(filesystem, "_openat2", openat2)
+    yield FilesystemDriver(str(root))
+    assert filesystem._openat2 is openat2, "openat2 was turned off during the test"
 
 
 def test_reads_agree(driver: FilesystemDriver) -> None:
