@@ -25,7 +25,8 @@ from chalicelib.registry.errors import (
 )
 from chalicelib.registry.maintenance import collect_garbage, purge_uploads
 from chalicelib.registry.manifest_types import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
-from chalicelib.storage import paths
+from chalicelib.storage import PathNotFoundError, paths
+from chalicelib.storage.filesystem import FilesystemDriver
 from chalicelib.storage.filesystem import from_parameters as filesystem
 from chalicelib.storage.inmemory import from_parameters as inmemory
 
@@ -89,7 +90,7 @@ def test_chunked_upload_resumes_across_fresh_registries_and_stores_go_hash_state
     descriptor = final.commit(CTX, Digest.from_bytes(data), io.BytesIO(rest), len(rest))
     assert descriptor.size == len(data)
     assert registry.repository("team/app").blobs.get(CTX, descriptor.digest) == data
-    with pytest.raises(Exception):
+    with pytest.raises(PathNotFoundError):
         registry.driver.stat(CTX, paths.upload_dir("team/app", upload.id))
 
 
@@ -240,7 +241,7 @@ def test_manifest_delete_removes_tags_pointing_at_it(registry):
     try:
         assert repo.tags.all(CTX) == []
     except NameUnknownError:
-        assert not isinstance(registry.driver, type(filesystem({"rootdirectory": "/tmp"})))
+        assert not isinstance(registry.driver, FilesystemDriver)
     with pytest.raises(ManifestUnknownError):
         repo.manifests.get(CTX, digest)
 
@@ -281,8 +282,6 @@ def test_stat_retries_wait_for_eventually_consistent_blobs(driver):
         def stat(self, ctx, path):
             calls.append(path)
             if len(calls) < 3:
-                from chalicelib.storage import PathNotFoundError
-
                 raise PathNotFoundError("lag", path)
             return self.inner.stat(ctx, path)
 
