@@ -66,8 +66,17 @@ def request_from_event(event: Event, base_url: Optional[str] = None) -> Request:
         body=io.BytesIO(body),
         content_length=len(body),
         base_url=base_url or f"{scheme}://{host}{prefix}",
-        remote_addr=(event.get("requestContext") or {}).get("identity", {}).get("sourceIp", ""),
+        remote_addr=_source_ip(event.get("requestContext") or {}),
     )
+
+
+def _source_ip(context: dict) -> str:
+    """The client's address: REST (1.0) events carry it in identity, HTTP API (2.0) in http."""
+    for part in ("http", "identity"):
+        address = (context.get(part) or {}).get("sourceIp")
+        if address:
+            return address
+    return ""
 
 
 def response_to_event(response: Response, payload_v2: bool = False) -> dict[str, Any]:

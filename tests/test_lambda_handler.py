@@ -202,3 +202,12 @@ loaded = [m for m in ("boto3", "botocore", "aws_xray_sdk", "redis") if m in sys.
 assert not loaded, loaded
 """
     subprocess.run([sys.executable, "-c", code], cwd=REPO, env=dict(os.environ), check=True, timeout=60)
+
+
+@pytest.mark.parametrize("make_event", ["http_api_event", "rest_api_event"])
+def test_the_client_address_comes_from_either_payload_version(make_event: str) -> None:
+    from chalicelib.apigateway import request_from_event
+    from tests import lambda_events
+
+    request = request_from_event(getattr(lambda_events, make_event)("GET", "/v2/"))
+    assert request.remote_addr == "198.51.100.7"
