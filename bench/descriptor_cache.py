@@ -11,20 +11,20 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from tests.servers import free_port, process
+from tests.moto_server import MotoS3, moto_s3_server
+from tests.redis_server import HAVE_REDIS, redis_server
 
 REFERENCES = 5  # config + 4 layers in the manifest PUT
 
 
 def available() -> bool:
-    return shutil.which("redis-server") is not None and importlib.util.find_spec("moto") is not None
+    return HAVE_REDIS and importlib.util.find_spec("moto") is not None
 
 
 @dataclass(frozen=True)
@@ -34,19 +34,10 @@ class Result:
 
 
 @contextmanager
-def _backends(workdir: Path) -> Iterator[tuple[str, str]]:
-    """(S3 endpoint, Redis address), both on free loopback ports."""
-    s3_port, redis_port = free_port(), free_port()
-    redis_dir = workdir / "redis"
-    redis_dir.mkdir(exist_ok=True)
-    from tests.moto_server import moto_server_command
-
-    moto = [*moto_server_command(), "-H", "127.0.0.1", "-p", str(s3_port)]
-    redis = ["redis-server", "--bind", "127.0.0.1", "--port", str(redis_port), "--dir", str(redis_dir),
-             "--save", "", "--appendonly", "no"]
-    with process(moto, s3_port, log_path=workdir / "moto.log"), \
-            process(redis, redis_port, log_path=workdir / "redis.log"):
-        yield f"http://127.0.0.1:{s3_port}", f"127.0.0.1:{redis_port}"
+def _backends(workdir: Path) -> Iterator[tuple[MotoS3, str]]:
+    """(moto S3, Redis address), both on free loopback ports, started as the tests start them."""
+    with moto_s3_server(workdir / "moto.log") as s3, redis_server(workdir / "redis") as redis:
+        yield s3, redis.addr
 
 
 def _timed(operation: Callable[[], None], ops: int, before: Callable[[], None], requests) -> Result:
@@ -73,10 +64,8 @@ def measure(workdir: Path, ops: int, reps: int = 1) -> list[dict[str, Result]]:
     from chalicelib.storage.s3 import client as s3_client
 
     os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
-    from tests.moto_server import MotoS3
 
-    with _backends(workdir) as (endpoint, redis_addr):
-        moto = MotoS3(endpoint)
+    with _backends(workdir) as (moto, redis_addr):
         driver = create_driver("s3", moto.parameters(moto.create_bucket("stratus-bench")))
         cache = RedisBlobDescriptorCache(connect(RedisConfig(addr=redis_addr)))
         api = RegistryAPI(Registry(driver, cache, RegistryOptions(stat_retries=3)), APISettings(secret=b"bench"))

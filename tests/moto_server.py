@@ -98,9 +98,15 @@ def moto_server_command() -> list[str]:
     return [sys.executable, "-m", "moto.server"]
 
 
-@pytest.fixture(scope="session")
-def moto_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3]:
+@contextmanager
+def moto_s3_server(log: Path) -> Iterator[MotoS3]:
+    """moto_server on a free loopback port until the block ends, its output in log."""
     port = free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
     with process([*moto_server_command(), "-H", "127.0.0.1", "-p", str(port)], port, log_path=log):
         yield MotoS3(f"http://127.0.0.1:{port}")
+
+
+@pytest.fixture(scope="session")
+def moto_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3]:
+    with moto_s3_server(tmp_path_factory.mktemp("moto") / "moto.log") as s3:
+        yield s3
