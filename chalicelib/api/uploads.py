@@ -102,7 +102,7 @@ def start(scope: Scope) -> Response:
     if digest_text is not None:
         digest = parse_digest(digest_text)
         _check_chunk_size(scope)
-        upload = repo.uploads.create(scope.ctx)
+        upload = repo.uploads.create(scope.ctx, keep_writer=True)
         try:
             upload.commit(scope.ctx, digest, request.body, request.content_length)
         except BaseException:

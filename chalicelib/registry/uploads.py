@@ -135,11 +135,15 @@ def copy_body(body: BinaryIO, length: Optional[int], writer: FileWriter, hasher:
 class BlobUpload:
     """One upload session of one repository."""
 
-    def __init__(self, uploads: "BlobUploads", upload_id: str, started_at: str, size: int):
+    def __init__(
+        self, uploads: "BlobUploads", upload_id: str, started_at: str, size: int,
+        writer: Optional[FileWriter] = None,
+    ):
         self._uploads = uploads
         self.id = upload_id
         self.started_at = started_at
         self.size = size
+        self._writer = writer  # the fresh writer create() left open, taken by the first write
 
     @property
     def _driver(self) -> StorageDriver:
@@ -212,10 +216,12 @@ class BlobUpload:
         Opening it is also the existence check: appending to a missing file is
         PathNotFoundError in every driver, so a PATCH or PUT needs no stat first.
         """
-        try:
-            writer = self._driver.writer(ctx, self._data_path, append=True)
-        except PathNotFoundError:
-            raise BlobUploadUnknownError(self.id) from None
+        writer, self._writer = self._writer, None
+        if writer is None:
+            try:
+                writer = self._driver.writer(ctx, self._data_path, append=True)
+            except PathNotFoundError:
+                raise BlobUploadUnknownError(self.id) from None
         self.size = writer.size
         if start is not None and start != self.size:
             writer.close()
@@ -298,12 +304,18 @@ class BlobUploads:
         self.blobs = blobs
         self.linked = linked
 
-    def create(self, ctx: Context) -> BlobUpload:
+    def create(self, ctx: Context, keep_writer: bool = False) -> BlobUpload:
+        """A new upload; `keep_writer` for one written at once (a single POST): its
+        first write or commit goes on with the fresh writer instead of closing it
+        and opening it again to append (an empty object and a HEAD, on S3)."""
         upload_id = str(uuid.uuid4())
         started_at = now_rfc3339()
         self.driver.put_content(ctx, paths.upload_started_at(self.name, upload_id), started_at.encode())
-        self.driver.writer(ctx, paths.upload_data(self.name, upload_id), append=False).close()
-        return BlobUpload(self, upload_id, started_at, 0)
+        writer = self.driver.writer(ctx, paths.upload_data(self.name, upload_id), append=False)
+        if not keep_writer:
+            writer.close()
+            writer = None
+        return BlobUpload(self, upload_id, started_at, 0, writer)
 
     def get(
         self, ctx: Context, upload_id: str, started_at: Optional[str] = None, stat: bool = True
