@@ -61,6 +61,21 @@ def test_missing_and_directories_are_not_found(driver: FilesystemDriver) -> None
             driver.reader(ctx, path)
 
 
+def test_stat_agrees(driver: FilesystemDriver) -> None:
+    ctx = Context()
+    driver.put_content(ctx, "/dir/file", b"12345")
+    info = driver.stat(ctx, "/dir/file")
+    assert (info.path, info.size, info.is_dir) == ("/dir/file", 5, False)
+    assert info.mod_time is not None and info.mod_time.tzinfo is not None
+    info = driver.stat(ctx, "/dir")
+    assert (info.path, info.size, info.is_dir) == ("/dir", 0, True)
+    for path in ("/nothing", "/dir/nothing", "/dir/file/below"):
+        with pytest.raises(PathNotFoundError):
+            driver.stat(ctx, path)
+    os.mkfifo(Path(driver.root_directory) / "dir" / "fifo")
+    assert not driver.stat(ctx, "/dir/fifo").is_dir  # stat never opens it for reading: no hang
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc")
 def test_refused_directory_leaves_no_open_descriptor(driver: FilesystemDriver) -> None:
     driver.put_content(Context(), "/dir/file", b"x")
@@ -81,4 +96,7 @@ def test_relative_symlink_climbing_out_is_refused(driver: FilesystemDriver, tmp_
         driver.get_content(Context(), "/up")
     with pytest.raises(InvalidPathError):
         driver.reader(Context(), "/up")
+    with pytest.raises(InvalidPathError):
+        driver.stat(Context(), "/up")
     assert driver.get_content(Context(), "/inside/f") == b"ok"  # relative, within the root
+    assert driver.stat(Context(), "/inside/f").size == 2

@@ -287,6 +287,7 @@ def test_os_errors_become_storage_errors(driver, ctx, monkeypatch) -> None:
 
     monkeypatch.setattr(os, "listdir", broken)
     monkeypatch.setattr(os, "stat", broken)
+    monkeypatch.setattr(os, "fstat", broken)  # stat() through openat2
     monkeypatch.setattr(os, "lstat", broken)
     for operation in (
         lambda: driver.list(ctx, "/"),
@@ -297,6 +298,7 @@ def test_os_errors_become_storage_errors(driver, ctx, monkeypatch) -> None:
         with pytest.raises(StorageError, match="Input/output error") as info:
             operation()
         assert type(info.value) is StorageError
+    monkeypatch.undo()  # before pytest's output capture, which calls os.fstat
 
 
 def test_write_errors_keep_size_honest(root: Path, ctx, monkeypatch) -> None:

@@ -46,6 +46,7 @@ _COMPONENTS_RE = re.compile(r"[A-Za-z0-9._-]+(?:/[A-Za-z0-9._-]+)*\Z")  # "/"-jo
 _TEMP_PREFIX = ".stratus~tmp~"
 _WRITE_FLAGS = os.O_WRONLY | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
 _DIRECT_OPEN_FLAGS = os.O_RDWR | getattr(os, "O_CLOEXEC", 0)
+_O_PATH = getattr(os, "O_PATH", 0)  # Linux, as is openat2, the only user
 _CREATE_ATTEMPTS = 3
 
 
@@ -194,20 +195,21 @@ class FilesystemDriver:
             raise InvalidPathError(NAME, path, "resolves outside the root directory")
         return full
 
-    def _open_beneath(self, path: str) -> Optional[int]:
-        """A read-only fd of path opened by openat2 beneath the root, or None to take
-        the realpath() route (openat2 unavailable, or the path goes through a symlink
-        it will not follow: an absolute one, even into the root, or a magic link)."""
+    def _open_beneath(self, path: str, flags: int = os.O_RDONLY) -> Optional[int]:
+        """An fd of path opened by openat2 beneath the root (read-only, or O_PATH for
+        stat), or None to take the realpath() route (openat2 unavailable, or the path
+        goes through a symlink it will not follow: an absolute one, even into the
+        root, or a magic link)."""
         global _openat2
         if _openat2 is None:
             _openat2 = _load_openat2()
         if _openat2 is False:
             return None
         check_path(NAME, path)
-        flags = os.O_RDONLY | os.O_CLOEXEC
+        flags |= os.O_CLOEXEC
         with _os_errors(path):
             # opened per call, so a root removed and made again is seen as it is now
-            root_fd = os.open(self.root_directory, os.O_PATH | os.O_DIRECTORY | flags)
+            root_fd = os.open(self.root_directory, _O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
                 try:
                     return _openat2(root_fd, path[1:].encode(), flags)
@@ -319,10 +321,17 @@ class FilesystemDriver:
         return _FileWriter(path, full, fd, size)
 
     def stat(self, ctx: Context, path: str) -> FileInfo:
-        full = self._full(path, allow_root=True)
+        # through openat2 like reads: realpath() costs an lstat per path component
+        # before the stat itself. O_PATH opens any file type without blocking.
+        fd = self._open_beneath(path, _O_PATH) if path != "/" else None
         with _os_errors(path):
+            if fd is not None:
+                try:
+                    return _info(path, os.fstat(fd))
+                finally:
+                    os.close(fd)
             try:
-                return _info(path, os.stat(full))
+                return _info(path, os.stat(self._full(path, allow_root=True)))
             except FileNotFoundError:
                 if path == "/":  # a root not created yet is an empty registry
                     return FileInfo(path="/", is_dir=True)
