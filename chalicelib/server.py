@@ -143,6 +143,18 @@ def _drain(environ: dict) -> None:
         return
 
 
+def _has_fd(file) -> bool:
+    """Whether file is backed by a descriptor sendfile can read. Every io stream has a
+    fileno attribute; a driver's stream over the network (S3, Azure, RADOS) raises
+    from it, and handing such a stream to the file wrapper made gunicorn read the
+    object to its end whatever the Range asked for."""
+    try:
+        file.fileno()
+    except (OSError, ValueError, AttributeError):  # io.UnsupportedOperation is both
+        return False
+    return True
+
+
 def wsgi_app(api: RegistryAPI) -> Callable:
     def application(environ: dict, start_response: Callable) -> Iterable[bytes]:
         response: Response = api.handle(_request_from_environ(environ))
@@ -157,7 +169,7 @@ def wsgi_app(api: RegistryAPI) -> Callable:
         if isinstance(body, FileBody):
             wrapper = environ.get("wsgi.file_wrapper")
             # sendfile sends to the file's end; the server stops at Content-Length
-            if wrapper is not None and hasattr(body.file, "fileno"):
+            if wrapper is not None and _has_fd(body.file):
                 return wrapper(body.file, _SENDFILE_BLOCK)
             return body.pieces(_STREAM_PIECE)
         if isinstance(body, (bytes, bytearray)):

@@ -140,3 +140,42 @@ def test_a_second_patch_while_a_chunk_is_being_written_is_refused_and_the_first_
     put = requests.put(f"{registry_url}{after.path}?{after.query}&digest={digest}", timeout=30)
     assert put.status_code == 201, put.text
     assert requests.get(f"{registry_url}/v2/body/racing/blobs/{digest}", timeout=30).content == chunk
+
+
+def test_only_files_with_a_descriptor_go_to_the_servers_file_wrapper(tmp_path) -> None:
+    import io
+
+    from chalicelib.api import FileBody, Response
+    from chalicelib.server import wsgi_app
+
+    class Api:
+        def __init__(self, file):
+            self.file = file
+
+        def handle(self, request):
+            return Response(200, [("Content-Length", "3")], FileBody(self.file, 3))
+
+    wrapped = []
+
+    def file_wrapper(file, block):
+        wrapped.append(file)
+        return iter([b"sendfile"])
+
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/v2/", "wsgi.input": io.BytesIO(),
+               "wsgi.file_wrapper": file_wrapper}
+    on_disk = tmp_path / "blob"
+    on_disk.write_bytes(b"abcdef")
+    with open(on_disk, "rb") as real:
+        assert list(wsgi_app(Api(real))(dict(environ), lambda *a: None)) == [b"sendfile"]
+    assert len(wrapped) == 1
+
+    class NetworkStream(io.RawIOBase):  # like the S3, Azure and RADOS readers
+        def readable(self):
+            return True
+
+        def readinto(self, buffer):
+            buffer[:3] = b"abc"
+            return 3
+
+    assert list(wsgi_app(Api(NetworkStream()))(dict(environ), lambda *a: None)) == [b"abc"]
+    assert len(wrapped) == 1  # streamed in pieces, up to Content-Length only
