@@ -7,6 +7,7 @@ binary (built from opencontainers/distribution-spec/conformance): it takes a whi
 """
 from __future__ import annotations
 
+import re
 import sys
 from typing import Iterator
 
@@ -67,4 +68,4 @@ def test_oci_conformance_suite_on_s3(s3_registry, tmp_path) -> None:
     url, _ = s3_registry
     done = run_oci_conformance(url, tmp_path)
     assert done.returncode == 0
-    assert " 0 Failed" in done.stdout or "0 Failed" in done.stdout
+    assert re.search(r"(?<!\d)0 Failed", done.stdout), done.stdout[-2000:]  # not "10 Failed"
