@@ -1,12 +1,13 @@
 #!/bin/sh
-# Installs the Debian packages and npm tools the tests meet for real: skopeo and
+# Installs the Debian packages and npm tools the tests meet for real: skopeo,
+# podman, docker.io (dockerd and containerd, started privately by the tests) and
 # umoci (clients), docker-registry (the reference registry), redis-server, wrk,
 # a Ceph cluster's daemons with python3-rados, and Azurite (npm, pinned in
 # package-lock.json). Only what is missing is installed, so reruns are quick.
 set -eu
 cd "$(dirname "$0")/.."
 
-PACKAGES="skopeo umoci docker-registry redis-server wrk ceph-mon ceph-osd ceph-mgr ceph-common python3-rados nodejs npm"
+PACKAGES="skopeo podman docker.io umoci docker-registry redis-server wrk ceph-mon ceph-osd ceph-mgr ceph-common python3-rados nodejs npm"
 missing=""
 for p in $PACKAGES; do
     case "$p" in
@@ -19,13 +20,15 @@ done
 if [ -n "$missing" ]; then
     if [ "$(id -u)" != 0 ]; then
         echo "install-system-deps: not root; tests needing$missing will skip" >&2
+        # CI must exercise every component: a missing one is a failure, not a skip
+        if [ "${CI:-}" = true ]; then exit 1; fi
     else
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
     fi
 fi
 # apt may have started services we start ourselves on free ports in the tests
-for svc in redis-server docker-registry; do
+for svc in redis-server docker-registry docker containerd; do
     if command -v systemctl >/dev/null 2>&1; then systemctl stop "$svc" >/dev/null 2>&1 || true; fi
 done
 if [ -f package-lock.json ] && command -v npm >/dev/null 2>&1 && [ ! -x node_modules/.bin/azurite ]; then
