@@ -310,8 +310,16 @@ class BlobUploads:
         and opening it again to append (an empty object and a HEAD, on S3)."""
         upload_id = str(uuid.uuid4())
         started_at = now_rfc3339()
-        self.driver.put_content(ctx, paths.upload_started_at(self.name, upload_id), started_at.encode())
-        writer = self.driver.writer(ctx, paths.upload_data(self.name, upload_id), append=False)
+        try:
+            self.driver.put_content(ctx, paths.upload_started_at(self.name, upload_id), started_at.encode())
+            writer = self.driver.writer(ctx, paths.upload_data(self.name, upload_id), append=False)
+        except BaseException:
+            # a full disk can fail either step: leave no upload behind that holds only startedat
+            try:
+                self.driver.delete(ctx, paths.upload_dir(self.name, upload_id))
+            except Exception as exc:  # PathNotFoundError when nothing was made; else purging finds it
+                log.debug("upload %s not removed after a failed start: %s", upload_id, exc)
+            raise
         if not keep_writer:
             writer.close()
             writer = None
