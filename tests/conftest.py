@@ -19,8 +19,10 @@ from typing import TYPE_CHECKING, Iterator, Optional
 
 import pytest
 
+from . import components, oci_conformance
 from .azurite import azurite  # noqa: F401  (a session fixture of the azure tests)
 from .moto_server import moto_s3  # noqa: F401  (a fixture the s3 backend requests)
+from .oci_conformance import oci_conformance_binary  # noqa: F401  (requires_conformance's fixture)
 from .servers import stratus_server
 
 if TYPE_CHECKING:
@@ -58,9 +60,7 @@ def _backend_environment(
     if backend == "rados":
         from .ceph_cluster import ceph_cluster, unavailable_reason
 
-        reason = unavailable_reason()
-        if reason:
-            pytest.skip(f"Ceph unavailable: {reason}")
+        components.require("Ceph", unavailable_reason())
         ceph = stack.enter_context(ceph_cluster(workspace / "ceph"))
         return {
             "REGISTRY_STORAGE": "rados",
@@ -104,4 +104,57 @@ def oci(registry_url: str) -> Iterator["Registry"]:
 
 def backend_only(*backends: str) -> Optional[pytest.MarkDecorator]:
     """Skip a test that inspects storage directly when the suite runs on another backend."""
-    return pytest.mark.skipif(BACKEND not in backends, reason=f"inspects {'/'.join(backends)} storage")
+    return components.not_applicable(BACKEND not in backends, f"inspects {'/'.join(backends)} storage")
+
+
+# -- missing components: a skip, or under CI=true a failure (tests/components.py) -----------------
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", f"{components.MARK}(component, missing): see tests/components.py")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """components.needs() marks: skip (fail under CI) before any fixture starts a server."""
+    for mark in item.iter_markers(components.MARK):
+        components.require(*mark.args)
+
+
+def _skip_message(report: pytest.CollectReport | pytest.TestReport) -> str:
+    longrepr = report.longrepr
+    return longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+
+
+def _fail_skip_under_ci(report: pytest.CollectReport | pytest.TestReport) -> None:
+    """Under CI=true a skip is a failure unless it is components.not_applicable(): a
+    skip that bypassed require() (a bare pytest.skip, a skipif mark) is caught here."""
+    if not (components.under_ci() and report.skipped and not hasattr(report, "wasxfail")):
+        return
+    message = _skip_message(report)
+    if not components.is_accepted_skip(message):
+        report.outcome = "failed"
+        report.longrepr = f"CI=true: skips are failures unless not applicable here; skipped with: {message}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    outcome = yield
+    _fail_skip_under_ci(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
+    outcome = yield
+    _fail_skip_under_ci(outcome.get_result())
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    """Every conformance run of this session, and a loud line when the suite is missing."""
+    write = terminalreporter.write_line
+    for result in oci_conformance.results:
+        write(result.line(), green=result.failed == 0, red=result.failed != 0)
+    if oci_conformance.not_run:
+        banner = "!" * 100
+        for line in (banner, f"OCI CONFORMANCE SUITE NOT RUN: {oci_conformance.not_run[0]}", banner):
+            write(line, red=True, bold=True)
