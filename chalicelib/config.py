@@ -133,6 +133,19 @@ class HTTPConfig:
     net: str = "tcp"  # tcp | unix
     draintimeout: float = 0.0  # seconds to drain connections on shutdown
     tls: dict[str, Any] = field(default_factory=dict)  # raw http.tls (certificate, key, ...)
+    timeouts: "HTTPTimeouts" = field(default_factory=lambda: HTTPTimeouts())  # http.timeout
+    # http.maxconcurrentuploads: requests with a body served at once; more get 503 + Retry-After
+    max_concurrent_uploads: int = 64
+
+
+@dataclass
+class HTTPTimeouts:
+    """http.timeout (`stratus serve`): each bounds a wait on one client, in seconds."""
+
+    readheader: float = 30.0  # for a request's line and headers, from its first byte or the connection's start
+    read: float = 60.0  # with no byte of a request body arriving
+    write: float = 60.0  # with a client taking no byte of a response
+    idle: float = 75.0  # for the next request on a keep-alive connection
 
 
 @dataclass
@@ -701,10 +714,22 @@ def _http(section: _Section) -> HTTPConfig:
         net=net,
         draintimeout=section.duration("draintimeout", 0.0),
         tls=copy.deepcopy(tls.mapping),
+        timeouts=_http_timeouts(section.section("timeout")),
+        max_concurrent_uploads=section.integer("maxconcurrentuploads", HTTPConfig.max_concurrent_uploads, minimum=1),
     )
     # secretparameter: read by bootstrap (an SSM or Secrets Manager name for http.secret)
     section.warn_unknown(known=("debug", "http2", "h2c", "secretparameter"))
     return config
+
+
+def _http_timeouts(section: _Section) -> HTTPTimeouts:
+    default = HTTPTimeouts()
+    timeouts = HTTPTimeouts(**{
+        key: section.duration(key, getattr(default, key), positive=True)
+        for key in ("readheader", "read", "write", "idle")
+    })
+    section.warn_unknown()
+    return timeouts
 
 
 def _is_absolute_url(url: str) -> bool:
