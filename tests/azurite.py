@@ -17,6 +17,7 @@ from typing import Any, Iterator, Optional
 
 import pytest
 
+from .components import require
 from .servers import ROOT, free_port, process
 
 # Azurite's well-known development account (documented, not a secret).
@@ -152,14 +153,16 @@ class FakeEntraCredential:
         return AccessTokenInfo(token.token, token.expires_on)
 
 
+NO_AZURITE = "Azurite is not installed (npm ci installs it; see package.json)"
+
+
 def available() -> bool:
     return AZURITE_BLOB.exists() and shutil.which("node") is not None
 
 
 def start_azurite(tmp_path_factory: pytest.TempPathFactory, oauth: bool = False) -> Iterator[Azurite]:
     """Body of a fixture: `yield from start_azurite(tmp_path_factory)`."""
-    if not available():
-        pytest.skip("Azurite is not installed (npm ci installs it; see package.json)")
+    require("Azurite", None if available() else NO_AZURITE)
     workspace = tmp_path_factory.mktemp("azurite-oauth" if oauth else "azurite") / "data"
     workspace.mkdir()
     with azurite_blob(workspace, oauth=oauth) as emulator:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
+from .components import require
 from .servers import free_port, stop
 
 DAEMONS = ("ceph-mon", "ceph-osd", "monmaptool", "ceph", "rados", "timeout")
@@ -71,7 +72,7 @@ client_mount_timeout = 30
 
 
 class CephUnavailable(RuntimeError):
-    """Ceph's daemons or the librados binding are missing: tests skip with this reason."""
+    """Ceph's daemons or the librados binding are missing (tests call require_ceph() first)."""
 
 
 @dataclass
@@ -104,6 +105,11 @@ def unavailable_reason() -> Optional[str]:
     except RadosUnavailableError as exc:
         return str(exc)
     return None
+
+
+def require_ceph() -> None:
+    """In a test or fixture: skip when Ceph is missing, or fail under CI=true."""
+    require("Ceph", unavailable_reason())
 
 
 def _run(argv: Sequence[str], timeout: int = COMMAND_TIMEOUT) -> str:

@@ -18,13 +18,15 @@ from typing import Iterator, Optional
 
 import pytest
 
+from .components import needs
+
 INDEX = "application/vnd.oci.image.index.v1+json"
 MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 BIG_LAYER_SIZE = 200 << 20
 
 missing = [tool for tool in ("skopeo", "umoci") if shutil.which(tool) is None]
-needs_tools = pytest.mark.skipif(
-    bool(missing), reason=f"needs {', '.join(missing)} (scripts/install-system-deps.sh)"
+needs_tools = needs(
+    "skopeo and umoci", f"{', '.join(missing)} not installed (scripts/install-system-deps.sh)" if missing else None
 )
 
 

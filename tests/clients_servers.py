@@ -10,21 +10,22 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Mapping, Optional, Sequence
 
-import pytest
 import requests
 
+from .components import needs
 from .servers import ROOT, free_port, process
 
 REFERENCE_REGISTRY = "/usr/bin/docker-registry"
 REFERENCE_SECRET = "reference-secret"  # its http.secret, which signs its upload `_state` tokens
 CHALICE = Path(sys.executable).parent / "chalice"
 
-needs_reference = pytest.mark.skipif(
-    not os.access(REFERENCE_REGISTRY, os.X_OK),
-    reason="needs Debian's docker-registry (scripts/install-system-deps.sh)",
+needs_reference = needs(
+    "the reference registry",
+    None if os.access(REFERENCE_REGISTRY, os.X_OK) else
+    f"no {REFERENCE_REGISTRY} (Debian's docker-registry; scripts/install-system-deps.sh)",
 )
-needs_chalice = pytest.mark.skipif(
-    not CHALICE.exists() and shutil.which("chalice") is None, reason="needs chalice (make venv)"
+needs_chalice = needs(
+    "chalice", None if CHALICE.exists() or shutil.which("chalice") else "not installed (make venv)"
 )
 
 

@@ -58,9 +58,9 @@ def _backend_environment(
         emulator = stack.enter_context(azurite_blob(workspace / "azurite"))
         return {**emulator.environment(emulator.new_container()), **NO_REDIRECT}
     if backend == "rados":
-        from .ceph_cluster import ceph_cluster, unavailable_reason
+        from .ceph_cluster import ceph_cluster, require_ceph
 
-        components.require("Ceph", unavailable_reason())
+        require_ceph()
         ceph = stack.enter_context(ceph_cluster(workspace / "ceph"))
         return {
             "REGISTRY_STORAGE": "rados",

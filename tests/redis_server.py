@@ -18,13 +18,14 @@ from typing import Iterator, Optional
 
 import pytest
 
+from .components import needs, require
 from .servers import free_port, stop, wait_for_port
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 HAVE_REDIS = os.access(REDIS_SERVER, os.X_OK)
 NO_REDIS = "redis-server is not installed (scripts/install-system-deps.sh)"
-requires_redis = pytest.mark.skipif(not HAVE_REDIS, reason=NO_REDIS)
+requires_redis = needs("redis-server", None if HAVE_REDIS else NO_REDIS)
 
 
 @dataclass(frozen=True)
@@ -154,9 +155,8 @@ def redis_server(
 
 @pytest.fixture(scope="module")
 def redis_srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """One server per test module (tests flush it); skips when redis-server is missing.
-    Import it into a test module to use it."""
-    if not HAVE_REDIS:
-        pytest.skip(NO_REDIS)
+    """One server per test module (tests flush it); skips when redis-server is missing
+    (fails under CI=true). Import it into a test module to use it."""
+    require("redis-server", None if HAVE_REDIS else NO_REDIS)
     with redis_server(tmp_path_factory.mktemp("redis")) as server:
         yield server

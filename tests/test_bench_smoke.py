@@ -10,13 +10,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+
+from .components import needs
 
 ROOT = Path(__file__).resolve().parent.parent
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("wrk") is None or shutil.which("docker-registry") is None,
-    reason="needs wrk and docker-registry (scripts/install-system-deps.sh)",
+_missing = [tool for tool in ("wrk", "docker-registry") if shutil.which(tool) is None]
+pytestmark = needs(
+    "wrk and docker-registry",
+    f"{', '.join(_missing)} not installed (scripts/install-system-deps.sh)" if _missing else None,
 )
 
 

@@ -18,10 +18,10 @@ import requests
 
 from chalicelib.cache.redis import blob_key, repository_blob_key
 
-from .redis_server import HAVE_REDIS, NO_REDIS, RedisServer, redis_server
+from .redis_server import RedisServer, redis_server, requires_redis
 from .servers import stratus_server
 
-pytestmark = pytest.mark.skipif(not HAVE_REDIS, reason=NO_REDIS)
+pytestmark = requires_redis
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 COMPARED_HEADERS = (

@@ -23,9 +23,9 @@ from chalicelib.descriptor import BlobDescriptor
 from chalicelib.digest import Digest
 from chalicelib.registry.errors import BlobUnknownError
 
-from .redis_server import HAVE_REDIS, NO_REDIS, RedisServer, redis_server
+from .redis_server import RedisServer, redis_server, requires_redis
 
-pytestmark = pytest.mark.skipif(not HAVE_REDIS, reason=NO_REDIS)
+pytestmark = requires_redis
 
 CTX = Context()
 LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"

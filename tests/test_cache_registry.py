@@ -26,6 +26,7 @@ from chalicelib.digest import Digest
 from chalicelib.registry import Registry
 from chalicelib.storage.filesystem import from_parameters as filesystem
 
+from .components import require
 from .redis_server import (  # noqa: F401  (redis_srv: a fixture)
     HAVE_REDIS,
     NO_REDIS,
@@ -142,8 +143,7 @@ def deployment(request, tmp_path) -> Iterator[Deployment]:
 @pytest.fixture
 def shared(tmp_path) -> Iterator[Deployment]:
     """Redis only: what one function instance caches, another serves."""
-    if not HAVE_REDIS:
-        pytest.skip(NO_REDIS)
+    require("redis-server", None if HAVE_REDIS else NO_REDIS)
     with redis_server(tmp_path / "redis") as server:
         dep = Deployment(tmp_path / "storage", "redis", server)
         yield dep
