@@ -23,8 +23,18 @@ if [ -n "$missing" ]; then
         # CI must exercise every component: a missing one is a failure, not a skip
         if [ "${CI:-}" = true ]; then exit 1; fi
     else
+        # set -e: a failed update or install stops the script (and `make test`) here
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+        # apt-get update can exit 0 after failed fetches; whatever is still missing now
+        # is an error, not a skip
+        for p in $missing; do
+            case "$p" in nodejs|npm) command -v "${p%js}" >/dev/null 2>&1 && continue ;; esac
+            if ! dpkg -s "$p" >/dev/null 2>&1; then
+                echo "install-system-deps: $p is still not installed after apt-get install" >&2
+                exit 1
+            fi
+        done
     fi
 fi
 # apt may have started services we start ourselves on free ports in the tests
@@ -33,4 +43,8 @@ for svc in redis-server docker-registry docker containerd; do
 done
 if [ -f package-lock.json ] && command -v npm >/dev/null 2>&1 && [ ! -x node_modules/.bin/azurite ]; then
     npm ci --no-audit --no-fund --silent
+fi
+if [ "${CI:-}" = true ] && [ ! -x node_modules/.bin/azurite-blob ]; then
+    echo "install-system-deps: Azurite is not installed (npm ci)" >&2
+    exit 1
 fi
