@@ -1,24 +1,30 @@
-"""Azure Functions HttpRequest/HttpResponse <-> api.http, for azure_func/function_app.py.
+"""Azure Functions requests and responses <-> api.http, for azure_func/function_app.py.
 
-The Functions host hands the Python worker the whole request body as bytes and
-takes the whole response body back, so bodies pass through unchanged and blob
-reads should stay redirected to Blob Storage (a SAS URL) rather than served here.
+Two ways a request reaches the function. Classic: the host buffers the body and
+hands the worker an azure.functions.HttpRequest holding it all, and takes a whole
+HttpResponse back (request_from_functions / response_to_functions). Streaming (the
+azurefunctions-extensions-http-fastapi package, with PYTHON_ENABLE_INIT_INDEXING=1):
+the host proxies the HTTP request to the worker's own HTTP server and the function
+gets a FastAPI Request whose body arrives as a stream and returns a response that
+may stream (request_from_stream / response_to_stream), so a layer of up to the
+host's limit passes through in bounded memory.
 The host refuses request bodies over its limit (100 MB unless the app setting
 FUNCTIONS_REQUEST_BODY_SIZE_LIMIT raises it), so the api advertises that as
 OCI-Chunk-Max-Length and answers a longer chunk with SIZE_INVALID.
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import io
 import logging
 import os
 import threading
-from typing import Any, Mapping, Optional
+from typing import Any, AsyncIterator, Iterator, Mapping, Optional
 from urllib.parse import unquote, urlsplit
 
 from .api import Headers, RegistryAPI, Request, Response
-from .api.http import parse_query
+from .api.http import FileBody, parse_query
 from .config import Config
 
 log = logging.getLogger("stratus.azurefunctions")
@@ -36,7 +42,12 @@ def body_limit(environ: Mapping[str, str] = os.environ) -> int:
 
 
 def with_platform_limits(config: Config, environ: Mapping[str, str] = os.environ) -> Config:
-    """config with http.chunkmaxlength no larger than a request the host accepts."""
+    """config with http.chunkmaxlength no larger than a request the host accepts, and
+    direct-to-storage uploads on unless storage.directupload.enabled says otherwise."""
+    direct = config.storage.directupload
+    if direct.enabled is None:
+        storage = dataclasses.replace(config.storage, directupload=dataclasses.replace(direct, enabled=True))
+        config = dataclasses.replace(config, storage=storage)
     limit = body_limit(environ)
     configured = config.http.chunk_max_length
     if configured is not None and configured <= limit:
@@ -90,6 +101,107 @@ def response_to_functions(response: Response, method: str) -> Any:
     return func.HttpResponse(body=body, status_code=response.status, headers=headers, mimetype=mimetype)
 
 
+class StreamBody(io.RawIOBase):
+    """A blocking file over the worker's async request stream, read by the api in a thread.
+
+    Each read waits for the next piece the event loop receives, so a body is never
+    held whole: at most one network read (uvicorn pauses the socket at 64 KiB
+    buffered) plus what the caller asked for is in memory.
+    """
+
+    def __init__(self, chunks: AsyncIterator[bytes], loop: asyncio.AbstractEventLoop):
+        self._chunks = chunks.__aiter__()
+        self._loop = loop
+        self._pending = memoryview(b"")
+        self._ended = False
+
+    def readable(self) -> bool:
+        return True
+
+    def _next_piece(self) -> bool:
+        async def next_chunk() -> Optional[bytes]:
+            try:
+                return await self._chunks.__anext__()
+            except StopAsyncIteration:
+                return None
+
+        piece = asyncio.run_coroutine_threadsafe(next_chunk(), self._loop).result()
+        if piece is None:
+            self._ended = True
+            return False
+        self._pending = memoryview(piece)
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._pending and not self._ended:
+            self._next_piece()
+        count = min(len(buffer), len(self._pending))
+        buffer[:count] = self._pending[:count]
+        self._pending = self._pending[count:]
+        return count
+
+    def read(self, size: Optional[int] = -1) -> bytes:
+        if size is None or size < 0:
+            return self.readall()
+        while not self._pending and not self._ended:
+            self._next_piece()
+        piece = bytes(self._pending[:size])
+        self._pending = self._pending[len(piece):]
+        return piece
+
+
+def request_from_stream(req: Any, loop: asyncio.AbstractEventLoop) -> Request:
+    """The api Request a FastAPI (starlette) Request from the worker's HTTP server describes.
+
+    The host forwards the request to the worker the way YARP's default transform does:
+    Host becomes the worker's own address, the client's Host, scheme and address
+    travel in X-Forwarded-Host, -Proto and -For."""
+    headers = Headers([(k, v) for k, v in req.headers.items()])
+    length_text = headers.get("content-length")
+    scheme = (headers.get("x-forwarded-proto") or req.url.scheme or "https").split(",")[0].strip()
+    host = (headers.get("x-forwarded-host") or headers.get("host") or req.url.netloc).split(",")[0].strip()
+    return Request(
+        method=req.method.upper(),
+        path=unquote(req.url.path) or "/",
+        query=parse_query(req.url.query),
+        headers=headers,
+        body=StreamBody(req.stream(), loop),
+        content_length=int(length_text) if length_text and length_text.isdigit() else None,
+        base_url=f"{scheme}://{host}",
+        remote_addr=(headers.get("x-forwarded-for") or "").split(",")[0].strip(),
+    )
+
+
+def _pieces(body: Any) -> Iterator[bytes]:
+    if isinstance(body, FileBody):
+        return body.pieces(1 << 20)
+    return iter(body)
+
+
+def response_to_stream(response: Response, method: str) -> Any:
+    """A starlette Response for the worker's HTTP server: bytes as they are, anything
+    else (a blob served without redirect) streamed piece by piece."""
+    from starlette.responses import Response as PlainResponse
+    from starlette.responses import StreamingResponse
+
+    head = method.upper() == "HEAD"
+    headers = list(response.headers)
+    body = response.body
+    if head or isinstance(body, (bytes, bytearray)):
+        if head and hasattr(body, "close"):
+            body.close()
+        content = b"" if head else bytes(body)
+        out = PlainResponse(content=content, status_code=response.status)
+        if not head:  # the bytes sent are what counts, whatever the api computed
+            headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+            headers.append(("Content-Length", str(len(content))))
+    else:
+        out = StreamingResponse(_pieces(body), status_code=response.status)
+    # raw headers keep repeated names (several Link or WWW-Authenticate values)
+    out.raw_headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+    return out
+
+
 class FunctionsRegistry:
     """The registry api for one Functions worker process, built on its first request.
 
@@ -129,8 +241,18 @@ class FunctionsRegistry:
         return build_api(self.config)
 
     def handle(self, req: Any) -> Any:
+        """Classic: an azure.functions.HttpRequest in, an HttpResponse out."""
         request = request_from_functions(req)
         return response_to_functions(self.api.handle(request), request.method)
+
+    async def handle_stream(self, req: Any) -> Any:
+        """Streaming: a FastAPI Request in, a starlette Response out.
+
+        The api is synchronous and blocks on storage, so it runs in a thread while
+        the event loop keeps receiving the body it reads."""
+        request = request_from_stream(req, asyncio.get_running_loop())
+        response = await asyncio.to_thread(lambda: self.api.handle(request))
+        return response_to_stream(response, request.method)
 
     def purge_uploads(self) -> list[str]:
         """Remove uploads older than storage.maintenance.uploadpurging.age (timer trigger)."""
