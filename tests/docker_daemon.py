@@ -8,6 +8,8 @@ the private socket through `DOCKER_HOST` and keeps `docker login` credentials in
 private `DOCKER_CONFIG`. Images are made with `docker import` of a tarball built
 here, so no registry outside the machine is needed.
 
+    from .docker_daemon import docker_daemon_fixture  # noqa: F401  (the fixture `docker_daemon`)
+
     def test_push(docker_daemon, stratus):
         image = docker_daemon.image_with_layer(8)         # ImportedImage(tag, id, diff_id, ...)
         ref = docker_daemon.tag(image, f"{host}/team/app:v1")
@@ -19,6 +21,7 @@ however the test ends. docker treats registries on 127.0.0.0/8 as insecure, so
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import mmap
 import os
@@ -28,13 +31,14 @@ import socket
 import subprocess
 import tarfile
 import tempfile
+import threading
 import time
 import uuid
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from hashlib import sha256
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
 
 import pytest
 
@@ -44,10 +48,11 @@ CONTAINERD = "/usr/bin/containerd"
 # (these machines also carry a newer static CLI in /usr/local/bin).
 DOCKER_CLI = "/usr/bin/docker" if os.access("/usr/bin/docker", os.X_OK) else (shutil.which("docker") or "docker")
 START_TIMEOUT = 60.0
+PR_SET_PDEATHSIG = 1
 MiB = 1 << 20
 
 
-def unavailable_reason() -> Optional[str]:
+def unavailable_reason() -> str | None:
     """Why a private docker daemon cannot be started here, or None."""
     missing = [path for path in (DOCKERD, CONTAINERD, DOCKER_CLI) if not os.access(path, os.X_OK)]
     if missing:
@@ -158,11 +163,18 @@ def _wait(ready, proc: subprocess.Popen, what: str, log: Path, timeout: float = 
     raise RuntimeError(f"{what} not ready after {timeout:.0f}s; its log ({log}):\n{_tail(log)}")
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the test process dies, even by SIGKILL."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def _spawn(argv: list[str], log: Path) -> subprocess.Popen:
+    # the death signal follows the thread that forks: only the main thread lives as long as the run
+    on_death = _die_with_parent if threading.current_thread() is threading.main_thread() else None
     with open(log, "wb") as out:
         # a session of its own: stopped as a process group, never by name
         return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env=_daemon_env())
+                                start_new_session=True, env=_daemon_env(), preexec_fn=on_death)
 
 
 def _daemon_env() -> dict[str, str]:
@@ -232,20 +244,20 @@ class DockerDaemon:
     def host(self) -> str:
         return f"unix://{self.socket}"
 
-    def env(self, config_dir: Optional[Path] = None) -> dict[str, str]:
+    def env(self, config_dir: Path | None = None) -> dict[str, str]:
         """The environment for a docker CLI talking to this daemon (and no other)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
         env.update(DOCKER_HOST=self.host, DOCKER_CONFIG=str(config_dir or self.config_dir))
         return env
 
-    def run(self, *args: str, input: Optional[str] = None, timeout: float = 240,
-            config_dir: Optional[Path] = None) -> subprocess.CompletedProcess:
+    def run(self, *args: str, input: str | None = None, timeout: float = 240,
+            config_dir: Path | None = None) -> subprocess.CompletedProcess:
         """The docker CLI with args; returns the finished process whatever its exit status."""
         return subprocess.run([DOCKER_CLI, *args], input=input, capture_output=True, text=True,
-                              timeout=timeout, env=self.env(config_dir))
+                              timeout=timeout, env=self.env(config_dir), check=False)
 
-    def docker(self, *args: str, input: Optional[str] = None, timeout: float = 240,
-               config_dir: Optional[Path] = None) -> str:
+    def docker(self, *args: str, input: str | None = None, timeout: float = 240,
+               config_dir: Path | None = None) -> str:
         """The docker CLI with args; its stdout, or AssertionError with its output and the daemon's log."""
         done = self.run(*args, input=input, timeout=timeout, config_dir=config_dir)
         if done.returncode != 0:
@@ -257,7 +269,7 @@ class DockerDaemon:
 
     # -- images --------------------------------------------------------------------
 
-    def image_with_layer(self, size_mib: float, name: Optional[str] = None) -> ImportedImage:
+    def image_with_layer(self, size_mib: float, name: str | None = None) -> ImportedImage:
         """`docker import` of a one-layer rootfs holding size_mib MiB of random bytes
         (plus a small marker file), so every call makes a new image."""
         nonce = uuid.uuid4().hex[:12]
@@ -275,7 +287,7 @@ class DockerDaemon:
         self.docker("tag", image.tag if isinstance(image, ImportedImage) else image, ref)
         return ref
 
-    def inspect(self, ref: str) -> Optional[dict]:
+    def inspect(self, ref: str) -> dict | None:
         """`docker image inspect` of ref, or None when the daemon has no such image."""
         done = self.run("image", "inspect", ref)
         if done.returncode != 0:
@@ -305,11 +317,11 @@ class DockerDaemon:
         (directory / "config.json").write_text(json.dumps({"auths": {}}))
         return directory
 
-    def login(self, registry: str, user: str, password: str, config_dir: Optional[Path] = None) -> str:
+    def login(self, registry: str, user: str, password: str, config_dir: Path | None = None) -> str:
         return self.docker("login", "--username", user, "--password-stdin", registry,
                            input=password, timeout=60, config_dir=config_dir)
 
-    def logout(self, registry: str, config_dir: Optional[Path] = None) -> None:
+    def logout(self, registry: str, config_dir: Path | None = None) -> None:
         self.run("logout", registry, timeout=60, config_dir=config_dir)
 
 
@@ -365,6 +377,9 @@ def docker_daemon_running(workdir: Path) -> Iterator[DockerDaemon]:
 
         containerd_root = workdir / "containerd"
         containerd_root.mkdir(exist_ok=True)
+        # layers are whole copies under vfs: drop them once both daemons have stopped (logs stay)
+        for bulky in (workdir / "data-root", containerd_root / "root", workdir / "layers"):
+            stack.callback(shutil.rmtree, bulky, ignore_errors=True)
         (sockets / "containerd").mkdir(exist_ok=True)
         containerd_socket = sockets / "containerd" / "containerd.sock"
         config = _containerd_config(containerd_root, sockets / "containerd")
@@ -406,8 +421,8 @@ def docker_daemon_running(workdir: Path) -> Iterator[DockerDaemon]:
 _DAEMON = pytest.StashKey[DockerDaemon]()
 
 
-@pytest.fixture(scope="session")
-def docker_daemon(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> DockerDaemon:
+@pytest.fixture(scope="session", name="docker_daemon")
+def docker_daemon_fixture(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> DockerDaemon:
     """One private docker daemon for the whole session, whichever modules import this fixture.
 
     Skips when docker is missing (fails under CI=true). Kept in the config's stash, so

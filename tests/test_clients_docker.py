@@ -12,14 +12,14 @@ import gzip
 import hashlib
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional
 
 import pytest
 import requests
 import yaml
 
-from .docker_daemon import MiB, DockerDaemon, ImportedImage, docker_daemon  # noqa: F401 (fixture)
+from .docker_daemon import DockerDaemon, ImportedImage, MiB, docker_daemon_fixture  # noqa: F401 (docker_daemon)
 from .servers import stratus_server
 from .test_auth_htpasswd import PASSWORD, htpasswd_file
 from .token_issuer import TokenIssuer
@@ -41,7 +41,7 @@ def pushed_digest(output: str) -> str:
     return found.group(1)
 
 
-def manifest(url: str, name: str, reference: str, auth: Optional[tuple[str, str]] = None) -> tuple[dict, str]:
+def manifest(url: str, name: str, reference: str, auth: tuple[str, str] | None = None) -> tuple[dict, str]:
     """The stored manifest and its Docker-Content-Digest, read over HTTP as a client would."""
     response = requests.get(f"{url}/v2/{name}/manifests/{reference}", timeout=30, auth=auth,
                             headers={"Accept": f"{DOCKER_MANIFEST}, {OCI_MANIFEST}"})
@@ -64,7 +64,7 @@ def file_digest(path: Path, opener=open) -> str:
 
 
 def push_then_pull_back(daemon: DockerDaemon, image: ImportedImage, ref: str,
-                        config_dir: Optional[Path] = None) -> str:
+                        config_dir: Path | None = None) -> str:
     """Push ref, remove it and its layer from the daemon, pull it again; returns the manifest digest."""
     daemon.tag(image, ref)
     digest = pushed_digest(daemon.docker("push", ref, timeout=600, config_dir=config_dir))
@@ -155,7 +155,7 @@ def htpasswd_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tupl
         yield url, root
 
 
-def stored_auth(config_dir: Path, host: str) -> Optional[str]:
+def stored_auth(config_dir: Path, host: str) -> str | None:
     """The user:password `docker login` saved for host in config.json, if any."""
     entry = json.loads((config_dir / "config.json").read_text()).get("auths", {}).get(host)
     return base64.b64decode(entry["auth"]).decode() if entry and entry.get("auth") else None
