@@ -368,8 +368,12 @@ class _Bytes:
 
 
 @contextmanager
-def docker_daemon_running(workdir: Path) -> Iterator[DockerDaemon]:
-    """containerd and dockerd, private to workdir, until the block ends."""
+def docker_daemon_running(workdir: Path, settings: dict | None = None) -> Iterator[DockerDaemon]:
+    """containerd and dockerd, private to workdir, until the block ends; settings go into
+    its daemon.json (e.g. {"insecure-registries": ["10.0.0.5:5000"]} for a registry off loopback).
+
+    The session fixture shares one daemon; this gives a test a daemon of its own, e.g. to
+    pull into a state that has never seen the image."""
     workdir.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
         sockets = _short_dir(workdir, stack)
@@ -389,9 +393,9 @@ def docker_daemon_running(workdir: Path) -> Iterator[DockerDaemon]:
         _wait(lambda: _connects(containerd_socket), containerd, "containerd", containerd_log)
 
         daemon_json = workdir / "daemon.json"
-        settings: dict = {}
+        settings = dict(settings or {})
         if _dockerd_knows_key_path():
-            settings["deprecated-key-path"] = str(workdir / "key.json")
+            settings.setdefault("deprecated-key-path", str(workdir / "key.json"))
         daemon_json.write_text(json.dumps(settings))
         docker_socket = sockets / "docker.sock"
         log = workdir / "dockerd.log"

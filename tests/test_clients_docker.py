@@ -19,7 +19,8 @@ import pytest
 import requests
 import yaml
 
-from .docker_daemon import DockerDaemon, ImportedImage, MiB, docker_daemon_fixture  # noqa: F401 (docker_daemon)
+from .docker_daemon import docker_daemon_fixture  # noqa: F401  (the fixture `docker_daemon`)
+from .docker_daemon import DockerDaemon, ImportedImage, MiB, docker_daemon_running
 from .servers import stratus_server
 from .test_auth_htpasswd import PASSWORD, htpasswd_file
 from .token_issuer import TokenIssuer
@@ -131,6 +132,21 @@ def test_docker_pull_by_digest_and_a_second_tag(docker_daemon: DockerDaemon, ope
     docker_daemon.docker("pull", f"{host}/docker/small@{digest}")
     assert docker_daemon.image_id(f"{host}/docker/small@{digest}") == image.id
     docker_daemon.rmi(f"{host}/docker/small@{digest}")
+
+
+def test_a_fresh_docker_daemon_pulls_what_another_pushed(docker_daemon: DockerDaemon, open_registry,
+                                                          tmp_path: Path) -> None:
+    url, root = open_registry
+    image = docker_daemon.image_with_layer(3)
+    ref = docker_daemon.tag(image, f"{registry_host(url)}/docker/shared:v1")
+    digest = pushed_digest(docker_daemon.docker("push", ref))
+    docker_daemon.rmi(ref, image.tag)
+    with docker_daemon_running(tmp_path / "fresh") as fresh:
+        assert fresh.inspect(image.id) is None
+        fresh.docker("pull", ref)
+        assert fresh.image_id(ref) == image.id
+        assert fresh.diff_ids(ref) == [image.diff_id]
+        assert f"{registry_host(url)}/docker/shared@{digest}" in fresh.inspect(ref)["RepoDigests"]
 
 
 def test_docker_pull_of_an_unknown_tag_is_not_found(docker_daemon: DockerDaemon, open_registry) -> None:
