@@ -12,6 +12,7 @@ import gzip
 import hashlib
 import json
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -85,6 +86,7 @@ def open_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[st
     root.mkdir()
     with stratus_server(root) as url:
         yield url, root
+    shutil.rmtree(root, ignore_errors=True)  # hundreds of MiB; pytest keeps its last temp dirs
 
 
 # -- push and pull ------------------------------------------------------------------------
@@ -132,6 +134,23 @@ def test_docker_pull_by_digest_and_a_second_tag(docker_daemon: DockerDaemon, ope
     docker_daemon.docker("pull", f"{host}/docker/small@{digest}")
     assert docker_daemon.image_id(f"{host}/docker/small@{digest}") == image.id
     docker_daemon.rmi(f"{host}/docker/small@{digest}")
+
+
+def test_docker_mounts_a_layer_from_another_repository(docker_daemon: DockerDaemon, open_registry) -> None:
+    url, root = open_registry
+    host = registry_host(url)
+    image = docker_daemon.image_with_layer(1)
+    first = docker_daemon.tag(image, f"{host}/docker/first:v1")
+    docker_daemon.docker("push", first)
+    second = docker_daemon.tag(image, f"{host}/docker/second:v1")
+    output = docker_daemon.docker("push", second)
+    # docker asks for a cross-repository mount of the layer it pushed to docker/first
+    assert "Mounted from docker/first" in output, output
+    stored, _ = manifest(url, "docker/second", "v1")
+    [layer] = stored["layers"]
+    link = root / "docker/registry/v2/repositories/docker/second/_layers/sha256" / layer["digest"][7:] / "link"
+    assert link.read_text() == layer["digest"]
+    docker_daemon.rmi(first, second, image.tag)
 
 
 def test_a_fresh_docker_daemon_pulls_what_another_pushed(docker_daemon: DockerDaemon, open_registry,
