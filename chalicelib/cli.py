@@ -91,6 +91,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     gc.add_argument("--dry-run", action="store_true")
     gc.add_argument("--delete-untagged", "-m", action="store_true", help="also delete untagged manifests")
     gc.set_defaults(func=cmd_gc)
+    from .relay.cli import add_relay_command
+
+    add_relay_command(commands)
     args = parser.parse_args(argv)
     args.func(args)
 
