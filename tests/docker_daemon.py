@@ -10,10 +10,13 @@ here, so no registry outside the machine is needed.
 
     from .docker_daemon import docker_daemon_fixture  # noqa: F401  (the fixture `docker_daemon`)
 
-    def test_push(docker_daemon, stratus):
-        image = docker_daemon.image_with_layer(8)         # ImportedImage(tag, id, diff_id, ...)
-        ref = docker_daemon.tag(image, f"{host}/team/app:v1")
-        docker_daemon.docker("push", ref)
+    def test_push(docker_daemon, registry_url):
+        image = docker_daemon.image_with_layer(8)         # ImportedImage(tag, id, diff_id, size)
+        ref = docker_daemon.tag(image, f"{registry_url.split('://')[1]}/team/app:v1")
+        docker_daemon.docker("push", ref)                 # stdout, or AssertionError with dockerd's log
+        docker_daemon.rmi(ref, image.tag)
+        docker_daemon.docker("pull", ref)
+        assert docker_daemon.image_id(ref) == image.id
 
 Both daemons are stopped by pid, with their process groups and any descendants,
 however the test ends. docker treats registries on 127.0.0.0/8 as insecure, so
