@@ -29,7 +29,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     purging = config.storage.upload_purging
     if purging.enabled and not config.storage.readonly:
         start_upload_purger(api.registry.driver, purging.age, purging.interval, purging.dryrun)
-    serve(api, addr, workers=args.workers)
+    serve(api, addr, workers=args.workers, http=config.http)
 
 
 def _driver(config):

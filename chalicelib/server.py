@@ -12,10 +12,13 @@ from __future__ import annotations
 import logging
 import os
 from http import HTTPStatus
-from typing import Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Callable, Iterable, Optional
 
 from .api import FileBody, Headers, RegistryAPI, Request, Response
 from .api.http import parse_query
+
+if TYPE_CHECKING:
+    from .config import HTTPConfig
 
 log = logging.getLogger("stratus.server")
 
@@ -179,19 +182,51 @@ def wsgi_app(api: RegistryAPI) -> Callable:
     return application
 
 
-SERVERS = ("granian", "gunicorn")
+SERVERS = ("uvicorn", "granian", "gunicorn")
 # Measured on 2 cores: one granian worker (its HTTP work runs on Rust threads) stays
 # far under 150 MB during a 1 GiB push; two reached ~140 MB for a small gain.
-DEFAULT_WORKERS = {"granian": 1, "gunicorn": 2}
+DEFAULT_WORKERS = {"uvicorn": 1, "granian": 1, "gunicorn": 2}
 
 
-def serve(api: RegistryAPI, addr: str, workers: Optional[int] = None, threads: int = 8) -> None:
-    """Serve the api (already built) on addr with the server STRATUS_SERVER names."""
+def serve(
+    api: RegistryAPI, addr: str, workers: Optional[int] = None, threads: int = 8, http: Optional[HTTPConfig] = None,
+) -> None:
+    """Serve the api (already built) on addr with the server STRATUS_SERVER names.
+
+    `http` brings http.timeout and http.maxconcurrentuploads (read from the
+    environment's configuration when not given)."""
     name = (os.environ.get("STRATUS_SERVER") or SERVERS[0]).strip().lower()
     if name not in SERVERS:
         raise SystemExit(f"STRATUS_SERVER: expected one of {', '.join(SERVERS)}, got {name!r}")
     workers = workers or int(os.environ.get("STRATUS_WORKERS") or DEFAULT_WORKERS[name])
-    (_serve_granian if name == "granian" else _serve_gunicorn)(api, addr, workers, threads)
+    http = http or _http_config()
+    if name == "uvicorn":
+        _serve_uvicorn(api, addr, workers, threads, http)
+    elif name == "granian":
+        _serve_granian(api, addr, workers, threads, http)
+    else:
+        _serve_gunicorn(api, addr, workers, threads, http)
+
+
+def _http_config() -> HTTPConfig:
+    from .config import load_config
+
+    return load_config().http
+
+
+def _serve_uvicorn(api: RegistryAPI, addr: str, workers: int, threads: int, http: HTTPConfig) -> None:
+    """The api as an ASGI app (asgi.py) on uvicorn with timeouts (server_uvicorn.py):
+    no thread waits on a client's socket, see docs/benchmarks.md for the measurements."""
+    from . import server_uvicorn
+    from .asgi import ASGIApp, Limits
+
+    host, port = _split_addr(addr)
+    timeouts = http.timeouts
+    app = ASGIApp(api, Limits(read_timeout=timeouts.read, max_uploads=http.max_concurrent_uploads, threads=threads))
+    sock = server_uvicorn.listen(host, port)
+    log.info("stratus listening on %s:%d (uvicorn, %d worker(s) x %d threads, %d uploads)",
+             host, port, workers, threads, http.max_concurrent_uploads)
+    server_uvicorn.run(app, sock, workers, timeouts, _access_log())
 
 
 def _access_log() -> Optional[str]:
@@ -236,10 +271,11 @@ def _without_process_headers(app: Callable) -> Callable:
     return application
 
 
-def _serve_granian(api: RegistryAPI, addr: str, workers: int, threads: int) -> None:
+def _serve_granian(api: RegistryAPI, addr: str, workers: int, threads: int, http: HTTPConfig) -> None:
     global _APP
     from granian import Granian
     from granian.constants import HTTPModes, Interfaces
+    from granian.http import HTTP1Settings
     from granian.log import LogLevels
 
     host, port = _split_addr(addr)
@@ -251,6 +287,7 @@ def _serve_granian(api: RegistryAPI, addr: str, workers: int, threads: int) -> N
         port=port,
         interface=Interfaces.WSGI,
         http=HTTPModes.http1,
+        http1_settings=HTTP1Settings(header_read_timeout=int(http.timeouts.readheader * 1000)),
         workers=workers,
         blocking_threads=threads,
         log_level=LogLevels.warning,
@@ -260,7 +297,7 @@ def _serve_granian(api: RegistryAPI, addr: str, workers: int, threads: int) -> N
     server.serve(target_loader=_granian_app)
 
 
-def _serve_gunicorn(api: RegistryAPI, addr: str, workers: int, threads: int) -> None:
+def _serve_gunicorn(api: RegistryAPI, addr: str, workers: int, threads: int, http: HTTPConfig) -> None:
     """Run gunicorn in this process with the api already built (preloaded)."""
     from gunicorn.app.base import BaseApplication
 
@@ -272,7 +309,7 @@ def _serve_gunicorn(api: RegistryAPI, addr: str, workers: int, threads: int) -> 
         "workers": workers,
         "threads": threads,
         "worker_class": "gthread",
-        "keepalive": 75,
+        "keepalive": max(1, round(http.timeouts.idle)),
         # large pushes stream for minutes; a stalled client is cut by the OS, not a timer
         "timeout": 0,
         "accesslog": _access_log(),

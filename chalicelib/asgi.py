@@ -1,0 +1,306 @@
+"""The api as an ASGI app: sockets are waited on by the event loop, never by a thread.
+
+The api is synchronous (storage calls block), so each request's handler runs on a
+bounded thread pool, but only once there is something to do: a request with a
+body is handed to a thread after its first bytes arrived, and every wait on the
+client after that is bounded by a timeout (http.timeout.read for the body,
+http.timeout.write for a response the client stopped taking, enforced by the
+server's protocol, see server_uvicorn.py). A response body is read from storage
+on the pool piece by piece and sent from the loop, so a client that reads slowly
+holds one piece of memory and no thread.
+
+Requests with a body (uploads, manifest PUTs) run on a pool of their own, at most
+http.maxconcurrentuploads at once; one more is answered 503 with Retry-After and
+an OCI error body at once instead of waiting in a queue, and requests without a
+body (pulls, HEADs, GET /v2/) never wait behind uploads.
+"""
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from .api import FileBody, Headers, RegistryAPI, Request, Response
+from .api.errors import error_response
+from .api.http import parse_query
+
+log = logging.getLogger("stratus.server")
+
+# Blob bytes go out in pieces of this size: big enough that the thread hop per piece
+# costs little (~1600 hops/s at 1.6 GB/s), small enough to hold per slow reader.
+_PIECE = 1 << 20
+# What is left of a body the handler did not read (a 401, an upload refused before
+# its chunk was read) is read and dropped up to this much, so the client, still
+# sending, can read the answer; beyond it the connection is closed after the answer.
+_DRAIN_LIMIT = 8 << 20
+# A request target longer than this, or with more query parameters, gets 414 with an
+# OCI error body (no endpoint takes more than a handful of parameters).
+MAX_TARGET = (64 << 10) - 1  # httptools parses no longer URL
+MAX_QUERY_PARAMS = 1000
+RETRY_AFTER_SECONDS = 2
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one worker allows itself; defaults as in config.HTTPTimeouts."""
+
+    read_timeout: float = 60.0  # seconds without a byte of a request body
+    max_uploads: int = 64  # requests with a body handled at once
+    threads: int = 8  # threads for requests without a body (and for reading responses)
+
+
+class _Body:
+    """A request body read by a handler thread while the event loop receives it.
+
+    The loop receives only while the handler waits for bytes (or before it starts
+    and after it returns), so the buffer is never touched by two threads at once
+    and holds at most one read's worth. A body that sends nothing for
+    `read_timeout` reads as ended: the handler sees a short body, as when a client
+    leaves mid-chunk, and the connection is closed after the answer.
+    """
+
+    def __init__(self, receive: Callable, loop: asyncio.AbstractEventLoop, read_timeout: float):
+        self._receive = receive
+        self._loop = loop
+        self._timeout = read_timeout
+        self._pieces: deque = deque()
+        self._buffered = 0
+        self._more = True
+        self.timed_out = False
+        self.disconnected = False
+
+    @property
+    def complete(self) -> bool:
+        """Whether the whole body arrived (and nothing of it is left unread)."""
+        return not self._more and not self.timed_out and not self.disconnected
+
+    async def _fill(self) -> None:
+        try:
+            message = await asyncio.wait_for(self._receive(), self._timeout)
+        except asyncio.TimeoutError:
+            self.timed_out = True
+            self._more = False
+            return
+        if message["type"] == "http.disconnect":
+            self.disconnected = True
+            self._more = False
+            return
+        piece = message.get("body", b"")
+        if piece:
+            self._pieces.append(piece)
+            self._buffered += len(piece)
+        self._more = bool(message.get("more_body", False))
+
+    async def prefetch(self) -> None:
+        """Wait (on the loop) for the first bytes, so no thread waits for them."""
+        while self._more and not self._buffered:
+            await self._fill()
+
+    async def _read(self, size: int) -> bytes:
+        while self._more and self._buffered < size:
+            await self._fill()
+        return self._take(size)
+
+    def _take(self, size: int) -> bytes:
+        if self._pieces and len(self._pieces[0]) == size:
+            self._buffered -= size
+            return self._pieces.popleft()
+        out = []
+        left = size
+        while left and self._pieces:
+            piece = self._pieces.popleft()
+            if len(piece) > left:
+                self._pieces.appendleft(piece[left:])
+                piece = piece[:left]
+            out.append(piece)
+            left -= len(piece)
+        taken = size - left
+        self._buffered -= taken
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to `size` bytes (all when negative); b"" at the end. Called on a handler thread."""
+        if size is None or size < 0:
+            parts = []
+            while True:
+                piece = self.read(_PIECE)
+                if not piece:
+                    return b"".join(parts)
+                parts.append(piece)
+        if size == 0:
+            return b""
+        if self._buffered >= size or not self._more:
+            return self._take(size)
+        return asyncio.run_coroutine_threadsafe(self._read(size), self._loop).result()
+
+    async def drain(self, limit: int) -> None:
+        """Read and drop what the handler left, up to `limit` bytes."""
+        self._pieces.clear()
+        dropped, self._buffered = self._buffered, 0
+        while self._more and dropped <= limit:
+            await self._fill()
+            dropped += self._buffered
+            self._pieces.clear()
+            self._buffered = 0
+
+
+def _request(scope: dict, body: Any, content_length: Optional[int]) -> Request:
+    headers = Headers((k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"])
+    host = headers.get("host")
+    if not host:
+        server = scope.get("server") or ("localhost", 80)
+        host = f"{server[0]}:{server[1]}"
+    client = scope.get("client") or ("", 0)
+    return Request(
+        method=scope["method"].upper(),
+        path=scope["path"],
+        query=parse_query(scope.get("query_string", b"").decode("latin-1")),
+        headers=headers,
+        body=body,
+        content_length=content_length,
+        base_url=f"{scope.get('scheme', 'http')}://{host}",
+        remote_addr=client[0] or "",
+    )
+
+
+def _body_framing(scope: dict) -> tuple[Optional[int], bool]:
+    """(Content-Length or None, whether a body follows)."""
+    length: Optional[int] = None
+    chunked = False
+    for key, value in scope["headers"]:
+        if key == b"content-length":
+            try:
+                length = int(value)
+            except ValueError:
+                length = None
+        elif key == b"transfer-encoding" and b"chunked" in value.lower():
+            chunked = True
+    if chunked:
+        return None, True
+    return length, bool(length)
+
+
+def _too_long(scope: dict) -> bool:
+    query = scope.get("query_string", b"")
+    return len(scope.get("raw_path") or b"") + len(query) > MAX_TARGET or query.count(b"&") >= MAX_QUERY_PARAMS
+
+
+class ASGIApp:
+    """The api behind ASGI 3, with its own bounded pools (made lazily: safe to fork)."""
+
+    def __init__(self, api: RegistryAPI, limits: Limits = Limits()):
+        self.api = api
+        self.limits = limits
+        self._pool: Optional[ThreadPoolExecutor] = None
+        self._upload_pool: Optional[ThreadPoolExecutor] = None
+        self.uploads = 0  # requests with a body being handled now (read on the loop only)
+
+    def _pools(self) -> tuple[ThreadPoolExecutor, ThreadPoolExecutor]:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.limits.threads, thread_name_prefix="stratus")
+            self._upload_pool = ThreadPoolExecutor(self.limits.max_uploads, thread_name_prefix="stratus-upload")
+        return self._pool, self._upload_pool  # type: ignore[return-value]
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+        elif scope["type"] == "http":
+            await self._http(scope, receive, send)
+
+    async def _http(self, scope: dict, receive: Callable, send: Callable) -> None:
+        loop = asyncio.get_running_loop()
+        pool, upload_pool = self._pools()
+        transport = scope.get("stratus.transport")  # set by server_uvicorn's protocol
+        length, has_body = _body_framing(scope)
+        if _too_long(scope):
+            response = error_response(
+                "UNSUPPORTED", "request target too long",
+                {"max_length": MAX_TARGET, "max_parameters": MAX_QUERY_PARAMS}, status=414,
+            )
+            await _send(loop, pool, send, scope, response, close=has_body, transport=transport)
+            return
+        if not has_body:
+            request = _request(scope, io.BytesIO(), length)
+            response = await loop.run_in_executor(pool, self.api.handle, request)
+            await _send(loop, pool, send, scope, response, close=False, transport=transport)
+            return
+        if self.uploads >= self.limits.max_uploads:
+            response = error_response(
+                "UNAVAILABLE", "too many uploads in progress; retry later",
+                {"max_concurrent_uploads": self.limits.max_uploads}, status=503,
+                headers=[("Retry-After", str(RETRY_AFTER_SECONDS))],
+            )
+            # the body is not read: close after the answer rather than read it all
+            await _send(loop, pool, send, scope, response, close=True, transport=transport)
+            return
+        body = _Body(receive, loop, self.limits.read_timeout)
+        self.uploads += 1
+        try:
+            await body.prefetch()
+            if body.disconnected:
+                return  # nobody to answer
+            if body.timed_out:
+                response = error_response(
+                    "BLOB_UPLOAD_INVALID", "no request body arrived in time",
+                    {"timeout_seconds": self.limits.read_timeout}, status=408,
+                )
+                await _send(loop, pool, send, scope, response, close=True, transport=transport)
+                return
+            request = _request(scope, body, length)
+            response = await loop.run_in_executor(upload_pool, self.api.handle, request)
+            await body.drain(_DRAIN_LIMIT)
+        finally:
+            self.uploads -= 1
+        await _send(loop, pool, send, scope, response, close=not body.complete, transport=transport)
+
+
+async def _lifespan(receive: Callable, send: Callable) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def _gone(transport: Any) -> bool:
+    return transport is not None and transport.is_closing()
+
+
+async def _send(
+    loop: asyncio.AbstractEventLoop, pool: ThreadPoolExecutor, send: Callable, scope: dict,
+    response: Response, close: bool, transport: Any,
+) -> None:
+    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    body = response.body
+    if scope["method"].upper() == "HEAD":
+        # a HEAD keeps the GET's headers (Content-Length) but never a body, even an error's
+        if isinstance(body, FileBody):
+            await loop.run_in_executor(pool, body.close)
+        await send({"type": "http.response.body", "body": b""})
+        return
+    if isinstance(body, (bytes, bytearray)):
+        await send({"type": "http.response.body", "body": bytes(body)})
+        return
+    pieces = body.pieces(_PIECE) if isinstance(body, FileBody) else iter(body)
+    try:
+        while not _gone(transport):
+            piece = await loop.run_in_executor(pool, next, pieces, None)
+            if piece is None:
+                await send({"type": "http.response.body", "body": b""})
+                return
+            # waits while the client is not reading; the server's write timeout ends that
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
+    finally:
+        close_pieces = getattr(pieces, "close", None)
+        if close_pieces is not None:
+            await loop.run_in_executor(pool, close_pieces)
+

@@ -1,0 +1,222 @@
+"""`stratus serve` on uvicorn (httptools), with the timeouts uvicorn lacks.
+
+uvicorn parses HTTP with httptools (llhttp, C) on one event loop, and bounds only
+the idle time between requests. A client can otherwise hold a connection forever
+by sending half a request line, and a response to a client that stopped reading
+waits forever (asyncio's close() waits for the buffer to drain). The protocol here
+adds, per connection:
+
+- readheader: a request's line and headers must arrive within it, counted from the
+  connection's start or the request's first byte; at most MAX_HEADER_BYTES of them.
+- write: while the socket's send buffer stays full for this long, the connection
+  is aborted (reset), which ends the response being sent.
+- idle: uvicorn's keep-alive timeout.
+
+The body timeout (read) is the app's (asgi.py), which receives the body.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+from http import HTTPStatus
+from asyncio import TimerHandle
+from typing import Any, Optional
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from .api.errors import error_body
+from .asgi import MAX_TARGET
+
+log = logging.getLogger("stratus.server")
+
+MAX_HEADER_BYTES = 1 << 20  # as Go's net/http (http.DefaultMaxHeaderBytes)
+
+
+class TimeoutProtocol(HttpToolsProtocol):
+    """HttpToolsProtocol with header and write timeouts; set the class attributes first."""
+
+    header_timeout: float = 30.0
+    write_timeout: float = 60.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._header_timer: Optional[TimerHandle] = None
+        self._write_timer: Optional[TimerHandle] = None
+        self._header_bytes: Optional[int] = None  # counting while a request's head arrives
+        self._refused = False
+
+    def _arm_header_timer(self) -> None:
+        self._cancel_header_timer()
+        self._header_timer = self.loop.call_later(self.header_timeout, self._abort, "header")
+        self._header_bytes = 0
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+        self._header_bytes = None
+
+    def _abort(self, why: str) -> None:
+        log.debug("closing a connection from %s: %s timeout", self.client, why)
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.abort()
+
+    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_header_timer()
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        self._cancel_header_timer()
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if self._header_bytes is not None:
+            self._header_bytes += len(data)
+            if self._header_bytes > MAX_HEADER_BYTES + (64 << 10):
+                self._refuse_431()
+                return
+        super().data_received(data)
+
+    def _refuse(self, status: int, message: str, detail: Any = None) -> None:
+        """Answer with an OCI error body before the app sees the request, and close."""
+        if self._refused:
+            return
+        self._refused = True  # what the parser and the client do next is ignored
+        body = error_body("UNSUPPORTED", message, detail)
+        self._cancel_header_timer()
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+            b"connection: close\r\n\r\n%s" % (status, HTTPStatus(status).phrase.encode(), len(body), body)
+        )
+        self.transport.close()
+
+    def _refuse_431(self) -> None:
+        self._refuse(431, "request headers too large", {"max_bytes": MAX_HEADER_BYTES})
+
+    def send_400_response(self, msg: str) -> None:
+        self._refuse(400, msg)
+
+    def eof_received(self) -> Optional[bool]:
+        """A client that half-closes mid-body (it sent all it will) still gets its answer:
+        the body ends short, the handler answers (400 for a short chunk), then the
+        connection closes. A half-close between requests closes it now."""
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete or self._header_bytes is not None:
+            return None
+        cycle.keep_alive = False
+        cycle.more_body = False
+        cycle.message_event.set()
+        return True
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.scope["stratus.transport"] = self.transport  # type: ignore[typeddict-unknown-key]
+        if self._header_timer is None:
+            self._arm_header_timer()
+
+    def on_headers_complete(self) -> None:
+        self._cancel_header_timer()
+        if len(self.url) > MAX_TARGET:  # httptools cannot parse it; asgi.py refuses shorter ones
+            self._refuse(414, "request target too long", {"max_length": MAX_TARGET})
+            return
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        # a pipelined request may have begun already; else the keep-alive timer runs
+        # until the next one's first byte (on_message_begin arms the header timer)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._write_timer is None:
+            self._write_timer = self.loop.call_later(self.write_timeout, self._abort, "write")
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+
+
+def protocol_class(header_timeout: float, write_timeout: float) -> type:
+    return type("StratusHTTPProtocol", (TimeoutProtocol,),
+                {"header_timeout": header_timeout, "write_timeout": write_timeout})
+
+
+def listen(host: str, port: int, backlog: int = 2048) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(backlog)
+    sock.set_inheritable(True)
+    return sock
+
+
+def run(app: Any, sock: socket.socket, workers: int, timeouts: Any, access_log: Optional[str]) -> None:
+    """Serve app on sock in `workers` processes forked from this one (the api built once)."""
+    import uvicorn
+
+    config = uvicorn.Config(
+        app,
+        http=protocol_class(timeouts.readheader, timeouts.write),
+        ws="none",
+        lifespan="off",
+        interface="asgi3",
+        loop="asyncio",
+        timeout_keep_alive=max(1, round(timeouts.idle)),
+        access_log=bool(access_log),
+        log_config=None,
+        log_level="warning",
+        server_header=False,
+        backlog=2048,
+    )
+    if access_log and access_log != "-":
+        handler = logging.FileHandler(access_log)
+        access = logging.getLogger("uvicorn.access")
+        access.addHandler(handler)
+        access.propagate = False
+    if access_log:
+        logging.getLogger("uvicorn.access").setLevel(logging.INFO)
+    if workers <= 1:
+        uvicorn.Server(config).run(sockets=[sock])
+        return
+    children = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:  # a worker: serve until told to stop
+            code = 0
+            try:
+                uvicorn.Server(config).run(sockets=[sock])
+            except BaseException:
+                log.exception("worker failed")
+                code = 1
+            finally:
+                os._exit(code)
+        children.append(pid)
+
+    def forward(signum: int, frame: Any) -> None:
+        for child in children:
+            try:
+                os.kill(child, signum)
+            except ProcessLookupError:
+                pass
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, forward)
+    for child in children:
+        while True:
+            try:
+                os.waitpid(child, 0)
+                break
+            except ChildProcessError:
+                break
+            except InterruptedError:
+                continue
