@@ -53,22 +53,59 @@ def cmd_purge_uploads(args: argparse.Namespace) -> None:
     print(f"{len(removed)} upload(s) {'would be ' if args.dry_run else ''}removed", file=sys.stderr)
 
 
+def _gc_grace(args: argparse.Namespace, config) -> float:
+    """--grace, else storage.maintenance.gc.graceperiod, else the default (1h)."""
+    from .config import ConfigError, parse_duration
+    from .registry.maintenance import DEFAULT_GRACE
+
+    if args.grace is not None:
+        text, where = args.grace, "--grace"
+    else:
+        section = config.raw.get("storage", {}).get("maintenance", {}) or {}
+        text = (section.get("gc") or {}).get("graceperiod") if isinstance(section, dict) else None
+        where = "storage.maintenance.gc.graceperiod"
+        if text is None:
+            return DEFAULT_GRACE
+    try:
+        grace = parse_duration(text) if isinstance(text, str) else float(text)
+    except (ConfigError, ValueError, TypeError) as exc:
+        sys.exit(f"stratus: {where}: expected a duration such as 1h or 30m, got {text!r} ({exc})")
+    if grace < 0:
+        sys.exit(f"stratus: {where}: must not be negative")
+    return grace
+
+
 def cmd_gc(args: argparse.Namespace) -> None:
     from .bootstrap import build_cache
     from .context import background
-    from .registry.maintenance import collect_garbage
+    from .registry.maintenance import GCError, collect_garbage, recover
 
     config = _load(args.config)
-    report = collect_garbage(
-        background(), _driver(config), dry_run=args.dry_run, remove_untagged=args.delete_untagged,
-        cache=build_cache(config),
-    )
+    if args.recover:
+        restored = recover(background(), _driver(config))
+        for digest in restored:
+            print(f"blob put back: {digest}")
+        print(f"{len(restored)} blob(s) put back", file=sys.stderr)
+        return
+    try:
+        report = collect_garbage(
+            background(), _driver(config), dry_run=args.dry_run, remove_untagged=args.delete_untagged,
+            cache=build_cache(config), grace=_gc_grace(args, config),
+        )
+    except GCError as exc:
+        sys.exit(f"stratus gc: {exc}; nothing unproven was deleted")
     verb = "would delete" if args.dry_run else "deleted"
     for name in report.manifests_deleted:
         print(f"manifest {verb}: {name}")
     for digest in report.deleted:
         print(f"blob {verb}: {digest}")
-    print(f"{len(report.marked)} blob(s) marked, {len(report.deleted)} {verb}", file=sys.stderr)
+    print(
+        f"{report.manifests_marked} manifest(s) and {len(report.marked)} blob(s) marked in "
+        f"{report.repositories} repositories; {len(report.manifests_deleted)} manifest(s) and "
+        f"{len(report.deleted)} blob(s) {verb}; {len(report.kept_young)} unreferenced blob(s) inside "
+        f"the grace period; {len(report.rescued)} found in use on the re-check",
+        file=sys.stderr,
+    )
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -85,11 +122,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     purge.add_argument("--dry-run", action="store_true")
     purge.set_defaults(func=cmd_purge_uploads)
     gc = commands.add_parser(
-        "garbage-collect", aliases=["gc"], help="delete blobs no manifest references (run read-only)"
+        "garbage-collect", aliases=["gc"], help="delete blobs no manifest references (safe while serving)"
     )
     gc.add_argument("--config", "-c")
-    gc.add_argument("--dry-run", action="store_true")
+    gc.add_argument("--dry-run", action="store_true", help="print the plan, delete nothing")
     gc.add_argument("--delete-untagged", "-m", action="store_true", help="also delete untagged manifests")
+    gc.add_argument(
+        "--grace", help="Go duration: never delete what is younger (default storage.maintenance.gc.graceperiod, 1h)"
+    )
+    gc.add_argument("--recover", action="store_true", help="put back blobs an interrupted gc moved aside")
     gc.set_defaults(func=cmd_gc)
     from .relay.cli import add_relay_command
 

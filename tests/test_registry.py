@@ -309,10 +309,10 @@ def test_garbage_collection_keeps_referenced_blobs_only(registry):
     repo = registry.repository("r")
     repo.manifests.put(CTX, image_manifest(registry, "r", [b"kept"]), OCI_MANIFEST, tag="v1")
     orphan = push_blob(registry, "r", b"orphan")
-    report = collect_garbage(CTX, registry.driver, dry_run=True)
+    report = collect_garbage(CTX, registry.driver, dry_run=True, grace=0)
     assert report.deleted == [orphan]
     assert registry.blobs.stat(CTX, orphan).size == 6  # now cached
-    collect_garbage(CTX, registry.driver, cache=registry.cache)
+    collect_garbage(CTX, registry.driver, cache=registry.cache, grace=0)
     with pytest.raises(BlobUnknownError):
         registry.blobs.stat(CTX, orphan)
     with pytest.raises(BlobUnknownError):
@@ -334,7 +334,7 @@ def test_garbage_collection_removes_untagged_manifests_unless_an_index_or_subjec
     referrer_digest, _ = repo.manifests.put(CTX, image_manifest(registry, "r", [b"sbom"], subject=subject), OCI_MANIFEST)
     untagged_digest, _ = repo.manifests.put(CTX, image_manifest(registry, "r", [b"untagged layer"]), OCI_MANIFEST)
 
-    report = collect_garbage(CTX, registry.driver, remove_untagged=True, cache=registry.cache)
+    report = collect_garbage(CTX, registry.driver, remove_untagged=True, cache=registry.cache, grace=0)
 
     assert report.manifests_deleted == [f"r@{untagged_digest}"]
     assert Digest.from_bytes(b"untagged layer") in report.deleted

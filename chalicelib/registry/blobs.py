@@ -20,6 +20,12 @@ from .errors import BlobUnknownError
 
 LinkPath = Callable[[str, str, str], str]  # (repository name, algorithm, hex) -> path
 
+# Garbage collection's own folder beside blobs/ and repositories/ (registry:2 ignores
+# it). The marker exists while a sweep moves blobs aside: a writer of a reference
+# that sees it checks the referenced data in storage (see registry.maintenance).
+GC_DIR = f"{paths.ROOT}/_gc"
+SWEEP_MARKER = f"{GC_DIR}/sweeping"
+
 
 def blob_path(digest: Digest) -> str:
     return paths.blob_data(digest.algorithm.value, digest.hex)

@@ -2,36 +2,53 @@
 from __future__ import annotations
 
 import bisect
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 from ..context import Context
-from ..storage import StorageDriver, StorageError, paths
+from ..storage import PathNotFoundError, StorageDriver, StorageError, paths
 
 
-def repositories(ctx: Context, driver: StorageDriver, marker: str = "_manifests") -> list[str]:
-    """Every repository name holding the folder `marker`, sorted.
+def repositories(
+    ctx: Context, driver: StorageDriver, marker: Union[str, tuple[str, ...]] = "_manifests", strict: bool = False
+) -> list[str]:
+    """Every repository name holding the folder `marker` (or any of several), sorted.
 
     Found by listing directories breadth first; components starting with `_` are
     the layout's own folders, never names. Names are sorted at the end because a
     walk's order is not lexical ('a-b' < 'a/b').
+
+    `strict` (garbage collection): a listing that fails for any reason but the
+    directory being gone, or being a file, raises instead of leaving the names
+    below it out; a repository missing from the mark would have its blobs swept.
     """
     prefix = paths.REPOSITORIES + "/"
-    names: list[str] = []
+    markers = (marker,) if isinstance(marker, str) else marker
+    names: set[str] = set()
     pending = [paths.REPOSITORIES]
     while pending:
         path = pending.pop()
         try:
             children = driver.list(ctx, path)
-        except StorageError:  # gone meanwhile, or a stray file
+        except PathNotFoundError:  # gone meanwhile
             continue
+        except StorageError:
+            if strict and not _is_file(ctx, driver, path):
+                raise
+            continue  # a stray file
         for child in children:
             leaf = child.rsplit("/", 1)[1]
-            if leaf == marker and path != paths.REPOSITORIES:
-                names.append(path[len(prefix):])
+            if leaf in markers and path != paths.REPOSITORIES:
+                names.add(path[len(prefix):])
             elif not leaf.startswith("_"):
                 pending.append(child)
-    names.sort()
-    return names
+    return sorted(names)
+
+
+def _is_file(ctx: Context, driver: StorageDriver, path: str) -> bool:
+    try:
+        return not driver.stat(ctx, path).is_dir
+    except PathNotFoundError:
+        return True  # gone: nothing below it to miss
 
 
 def page(names: Sequence[str], n: Optional[int], last: Optional[str]) -> tuple[list[str], bool]:

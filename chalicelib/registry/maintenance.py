@@ -1,7 +1,7 @@
 """Upload purging and garbage collection over the storage layout.
 
 Both walk repositories by listing, so they work on every driver and on trees
-written by registry:2.
+written by registry:2. Garbage collection runs online: see the protocol below.
 """
 from __future__ import annotations
 
@@ -16,10 +16,8 @@ from ..context import Context
 from ..digest import Digest, DigestError
 from ..storage import PathNotFoundError, StorageDriver, StorageError, paths
 from . import catalog
-from .blobs import blob_path
-from .manifest_types import parse_manifest, media_type_of
-from .errors import ManifestInvalidError
-from .tags import TagStore
+from .blobs import GC_DIR, SWEEP_MARKER, blob_path
+from .referrers import ReferrersIndex
 
 log = logging.getLogger("stratus.maintenance")
 
@@ -69,122 +67,509 @@ def purge_uploads(
     return removed
 
 
+# -- garbage collection ----------------------------------------------------------------
+#
+# Mark: every repository's revisions are read, and every digest they name by any
+# field is marked (lenient: `references`). Any error while marking stops the run
+# before anything is deleted: a manifest not read is a manifest whose blobs would
+# be swept (the reference stops with "failed to mark" too).
+#
+# Plan: every blob not marked, older than the grace period, and linked into no
+# repository within the grace period, is a candidate. The plan is logged, and a dry
+# run ends here.
+#
+# Sweep, online: pushes and pulls go on meanwhile. The protocol is a handshake in
+# storage between the collector and every writer of a reference (manifest PUT, blob
+# link), each writing before it reads what the other writes:
+#
+#   collector: write the sweep marker; move each candidate's data aside (quarantine);
+#              then list every repository again, marking manifests and young layer
+#              links it did not see before; put back what is now marked, delete the rest.
+#   writer:    write the reference (revision link, layer link); then read the marker;
+#              if it is there, stat the referenced data in storage (never a cache):
+#              missing means the reference is refused (or, for a manifest's own
+#              body, written again).
+#
+# Either the writer's read of the marker comes before the marker was written, and
+# then its reference was written before the collector's second listing, which sees
+# it and puts the blob back; or the writer sees the marker and checks the data after
+# writing its reference: if the data was there, it was there before the quarantine
+# (so the second listing sees the reference) or it was put back. A reference is
+# therefore never accepted onto data that is then deleted. The grace period is
+# what keeps blobs of uploads just completed (not yet named by a manifest) out of
+# the candidates: a blob's data and its layer links both carry the time of the
+# upload's commit (a filesystem rename keeps the time of the last chunk, which is
+# why the layer link's time counts too).
+#
+# Caches: each swept digest is cleared from the shared (Redis) descriptor cache
+# before its data moves and again after it is deleted; in-process caches never
+# answer existence (cache.base), so there is nothing in them to clear.
+
+DEFAULT_GRACE = 3600.0  # storage.maintenance.gc.graceperiod
+QUARANTINE = f"{GC_DIR}/quarantine"
+
+
+class GCError(Exception):
+    """Garbage collection stopped; nothing it could not prove unused was deleted.
+
+    `phase` is "mark" when it stopped before changing anything, "sweep" when it
+    stopped after deleting some of what it planned (and put back every blob it had
+    moved aside).
+    """
+
+    phase = "mark"
+
+
 @dataclass
 class GCReport:
+    dry_run: bool = False
+    repositories: int = 0
+    manifests_marked: int = 0
     marked: set = field(default_factory=set)
-    deleted: list = field(default_factory=list)
-    manifests_deleted: list = field(default_factory=list)
+    deleted: list = field(default_factory=list)  # blob digests swept (or planned, on a dry run)
+    manifests_deleted: list = field(default_factory=list)  # "<name>@<digest>"
+    kept_young: list = field(default_factory=list)  # unreferenced, inside the grace period
+    rescued: list = field(default_factory=list)  # planned, found in use when re-checked
 
 
-def _list_digests(ctx: Context, driver: StorageDriver, directory: str) -> list[Digest]:
-    """Digests under <directory>/<alg>/<hex>/link."""
-    found = []
+def references(body: bytes) -> set[Digest]:
+    """Every digest a manifest names, read leniently from its JSON.
+
+    Not the push-time parser: a manifest it refuses (schema1 written by registry:2,
+    an unknown media type, a missing field) still has its blobs marked. Fields:
+    config, layers, blobs (artifact manifest), manifests, subject, and schema1's
+    fsLayers[].blobSum.
+    """
     try:
-        algorithms = driver.list(ctx, directory)
-    except StorageError:
-        return found
-    for alg_dir in algorithms:
-        try:
-            entries = driver.list(ctx, alg_dir)
-        except StorageError:
-            continue
-        for entry in entries:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return set()
+    if not isinstance(doc, dict):
+        return set()
+    found: set[Digest] = set()
+
+    def add(value: object, key: str = "digest") -> None:
+        if isinstance(value, dict) and isinstance(value.get(key), str):
             try:
-                found.append(Digest.parse(f"{alg_dir.rsplit('/', 1)[1]}:{entry.rsplit('/', 1)[1]}"))
+                found.add(Digest.parse(value[key]))
             except DigestError:
-                continue
+                pass
+
+    add(doc.get("config"))
+    add(doc.get("subject"))
+    for listed in ("layers", "blobs", "manifests"):
+        items = doc.get(listed)
+        for item in items if isinstance(items, list) else []:
+            add(item)
+    fs_layers = doc.get("fsLayers")
+    for item in fs_layers if isinstance(fs_layers, list) else []:
+        add(item, "blobSum")
     return found
 
 
-def collect_garbage(
-    ctx: Context, driver: StorageDriver, dry_run: bool = False, remove_untagged: bool = False,
-    cache: Optional[BlobDescriptorService] = None,
-) -> GCReport:
-    """Mark every blob a manifest of any repository references, sweep the rest.
-
-    Run it with the registry read-only (storage.maintenance.readonly): a blob
-    uploaded but not yet referenced by a manifest is indistinguishable from garbage.
-    Each swept blob is cleared from the descriptor cache the servers share, so
-    none of them goes on reporting it present.
-    """
-    report = GCReport()
-    for name in catalog.repositories(ctx, driver):
-        tagged: Optional[set] = None
-        children: Optional[set] = None  # digests the tagged indexes name, read once when first needed
-        if remove_untagged:
-            tags = TagStore(driver, name)
-            tagged = set()
-            for tag in tags.all(ctx):
-                try:
-                    tagged.add(tags.get(ctx, tag))
-                except Exception:
-                    continue
-        revisions = _list_digests(ctx, driver, paths.manifest_revisions(name))
-        for digest in revisions:
-            try:
-                body = driver.get_content(ctx, blob_path(digest))
-            except StorageError:
-                continue
-            try:
-                manifest = parse_manifest(body, media_type_of(body))
-            except ManifestInvalidError:
-                manifest = None
-            keep = (
-                tagged is None
-                or digest in tagged
-                or (manifest is not None and manifest.subject is not None and manifest.subject.digest in tagged)
-            )
-            if not keep:
-                if children is None:
-                    children = _index_children(ctx, driver, tagged)
-                keep = str(digest) in children
-            if not keep:
-                report.manifests_deleted.append(f"{name}@{digest}")
-                if not dry_run:
-                    driver.delete(ctx, paths.manifest_revision_link(name, digest.algorithm.value, digest.hex).rsplit("/", 1)[0])
-                continue
-            report.marked.add(digest)
-            if manifest is not None:
-                for descriptor in manifest.blobs + manifest.manifests:
-                    report.marked.add(descriptor.digest)
-    for info in list(_walk_blobs(ctx, driver)):
-        if info not in report.marked:
-            report.deleted.append(info)
-            if not dry_run:
-                try:
-                    driver.delete(ctx, blob_path(info).rsplit("/", 1)[0])
-                except PathNotFoundError:
-                    pass
-                if cache is not None:
-                    cache.clear(ctx, info)
-    return report
+def _quarantine_path(digest: Digest) -> str:
+    return f"{QUARANTINE}/{digest.algorithm.value}/{digest.hex}/data"
 
 
-def _index_children(ctx: Context, driver: StorageDriver, tagged: set) -> set:
-    """The digests the tagged indexes of a repository name: an untagged manifest they name stays."""
-    children = set()
-    for parent in tagged:
-        try:
-            body = driver.get_content(ctx, blob_path(parent))
-            doc = json.loads(body)
-        except (StorageError, ValueError):
+def _blob_dir(digest: Digest) -> str:
+    return blob_path(digest).rsplit("/", 1)[0]
+
+
+def _failed(what: str, exc: Exception) -> GCError:
+    return GCError(f"failed to mark: {what}: {exc}")
+
+
+def _links(ctx: Context, driver: StorageDriver, directory: str, what: str) -> dict[Digest, Optional[datetime]]:
+    """Digest -> mod time of each <directory>/<alg>/<hex>/link; an error is a GCError."""
+    try:
+        entries = list(driver.walk(ctx, directory))
+    except PathNotFoundError:
+        return {}
+    except StorageError as exc:
+        raise _failed(f"listing {what}", exc) from exc
+    found: dict[Digest, Optional[datetime]] = {}
+    for info in entries:
+        if info.is_dir or not info.path.endswith("/link"):
             continue
-        for child in doc.get("manifests", []) if isinstance(doc, dict) else []:
-            if isinstance(child, dict) and isinstance(child.get("digest"), str):
-                children.add(child["digest"])
-    return children
+        parts = info.path.split("/")
+        try:
+            found[Digest.parse(f"{parts[-3]}:{parts[-2]}")] = info.mod_time
+        except (DigestError, IndexError):
+            continue
+    return found
 
 
-def _walk_blobs(ctx: Context, driver: StorageDriver):
+def _tagged(ctx: Context, driver: StorageDriver, name: str) -> set[Digest]:
+    """The digests the tags of `name` point at now; an error is a GCError."""
+    try:
+        tags = driver.list(ctx, paths.tags(name))
+    except PathNotFoundError:
+        return set()
+    except StorageError as exc:
+        raise _failed(f"listing the tags of {name}", exc) from exc
+    found = set()
+    for tag_dir in tags:
+        tag = tag_dir.rsplit("/", 1)[1]
+        try:
+            link = driver.get_content(ctx, paths.tag_current_link(name, tag))
+        except PathNotFoundError:
+            continue  # untagged meanwhile, or an index/ without current/
+        except StorageError as exc:
+            raise _failed(f"reading tag {name}:{tag}", exc) from exc
+        try:
+            found.add(Digest.parse(link.decode("utf-8", "replace").strip()))
+        except DigestError:
+            log.warning("gc: tag %s:%s has a corrupt link; ignored", name, tag)
+    return found
+
+
+def _read_manifest(ctx: Context, driver: StorageDriver, name: str, digest: Digest) -> bytes:
+    for path in (blob_path(digest), _quarantine_path(digest)):
+        try:
+            return driver.get_content(ctx, path)
+        except PathNotFoundError:
+            continue  # the second place: moved aside by this very sweep
+        except StorageError as exc:
+            raise _failed(f"reading manifest {name}@{digest}", exc) from exc
+    raise GCError(f"failed to mark: manifest {name}@{digest} is linked but its data is missing")
+
+
+def _young(when: Optional[datetime], cutoff: datetime) -> bool:
+    """Younger than the cutoff; an unknown time counts as young (kept)."""
+    if when is None:
+        return True
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when >= cutoff
+
+
+@dataclass
+class _Repository:
+    name: str
+    revisions: dict  # Digest -> link mod time
+    layers: dict  # Digest -> link mod time
+    refs: dict  # revision Digest -> set of Digest it names
+    subjects: dict = field(default_factory=dict)  # revision Digest -> its subject's Digest
+    deletable: set = field(default_factory=set)
+
+
+def _kept_revisions(repo: _Repository, tagged: set, cutoff: datetime) -> set:
+    """With remove_untagged: tagged manifests, what they name (index children,
+    referrers of them), and manifests inside the grace period."""
+    keep = {d for d in repo.revisions if d in tagged or _young(repo.revisions[d], cutoff)}
+    changed = True
+    while changed:
+        changed = False
+        for digest, refs in repo.refs.items():
+            if digest in keep:
+                grown = (refs & repo.revisions.keys()) - keep  # children of a kept index
+                if grown:
+                    keep |= grown
+                    changed = True
+            elif repo.subjects.get(digest) in keep:  # a referrer of a kept manifest
+                keep.add(digest)
+                changed = True
+    return keep
+
+
+def _subject_of(body: bytes) -> Optional[Digest]:
+    try:
+        doc = json.loads(body)
+        return Digest.parse(doc["subject"]["digest"])
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError, DigestError):
+        return None
+
+
+def _mark_repository(
+    ctx: Context, driver: StorageDriver, name: str, remove_untagged: bool, cutoff: datetime,
+) -> _Repository:
+    revisions = _links(ctx, driver, paths.manifest_revisions(name), f"the manifests of {name}")
+    layers = _links(ctx, driver, paths.layers(name), f"the layers of {name}")
+    repo = _Repository(name, revisions, layers, {})
+    for digest in revisions:
+        body = _read_manifest(ctx, driver, name, digest)
+        repo.refs[digest] = references(body)
+        subject = _subject_of(body)
+        if subject is not None:
+            repo.subjects[digest] = subject
+    if remove_untagged:
+        repo.deletable = set(revisions) - _kept_revisions(repo, _tagged(ctx, driver, name), cutoff)
+    return repo
+
+
+def _repositories(ctx: Context, driver: StorageDriver) -> list[str]:
+    try:
+        # _layers too: a repository whose first push has no manifest yet has young links
+        return catalog.repositories(ctx, driver, marker=("_manifests", "_layers"), strict=True)
+    except StorageError as exc:
+        raise _failed("listing repositories", exc) from exc
+
+
+def _blobs(ctx: Context, driver: StorageDriver) -> dict[Digest, Optional[datetime]]:
     try:
         entries = list(driver.walk(ctx, paths.BLOBS))
-    except StorageError:
-        return
+    except PathNotFoundError:
+        return {}
+    except StorageError as exc:
+        raise _failed("listing blobs", exc) from exc
+    found = {}
     for info in entries:
         if info.is_dir or not info.path.endswith("/data"):
             continue
         parts = info.path.split("/")
         try:
-            yield Digest.parse(f"{parts[-4]}:{parts[-2]}")
+            found[Digest.parse(f"{parts[-4]}:{parts[-2]}")] = info.mod_time
         except (DigestError, IndexError):
             continue
+    return found
+
+
+def collect_garbage(
+    ctx: Context, driver: StorageDriver, dry_run: bool = False, remove_untagged: bool = False,
+    cache: Optional[BlobDescriptorService] = None, grace: float = DEFAULT_GRACE,
+    now: Optional[datetime] = None,
+) -> GCReport:
+    """Mark every blob a manifest of any repository references, sweep the rest.
+
+    Safe while the registry serves pushes and pulls (see the protocol above).
+    Raises GCError, having deleted nothing unproven, when marking fails.
+    """
+    try:
+        return _collect(ctx, driver, dry_run, remove_untagged, cache, grace, now)
+    except StorageError as exc:  # outside marking (the marker, a move): still a stop, named
+        raise GCError(f"storage failed: {exc}") from exc
+
+
+def _collect(ctx, driver, dry_run, remove_untagged, cache, grace, now) -> GCReport:
+    report = GCReport(dry_run=dry_run)
+    cutoff = (now or datetime.now(timezone.utc)) - timedelta(seconds=grace)
+    if not dry_run and _exists(ctx, driver, SWEEP_MARKER):
+        raise GCError(
+            f"another gc is sweeping, or one was interrupted ({SWEEP_MARKER} exists); "
+            "if none is running, `stratus gc --recover` puts its blobs back"
+        )
+    # -- mark
+    repos = [_mark_repository(ctx, driver, name, remove_untagged, cutoff) for name in _repositories(ctx, driver)]
+    report.repositories = len(repos)
+    linked_young: set = set()
+    for repo in repos:
+        for digest, refs in repo.refs.items():
+            if digest in repo.deletable:
+                continue
+            report.manifests_marked += 1
+            report.marked.add(digest)
+            report.marked |= refs
+        linked_young |= {d for d, when in repo.layers.items() if _young(when, cutoff)}
+    # -- plan
+    candidates = []
+    for digest, when in sorted(_blobs(ctx, driver).items(), key=lambda item: str(item[0])):
+        if digest in report.marked:
+            continue
+        if (when is not None and _young(when, cutoff)) or digest in linked_young:
+            report.kept_young.append(digest)
+        else:
+            candidates.append(digest)
+    doomed = [(repo, d) for repo in repos for d in sorted(repo.deletable, key=str)]
+    for repo, digest in doomed:
+        log.info("gc plan: delete manifest %s@%s", repo.name, digest)
+    for digest in candidates:
+        log.info("gc plan: delete blob %s", digest)
+    log.info(
+        "gc plan: %d repositories, %d manifests and %d blobs marked; %d manifests and %d blobs to delete, "
+        "%d unreferenced blobs inside the grace period%s",
+        len(repos), report.manifests_marked, len(report.marked), len(doomed), len(candidates),
+        len(report.kept_young), " (dry run)" if dry_run else "",
+    )
+    if dry_run:
+        report.manifests_deleted = [f"{repo.name}@{d}" for repo, d in doomed]
+        report.deleted = candidates
+        return report
+    _Sweep(ctx, driver, cache, cutoff, repos, report).run(doomed, candidates)
+    return report
+
+
+def _exists(ctx: Context, driver: StorageDriver, path: str) -> bool:
+    try:
+        driver.stat(ctx, path)
+        return True
+    except PathNotFoundError:
+        return False
+
+
+class _Sweep:
+    def __init__(self, ctx, driver, cache, cutoff, repos, report):
+        self.ctx = ctx
+        self.driver = driver
+        self.cache = cache
+        self.cutoff = cutoff
+        self.repos = {repo.name: repo for repo in repos}
+        self.report = report
+        self.quarantined: list[Digest] = []
+
+    def run(self, doomed: list, candidates: list) -> None:
+        ctx, driver = self.ctx, self.driver
+        driver.put_content(ctx, SWEEP_MARKER, datetime.now(timezone.utc).isoformat().encode())
+        try:
+            self._delete_manifests(doomed)
+            for digest in candidates:
+                self._quarantine(digest)
+            if self.quarantined:
+                self._mark_again()
+        except BaseException as exc:
+            self._put_back(self.quarantined)  # raises, keeping the marker, if it cannot
+            self._remove_marker()
+            if isinstance(exc, StorageError):
+                exc = GCError(f"storage failed: {exc}")
+            if isinstance(exc, GCError):
+                stopped = GCError(f"sweep stopped, blobs moved aside put back: {exc}")
+                stopped.phase = "sweep"
+                raise stopped from exc
+            raise
+        for digest in self.quarantined:
+            if digest in self.report.marked:
+                self._put_back([digest])
+                self.report.rescued.append(digest)
+                log.info("gc: %s is in use after all; put back", digest)
+                continue
+            try:
+                driver.delete(ctx, _quarantine_path(digest).rsplit("/", 1)[0])
+            except PathNotFoundError:
+                pass
+            self._clear_cache(digest)
+            self.report.deleted.append(digest)
+        self._remove_marker()
+        log.info(
+            "gc: deleted %d manifests and %d blobs; %d put back after the re-check",
+            len(self.report.manifests_deleted), len(self.report.deleted), len(self.report.rescued),
+        )
+
+    def _delete_manifests(self, doomed: list) -> None:
+        ctx, driver = self.ctx, self.driver
+        deleted: dict[str, set] = {}
+        for repo, digest in doomed:
+            link = paths.manifest_revision_link(repo.name, digest.algorithm.value, digest.hex)
+            try:
+                info = driver.stat(ctx, link)
+            except PathNotFoundError:
+                continue
+            except StorageError as exc:
+                raise GCError(f"re-checking manifest {repo.name}@{digest}: {exc}") from exc
+            if _young(info.mod_time, self.cutoff):  # pushed again since the mark
+                self._keep_manifest(repo, digest)
+                continue
+            driver.delete(ctx, link.rsplit("/", 1)[0])
+            subject = repo.subjects.get(digest)
+            if subject is not None:
+                try:
+                    ReferrersIndex(driver, repo.name).remove(ctx, subject, digest)
+                except StorageError:
+                    pass  # the referrers list skips entries whose manifest is gone
+            deleted.setdefault(repo.name, set()).add(digest)
+            self.report.manifests_deleted.append(f"{repo.name}@{digest}")
+        # re-check: a tag pushed onto a deleted manifest meanwhile brings it back
+        # (a tag PUT re-links its revision after tagging when it sees the marker)
+        for name, digests in deleted.items():
+            repo = self.repos[name]
+            back = _tagged(ctx, driver, name) & digests
+            while back:
+                digest = back.pop()
+                driver.put_content(
+                    ctx, paths.manifest_revision_link(name, digest.algorithm.value, digest.hex), str(digest).encode()
+                )
+                self.report.manifests_deleted.remove(f"{name}@{digest}")
+                digests.discard(digest)
+                self._keep_manifest(repo, digest)
+                back |= repo.refs.get(digest, set()) & digests  # its children come back too
+
+    def _keep_manifest(self, repo: _Repository, digest: Digest) -> None:
+        repo.deletable.discard(digest)
+        self.report.marked.add(digest)
+        self.report.marked |= repo.refs.get(digest, set())
+
+    def _quarantine(self, digest: Digest) -> None:
+        ctx, driver = self.ctx, self.driver
+        try:
+            info = driver.stat(ctx, blob_path(digest))
+        except PathNotFoundError:
+            return
+        except StorageError as exc:
+            raise GCError(f"re-checking blob {digest}: {exc}") from exc
+        if _young(info.mod_time, self.cutoff):
+            self.report.rescued.append(digest)
+            return
+        if not self._clear_cache(digest):
+            self.report.rescued.append(digest)  # kept: a shared cache could go on claiming it
+            return
+        driver.move(ctx, blob_path(digest), _quarantine_path(digest))
+        self.quarantined.append(digest)
+        self._clear_cache(digest)  # an entry written back from a stat just before the move
+
+    def _mark_again(self) -> None:
+        """The re-check: what was referenced while the candidates were moved aside."""
+        ctx, driver = self.ctx, self.driver
+        aside = set(self.quarantined)
+        for name in _repositories(ctx, driver):
+            known = self.repos.get(name)
+            seen = set(known.refs) - known.deletable if known is not None else set()
+            for digest in _links(ctx, driver, paths.manifest_revisions(name), f"the manifests of {name}"):
+                if digest in seen:
+                    continue
+                self.report.marked.add(digest)
+                self.report.marked |= references(_read_manifest(ctx, driver, name, digest))
+            for digest, when in _links(ctx, driver, paths.layers(name), f"the layers of {name}").items():
+                if digest in aside and _young(when, self.cutoff):
+                    self.report.marked.add(digest)
+
+    def _remove_marker(self) -> None:
+        try:
+            self.driver.delete(self.ctx, SWEEP_MARKER)
+        except PathNotFoundError:
+            pass
+
+    def _put_back(self, digests: list) -> None:
+        failed = []
+        for digest in digests:
+            try:
+                self.driver.move(self.ctx, _quarantine_path(digest), blob_path(digest))
+            except PathNotFoundError:
+                pass  # already put back or finished
+            except StorageError as exc:
+                failed.append(f"{digest}: {exc}")
+        if failed:
+            raise GCError(
+                "could not put back blobs moved aside; they are intact under "
+                f"{QUARANTINE}, and `stratus gc --recover` retries: " + "; ".join(failed)
+            )
+
+    def _clear_cache(self, digest: Digest) -> bool:
+        if self.cache is None:
+            return True
+        try:
+            self.cache.clear(self.ctx, digest)
+            return True
+        except Exception as exc:  # noqa: BLE001 - any cache failure
+            if getattr(self.cache, "shared", False):
+                log.warning("gc: could not clear %s from the shared cache (%s); kept", digest, exc)
+                return False
+            return True
+
+
+def recover(ctx: Context, driver: StorageDriver) -> list[Digest]:
+    """After an interrupted sweep: put every blob moved aside back, remove the marker."""
+    restored = []
+    try:
+        entries = list(driver.walk(ctx, QUARANTINE))
+    except PathNotFoundError:
+        entries = []
+    for info in entries:
+        if info.is_dir or not info.path.endswith("/data"):
+            continue
+        parts = info.path.split("/")
+        digest = Digest.parse(f"{parts[-3]}:{parts[-2]}")
+        driver.move(ctx, info.path, blob_path(digest))
+        restored.append(digest)
+    try:
+        driver.delete(ctx, SWEEP_MARKER)
+    except PathNotFoundError:
+        pass
+    return restored
