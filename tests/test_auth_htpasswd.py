@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import time
 from pathlib import Path
 
 import bcrypt
@@ -142,28 +141,53 @@ def test_password_longer_than_72_bytes_matches_as_bcrypt_truncates(tmp_path: Pat
     assert controller.authorize(Request.from_bytes("GET", "/v2/", headers=basic("long", long_password)), []) is None
 
 
-def test_unknown_user_costs_as_much_as_a_wrong_password(tmp_path: Path) -> None:
-    users = Htpasswd.parse(htpasswd_file(tmp_path, {"alice": PASSWORD}, cost=8).read_bytes(), "test")
-    samples: dict[str, list[float]] = {"alice": [], "nobody-at-all": []}
-    for _ in range(12):  # interleaved, and the fastest of each: other load only adds time
-        for user, times in samples.items():
-            start = time.perf_counter()
-            assert not users.check(user, b"wrong password")
-            times.append(time.perf_counter() - start)
-    wrong_password, unknown_user = min(samples["alice"]), min(samples["nobody-at-all"])
-    assert 0.75 < unknown_user / wrong_password < 1.33, (unknown_user, wrong_password)
+@pytest.fixture
+def bcrypt_checks(monkeypatch) -> list[bytes]:
+    """The hash of every bcrypt.checkpw the htpasswd controller makes from now on."""
+    from chalicelib.auth import htpasswd as module
+
+    hashes: list[bytes] = []
+    checkpw = bcrypt.checkpw
+
+    def counting(password: bytes, hashed: bytes) -> bool:
+        hashes.append(hashed)
+        return checkpw(password, hashed)
+
+    monkeypatch.setattr(module.bcrypt, "checkpw", counting)
+    return hashes
 
 
-def test_failed_logins_are_never_remembered(tmp_path: Path) -> None:
+def bcrypt_cost(hashed: bytes) -> int:
+    """The cost a bcrypt hash was made with ($2b$<cost>$...): what checking it takes."""
+    return int(hashed.split(b"$")[2])
+
+
+def test_unknown_user_costs_as_much_as_a_wrong_password(tmp_path: Path, bcrypt_checks: list[bytes]) -> None:
+    users = Htpasswd.parse(htpasswd_file(tmp_path, {"alice": PASSWORD, "bob": "x"}, cost=8).read_bytes(), "test")
+    assert not users.check("alice", b"wrong password")
+    assert not users.check("nobody-at-all", b"wrong password")
+    assert not users.check("nobody-at-all", PASSWORD.encode())
+    # one bcrypt each, against alice's entry, then against a dummy hash of the same cost
+    wrong_password, unknown_user, unknown_again = bcrypt_checks
+    assert wrong_password == users.entries["alice"]
+    assert unknown_user not in users.entries.values()
+    assert bcrypt_cost(unknown_user) == bcrypt_cost(wrong_password) == 8
+    assert unknown_again == unknown_user
+
+
+def test_failed_logins_are_never_remembered(tmp_path: Path, bcrypt_checks: list[bytes]) -> None:
     path = htpasswd_file(tmp_path, {"alice": PASSWORD}, cost=8)
     controller = create_access_controller(AuthConfig("htpasswd", {"realm": "r", "path": str(path)}))
     wrong = Request.from_bytes("GET", "/v2/", headers=basic("alice", "guess"))
-    times = []
     for _ in range(3):
-        start = time.perf_counter()
         assert controller.authorize(wrong, []).status == 401
-        times.append(time.perf_counter() - start)
-    assert min(times) > 0.005  # each guess pays a bcrypt
+    assert len(bcrypt_checks) == 3  # each guess pays a bcrypt
+    right = Request.from_bytes("GET", "/v2/", headers=basic("alice", PASSWORD))
+    for _ in range(3):
+        assert controller.authorize(right, []) is None
+    assert len(bcrypt_checks) == 4  # a verified login is remembered
+    assert controller.authorize(wrong, []).status == 401
+    assert len(bcrypt_checks) == 5  # and does not open the door to the next guess
 
 
 def test_htpasswd_file_is_reread_when_it_changes(tmp_path: Path) -> None:

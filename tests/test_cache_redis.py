@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Iterator
 
 import pytest
+import redis
 
 from chalicelib.cache import CacheUnavailableError, DescriptorNotCachedError
 from chalicelib.cache.redis import (
@@ -207,56 +209,103 @@ def test_tls_and_auth_as_elasticache_in_transit_encryption(tmp_path, monkeypatch
 
 
 # -- outages ---------------------------------------------------------------------------
+# Cooldowns run on a clock the test moves, and what an outage costs is counted in
+# socket connects and commands sent, not in seconds: a loaded machine changes neither.
 
 
-def test_a_killed_server_fails_fast_then_stays_out_of_the_way(server):
-    cache = provider(server, cooldown=0.5)
+class ManualClock:
+    """The provider's clock: time passes only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def network(monkeypatch) -> Counter:
+    """Socket connects ("connect") and commands or pipelines sent ("send") by every
+    redis-py connection of this process from now on."""
+    from redis.connection import AbstractConnection, Connection
+
+    counts: Counter = Counter()
+    connect, send = Connection._connect, AbstractConnection.send_packed_command
+
+    def counting_connect(self, *args, **kwargs):
+        counts["connect"] += 1
+        return connect(self, *args, **kwargs)
+
+    def counting_send(self, *args, **kwargs):
+        counts["send"] += 1
+        return send(self, *args, **kwargs)
+
+    monkeypatch.setattr(Connection, "_connect", counting_connect)
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", counting_send)
+    return counts
+
+
+def test_a_killed_server_fails_fast_then_stays_out_of_the_way(server, network):
+    clock = ManualClock()
+    cache = provider(server, cooldown=0.5, clock=clock)
     blob = d("killed")
     cache.set_descriptor(CTX, blob, BlobDescriptor(blob, 1))
     server.kill()
-    started = time.monotonic()
-    with pytest.raises(CacheUnavailableError):
+    network.clear()
+    with pytest.raises(CacheUnavailableError) as refused:
         cache.stat(CTX, blob)
-    assert time.monotonic() - started < 0.5
-    started = time.monotonic()
+    # fast: the connection is refused (no timeout to wait for), once and on the one retry
+    assert isinstance(refused.value.__cause__, redis.ConnectionError)
+    assert not isinstance(refused.value.__cause__, redis.TimeoutError)
+    assert network == {"connect": 2}
     for _ in range(100):
         with pytest.raises(CacheUnavailableError):
             cache.stat(CTX, blob)
-    assert time.monotonic() - started < 0.1  # no network while cooling down
+        clock.advance(0.004)  # 0.4 s in all: still within the cooldown
+    assert network == {"connect": 2}  # no network while cooling down
     server.start()
-    time.sleep(0.6)
+    clock.advance(0.1)
     with pytest.raises(DescriptorNotCachedError):  # back, and empty
         cache.stat(CTX, blob)
     cache.set_descriptor(CTX, blob, BlobDescriptor(blob, 1))
     assert cache.stat(CTX, blob).size == 1
 
 
-def test_a_hung_server_costs_at_most_the_timeouts(server):
+def test_a_hung_server_costs_at_most_the_timeouts(server, network):
+    clock = ManualClock()
     cache = provider(
-        server, cooldown=0.5, config=RedisConfig(addr=server.addr, dialtimeout=0.1, readtimeout=0.1)
+        server, cooldown=0.5, clock=clock,
+        config=RedisConfig(addr=server.addr, dialtimeout=0.1, readtimeout=0.1, writetimeout=0.1),
     )
+    assert cache.client.connection_pool.connection_kwargs["socket_timeout"] == 0.1
     blob = d("hung")
     cache.set_descriptor(CTX, blob, BlobDescriptor(blob, 1))
     server.pause()
     try:
-        started = time.monotonic()
-        with pytest.raises(CacheUnavailableError):
+        network.clear()
+        with pytest.raises(CacheUnavailableError) as hung:
             cache.stat(CTX, blob)
-        # one read timeout, one retry on a fresh connection
-        assert time.monotonic() - started < 0.5
-        started = time.monotonic()
+        # one read timeout, one retry on a fresh connection: two waits of socket_timeout
+        assert isinstance(hung.value.__cause__, redis.TimeoutError)
+        assert network == {"send": 2, "connect": 1}
         for _ in range(100):
             with pytest.raises(CacheUnavailableError):
                 cache.repository_scoped("a").stat(CTX, blob)
-        assert time.monotonic() - started < 0.1
+            clock.advance(0.004)
+        assert network == {"send": 2, "connect": 1}  # nothing more while cooling down
     finally:
         server.resume()
-    time.sleep(0.6)
+    clock.advance(0.1)
     assert cache.stat(CTX, blob).size == 1
+    assert network["send"] == 3
 
 
 def test_a_clear_that_failed_is_replayed_and_never_served_meanwhile(server):
-    cache = provider(server, cooldown=0.2)
+    clock = ManualClock()
+    cache = provider(server, cooldown=0.2, clock=clock)
     blob = d("deleted while down")
     scoped = cache.repository_scoped("a")
     scoped.set_descriptor(CTX, blob, BlobDescriptor(blob, 5))
@@ -269,7 +318,7 @@ def test_a_clear_that_failed_is_replayed_and_never_served_meanwhile(server):
     # this process knows the entry is stale: while cooling down it does not ask...
     with pytest.raises(CacheUnavailableError):
         scoped.stat(CTX, blob)
-    time.sleep(0.25)
+    clock.advance(0.25)
     # ...and the first command that reaches Redis replays the clear before reading
     with pytest.raises(DescriptorNotCachedError):
         scoped.stat(CTX, blob)
@@ -284,7 +333,8 @@ def test_a_clear_that_failed_is_replayed_and_never_served_meanwhile(server):
 def test_a_timed_out_clear_is_not_trusted_either_way(server):
     """A command that timed out may still run when the server wakes up; the
     tombstone makes that irrelevant."""
-    cache = provider(server, cooldown=0.2, config=RedisConfig(addr=server.addr, readtimeout=0.1))
+    clock = ManualClock()
+    cache = provider(server, cooldown=0.2, clock=clock, config=RedisConfig(addr=server.addr, readtimeout=0.1))
     blob = d("timed out")
     scoped = cache.repository_scoped("a")
     scoped.set_descriptor(CTX, blob, BlobDescriptor(blob, 5))
@@ -296,7 +346,7 @@ def test_a_timed_out_clear_is_not_trusted_either_way(server):
             scoped.stat(CTX, blob)
     finally:
         server.resume()
-    time.sleep(0.25)
+    clock.advance(0.25)
     with pytest.raises(DescriptorNotCachedError):
         scoped.stat(CTX, blob)
     assert not server.client().exists(repository_blob_key("a", blob))
@@ -324,7 +374,8 @@ def test_statter_serves_from_storage_and_logs_once_per_interval(server, caplog, 
     from chalicelib.cache import statter
 
     monkeypatch.setattr(statter, "_warn", statter.RateLimitedLog(statter.log, interval=60))
-    cache = provider(server, cooldown=0.05)
+    clock = ManualClock()
+    cache = provider(server, cooldown=0.05, clock=clock)
     blob = d("degraded")
 
     class Storage:
@@ -353,7 +404,7 @@ def test_statter_serves_from_storage_and_logs_once_per_interval(server, caplog, 
             with pytest.raises(BlobUnknownError):
                 cached.stat(CTX, d("missing"))
             cached.clear(CTX, blob)
-            time.sleep(0.01)  # spans several cooldowns: Redis is retried and fails again
+            clock.advance(0.02)  # 0.6 s in all, many cooldowns: Redis is retried and fails again
     assert Storage.calls == 61
     warnings = [r for r in caplog.records if r.name == "stratus.cache" and r.levelno == logging.WARNING]
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
@@ -363,7 +414,8 @@ def test_too_many_failed_clears_distrust_the_whole_cache(server, monkeypatch):
     from chalicelib.cache import redis as redis_cache
 
     monkeypatch.setattr(redis_cache, "MAX_TOMBSTONES", 3)
-    cache = provider(server, cooldown=0.1, repository_ttl=60)
+    clock = ManualClock()
+    cache = provider(server, cooldown=0.1, repository_ttl=60, clock=clock)
     kept = d("kept")
     cache.repository_scoped("a").set_descriptor(CTX, kept, BlobDescriptor(kept, 1))
     server.snapshot()
@@ -372,7 +424,7 @@ def test_too_many_failed_clears_distrust_the_whole_cache(server, monkeypatch):
         with pytest.raises(CacheUnavailableError):
             cache.repository_scoped("a").clear(CTX, d(f"gone {i}"))
     server.start()
-    time.sleep(0.15)
+    clock.advance(0.15)
     # the fourth clear could not be remembered: nothing cached is believed any more
     with pytest.raises(DescriptorNotCachedError):
         cache.repository_scoped("a").stat(CTX, kept)
@@ -380,14 +432,15 @@ def test_too_many_failed_clears_distrust_the_whole_cache(server, monkeypatch):
 
 
 def test_a_key_of_the_wrong_type_does_not_wedge_the_replay(server):
-    cache = provider(server, cooldown=0.1)
+    clock = ManualClock()
+    cache = provider(server, cooldown=0.1, clock=clock)
     blob = d("wedge")
     server.kill()
     with pytest.raises(CacheUnavailableError):
         cache.repository_scoped("a").clear(CTX, blob)
     server.start()
     server.client().set(repository_set_key("a"), "not a set")
-    time.sleep(0.15)
+    clock.advance(0.15)
     other = d("after")
     cache.repository_scoped("b").set_descriptor(CTX, other, BlobDescriptor(other, 1))
     assert not cache._tombstones
