@@ -75,7 +75,7 @@ class Record:
     content_length: Optional[int]  # as declared; None for a chunked body
     body_bytes: int  # body bytes the client sent (read, forwarded or discarded)
     reached_function: bool
-    status: int
+    status: int  # 0 when the client left before an answer
 
 
 @dataclass(frozen=True)
@@ -460,14 +460,16 @@ class Host:
         path = urlsplit(target).path
         if _match(self.functions, self.prefix, method, path) is None:
             sent = await self.discard(reader, writer, headers, chunked, length)
-            await self.respond(writer, 404, "Not Found")
             self.record(method, target, length, sent, False, 404)
-            return keep_alive
+            await self.respond(writer, 404, "Not Found", close=True)
+            return False
         if length is not None and length > self.limit:
-            # Kestrel refuses a declared length over MaxRequestBodySize before the app reads it
-            await self.respond(writer, 413, "Payload Too Large", close=True)
-            sent = await self.discard(reader, writer, headers, chunked, length, answered=True)
+            # Kestrel refuses a declared length over MaxRequestBodySize before the app reads it.
+            # The body is read and dropped first so that a client that reads only after
+            # sending (python-requests) gets the answer, and the record is written before it.
+            sent = await self.discard(reader, writer, headers, chunked, length)
             self.record(method, target, length, sent, False, 413)
+            await self.respond(writer, 413, "Payload Too Large", close=True)
             return False
         if (_get(headers, "expect") or "").lower() == "100-continue":
             writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -476,16 +478,15 @@ class Host:
             spool, sent = await self.spool(reader)
             if sent > self.limit:
                 spool.close()
-                await self.respond(writer, 413, "Payload Too Large", close=True)
                 self.record(method, target, None, sent, False, 413)
+                await self.respond(writer, 413, "Payload Too Large", close=True)
                 return False
         try:
-            status, sent = await self.forward(reader, writer, method, target, headers, length, spool)
+            status = await self.forward(reader, writer, method, target, headers, length, spool)
         finally:
             if spool is not None:
                 spool.close()
-        self.record(method, target, length, sent, True, status)
-        return keep_alive and status not in (0, 500)
+        return keep_alive and status < 500
 
     async def discard(self, reader, writer, headers, chunked: bool, length: Optional[int],
                       answered: bool = False) -> int:
@@ -519,8 +520,9 @@ class Host:
         return spool, sent
 
     async def forward(self, reader, writer, method: str, target: str, headers: list[tuple[str, str]],
-                      length: Optional[int], spool: Any) -> tuple[int, int]:
-        """Send the request to the worker and its answer to the client: (status, body bytes sent)."""
+                      length: Optional[int], spool: Any) -> int:
+        """Send the request to the worker and its answer to the client (recorded before the
+        client can see it); returns the status."""
         client_host = _get(headers, "host") or "localhost"
         proto = (_get(headers, "x-forwarded-proto") or "http").split(",")[0].strip()
         peer = writer.get_extra_info("peername") or ("127.0.0.1", 0)
@@ -533,41 +535,52 @@ class Host:
             (INVOCATION_HEADER, str(uuid.uuid5(uuid.NAMESPACE_OID, str(next(self.invocations))))),
             ("Content-Length", str(body_length or 0)), ("Connection", "close"),
         ]
-        up_reader, up_writer = await asyncio.open_connection(self.worker_host, self.worker_port)
+        up_reader, up_writer = await _open_upstream(self.worker_host, self.worker_port)
         try:
             head = f"{method} {target} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in out_headers) + "\r\n"
             up_writer.write(head.encode("latin-1"))
             sent = 0
             # the body goes up while the worker may already answer (an early error)
             response_task = asyncio.ensure_future(_read_head(up_reader))
-            try:
-                while sent < (body_length or 0):
+            client_left = worker_stopped_reading = False
+            while sent < (body_length or 0):
+                try:
                     if spool is not None:
                         piece = spool.read(PIECE)
                     else:
                         piece = await reader.read(min(PIECE, body_length - sent))
-                    if not piece:
-                        raise ConnectionError("client body ended early")
-                    sent += len(piece)
+                except ConnectionError:
+                    piece = b""
+                if not piece:
+                    client_left = True
+                    break
+                sent += len(piece)
+                try:
                     up_writer.write(piece)
                     await up_writer.drain()
-            except ConnectionError:
-                if not response_task.done():
-                    response_task.cancel()
-                    raise
-            if spool is None and sent < (length or 0):
+                except ConnectionError:  # it answered without reading the rest, and closed
+                    worker_stopped_reading = True
+                    break
+            if client_left:  # nobody is there to answer
+                response_task.cancel()
+                self.record(method, target, length, sent, True, 0)
+                raise ConnectionError("client body ended early")
+            if worker_stopped_reading and spool is None and sent < (length or 0):
                 sent += await self.discard(reader, writer, [], False, length - sent, answered=True)
             try:
                 response_head = await asyncio.wait_for(response_task, self.timeout)
             except asyncio.TimeoutError:
+                self.record(method, target, length, sent, True, 500)
                 await self.respond(writer, 500, "Internal Server Error",
                                    b"500 - The request timed out.\r\n"
                                    b"The web server failed to respond within the specified time.", close=True)
-                return 500, sent
+                return 500
             if response_head is None:
+                self.record(method, target, length, sent, True, 502)
                 await self.respond(writer, 502, "Bad Gateway", close=True)
-                return 502, sent
-            return await self.relay(up_reader, writer, method, response_head), sent
+                return 502
+            self.record(method, target, length, sent, True, int(response_head[1]))
+            return await self.relay(up_reader, writer, method, response_head)
         finally:
             up_writer.close()
 
@@ -605,6 +618,25 @@ class Host:
         writer.write(b"0\r\n\r\n")
         await writer.drain()
         return status
+
+
+class _KeepingReader(asyncio.StreamReader):
+    """A stream reader that keeps what arrived before a connection reset.
+
+    A server that answers before reading the whole request body (an early 404 or
+    413) closes with unread bytes, which resets the connection; asyncio's reader
+    would then drop the answer it already holds. Here the reset reads as the end."""
+
+    def set_exception(self, exc: BaseException) -> None:
+        self.feed_eof()
+
+
+async def _open_upstream(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    loop = asyncio.get_running_loop()
+    reader = _KeepingReader(limit=64 * 1024, loop=loop)
+    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+    transport, _ = await loop.create_connection(lambda: protocol, host, port)
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
 
 async def _until_eof(reader: asyncio.StreamReader) -> Any:
