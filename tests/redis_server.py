@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,6 +139,42 @@ class RedisServer:
         if self.tls:
             kwargs.update(ssl=True, ssl_ca_certs=str(self.tls.ca))
         return redis.Redis(**kwargs)
+
+
+class ManualClock:
+    """A cache provider's clock (its `clock=`): time passes only when the test says so,
+    so cooldowns end without sleeping."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def count_redis_network(monkeypatch: pytest.MonkeyPatch) -> Counter:
+    """Socket connects ("connect") and commands or pipelines sent ("send") by every
+    redis-py connection of this process from now on: what an outage costs, in
+    round trips rather than seconds."""
+    from redis.connection import AbstractConnection, Connection
+
+    counts: Counter = Counter()
+    connect, send = Connection._connect, AbstractConnection.send_packed_command
+
+    def counting_connect(self, *args, **kwargs):
+        counts["connect"] += 1
+        return connect(self, *args, **kwargs)
+
+    def counting_send(self, *args, **kwargs):
+        counts["send"] += 1
+        return send(self, *args, **kwargs)
+
+    monkeypatch.setattr(Connection, "_connect", counting_connect)
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", counting_send)
+    return counts
 
 
 @contextmanager

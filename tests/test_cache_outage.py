@@ -132,27 +132,25 @@ def test_push_and_pull_with_redis_killed_midway_answer_the_same(deployment):
     assert server.client().exists(blob_key(sha(LAYER_SMALL)))  # Redis was in use
 
     outage = Recorder(url, "outage/app")
-    killed_at: list[float] = []
-
-    def kill() -> None:
-        server.kill()
-        killed_at.append(time.monotonic())
-
-    push_and_pull(outage, midway=kill)
-    elapsed = time.monotonic() - killed_at[0]
+    push_and_pull(outage, midway=server.kill)
     assert outage.log == reference.log
-    assert elapsed < 5, f"the outage half took {elapsed:.1f}s"
 
-    # one warning for the whole outage, not one per request
+    # one warning for the whole outage, not one per request; what the outage cost is
+    # in its cause: a refused connection, answered at once, never a timeout waited
+    # for (tests/test_cache_redis.py counts the connects: two, then none until the
+    # cooldown ends)
     log_text = next(root.parent.glob("stratus-*.log")).read_text()
     assert log_text.count("blob descriptor cache unavailable") == 1, log_text
+    assert "Connection refused" in log_text and "Timeout" not in log_text, log_text
 
     # Redis comes back empty; the cache refills from storage as requests arrive
     server.start()
     assert server.client().dbsize() == 0
     http = requests.Session()
     key = repository_blob_key("outage/app", sha(LAYER_CHUNKED))
-    deadline = time.monotonic() + 5
+    # the server retries Redis once its cooldown (1 s) has passed; the deadline only
+    # bounds a hang, it is no claim about speed
+    deadline = time.monotonic() + 60
     while not server.client().exists(key):
         assert time.monotonic() < deadline, "the cache did not refill"
         assert http.head(f"{url}/v2/outage/app/blobs/{sha(LAYER_CHUNKED)}", timeout=5).status_code == 200

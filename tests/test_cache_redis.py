@@ -25,7 +25,7 @@ from chalicelib.descriptor import BlobDescriptor
 from chalicelib.digest import Digest
 from chalicelib.registry.errors import BlobUnknownError
 
-from .redis_server import RedisServer, redis_server, requires_redis
+from .redis_server import ManualClock, RedisServer, count_redis_network, redis_server, requires_redis
 
 pytestmark = requires_redis
 
@@ -213,39 +213,9 @@ def test_tls_and_auth_as_elasticache_in_transit_encryption(tmp_path, monkeypatch
 # socket connects and commands sent, not in seconds: a loaded machine changes neither.
 
 
-class ManualClock:
-    """The provider's clock: time passes only when the test says so."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @pytest.fixture
 def network(monkeypatch) -> Counter:
-    """Socket connects ("connect") and commands or pipelines sent ("send") by every
-    redis-py connection of this process from now on."""
-    from redis.connection import AbstractConnection, Connection
-
-    counts: Counter = Counter()
-    connect, send = Connection._connect, AbstractConnection.send_packed_command
-
-    def counting_connect(self, *args, **kwargs):
-        counts["connect"] += 1
-        return connect(self, *args, **kwargs)
-
-    def counting_send(self, *args, **kwargs):
-        counts["send"] += 1
-        return send(self, *args, **kwargs)
-
-    monkeypatch.setattr(Connection, "_connect", counting_connect)
-    monkeypatch.setattr(AbstractConnection, "send_packed_command", counting_send)
-    return counts
+    return count_redis_network(monkeypatch)
 
 
 def test_a_killed_server_fails_fast_then_stays_out_of_the_way(server, network):
