@@ -46,8 +46,8 @@ def add_relay_command(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from ..server import serve
     from .app import Relay
+    from .serving import serve
     from .upstream import Upstream
     from .uploads import RelaySettings, Uploads
 
@@ -66,5 +66,4 @@ def run(args: argparse.Namespace) -> None:
     relay = Relay(upstream, Uploads(upstream, settings))
     logging.getLogger("stratus.relay").info(
         "relaying http://%s to %s (state in %s)", args.listen, upstream.display, settings.state_dir)
-    # one worker: the uploads in progress and their spooled pieces live in this process
-    serve(relay, args.listen, workers=1, threads=args.threads)
+    serve(relay, args.listen, threads=args.threads)

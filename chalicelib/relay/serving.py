@@ -1,0 +1,61 @@
+"""Serving the relay over HTTP: granian running the registry's WSGI adapter.
+
+chalicelib/server.py's `wsgi_app` turns WSGI into the api's Request/Response, which
+the relay speaks, so the relay reuses it. The relay picks granian itself rather than
+going through `serve()`: a relay must forward repeated headers (skopeo and docker send
+one Accept line per manifest type) and a WSGI server joins them into one value, as
+PEP 3333 asks, where the registry's other adapters keep only the last.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Callable, Iterable
+
+from ..server import wsgi_app
+
+log = logging.getLogger("stratus.relay")
+
+_APP = None
+
+
+def _loader(target: str) -> Callable:
+    return _APP  # built before granian forks its worker
+
+
+def _without_process_headers(app: Callable) -> Callable:
+    """granian starts each environ from os.environ: an HTTP_PROXY variable of the relay's
+    own environment would read as a request header and be forwarded upstream."""
+    inherited = {k: v for k, v in os.environ.items() if k.startswith("HTTP_")}
+    if not inherited:
+        return app
+
+    def application(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        for key, value in inherited.items():
+            if environ.get(key) == value:
+                del environ[key]
+        return app(environ, start_response)
+
+    return application
+
+
+def serve(relay, addr: str, threads: int) -> None:
+    global _APP
+    from granian import Granian
+    from granian.constants import HTTPModes, Interfaces
+    from granian.log import LogLevels
+
+    host, _, port = addr.rpartition(":")
+    _APP = _without_process_headers(wsgi_app(relay))
+    server = Granian(
+        "stratus-relay",
+        address=host.strip("[]") or "127.0.0.1",
+        port=int(port),
+        interface=Interfaces.WSGI,
+        http=HTTPModes.http1,
+        # one worker: the uploads in progress and their spooled pieces live in one process
+        workers=1,
+        blocking_threads=threads,
+        log_level=LogLevels.warning,
+    )
+    server.serve(target_loader=_loader)
