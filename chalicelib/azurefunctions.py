@@ -162,7 +162,7 @@ def request_from_stream(req: Any, loop: asyncio.AbstractEventLoop) -> Request:
     host = (headers.get("x-forwarded-host") or headers.get("host") or req.url.netloc).split(",")[0].strip()
     return Request(
         method=req.method.upper(),
-        path=unquote(req.url.path) or "/",
+        path=req.scope.get("path") or "/",  # the ASGI server decoded it once already
         query=parse_query(req.url.query),
         headers=headers,
         body=StreamBody(req.stream(), loop),
