@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from typing import Optional
+from typing import Callable, Optional, Union
 
 from . import aws_runtime
 from .api import APISettings, RegistryAPI
@@ -39,12 +39,15 @@ def build_access_controller(config: Config):
     return create_access_controller(config.auth)
 
 
-def http_secret(config: Config) -> bytes:
+def http_secret(config: Config) -> Union[bytes, Callable[[], bytes]]:
+    """The key of upload `_state` tokens, or a callable fetching it on first use."""
     if config.http.secret:
         return config.http.secret.encode()
     parameter = aws_runtime.secret_parameter(config.raw)
     if parameter:  # SSM Parameter Store or Secrets Manager, read once per process
-        return aws_runtime.fetch_secret(parameter).encode()
+        # ...and only when a token is signed or checked: a cold GET /v2/ or a pull
+        # imports no boto3 and makes no SSM call for it
+        return lambda: aws_runtime.fetch_secret(parameter).encode()
     # Without a shared secret, an upload started on one process cannot continue on
     # another: fine for one server, wrong for functions or several replicas.
     log.warning("http.secret is not set; generated one for this process only")

@@ -10,7 +10,9 @@ import base64
 import hashlib
 import hmac
 import json
+import threading
 from dataclasses import dataclass
+from typing import Callable, Optional, Union
 
 
 class InvalidStateError(ValueError):
@@ -34,11 +36,27 @@ def _unb64(text: str) -> bytes:
 
 
 class StateSigner:
-    def __init__(self, secret: bytes):
-        self._secret = secret
+    """Signs and checks `_state` tokens with the secret, or with what `secret()` returns.
+
+    A callable is asked once, on the first token signed or checked: a secret kept in
+    SSM or Secrets Manager then costs boto3 and a network call only to an instance
+    that serves an upload, not to every cold start. A failed fetch is retried by the
+    next request."""
+
+    def __init__(self, secret: Union[bytes, Callable[[], bytes]]):
+        self._secret: Optional[bytes] = secret if isinstance(secret, bytes) else None
+        self._source = None if isinstance(secret, bytes) else secret
+        self._lock = threading.Lock()
+
+    def _key(self) -> bytes:
+        if self._secret is None:
+            with self._lock:
+                if self._secret is None:
+                    self._secret = self._source()
+        return self._secret
 
     def _mac(self, payload: bytes) -> bytes:
-        return hmac.new(self._secret, payload, hashlib.sha256).digest()
+        return hmac.new(self._key(), payload, hashlib.sha256).digest()
 
     def pack(self, state: UploadState) -> str:
         payload = json.dumps(
