@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from tests.conftest import backend_only
+from tests.conftest import RunningRegistry, backend_only
 
 
 def _connect(url: str) -> socket.socket:
@@ -110,11 +110,28 @@ def test_refused_chunk_body_arriving_late_keeps_the_connection(registry_url: str
         assert status == 200
 
 
+def _wait_until_locked(path, timeout: float = 60.0) -> None:
+    """Until a process holds a flock on the file at path, as the filesystem driver's
+    writer does for as long as it appends: read from /proc/locks, never by taking a
+    lock, which the writer would find taken. The timeout only bounds a hang."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if path.exists():
+            inode = f":{path.stat().st_ino} "
+            with open("/proc/locks") as locks:
+                if any(" FLOCK " in line and inode in line for line in locks):
+                    return
+        assert time.monotonic() < deadline, f"nobody took the writer's lock on {path}"
+        time.sleep(0.005)
+
+
 @backend_only("filesystem", "redis")
 def test_a_second_patch_while_a_chunk_is_being_written_is_refused_and_the_first_completes(
-    registry_url: str,
+    registry_url: str, stratus: RunningRegistry,
 ) -> None:
     location = _start_upload(registry_url, "body/racing")
+    upload_id = urlsplit(location).path.rstrip("/").rsplit("/", 1)[-1]
+    data_file = stratus.root / "docker/registry/v2/repositories/body/racing/_uploads" / upload_id / "data"
     chunk = os.urandom(3 << 20)
     with _connect(registry_url) as sock:
         sock.sendall(
@@ -124,7 +141,7 @@ def test_a_second_patch_while_a_chunk_is_being_written_is_refused_and_the_first_
             ).encode()
             + chunk[:1 << 20]
         )
-        time.sleep(0.3)  # the first PATCH now holds the upload's writer
+        _wait_until_locked(data_file)  # the first PATCH now holds the upload's writer
         second = requests.patch(
             f"{registry_url}{location}", data=b"intruder", timeout=30,
             headers={"Content-Type": "application/octet-stream", "Content-Range": "0-7"},
