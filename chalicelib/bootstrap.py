@@ -72,6 +72,18 @@ def build_registry(config: Config, tracer=None) -> Registry:
     return Registry(driver, cache, options)
 
 
+def direct_upload_options(config: Config):
+    """storage.directupload as the api takes it; None when off (by default, off except on
+    Lambda; the Azure Functions adapter turns it on in its own config)."""
+    from .registry.direct_uploads import DirectUploadOptions
+
+    direct = config.storage.directupload
+    enabled = direct.enabled if direct.enabled is not None else aws_runtime.on_lambda()
+    if not enabled:
+        return None
+    return DirectUploadOptions(part_size=direct.partsize, expiry=int(direct.expiry), verify_time=direct.verifytime)
+
+
 def build_api(config: Optional[Config] = None) -> RegistryAPI:
     config = config or load_config()
     http = config.http
@@ -85,6 +97,7 @@ def build_api(config: Optional[Config] = None) -> RegistryAPI:
         else aws_runtime.default_chunk_max_length(),
         catalog_max_entries=config.catalog.maxentries,
         extra_headers=tuple((k, v) for k, values in (http.headers or {}).items() for v in values),
+        direct_upload=direct_upload_options(config),
     )
     from . import tracing
 

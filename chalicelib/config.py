@@ -34,6 +34,7 @@ __all__ = [
     "AuthConfig",
     "CatalogConfig",
     "Config",
+    "DirectUploadConfig",
     "ConfigError",
     "HTTPConfig",
     "LogConfig",
@@ -58,7 +59,7 @@ LOG_FORMATTERS = ("text", "json")
 AUTH_METHODS = ("htpasswd", "token", "silly", "none")
 BLOB_DESCRIPTOR_CACHES = ("inmemory", "redis")
 # Keys under `storage` that configure the registry, not a driver.
-STORAGE_SETTINGS = ("delete", "redirect", "cache", "maintenance", "tag")
+STORAGE_SETTINGS = ("delete", "redirect", "cache", "maintenance", "tag", "directupload")
 DEFAULT_ROOTDIRECTORY = "/var/lib/registry"
 
 # Top-level sections Stratus reads, and those the reference defines that Stratus
@@ -103,6 +104,23 @@ class UploadPurgingConfig:
     dryrun: bool = False
 
 
+MiB = 1 << 20
+# storage.directupload.partsize limits per driver: S3 UploadPart takes 5 MiB to 5 GiB
+# (all parts but the last); an Azure block is at most 4000 MiB.
+DIRECT_PART_SIZE_LIMITS = {"s3": (5 * MiB, 5 << 30), "azure": (1, 4000 * MiB)}
+DIRECT_EXPIRY_MAX = 7 * 24 * 3600.0  # the longest an S3 presigned URL may live
+
+
+@dataclass
+class DirectUploadConfig:
+    """storage.directupload: presigned part URLs for an upload's bytes (docs/direct-uploads.md)."""
+
+    enabled: bool | None = None  # None: on where the platform limits requests (Lambda, Functions)
+    partsize: int = 16 * MiB  # part size when the client proposes none
+    expiry: float = 20 * 60.0  # seconds each part URL stays valid
+    verifytime: float = 20.0  # seconds one PUT may spend verifying before it answers 202
+
+
 @dataclass
 class StorageConfig:
     driver: str = "filesystem"
@@ -118,6 +136,7 @@ class StorageConfig:
     upload_purging: UploadPurgingConfig = field(default_factory=UploadPurgingConfig)
     readonly: bool = False  # storage.maintenance.readonly.enabled
     tag_concurrency_limit: int = 0  # storage.tag.concurrencylimit; 0 = implementation default
+    directupload: DirectUploadConfig = field(default_factory=DirectUploadConfig)
 
 
 @dataclass
@@ -626,9 +645,34 @@ def _storage(root: _Section, origins: Origins) -> StorageConfig:
         ),
         readonly=readonly.boolean("enabled", False),
         tag_concurrency_limit=tag.integer("concurrencylimit", 0, minimum=0),
+        directupload=_direct_upload(section.section("directupload"), driver),
     )
     for part in (delete, redirect, maintenance, purging, readonly, tag):
         part.warn_unknown()
+    return config
+
+
+def _direct_upload(section: _Section, driver: str) -> DirectUploadConfig:
+    value = section.value("enabled")
+    enabled = None if value is _MISSING else section.boolean("enabled", False)
+    partsize = section.size("partsize", DirectUploadConfig.partsize, positive=True)
+    low, high = DIRECT_PART_SIZE_LIMITS.get(driver, (1, None))
+    if partsize < low or (high is not None and partsize > high):
+        limit = f"between {low} and {high} bytes" if high is not None else f"at least {low} byte"
+        raise section.fail("partsize", f"a part size {limit} for the {driver} driver", partsize)
+    expiry = section.duration("expiry", DirectUploadConfig.expiry, positive=True)
+    if expiry > DIRECT_EXPIRY_MAX:
+        raise section.fail("expiry", "a duration of at most 7 days (168h), the longest a presigned URL lives",
+                           section.value("expiry"))
+    if expiry < 1:
+        raise section.fail("expiry", "a duration of at least 1s", section.value("expiry"))
+    config = DirectUploadConfig(
+        enabled=enabled,
+        partsize=partsize,
+        expiry=expiry,
+        verifytime=section.duration("verifytime", DirectUploadConfig.verifytime, positive=True),
+    )
+    section.warn_unknown()
     return config
 
 

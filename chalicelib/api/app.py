@@ -12,6 +12,7 @@ from typing import Callable, Optional, Protocol
 
 from ..context import Context
 from ..registry import Registry, RegistryError
+from ..registry.direct_uploads import DirectUploadOptions, kind as direct_kind
 from ..registry.errors import PaginationNumberInvalidError, RangeInvalidError
 from ..storage import StorageError
 from .errors import HTTPError, error_response, from_registry_error
@@ -47,6 +48,8 @@ class APISettings:
     chunk_max_length: Optional[int] = None
     catalog_max_entries: int = 1000
     extra_headers: tuple[tuple[str, str], ...] = ()
+    # storage.directupload; None: the extension is off (docs/direct-uploads.md)
+    direct_upload: Optional[DirectUploadOptions] = None
 
 
 Handler = Callable[["Scope"], Response]
@@ -105,13 +108,15 @@ class RegistryAPI:
         access_controller: Optional[AccessController] = None,
         context_factory: Callable[[Request], Context] = lambda request: Context(),
     ):
-        from . import base, blobs, catalog, manifests, referrers, tags, uploads
+        from . import base, blobs, catalog, direct_uploads, manifests, referrers, tags, uploads
 
         self.registry = registry
         self.settings = settings
         self.signer = StateSigner(settings.secret)
         self.access_controller = access_controller
         self.context_factory = context_factory
+        # what the discovery header says, when the extension is on and the driver can presign
+        self.direct_kind = direct_kind(registry.driver) if settings.direct_upload is not None else None
         # route -> (method -> handler, the access a request of that route needs)
         self.routes: dict[str, tuple[dict[str, Handler], Callable[[Scope], list[Access]]]] = {
             "base": (base.HANDLERS, base.access),
@@ -119,7 +124,8 @@ class RegistryAPI:
             "tags": (tags.HANDLERS, tags.access),
             "manifest": (manifests.HANDLERS, manifests.access),
             "uploads": (uploads.COLLECTION_HANDLERS, uploads.access),
-            "upload": (uploads.HANDLERS, uploads.access),
+            # POST ?parts= is authorised as a PATCH to the upload is
+            "upload": ({**uploads.HANDLERS, "POST": direct_uploads.request_parts}, uploads.access),
             "blob": (blobs.HANDLERS, blobs.access),
             "referrers": (referrers.HANDLERS, referrers.access),
         }

@@ -12,7 +12,8 @@ from ..registry.errors import (
     RangeInvalidError,
 )
 from ..registry.names import validate_name
-from ..registry.uploads import BlobUpload
+from ..registry.uploads import BlobUpload, DirectModeError
+from . import direct_uploads
 from .app import Access, Scope
 from .errors import HTTPError, error_response
 from .http import Response
@@ -40,7 +41,7 @@ def _session_headers(scope: Scope, repo: Repository, upload: BlobUpload) -> list
         ("Location", location),
         ("Range", f"0-{end}"),
         ("Docker-Upload-UUID", upload.id),
-    ] + _chunk_limits(scope)
+    ] + _chunk_limits(scope) + direct_uploads.discovery_headers(scope)
 
 
 def _session_response(scope: Scope, repo: Repository, upload: BlobUpload, status: int) -> Response:
@@ -196,11 +197,17 @@ def put(scope: Scope) -> Response:
         )
     except RangeInvalidError as exc:
         return _range_error(scope, repo, upload, exc)
+    except DirectModeError as exc:  # its bytes are in storage already: verify them
+        return direct_uploads.complete(scope, repo, upload, digest, exc.info)
     return _blob_created(scope, repo, digest)
 
 
 def status(scope: Scope) -> Response:
     repo, upload, _ = _resume(scope)
+    if scope.api.direct_kind is not None:
+        direct = direct_uploads.status(scope, repo, upload)
+        if direct is not None:
+            return direct
     return _session_response(scope, repo, upload, 204)
 
 

@@ -18,6 +18,7 @@ from ..context import Context
 from ..descriptor import BlobDescriptor
 from ..digest import CANONICAL, Algorithm, Digest, DigestError, ResumableHasher
 from ..storage import FileWriter, PathNotFoundError, StorageDriver, UnsupportedMethodError, paths
+from ..storage.base import DirectFile, DirectFileError
 from .blobs import BlobStore, LinkedBlobStore
 from .errors import (
     BlobUploadInvalidError,
@@ -132,6 +133,14 @@ def copy_body(body: BinaryIO, length: Optional[int], writer: FileWriter, hasher:
     return copied
 
 
+class DirectModeError(BlobUploadInvalidError):
+    """The upload's bytes come through part URLs (direct_uploads.py): no PATCH or PUT body."""
+
+    def __init__(self, upload_id: str, info: DirectFile):
+        self.info = info
+        super().__init__(upload_id, message="upload is in direct mode: its bytes come only through its part URLs")
+
+
 class BlobUpload:
     """One upload session of one repository."""
 
@@ -150,11 +159,19 @@ class BlobUpload:
         return self._uploads.driver
 
     @property
-    def _data_path(self) -> str:
+    def driver(self) -> StorageDriver:
+        return self._uploads.driver
+
+    @property
+    def data_path(self) -> str:
         return paths.upload_data(self._uploads.name, self.id)
 
-    def _state_path(self, algorithm: Algorithm, offset: int) -> str:
+    _data_path = data_path
+
+    def state_path(self, algorithm: Algorithm, offset: int) -> str:
         return paths.upload_hash_state(self._uploads.name, self.id, algorithm.value, offset)
+
+    _state_path = state_path
 
     def write(
         self, ctx: Context, body: BinaryIO, length: Optional[int], start: Optional[int] = None
@@ -195,7 +212,10 @@ class BlobUpload:
         if actual != expected:
             self.cancel(ctx)
             raise DigestInvalidError(f"digest {expected} does not match uploaded content {actual}")
-        descriptor = BlobDescriptor(digest=expected, size=self.size)
+        return self.finish(ctx, BlobDescriptor(digest=expected, size=self.size))
+
+    def finish(self, ctx: Context, descriptor: BlobDescriptor) -> BlobDescriptor:
+        """The verified, committed data becomes the blob, linked here; the upload goes."""
         self._uploads.blobs.move_into_place(ctx, self._data_path, descriptor)
         self._uploads.linked.link(ctx, descriptor)
         self._remove(ctx)
@@ -204,9 +224,17 @@ class BlobUpload:
     def cancel(self, ctx: Context) -> None:
         try:
             self._driver.writer(ctx, self._data_path, append=True).cancel()
-        except PathNotFoundError:
-            pass
+        except (PathNotFoundError, DirectFileError):
+            pass  # a direct-mode file goes with its directory, parts and all
         self._remove(ctx)
+
+    def remove(self, ctx: Context) -> None:
+        """Delete the upload's directory (a multipart upload or staged blocks with it)."""
+        self._remove(ctx)
+
+    def nearest_state(self, ctx: Context, algorithm: Algorithm, size: int) -> tuple[ResumableHasher, int]:
+        """The stored hasher state at the largest offset not past size (a fresh hasher at 0)."""
+        return self._nearest_state(ctx, algorithm, size)
 
     # -- internals -------------------------------------------------------------------
 
@@ -222,6 +250,8 @@ class BlobUpload:
                 writer = self._driver.writer(ctx, self._data_path, append=True)
             except PathNotFoundError:
                 raise BlobUploadUnknownError(self.id) from None
+            except DirectFileError as exc:
+                raise DirectModeError(self.id, exc.info) from None
         self.size = writer.size
         if start is not None and start != self.size:
             writer.close()

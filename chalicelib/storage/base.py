@@ -9,9 +9,9 @@ Context first so that tracing and logging follow the request into the backend.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import BinaryIO, Iterator, Optional, Protocol, runtime_checkable
+from typing import Any, BinaryIO, Iterator, Optional, Protocol, runtime_checkable
 
 from ..context import Context
 
@@ -153,3 +153,93 @@ class StorageDriver(Protocol):
     def walk(self, ctx: Context, path: str) -> Iterator[FileInfo]:
         """Every file and directory below path, depth first, parents before children."""
         ...
+
+
+# -- direct writes: a file whose parts the client sends straight to the backend ------------
+
+
+class DirectFileError(StorageError):
+    """The file is being written through presigned part URLs; it cannot be appended to.
+
+    ``info`` is what the backend says about it, so the caller need not ask again.
+    """
+
+    def __init__(self, driver: str, path: str, info: "DirectFile"):
+        self.info = info
+        super().__init__(driver, path, "file is written through presigned part URLs")
+
+
+@dataclass(frozen=True)
+class DirectFile:
+    """A file in direct mode: part i holds bytes [(i-1)*part_size, i*part_size).
+
+    ``assembled`` once its parts were joined into one readable file of ``size`` bytes
+    (0 before).
+    """
+
+    part_size: int
+    assembled: bool = False
+    size: int = 0
+
+
+@dataclass(frozen=True)
+class StoredPart:
+    number: int
+    size: int
+
+
+@dataclass(frozen=True)
+class PartURL:
+    """Where a client sends one part: `method` to `url` with these headers and the part as body."""
+
+    number: int
+    method: str
+    url: str
+    headers: dict = field(default_factory=dict)
+
+
+@runtime_checkable
+class DirectWriteDriver(Protocol):
+    """What a driver offers to let clients write a file's bytes without passing them through us.
+
+    The file at `path` must exist and be empty when `begin_direct` puts it in direct
+    mode; from then on the driver refuses ``writer(path, append=True)`` with
+    DirectFileError, so bytes can only arrive through part URLs. ``delete`` of the file
+    (or a directory above it) also discards parts not yet assembled.
+    """
+
+    direct_kind: str  # "s3-multipart" | "azure-blocks": how the part URLs are used
+    direct_part_size_range: tuple[int, int]  # smallest and largest part size the backend takes
+    direct_max_parts: int
+
+    def begin_direct(self, ctx: Context, path: str, part_size: int) -> DirectFile:
+        """Put the empty file at path in direct mode (InvalidOffsetError if it is not empty)."""
+        ...
+
+    def direct_file(self, ctx: Context, path: str) -> Optional[DirectFile]:
+        """The file's direct-mode state, None for an ordinary file; PathNotFoundError when absent."""
+        ...
+
+    def presign_parts(self, ctx: Context, path: str, numbers: list[int], expiry_seconds: int) -> list[PartURL]:
+        """A write-only URL for each part number, valid for expiry_seconds, for this file only."""
+        ...
+
+    def stored_parts(self, ctx: Context, path: str) -> list[StoredPart]:
+        """The parts received so far, by number."""
+        ...
+
+    def assemble_direct(self, ctx: Context, path: str, count: int) -> int:
+        """Join parts 1..count (already checked) into the file, which stays in direct mode
+        but becomes readable; returns its size."""
+        ...
+
+    def read_range(self, ctx: Context, path: str, offset: int, length: int) -> bytes:
+        """Bytes [offset, offset+length) of a readable file, in one request."""
+        ...
+
+
+def direct_writes(driver: Any) -> DirectWriteDriver:
+    """The driver's direct-write capability; UnsupportedMethodError for drivers without it."""
+    if not isinstance(getattr(driver, "direct_kind", None), str):
+        raise UnsupportedMethodError(getattr(driver, "name", "?"), "/", "presigned part uploads")
+    return driver

@@ -26,6 +26,11 @@ from typing import Any, Optional
 
 STAGED = "stratus_staged"  # metadata key of a blob with (possibly) uncommitted blocks
 STAGED_METADATA = {STAGED: "1"}
+# A file written through Put Block SAS URLs (direct.py): its part size, in metadata,
+# and the nonce of its blocks, whose sequence is the part number. No writer ever
+# takes this nonce, so a block list alone tells a direct file from an ordinary one.
+DIRECT = "stratus_direct"
+DIRECT_NONCE = "d12ec700"
 BLOCK_SIZE = 8 << 20  # bytes staged per block; 50,000 blocks make a 390 GiB blob
 APPEND_BLOCK_SIZE = 4 << 20  # the largest Append Block every service version takes
 
@@ -36,18 +41,47 @@ def block_id(sequence: int, nonce: str) -> str:
     return base64.b64encode(f"{sequence:010d}-{nonce}".encode()).decode()
 
 
-def parse_block_id(encoded: str) -> Optional[int]:
-    """The sequence number of one of our block ids, None for anyone else's."""
+def _parse(encoded: str) -> Optional[tuple[int, str]]:
     try:
         raw = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
         return None
     match = _ID_RE.match(raw)
-    return int(match.group(1)) if match else None
+    return (int(match.group(1)), match.group(2).decode()) if match else None
+
+
+def parse_block_id(encoded: str) -> Optional[int]:
+    """The sequence number of one of our block ids, None for anyone else's."""
+    parsed = _parse(encoded)
+    return parsed[0] if parsed else None
+
+
+def direct_part_number(encoded: str) -> Optional[int]:
+    """The part number of a block sent to a direct part URL, None for any other block."""
+    parsed = _parse(encoded)
+    return parsed[0] if parsed and parsed[1] == DIRECT_NONCE else None
+
+
+def writer_nonce() -> str:
+    while True:
+        nonce = secrets.token_hex(4)
+        if nonce != DIRECT_NONCE:
+            return nonce
 
 
 def is_staged(metadata: Optional[dict]) -> bool:
     return bool(metadata) and STAGED in {k.lower() for k in metadata}
+
+
+def direct_part_size(metadata: Optional[dict]) -> Optional[int]:
+    """The part size a direct file's metadata records, None for any other file."""
+    for key, value in (metadata or {}).items():
+        if key.lower() == DIRECT:
+            try:
+                return int(value)
+            except (TypeError, ValueError):
+                return None
+    return None
 
 
 @dataclass
@@ -81,6 +115,15 @@ class BlockList:
 
     def ids_in_order(self) -> list[str]:
         return [i for i, _ in self.committed] + [i for i, _, _ in self.staged]
+
+    @property
+    def empty(self) -> bool:
+        return not self.committed and not self.staged and self.committed_size == 0
+
+    @property
+    def has_direct_parts(self) -> bool:
+        ids = [i for i, _ in self.committed] + [i for i, _, _ in self.staged]
+        return any(direct_part_number(i) is not None for i in ids)
 
 
 def read_block_list(blob: Any) -> BlockList:
@@ -147,7 +190,7 @@ class BlockBlobWriter(_Writer):
         self._ids = blocks.ids_in_order()
         self._stored = blocks.size  # bytes committed or staged
         self._sequence = blocks.next_sequence
-        self._nonce = secrets.token_hex(4)
+        self._nonce = writer_nonce()
 
     @property
     def size(self) -> int:

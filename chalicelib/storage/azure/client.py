@@ -85,7 +85,7 @@ def _credential(params: AzureParameters) -> Any:
 
 
 class Signer:
-    """Makes read-only SAS URLs: account-key SAS when we hold the key, else a
+    """Makes SAS URLs for one blob (read-only, or write-only for direct parts): account-key SAS when we hold the key, else a
     user-delegation SAS signed with a key the service issues to our Entra identity."""
 
     def __init__(self, params: AzureParameters, service: Any):
@@ -99,8 +99,9 @@ class Signer:
     def _uses_token(self) -> bool:
         return hasattr(self._service.credential, "get_token")
 
-    def blob_url(self, container: str, blob_name: str, expiry_seconds: int) -> Optional[str]:
-        """A GET-only URL for the blob valid for expiry_seconds, or None when we cannot sign."""
+    def blob_url(self, container: str, blob_name: str, expiry_seconds: int, write: bool = False) -> Optional[str]:
+        """A URL for the blob valid for expiry_seconds, or None when we cannot sign: read-only,
+        or with write, write-only (Put Block and friends on that blob, nothing else)."""
         from azure.storage.blob import BlobSasPermissions, generate_blob_sas
 
         now = datetime.now(timezone.utc)
@@ -120,7 +121,7 @@ class Signer:
             account_name=self._account_name or blob.account_name,
             container_name=container,
             blob_name=blob_name,
-            permission=BlobSasPermissions(read=True),
+            permission=BlobSasPermissions(write=True) if write else BlobSasPermissions(read=True),
             expiry=expiry,
             protocol=protocol,
             **signing,

@@ -29,6 +29,7 @@ from ..base import (
 )
 from . import blocks
 from .client import Signer, service_client
+from .direct import AzureDirectWrites
 from .parameters import AzureParameters
 
 NAME = "azure"
@@ -51,7 +52,7 @@ def _valid_parts(relative: str) -> bool:
     return all(is_component(p) for p in relative.split("/"))
 
 
-class AzureDriver:
+class AzureDriver(AzureDirectWrites):
     name = NAME
 
     def __init__(self, params: AzureParameters):
@@ -188,6 +189,9 @@ class AzureDriver:
                 if str(getattr(properties.blob_type, "value", properties.blob_type)) != "AppendBlob":
                     raise self.error(path, f"cannot append to a {properties.blob_type}") from None
                 return blocks.AppendBlobWriter(self, path, blob, properties.size)
+            # a direct file shows in its block ids, or (no parts yet) in its metadata
+            if listing.has_direct_parts or listing.empty:
+                self.refuse_direct(path, blob)
             if not listing.committed_is_ours:
                 listing = self._adopt_committed(blob, listing)
         return blocks.BlockBlobWriter(self, path, blob, listing)
@@ -207,9 +211,7 @@ class AzureDriver:
         """Re-commit content that Put Blob (or another tool) wrote as our blocks, so that
         new blocks can follow it. Only files from put_content, which are small, or from
         other tools ever need this; it goes one block at a time, never all in memory."""
-        import secrets
-
-        nonce = secrets.token_hex(4)
+        nonce = blocks.writer_nonce()
         ids = []
         for number, start in enumerate(range(0, listing.committed_size, blocks.BLOCK_SIZE)):
             length = min(blocks.BLOCK_SIZE, listing.committed_size - start)
@@ -334,6 +336,8 @@ class AzureDriver:
                 self._materialize(source, source_blob)
         with self.errors(dest, missing_is_not_found=False):
             self._copy(source, source_blob, dest_blob)
+            if blocks.direct_part_size(properties.metadata) is not None:
+                dest_blob.set_blob_metadata({})  # the copy took the source's direct mark
         with self.errors(source, missing_is_not_found=False):
             try:
                 source_blob.delete_blob()

@@ -22,6 +22,10 @@ DELETE_MAX = 1000  # keys per DeleteObjects request
 META_PARTS = "stratus-parts"
 META_PARTS_SIZE = "stratus-parts-size"
 META_UPLOAD = "stratus-upload-id"
+# The part size of a file written through presigned UploadPart URLs (see driver.py):
+# on its pending tail while parts arrive, and on the assembled object, since the
+# multipart upload is created with it.
+META_DIRECT = "stratus-direct-part-size"
 
 
 @dataclass(frozen=True)
@@ -143,8 +147,10 @@ class Bucket:
 
     # -- multipart uploads -----------------------------------------------------------
 
-    def create_upload(self, key: str) -> str:
-        return self.client.create_multipart_upload(Bucket=self.name, Key=key, **self.write_args())["UploadId"]
+    def create_upload(self, key: str, metadata: Optional[dict[str, str]] = None) -> str:
+        extra: dict[str, Any] = {"Metadata": metadata} if metadata else {}
+        return self.client.create_multipart_upload(
+            Bucket=self.name, Key=key, **self.write_args(), **extra)["UploadId"]
 
     def upload_part(self, key: str, upload_id: str, number: int, body: bytes) -> str:
         response = self.client.upload_part(Bucket=self.name, Key=key, UploadId=upload_id, PartNumber=number, Body=body)

@@ -3,7 +3,8 @@
 A path maps onto the key ``<rootdirectory>/<path without its leading />`` exactly as
 in the reference registry's s3-aws driver, so a bucket written by registry:2 is
 served unchanged, and the other way round. Directories are key prefixes: they exist
-while some key lies below them. Files being written are described in writer.py.
+while some key lies below them. Files being written are described in writer.py,
+files written through presigned part URLs in direct.py.
 """
 from __future__ import annotations
 
@@ -24,12 +25,13 @@ from ..base import (
 )
 from .bucket import Bucket, Pending
 from .client import requests
+from .direct import S3DirectWrites
 from .errors import NAME, error_code, is_not_found, s3_errors
 from .params import S3Parameters
 from .writer import S3FileWriter, open_for_append
 
 
-class S3Driver:
+class S3Driver(S3DirectWrites):
     name = NAME
 
     def __init__(self, params: S3Parameters):

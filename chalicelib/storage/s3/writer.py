@@ -23,8 +23,9 @@ from __future__ import annotations
 
 from typing import Optional
 
-from ..base import StorageError
+from ..base import DirectFileError, StorageError
 from .bucket import Bucket, Pending, copy_ranges
+from .direct import direct_info
 from .errors import NAME, is_not_found, s3_errors
 from .params import MIN_PART_SIZE
 
@@ -151,6 +152,10 @@ def open_for_append(bucket: Bucket, path: str, key: str) -> Optional[S3FileWrite
         raise
     body = response["Body"]
     length = int(response.get("ContentLength", 0))
+    direct = direct_info(response)
+    if direct is not None:  # its bytes come through part URLs only
+        body.close()
+        raise DirectFileError(NAME, path, direct)
     pending = Pending.from_metadata(response.get("Metadata"))
     if pending is None and length >= MIN_PART_SIZE:
         body.close()  # a finished file this long is continued by server-side copy, not read

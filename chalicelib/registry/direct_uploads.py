@@ -1,0 +1,256 @@
+"""Direct-to-storage uploads: the bytes of a blob go from the client straight into
+the bucket through presigned part URLs, and the registry verifies them before
+they become the blob (docs/direct-uploads.md).
+
+An upload enters direct mode, while still empty, on its first request for part
+URLs; its data file then takes bytes only through those URLs (the driver refuses
+an ordinary append). Completion never trusts the client's digest: the parts are
+checked (contiguous from 1, all but the last exactly one part size), joined into
+the upload's data file, and read back with parallel ranged reads feeding the
+resumable hasher. The hash state is stored at hashstates/<alg>/<offset> as it
+goes, so a verification too long for one request stops after `verify_time` and
+the next request (on any instance) continues from the last state. Only a match
+moves the file into place; a mismatch removes the upload, parts and all.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Optional
+
+from ..context import Context
+from ..descriptor import BlobDescriptor
+from ..digest import Digest, ResumableHasher
+from ..storage import InvalidOffsetError, PathNotFoundError
+from ..storage.base import DirectFile, DirectWriteDriver, PartURL, StoredPart, direct_writes
+from .errors import (
+    BlobUploadInvalidError,
+    BlobUploadUnknownError,
+    DigestInvalidError,
+    RangeInvalidError,
+    SizeInvalidError,
+)
+from .uploads import BlobUpload
+
+log = logging.getLogger("stratus.uploads.direct")
+
+MiB = 1 << 20
+MAX_URLS_PER_REQUEST = 100
+
+
+@dataclass(frozen=True)
+class DirectUploadOptions:
+    part_size: int = 16 * MiB  # when the client proposes none
+    expiry: int = 20 * 60  # seconds a part URL stays valid
+    verify_time: float = 20.0  # seconds one completion request may spend reading back
+    read_size: int = 8 * MiB  # bytes per ranged read
+    readers: int = 8  # ranged reads in flight
+    checkpoint_every: int = 512 * MiB  # bytes hashed between stored hash states
+
+
+def kind(driver: Any) -> Optional[str]:
+    """How the driver's part URLs are used ("s3-multipart", "azure-blocks"), None without them."""
+    value = getattr(driver, "direct_kind", None)
+    return value if isinstance(value, str) else None
+
+
+@dataclass(frozen=True)
+class PartsGrant:
+    """What a request for part URLs answers."""
+
+    kind: str
+    part_size: int
+    max_parts: int
+    expires: datetime
+    uploaded: list[StoredPart]
+    parts: list[PartURL]
+
+
+@dataclass(frozen=True)
+class Verification:
+    """Where a completion request got to: `descriptor` once the blob is in place,
+    else `verified` of `size` bytes read back and hashed so far."""
+
+    size: int
+    verified: int
+    descriptor: Optional[BlobDescriptor] = None
+
+    @property
+    def done(self) -> bool:
+        return self.descriptor is not None
+
+
+def contiguous_size(parts: list[StoredPart], part_size: int) -> int:
+    """Bytes in the run of stored parts from part 1 on, each full but maybe the last."""
+    size = 0
+    for expected, part in enumerate(sorted(parts, key=lambda p: p.number), start=1):
+        if part.number != expected:
+            break
+        size += part.size
+        if part.size != part_size:
+            break
+    return size
+
+
+def check_parts(parts: list[StoredPart], part_size: int) -> int:
+    """The number of parts if they make one file (1..n, all but the last `part_size`)."""
+    if not parts:
+        raise BlobUploadInvalidError("no parts were uploaded")
+    ordered = sorted(parts, key=lambda p: p.number)
+    for expected, part in enumerate(ordered, start=1):
+        if part.number != expected:
+            raise BlobUploadInvalidError({"missing": expected}, message=f"part {expected} was not uploaded")
+        last = expected == len(ordered)
+        if (not last and part.size != part_size) or part.size == 0 or part.size > part_size:
+            raise BlobUploadInvalidError(
+                {"part": part.number, "size": part.size, "partSize": part_size},
+                message=f"part {part.number} has {part.size} bytes; every part but the last must have {part_size}",
+            )
+    return len(ordered)
+
+
+class DirectUpload:
+    """Direct mode of one upload session."""
+
+    def __init__(self, upload: BlobUpload, options: DirectUploadOptions):
+        self.upload = upload
+        self.options = options
+
+    @property
+    def _driver(self) -> DirectWriteDriver:
+        return direct_writes(self.upload.driver)
+
+    @property
+    def _path(self) -> str:
+        return self.upload.data_path
+
+    def state(self, ctx: Context) -> Optional[DirectFile]:
+        """The upload's direct mode, None when it is an ordinary upload."""
+        driver = self.upload.driver
+        if kind(driver) is None:
+            return None
+        try:
+            return direct_writes(driver).direct_file(ctx, self._path)
+        except PathNotFoundError:
+            raise BlobUploadUnknownError(self.upload.id) from None
+
+    def progress(self, ctx: Context, info: DirectFile) -> int:
+        """Bytes received: the run of stored parts from part 1, or the assembled size."""
+        if info.assembled:
+            return info.size
+        return contiguous_size(self._driver.stored_parts(ctx, self._path), info.part_size)
+
+    # -- part URLs -------------------------------------------------------------------
+
+    def grant(self, ctx: Context, first: int, last: int, part_size: Optional[int] = None) -> PartsGrant:
+        """URLs for parts first..last, putting the (empty) upload in direct mode first if needed."""
+        driver = self._driver
+        if not 1 <= first <= last <= driver.direct_max_parts:
+            raise BlobUploadInvalidError(
+                {"first": first, "last": last, "maxParts": driver.direct_max_parts},
+                message=f"part numbers run from 1 to {driver.direct_max_parts}",
+            )
+        if last - first + 1 > MAX_URLS_PER_REQUEST:
+            raise BlobUploadInvalidError(
+                {"requested": last - first + 1, "max": MAX_URLS_PER_REQUEST},
+                message=f"at most {MAX_URLS_PER_REQUEST} part URLs per request",
+            )
+        info = self.state(ctx)
+        if info is None:
+            info = self._begin(ctx, driver, part_size if part_size is not None else self.options.part_size)
+        elif part_size is not None and part_size != info.part_size:
+            raise BlobUploadInvalidError(
+                {"partSize": info.part_size}, message=f"this upload's part size is {info.part_size}"
+            )
+        if info.assembled:
+            raise BlobUploadInvalidError(message="the parts were already assembled; finish with PUT")
+        expires = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=self.options.expiry)
+        urls = driver.presign_parts(ctx, self._path, list(range(first, last + 1)), self.options.expiry)
+        uploaded = driver.stored_parts(ctx, self._path)
+        return PartsGrant(driver.direct_kind, info.part_size, driver.direct_max_parts, expires, uploaded, urls)
+
+    def _begin(self, ctx: Context, driver: DirectWriteDriver, part_size: int) -> DirectFile:
+        low, high = driver.direct_part_size_range
+        if not low <= part_size <= high:
+            raise SizeInvalidError(
+                {"partSize": part_size, "min": low, "max": high},
+                message=f"part size must be between {low} and {high} bytes",
+            )
+        try:
+            return driver.begin_direct(ctx, self._path, part_size)
+        except InvalidOffsetError as exc:
+            self.upload.size = exc.offset
+            raise RangeInvalidError(
+                {"size": exc.offset}, message="only an empty upload can take direct parts"
+            ) from None
+        except PathNotFoundError:
+            raise BlobUploadUnknownError(self.upload.id) from None
+
+    # -- completion ------------------------------------------------------------------
+
+    def complete(self, ctx: Context, expected: Digest, info: DirectFile) -> Verification:
+        """Assemble (once), read back and hash for up to verify_time; move into place on a match."""
+        driver = self._driver
+        if info.assembled:
+            size = info.size
+        else:
+            count = check_parts(driver.stored_parts(ctx, self._path), info.part_size)
+            size = driver.assemble_direct(ctx, self._path, count)
+            log.info("upload %s: %d direct parts assembled, %d bytes", self.upload.id, count, size)
+        self.upload.size = size
+        hasher = self._hash(ctx, driver, expected, size)
+        if hasher.length < size:
+            return Verification(size, hasher.length)
+        actual = hasher.digest()
+        if actual != expected:
+            self.upload.remove(ctx)
+            raise DigestInvalidError(f"digest {expected} does not match uploaded content {actual}")
+        return Verification(size, size, self.upload.finish(ctx, BlobDescriptor(digest=expected, size=size)))
+
+    def _hash(self, ctx: Context, driver: DirectWriteDriver, expected: Digest, size: int) -> ResumableHasher:
+        """Hash the data from the last stored state on, with reads running ahead of the hasher.
+
+        Reads are issued in order, `readers` at a time; each is hashed as soon as it
+        and all before it have arrived. At least one read is hashed per request, so
+        every request makes progress however short verify_time is.
+        """
+        options = self.options
+        deadline = time.monotonic() + options.verify_time
+        hasher, offset = self.upload.nearest_state(ctx, expected.algorithm, size)
+        saved = offset
+        if offset < size:
+            log.info("upload %s: verifying from %d of %d bytes", self.upload.id, offset, size)
+        pool = ThreadPoolExecutor(max_workers=options.readers, thread_name_prefix="stratus-verify")
+        inflight: deque[Future] = deque()
+        ahead = offset
+
+        def read_next() -> None:
+            nonlocal ahead
+            length = min(options.read_size, size - ahead)
+            inflight.append(pool.submit(driver.read_range, ctx, self._path, ahead, length))
+            ahead += length
+
+        try:
+            while ahead < size and len(inflight) < options.readers:
+                read_next()
+            while inflight:
+                hasher.update(inflight.popleft().result())
+                if hasher.length - saved >= options.checkpoint_every:
+                    saved = self._save(ctx, hasher)
+                if hasher.length < size and time.monotonic() >= deadline:
+                    break
+                if ahead < size:
+                    read_next()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        if saved < hasher.length < size:
+            self._save(ctx, hasher)
+        return hasher
+
+    def _save(self, ctx: Context, hasher: ResumableHasher) -> int:
+        self.upload.driver.put_content(ctx, self.upload.state_path(hasher.algorithm, hasher.length), hasher.state())
+        return hasher.length
