@@ -608,3 +608,38 @@ def test_direct_uploads_push_parts_to_storage(direct_upstream, images: Path, tmp
         r = requests.get(f"{running.url}/v2/direct/app/blobs/{layer}", allow_redirects=False, timeout=10)
         assert r.status_code == 307
         assert not r.headers["Location"].startswith(running.url)
+
+
+def test_direct_upload_resumes_with_the_parts_storage_has(direct_upstream, tmp_path: Path) -> None:
+    _, moto, bucket = direct_upstream
+    part = 8 * MIB
+    data = os.urandom(6 * part)
+    state = tmp_path / "state"
+    port = free_port()
+    # the registry's S3 endpoint is a tap in front of moto, so its presigned part URLs
+    # lead through the tap too: part bytes are counted on their way to storage
+    with tapped(moto.endpoint) as s3:
+        env = {**moto.environment(bucket, REGISTRY_STORAGE_S3_REGIONENDPOINT=s3.url),
+               "REGISTRY_STORAGE_DIRECTUPLOAD_ENABLED": "true"}
+        (tmp_path / "data").mkdir()
+        with stratus_server(tmp_path / "data", env) as upstream:
+            # first relay: one part at a time, cut off 2 MiB into the fourth part
+            s3.hold_at = s3.sent + 3 * part + 2 * MIB
+            with relay(upstream, state, "--part-size", "8", "--parallel", "1", port=port) as first:
+                location = _post(first.url, "parts/app").headers["Location"]
+                threading.Thread(target=lambda: _quietly(
+                    lambda: requests.patch(location, data=data, timeout=120)), daemon=True).start()
+                assert s3.holding.wait(120), "the parts never reached storage"
+                first.kill()
+                s3.cut()
+            s3.hold_at = None
+            before = s3.sent
+            with relay(upstream, state, "--part-size", "8", port=port) as second:
+                assert upload_patch_stream(second.url, "parts/app", data).status_code == 201
+                resent = s3.sent - before
+                log = second.log_text()
+                assert _blob(second.url, "parts/app", sha256(data)) == data
+    assert "continuing interrupted upstream upload" in log
+    print(f"direct resume: {resent / MIB:.1f} MiB sent again of {len(data) / MIB:.0f} MiB")
+    # parts 1-3 stayed in storage: only parts 4-6 went again (plus the registry's small writes)
+    assert resent < len(data) - 3 * part + MIB, resent
