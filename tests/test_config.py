@@ -714,3 +714,65 @@ def test_parse_size(value, size):
 def test_parse_size_rejects(value):
     with pytest.raises(ValueError, match="expected a size"):
         parse_size(value)
+
+
+# -- storage.directupload -------------------------------------------------------------------
+
+
+def test_directupload_defaults_leave_enabled_to_the_platform():
+    direct = load_config(environ={}).storage.directupload
+    assert direct.enabled is None  # bootstrap: on on Lambda; the Functions adapter: on
+    assert (direct.partsize, direct.expiry, direct.verifytime) == (16 << 20, 20 * 60, 20)
+
+
+def test_directupload_from_file_and_environment(tmp_path):
+    text = "storage:\n  s3:\n    bucket: b\n  directupload:\n    enabled: false\n    partsize: 64MiB\n    expiry: 1h\n"
+    path = tmp_path / "config.yml"
+    path.write_text(text)
+    config = load_config(str(path), environ={
+        "REGISTRY_STORAGE_DIRECTUPLOAD_ENABLED": "true", "REGISTRY_STORAGE_DIRECTUPLOAD_VERIFYTIME": "25s",
+    })
+    direct = config.storage.directupload
+    assert config.storage.driver == "s3"  # directupload is a setting, not a second driver
+    assert (direct.enabled, direct.partsize, direct.expiry, direct.verifytime) == (True, 64 << 20, 3600, 25)
+
+
+def test_env_storage_keeps_the_directupload_section(tmp_path):
+    path = tmp_path / "config.yml"
+    path.write_text("storage:\n  filesystem: {}\n  directupload:\n    partsize: 32MiB\n")
+    config = load_config(str(path), environ={"REGISTRY_STORAGE": "azure"})
+    assert config.storage.driver == "azure" and config.storage.directupload.partsize == 32 << 20
+
+
+@pytest.mark.parametrize(
+    "text, key, expected",
+    [
+        ("storage:\n  directupload:\n    enabled: often", "storage.directupload.enabled", "a boolean"),
+        ("storage:\n  directupload: true", "storage.directupload", "a mapping"),
+        ("storage:\n  directupload:\n    partsize: 0", "storage.directupload.partsize", "positive size"),
+        ("storage:\n  directupload:\n    partsize: huge", "storage.directupload.partsize", "size"),
+        ("storage:\n  s3:\n    bucket: b\n  directupload:\n    partsize: 1MiB", "storage.directupload.partsize",
+         "between 5242880 and 5368709120 bytes for the s3 driver"),
+        ("storage:\n  s3:\n    bucket: b\n  directupload:\n    partsize: 6GiB", "storage.directupload.partsize",
+         "for the s3 driver"),
+        ("storage:\n  azure:\n    container: c\n  directupload:\n    partsize: 5000MiB",
+         "storage.directupload.partsize", "for the azure driver"),
+        ("storage:\n  directupload:\n    expiry: 0s", "storage.directupload.expiry", "positive duration"),
+        ("storage:\n  directupload:\n    expiry: 200h", "storage.directupload.expiry", "at most 7 days"),
+        ("storage:\n  directupload:\n    expiry: 10ms", "storage.directupload.expiry", "at least 1s"),
+        ("storage:\n  directupload:\n    verifytime: -1s", "storage.directupload.verifytime", "positive duration"),
+        ("storage:\n  directupload:\n    verifytime: a while", "storage.directupload.verifytime", "a duration"),
+    ],
+)
+def test_bad_directupload_values_name_the_key(tmp_path, text, key, expected):
+    with pytest.raises(ConfigError) as raised:
+        load_text(tmp_path, text)
+    message = str(raised.value)
+    assert message.startswith(key + ":"), message
+    assert expected in message
+    assert raised.value.key == key
+
+
+def test_bad_directupload_env_value_names_the_variable():
+    with pytest.raises(ConfigError, match=r"^storage\.directupload\.partsize \(from REGISTRY_STORAGE_DIRECTUPLOAD_PARTSIZE\)"):
+        load_config(environ={"REGISTRY_STORAGE_DIRECTUPLOAD_PARTSIZE": "lots"})

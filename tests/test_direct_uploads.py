@@ -502,3 +502,20 @@ def test_filesystem_driver_cannot_offer_it(tmp_path: Path) -> None:
         done = call("PUT", session.target() + f"&digest={sha256(b'abc')}", {"Content-Type": "application/octet-stream"},
                     b"abc")
         assert done.status == 201
+
+
+def test_on_by_default_on_lambda_and_functions_only(monkeypatch) -> None:
+    from chalicelib.azurefunctions import with_platform_limits
+    from chalicelib.bootstrap import direct_upload_options
+    from chalicelib.config import config_from_mapping
+
+    default = config_from_mapping({})
+    off = config_from_mapping({"storage": {"directupload": {"enabled": False}}})
+    monkeypatch.delenv("AWS_LAMBDA_FUNCTION_NAME", raising=False)
+    assert direct_upload_options(default) is None  # stratus serve
+    functions = direct_upload_options(with_platform_limits(default, {}))
+    assert functions is not None and functions.part_size == 16 * MiB
+    assert direct_upload_options(with_platform_limits(off, {})) is None
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "stratus")
+    assert direct_upload_options(default) is not None
+    assert direct_upload_options(off) is None
