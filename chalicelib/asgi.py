@@ -228,6 +228,18 @@ class ASGIApp:
             response = await loop.run_in_executor(pool, self.api.handle, request)
             await _send(loop, pool, send, scope, response, close=False, transport=transport)
             return
+        # the first bytes are awaited here, holding neither a thread nor an upload slot
+        body = _Body(receive, loop, self.limits.read_timeout)
+        await body.prefetch()
+        if body.disconnected:
+            return  # nobody to answer
+        if body.timed_out:
+            response = error_response(
+                "BLOB_UPLOAD_INVALID", "no request body arrived in time",
+                {"timeout_seconds": self.limits.read_timeout}, status=408,
+            )
+            await _send(loop, pool, send, scope, response, close=True, transport=transport)
+            return
         if self.uploads >= self.limits.max_uploads:
             response = error_response(
                 "UNAVAILABLE", "too many uploads in progress; retry later",
@@ -237,19 +249,8 @@ class ASGIApp:
             # the body is not read: close after the answer rather than read it all
             await _send(loop, pool, send, scope, response, close=True, transport=transport)
             return
-        body = _Body(receive, loop, self.limits.read_timeout)
         self.uploads += 1
         try:
-            await body.prefetch()
-            if body.disconnected:
-                return  # nobody to answer
-            if body.timed_out:
-                response = error_response(
-                    "BLOB_UPLOAD_INVALID", "no request body arrived in time",
-                    {"timeout_seconds": self.limits.read_timeout}, status=408,
-                )
-                await _send(loop, pool, send, scope, response, close=True, transport=transport)
-                return
             request = _request(scope, body, length)
             response = await loop.run_in_executor(upload_pool, self.api.handle, request)
             await body.drain(_DRAIN_LIMIT)
