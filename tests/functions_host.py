@@ -48,6 +48,7 @@ import tempfile
 import typing
 import uuid
 from contextlib import contextmanager
+from http import HTTPStatus
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
@@ -595,7 +596,7 @@ class Host:
         no_body = method == "HEAD" or status in (204, 304) or 100 <= status < 200
         if not no_body and length_text is None:
             out.append(("Transfer-Encoding", "chunked"))
-        reason = "-"
+        reason = _reason(status)
         writer.write((f"HTTP/1.1 {status} {reason}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in out)
                       + "\r\n").encode("latin-1"))
         if no_body:
@@ -637,6 +638,13 @@ async def _open_upstream(host: str, port: int) -> tuple[asyncio.StreamReader, as
     protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
     transport, _ = await loop.create_connection(lambda: protocol, host, port)
     return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "-"
 
 
 async def _until_eof(reader: asyncio.StreamReader) -> Any:
