@@ -1,6 +1,11 @@
 """Blob uploads across stateless function instances over S3 (moto server): chunks of
 any size, the digest verified at the end, nothing left behind by a bad upload, the
-eventual-consistency retries, and the S3 requests a push and a pull cost."""
+eventual-consistency retries, and the S3 requests a push and a pull cost.
+
+What a client sends goes through the API Gateway stand-in (tests/lambda_gateway.py),
+so a chunk the platform would refuse is refused here too; chunks larger than any
+invocation can carry (the S3 writer must take them from `stratus serve`) are driven
+through the registry api directly."""
 from __future__ import annotations
 
 import hashlib
@@ -21,10 +26,12 @@ from chalicelib.registry import Registry, RegistryOptions
 from chalicelib.registry.errors import BlobUnknownError
 from chalicelib.storage import PathNotFoundError, create_driver
 from chalicelib.storage.s3 import client as s3_client
-from tests.lambda_events import Invoker
+from tests.lambda_gateway import EVENT_LIMIT, GatewayClient, LambdaGateway, lambda_gateway
 from tests.moto_server import MotoS3
 
 MiB = 1 << 20
+# the largest chunk whose event (base64 plus ~2 KB of request) fits in one invocation
+LARGEST_CHUNK = (EVENT_LIMIT - 4096) // 4 * 3
 
 
 def random_bytes(size: int, seed: int = 0) -> bytes:
@@ -36,10 +43,20 @@ def bucket(moto_s3: MotoS3) -> str:
     return moto_s3.create_bucket()
 
 
+@pytest.fixture(scope="module")
+def gateway(moto_s3: MotoS3, bucket: str, tmp_path_factory) -> Iterator[LambdaGateway]:
+    """The function with its chunk limit raised to 8 MiB: only the platform limits chunks.
+    Each request on a fresh registry, as on a new function instance."""
+    env = {**moto_s3.environment(bucket), "REGISTRY_HTTP_SECRET": "uploads-secret",
+           "REGISTRY_HTTP_CHUNKMAXLENGTH": "8MiB"}
+    with lambda_gateway(env, "http", instances="cold", workdir=tmp_path_factory.mktemp("gateway")) as gw:
+        yield gw
+        gw.assert_nothing_over_the_limit_reached_the_function()
+
+
 @pytest.fixture
-def lambda_env(monkeypatch, moto_s3: MotoS3, bucket: str) -> Iterator[None]:
-    with moto_s3.lambda_function(monkeypatch, bucket, REGISTRY_HTTP_SECRET="uploads-secret"):
-        yield
+def invoke(gateway: LambdaGateway) -> GatewayClient:
+    return gateway.client()
 
 
 def multipart_uploads(moto_s3: MotoS3, bucket: str) -> list[str]:
@@ -51,14 +68,14 @@ def keys_under(moto_s3: MotoS3, bucket: str, prefix: str) -> list[str]:
     return [item["Key"] for page in pages for item in page.get("Contents", [])]
 
 
-@pytest.mark.parametrize("chunks_mib", [(1, 3, 7), (1,), (3,), (7,)], ids=["1-3-7", "1", "3", "7"])
-def test_23_mib_in_chunks_each_on_a_fresh_app(lambda_env, monkeypatch, moto_s3, bucket, chunks_mib) -> None:
-    """1+3+7+1+3+7+1 MiB (tails folded into parts at every size), and each size alone."""
-    monkeypatch.setenv("REGISTRY_HTTP_CHUNKMAXLENGTH", "8MiB")  # 7 MiB chunks are over Lambda's default
-    name = "chunks/c" + "-".join(map(str, chunks_mib))
-    data = random_bytes(23 * MiB, seed=sum(chunks_mib))
-    invoke = Invoker("http")
-    digest = invoke.push_blob(name, data, chunk=[c * MiB for c in chunks_mib], fresh=True)
+@pytest.mark.parametrize("chunks", [(MiB, 3 * MiB, LARGEST_CHUNK), (MiB,), (3 * MiB,), (LARGEST_CHUNK,)],
+                         ids=["1-3-max", "1", "3", "max"])
+def test_23_mib_in_chunks_each_on_a_fresh_instance(invoke, moto_s3, bucket, chunks) -> None:
+    """1+3+max+1+3+... MiB through the gateway (tails folded into parts at every size), and
+    each size alone; `max` is the most one invocation carries, ~4.4 MiB."""
+    name = "chunks/c" + "-".join(str(c) for c in chunks)
+    data = random_bytes(23 * MiB, seed=sum(chunks))
+    digest = invoke.push_blob(name, data, chunk=list(chunks))
     assert digest == "sha256:" + hashlib.sha256(data).hexdigest()
     assert multipart_uploads(moto_s3, bucket) == []
     assert keys_under(moto_s3, bucket, f"docker/registry/v2/repositories/{name}/_uploads/") == []
@@ -67,8 +84,50 @@ def test_23_mib_in_chunks_each_on_a_fresh_app(lambda_env, monkeypatch, moto_s3, 
     assert hashlib.sha256(http.get(got.header("Location"), timeout=60).content).hexdigest() == digest[7:]
 
 
-def test_digest_mismatch_leaves_nothing_and_aborts_the_upload(lambda_env, moto_s3, bucket) -> None:
-    invoke = Invoker("http")
+def test_a_chunk_over_what_an_invocation_carries_is_refused_by_the_platform(invoke, gateway) -> None:
+    started = invoke("POST", "/v2/chunks/too-big/blobs/uploads/")
+    path, query = started.location()
+    piece = random_bytes(LARGEST_CHUNK + 3 * 1024, seed=5)
+    refused = invoke("PATCH", path, query, {"Content-Range": f"0-{len(piece) - 1}"}, piece)
+    assert refused.status == 413 and refused.body == b'{"message":"Request Too Long"}'
+    assert not gateway.records()[-1].reached_function
+    assert invoke("GET", path, query).header("Range") == "0-0"  # nothing of it was written
+
+
+def api_call(config, method: str, path: str, query: str = "", headers=None, body: bytes = b""):
+    """One request to a registry built afresh, as a new instance would build it."""
+    from chalicelib.api.http import Request
+
+    return build_api(config).handle(Request.from_bytes(method, path, query, headers or {}, body,
+                                                       base_url="https://r"))
+
+
+def test_23_mib_in_chunks_of_7_mib_reach_the_s3_writer_from_other_fronts(moto_s3, bucket) -> None:
+    """Chunks bigger than an S3 part (which only `stratus serve` can receive) go straight
+    into parts, with the tails folded; no gateway can carry them, so the api is driven."""
+    config = config_from_mapping({"storage": {"s3": moto_s3.parameters(bucket)}, "http": {"secret": "s"}})
+    name, data = "chunks/c1-3-7", random_bytes(23 * MiB, seed=11)
+    response = api_call(config, "POST", f"/v2/{name}/blobs/uploads/")
+    location = response.header("Location").split("https://r", 1)[1]
+    offset, sizes = 0, iter([1, 3, 7] * 3)
+    while offset < len(data):
+        piece = data[offset:offset + next(sizes) * MiB]
+        path, query = location.split("?", 1)
+        response = api_call(config, "PATCH", path, query,
+                            {"Content-Range": f"{offset}-{offset + len(piece) - 1}"}, piece)
+        assert response.status == 202, response.body_bytes()
+        location = response.header("Location").split("https://r", 1)[1]
+        offset += len(piece)
+    path, query = location.split("?", 1)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    assert api_call(config, "PUT", path, f"{query}&digest={digest}").status == 201
+    assert multipart_uploads(moto_s3, bucket) == []
+    assert keys_under(moto_s3, bucket, f"docker/registry/v2/repositories/{name}/_uploads/") == []
+    stored = moto_s3.client().get_object(Bucket=bucket, Key=f"docker/registry/v2/blobs/sha256/{digest[7:9]}/{digest[7:]}/data")
+    assert hashlib.sha256(stored["Body"].read()).hexdigest() == digest[7:]
+
+
+def test_digest_mismatch_leaves_nothing_and_aborts_the_upload(invoke, moto_s3, bucket) -> None:
     data = random_bytes(7 * MiB, seed=9)
     started = invoke("POST", "/v2/bad/digest/blobs/uploads/")
     path, query = started.location()
@@ -90,9 +149,8 @@ def test_digest_mismatch_leaves_nothing_and_aborts_the_upload(lambda_env, moto_s
     assert invoke("HEAD", f"/v2/bad/digest/blobs/{wrong}").status == 404
 
 
-def test_lost_hash_state_is_recovered_at_commit(lambda_env, moto_s3, bucket) -> None:
+def test_lost_hash_state_is_recovered_at_commit(invoke, moto_s3, bucket) -> None:
     """S3 cannot read an upload's parts before it completes: the digest is computed after."""
-    invoke = Invoker("http")
     data = random_bytes(10 * MiB, seed=4)
     started = invoke("POST", "/v2/lost/state/blobs/uploads/")
     path, query = started.location()
