@@ -29,6 +29,7 @@ from .clients_images import (
     Layout, assert_same_image, assert_stored_like, build_image, needs_tools, pull, push,
 )
 from .clients_servers import clean_env, needs_reference, reference_registry
+from .docker_daemon import docker_daemon_fixture  # noqa: F401  (the fixture `docker_daemon`)
 from .moto_server import MotoS3
 from .servers import ROOT, free_port, process, stratus_server
 from .test_auth_htpasswd import PASSWORD, htpasswd_file
@@ -643,3 +644,26 @@ def test_direct_upload_resumes_with_the_parts_storage_has(direct_upstream, tmp_p
     print(f"direct resume: {resent / MIB:.1f} MiB sent again of {len(data) / MIB:.0f} MiB")
     # parts 1-3 stayed in storage: only parts 4-6 went again (plus the registry's small writes)
     assert resent < len(data) - 3 * part + MIB, resent
+
+
+# -- docker ----------------------------------------------------------------------------------------------
+
+
+def test_docker_logs_in_pushes_and_pulls_through_the_relay(docker_daemon, tmp_path: Path) -> None:
+    """`docker login <relay>` logs into the upstream (htpasswd), and a layer 24 times the
+    upstream's chunk limit goes up and comes back with the same image ID."""
+    from .test_clients_docker import push_then_pull_back
+
+    root = tmp_path / "data"
+    root.mkdir()
+    path = htpasswd_file(tmp_path, {"alice": PASSWORD}, cost=6)
+    config = tmp_path / "config.yml"
+    config.write_text(yaml.safe_dump({"version": "0.1", "http": {"chunkmaxlength": CHUNK_MAX},
+                                      "auth": {"htpasswd": {"realm": "Stratus", "path": str(path)}}}))
+    image = docker_daemon.image_with_layer(24)
+    docker_config = docker_daemon.fresh_config(tmp_path / "docker-config")
+    with stratus_server(root, config=config) as upstream, relay(upstream, tmp_path / "state") as running:
+        assert "Login Succeeded" in docker_daemon.login(running.host, "alice", PASSWORD, config_dir=docker_config)
+        push_then_pull_back(docker_daemon, image, f"{running.host}/team/app:1", config_dir=docker_config)
+        log = running.log_text()
+    assert "complete" in log and "MB/s" in log
