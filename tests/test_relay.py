@@ -667,3 +667,42 @@ def test_docker_logs_in_pushes_and_pulls_through_the_relay(docker_daemon, tmp_pa
         push_then_pull_back(docker_daemon, image, f"{running.host}/team/app:1", config_dir=docker_config)
         log = running.log_text()
     assert "complete" in log and "MB/s" in log
+
+
+# -- the Lambda app behind API Gateway's limits -----------------------------------------------------------
+
+
+@needs_tools
+def test_skopeo_through_the_relay_into_lambda_behind_a_rest_api(moto_s3: MotoS3, images: Path, tmp_path: Path) -> None:
+    """A REST API with its stage in the path, htpasswd auth, and a layer over the 6 MB an
+    invocation carries: the relay restores the remapped challenge, strips the stage from
+    the Locations it hands out, and sends the layer in pieces the platform lets through."""
+    import bcrypt
+
+    from .lambda_gateway import lambda_gateway
+
+    bucket = moto_s3.create_bucket()
+    entry = "alice:" + bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(4)).decode()
+    env = {**moto_s3.environment(bucket), "REGISTRY_HTTP_SECRET": "relay-lambda", "REGISTRY_AUTH": "htpasswd",
+           "REGISTRY_AUTH_HTPASSWD_REALM": "Stratus", "REGISTRY_AUTH_HTPASSWD_ENV": "STRATUS_HTPASSWD",
+           "STRATUS_HTPASSWD": entry}
+    source = layer_image(images, "lambda", 12 * MIB)
+    with lambda_gateway(env, "rest", stage_in_path=True, workdir=tmp_path) as gw, \
+            relay(gw.url, tmp_path / "state", "--part-size", "5") as running:
+        r = requests.get(running.url + "/v2/", timeout=30)
+        assert r.status_code == 401
+        assert r.headers["WWW-Authenticate"] == 'Basic realm="Stratus"'
+        push(source.path, "lambda", running.url, "fn/app", "v1", f"--dest-creds=alice:{PASSWORD}")
+        copy = tmp_path / "copy"
+        pull(running.url, "fn/app", "v1", copy, "v1", f"--src-creds=alice:{PASSWORD}")
+        assert_same_image(source, "lambda", Layout(copy), "v1")
+        gw.assert_nothing_over_the_limit_reached_the_function()
+        assert max(r.body_bytes for r in gw.records()) < 6 * MIB
+        offered = "Stratus-Direct-Upload" in requests.post(
+            gw.url + "/v2/fn/app/blobs/uploads/", auth=("alice", PASSWORD), timeout=30).headers
+        log = running.log_text()
+    # the Lambda app offers direct uploads by default: then the layer went to S3 in parts of 5 MiB,
+    # else in chunks of the 4 MiB the function advertises
+    layer = json.loads(source.blob(source.tagged("lambda")["digest"]))["layers"][0]["digest"]
+    line = next(line for line in log.splitlines() if f"{layer} complete" in line)
+    assert ("as direct-upload parts of 5 MiB" if offered else "in chunked PATCHes of up to 4 MiB") in line

@@ -38,7 +38,7 @@ class Progress:
         elapsed = max(time.monotonic() - self.started, 1e-6)
         return self.bytes_sent / elapsed / 1e6
 
-    def done(self, digest: str) -> None:
+    def done(self, digest: str, how: str) -> None:
         reused = f", {self.bytes_skipped / MIB:.1f} MiB the upstream already had" if self.bytes_skipped else ""
-        log.info("%s: %s complete, %.1f MiB sent in %.1f s (%.1f MB/s)%s", self.label, digest,
-                 self.bytes_sent / MIB, time.monotonic() - self.started, self.rate(), reused)
+        log.info("%s: %s complete, %.1f MiB sent %s in %.1f s (%.1f MB/s)%s", self.label, digest,
+                 self.bytes_sent / MIB, how, time.monotonic() - self.started, self.rate(), reused)

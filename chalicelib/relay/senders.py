@@ -102,6 +102,9 @@ class ChunkedSender:
         self.chunk_size = min(chunk_size, target.chunk_max or chunk_size)
         self.on_location = None  # called with each new Location (the journal keeps it)
 
+    def describe(self) -> str:
+        return f"in chunked PATCHes of up to {self.chunk_size / (1 << 20):g} MiB"
+
     def send(self, piece: Piece, auth: dict[str, str], progress) -> None:
         """PATCH the piece's bytes the upstream does not hold yet, in chunks."""
         start = max(piece.start, self.target.offset)
@@ -181,6 +184,9 @@ class DirectSender:
                 self.parts_request(number, last, auth, propose=False)
                 entry = self._urls[number]
             return entry[0], entry[1], entry[2]
+
+    def describe(self) -> str:
+        return f"as direct-upload parts of {self.part_size / (1 << 20):g} MiB ({self.target.direct_kind})"
 
     def send(self, piece: Piece, auth: dict[str, str], progress) -> None:
         number = piece.start // self.part_size + 1

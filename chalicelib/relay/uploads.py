@@ -176,7 +176,7 @@ class Session:
             self.sender = ChunkedSender(self.upstream, self.target, self.settings.chunk_size)
         response = self.sender.complete(digest, auth)
         if response.status == 201:
-            self.progress.done(digest)
+            self.progress.done(digest, self.sender.describe())
         if response.status == 201 or response.status == 400:
             # done, or refused for good (a digest mismatch): the journal is of no more use
             if self.entry is not None:
