@@ -1,44 +1,62 @@
-"""skopeo against Stratus on S3 (moto server): through `stratus serve` and through
-`chalice local`, an image pushed and pulled back byte-identical, every blob read
-redirected (307) to a presigned S3 URL that skopeo follows.
+"""skopeo against Stratus on S3 (moto server): through `stratus serve` and through the
+API Gateway + Lambda stand-in (tests/lambda_gateway.py, as an HTTP API and as a REST
+API), an image pushed and pulled back byte-identical, every blob read redirected
+(307) to a presigned S3 URL that skopeo follows. Through the gateway, a layer bigger
+than one invocation carries (~4.4 MiB) fails with the platform's 413: the wall that
+`stratus relay` exists to take down.
 
 The OCI conformance suite runs here too when STRATUS_OCI_CONFORMANCE names its
 binary (built from opencontainers/distribution-spec/conformance): it takes a while.
 """
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 import sys
-from typing import Iterator
+from typing import Iterator, NamedTuple, Optional
 
 import pytest
 import requests
 
-from .clients_images import Layout, assert_same_image, images_dir, needs_tools, pull, push, session_image
-from .clients_servers import CHALICE, clean_env, isolated_process, needs_chalice
+from .clients_images import Layout, assert_same_image, build_image, images_dir, needs_tools, pull, push, session_image
+from .clients_servers import clean_env, isolated_process
+from .lambda_gateway import EVENT_LIMIT, LambdaGateway, lambda_gateway
 from .moto_server import MotoS3
 from .oci_conformance import requires_conformance, run_oci_conformance
 from .servers import ROOT, free_port
 
+MiB = 1 << 20
 
-@pytest.fixture(scope="module", params=["stratus-serve", pytest.param("chalice-local", marks=needs_chalice)])
-def s3_registry(request, moto_s3: MotoS3, tmp_path_factory) -> Iterator[tuple[str, str]]:
-    """(registry URL, bucket) of a Stratus of each kind storing in a bucket of its own."""
+
+class S3Registry(NamedTuple):
+    url: str
+    bucket: str
+    gateway: Optional[LambdaGateway]  # the stand-in's record, when the registry is the Lambda app
+
+
+@pytest.fixture(scope="module", params=["stratus-serve", "lambda-http-api", "lambda-rest-api"])
+def s3_registry(request, moto_s3: MotoS3, tmp_path_factory) -> Iterator[S3Registry]:
+    """A Stratus of each kind storing in a bucket of its own."""
     bucket = moto_s3.create_bucket()
-    port = free_port()
     logs = tmp_path_factory.mktemp(request.param)
+    if request.param.startswith("lambda-"):
+        mode = "http" if request.param == "lambda-http-api" else "rest"
+        env = {**moto_s3.environment(bucket), "REGISTRY_HTTP_SECRET": "s3-clients"}
+        with lambda_gateway(env, mode, workdir=logs) as gateway:
+            assert requests.get(gateway.url + "/v2/", timeout=10).status_code == 200
+            yield S3Registry(gateway.url, bucket, gateway)
+            gateway.assert_nothing_over_the_limit_reached_the_function()
+        return
+    port = free_port()
     env = clean_env({**moto_s3.environment(bucket), "REGISTRY_HTTP_SECRET": "s3-clients", "PYTHONUNBUFFERED": "1",
                      "PYTHONPATH": str(ROOT)})
     env.pop("AWS_LAMBDA_FUNCTION_NAME", None)
-    if request.param == "stratus-serve":
-        argv = [sys.executable, "-m", "chalicelib", "serve", "--addr", f"127.0.0.1:{port}", "--workers", "2"]
-    else:
-        argv = [str(CHALICE), "local", "--stage", "local", "--host", "127.0.0.1", "--port", str(port),
-                "--no-autoreload"]
+    argv = [sys.executable, "-m", "chalicelib", "serve", "--addr", f"127.0.0.1:{port}", "--workers", "2"]
     with isolated_process(argv, port, env, logs / "server.log"):
         url = f"http://127.0.0.1:{port}"
         assert requests.get(url + "/v2/", timeout=10).status_code == 200
-        yield url, bucket
+        yield S3Registry(url, bucket, None)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +66,7 @@ def small_image(tmp_path_factory) -> Layout:
 
 @needs_tools
 def test_skopeo_round_trip_through_s3_redirects(s3_registry, moto_s3, small_image, tmp_path) -> None:
-    url, bucket = s3_registry
+    url, bucket, gateway = s3_registry
     push(small_image.path, "v1", url, "s3/app", "v1")
     copy = Layout(tmp_path / "copy")
     pull(url, "s3/app", "v1", copy.path, "v1")
@@ -61,11 +79,38 @@ def test_skopeo_round_trip_through_s3_redirects(s3_registry, moto_s3, small_imag
     keys = {o["Key"] for o in moto_s3.client().list_objects_v2(Bucket=bucket, Prefix="docker/")["Contents"]}
     assert f"docker/registry/v2/repositories/s3/app/_manifests/revisions/sha256/{top[7:]}/link" in keys
     assert not moto_s3.client().list_multipart_uploads(Bucket=bucket).get("Uploads")
+    if gateway is not None:
+        assert gateway.invocations() and all(r.status < 500 for r in gateway.records())
+
+
+@pytest.fixture(scope="module")
+def six_mib_layer_image(tmp_path_factory) -> Layout:
+    """One layer of 6 MiB of random bytes: gzip leaves it ~6 MiB, over what an invocation carries."""
+    return build_image(images_dir(tmp_path_factory) / "layout-six-mib", "six", {"big.bin": os.urandom(6 * MiB)})
+
+
+@needs_tools
+def test_a_layer_over_4_4_mib_in_one_request_meets_the_platform_413(s3_registry, six_mib_layer_image) -> None:
+    """skopeo (like docker, podman, crane) sends a layer in one request: through API Gateway
+    + Lambda it is refused before the function runs, and the push fails. Not so on
+    `stratus serve`. `stratus relay` (chalicelib/relay) is what takes this wall down."""
+    url, _, gateway = s3_registry
+    argv = ["skopeo", "--insecure-policy", "copy", "--quiet", "--dest-tls-verify=false",
+            f"oci:{six_mib_layer_image.path}:six", f"docker://{url.split('://', 1)[1]}/s3/wall:six"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    if gateway is None:
+        assert done.returncode == 0, done.stderr
+        return
+    assert done.returncode != 0, "the push went through a 6 MB invocation limit"
+    assert "413" in done.stderr or "Request Too Long" in done.stderr, done.stderr
+    refused = [r for r in gateway.records() if r.outcome == "request-too-long"]
+    assert refused, gateway.records()
+    assert all(r.body_bytes > 4 * MiB and r.event_bytes > EVENT_LIMIT and not r.reached_function for r in refused)
+    assert requests.get(f"{url}/v2/s3/wall/manifests/six", timeout=10).status_code == 404
 
 
 @requires_conformance
 def test_oci_conformance_suite_on_s3(s3_registry, tmp_path) -> None:
-    url, _ = s3_registry
-    done = run_oci_conformance(url, tmp_path)
+    done = run_oci_conformance(s3_registry.url, tmp_path)
     assert done.returncode == 0
     assert re.search(r"(?<!\d)0 Failed", done.stdout), done.stdout[-2000:]  # not "10 Failed"
