@@ -640,6 +640,47 @@ def test_skopeo_push_and_pull_through_the_functions_host(host, tmp_path, tmp_pat
     assert_nothing_over_the_limit_reached_the_function(host)
 
 
+NEAR_LIMIT_LAYER = 96 * MiB  # random bytes: the gzipped layer stays just under 104,857,600
+
+
+@needs_tools
+def test_skopeo_pushes_a_layer_near_the_host_limit_in_bounded_memory(start_host, azurite, container,
+                                                                     tmp_path) -> None:
+    """skopeo sends the whole ~100 MB layer in one PATCH; the worker streams it to storage."""
+    from tests.clients_images import Layout, assert_same_image, build_image, pull, push
+
+    image = build_image(tmp_path / "near-limit", "v1", {"layer.bin": os.urandom(NEAR_LIMIT_LAYER)})
+    manifest = json.loads(image.blob(image.tagged("v1")["digest"]))
+    (layer,) = manifest["layers"]
+    assert NEAR_LIMIT_LAYER < layer["size"] <= DEFAULT_BODY_LIMIT
+    host = start_host(settings(azurite, container))
+    assert requests.get(host.url + "/v2/", timeout=30).status_code == 200  # the api is built
+    idle = host.worker_memory()["VmRSS"]
+    host.reset_worker_peak_rss()
+    push(image.path, "v1", host.url, "functions/near-limit", "v1")
+    peak = host.worker_memory()["VmHWM"] - idle
+    print(f"worker peak RSS above idle for a {layer['size']}-byte layer pushed by skopeo: {peak / MiB:.1f} MiB")
+    assert peak < layer["size"] // 2, peak
+    assert any(r.body_bytes == layer["size"] and r.reached_function for r in host.records())
+    copy = Layout(tmp_path / "copy")
+    pull(host.url, "functions/near-limit", "v1", copy.path, "v1")
+    assert_same_image(image, "v1", copy, "v1")
+
+
+@needs_tools
+def test_skopeo_push_of_a_layer_over_the_limit_meets_the_hosts_413(host, tmp_path_factory) -> None:
+    """As on Azure: a 200 MiB layer in one PATCH never reaches the function."""
+    from tests.clients_images import images_dir, push, session_image
+
+    image = session_image(images_dir(tmp_path_factory), "big")
+    start = len(host.records())
+    with pytest.raises(AssertionError, match="413"):
+        push(image.path, "big", host.url, "functions/too-big", "big")
+    refused = [r for r in host.records()[start:] if r.status == 413]
+    assert refused and all(not r.reached_function and r.body_bytes > host.body_limit for r in refused)
+    assert_nothing_over_the_limit_reached_the_function(host)
+
+
 @requires_conformance
 def test_oci_conformance_suite_through_the_functions_host(host, tmp_path) -> None:
     assert run_oci_conformance(host.url, tmp_path).returncode == 0
