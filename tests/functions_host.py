@@ -17,10 +17,12 @@ Two processes, as on Azure, each started with exactly the environment a test giv
   with Kestrel's `413` before any function runs, decodes `Transfer-Encoding:
   chunked` bodies, forwards the request to the worker as the host's YARP forwarder
   does (the client's Host in X-Forwarded-Host, an `x-ms-invocation-id` header),
-  streams both bodies through, and answers App Service's `500 - The request timed
-  out` when the function has not answered `timeout` seconds after the request ended
-  (230 s on Azure). Every request is recorded as a JSON line (method, path, body
-  bytes, whether it reached the function, status) for tests to read.
+  streams both bodies through, and gives up on a function that has not answered
+  `timeout` seconds after the request ended (230 s on Azure, where the load
+  balancer's idle timeout ends the call) with the `500 The request timed out` that
+  App Service's front end is reported to send. Every request is recorded as a JSON
+  line (method, path, body bytes, whether it reached the function, status) for
+  tests to read.
 
 A body with Content-Length streams to the function as it arrives, as Kestrel would.
 A chunked body is spooled to a temporary file until it ends (never into memory): a
