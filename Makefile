@@ -77,3 +77,17 @@ bench: system-deps $(STAMP)
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache
+
+# The Lambda deployment package: $(PACKAGE_DIR)/deployment.zip (app.py, chalicelib/ and
+# requirements.txt's wheels for the Lambda platform) and the SAM template sam.json.
+# `chalice package` refuses to run without a region ("No region configured"); the
+# region does not change the zip. infra/terraform/aws deploys this zip (its
+# package_path default); `STAGE=prod make package` packages the prod stage.
+PACKAGE_DIR ?= build/lambda
+STAGE ?= dev
+.PHONY: package
+package: $(STAMP)
+	rm -f $(PACKAGE_DIR)/deployment.zip $(PACKAGE_DIR)/sam.json
+	AWS_DEFAULT_REGION=$(or $(AWS_DEFAULT_REGION),$(AWS_REGION),us-east-1) \
+		$(VENV)/bin/chalice package --stage $(STAGE) $(PACKAGE_DIR)
+	@echo "$(PACKAGE_DIR)/deployment.zip: $$(du -h $(PACKAGE_DIR)/deployment.zip | cut -f1)"

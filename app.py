@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
-from chalice import Chalice
+from chalice import Chalice, Cron
 
 from chalicelib.apigateway import request_from_event, response_to_event
 
@@ -128,3 +128,36 @@ def _read_chunked(stream: Any) -> bytes:
 
 if os.environ.get("AWS_CHALICE_CLI_MODE") == "true":
     _greedy_local_routes()
+
+
+# -- scheduled maintenance ---------------------------------------------------------------------
+
+
+@app.schedule(Cron(17, 3, "*", "*", "?", "*"), name="purge_uploads",
+              description="Removes uploads abandoned longer than storage.maintenance.uploadpurging.age")
+def purge_uploads(event: Any) -> dict:
+    """Daily (03:17 UTC, as the Azure timer): remove uploads started longer ago than
+    storage.maintenance.uploadpurging.age (168h), with the purge `stratus purge-uploads`
+    and the Azure timer run. S3's lifecycle rule aborts the multipart parts of such an
+    upload, but its startedat, pending tail and hash states would stay forever.
+
+    `chalice deploy` makes it a function of its own (`<app>-<stage>-purge_uploads`,
+    handler app.purge_uploads) with an EventBridge rule; infra/terraform/aws does the same.
+    """
+    import logging
+    from datetime import timedelta
+
+    from chalicelib.config import load_config
+    from chalicelib.context import background
+    from chalicelib.registry.maintenance import purge_uploads as purge
+    from chalicelib.storage import create_driver
+
+    config = load_config()
+    storage, purging = config.storage, config.storage.upload_purging
+    if not purging.enabled or storage.readonly:
+        return {"purged": [], "dryrun": purging.dryrun, "skipped": "disabled" if not purging.enabled else "readonly"}
+    driver = create_driver(storage.driver, storage.parameters)  # no api, no secret: only storage
+    removed = purge(background(), driver, timedelta(seconds=purging.age), dry_run=purging.dryrun)
+    logging.getLogger("stratus").info("upload purge removed %d upload(s)%s", len(removed),
+                                      " (dry run)" if purging.dryrun else "")
+    return {"purged": removed, "dryrun": purging.dryrun}
