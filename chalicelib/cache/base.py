@@ -24,6 +24,18 @@ class CacheUnavailableError(Exception):
     """The cache could not be reached or answered in time; the caller asks storage."""
 
 
+# What a cache may answer. Existence ("this blob is here", "linked in this
+# repository") is falsified by a DELETE or a garbage collection in any process, so
+# only a cache every process shares and every delete clears (Redis: `shared` True)
+# may answer it. A per-process cache (`shared` False: the in-memory LRU) would be
+# told of deletes made here only, so the cached statter never asks it whether a
+# blob exists: with several instances (Lambda, replicas, `stratus gc` running
+# beside `stratus serve`) it would claim a deleted blob present, accept a manifest
+# naming it, or refuse a re-push as "already exists". Such a cache may only hold
+# what no delete can falsify (a digest's size and media type), and answers nothing
+# about existence.
+
+
 class BlobDescriptorService(Protocol):
     def stat(self, ctx: Context, digest: Digest) -> BlobDescriptor: ...
 
@@ -39,6 +51,8 @@ class BlobDescriptorCacheProvider(BlobDescriptorService, Protocol):
     present globally: clearing a digest globally (garbage collection) hides it from
     every repository, clearing it in one repository hides it from that one only.
     """
+
+    shared: bool  # every process sees the same entries, and every delete clears them
 
     def repository_scoped(self, name: str) -> BlobDescriptorService: ...
 

@@ -1,10 +1,11 @@
 """In-memory LRU descriptor cache: the default, and free of any Redis import.
 
-Each process has its own, so a delete served by one process (a gunicorn worker, a
-Lambda instance) cannot clear another's entries. Repository-scoped entries are
-therefore believed only for a few seconds: long enough for a push's HEAD, upload
-and manifest verification to hit, short enough that another process's stale
-"present" after a DELETE ends almost at once. Redis, shared, has no such limit.
+Each process has its own, so a delete served by one process (a worker, a Lambda
+instance, `stratus gc`) cannot clear another's entries. It is therefore not
+`shared`: the cached statter never takes its word that a blob exists (cache.base),
+and existence is read from storage on every request. Deployments that want blob
+HEADs without storage reads use Redis, which every process shares and every
+delete clears.
 """
 from __future__ import annotations
 
@@ -74,6 +75,8 @@ class InMemoryBlobDescriptorCache:
     Both share one LRU bound, so the cache's memory is capped by `size` entries.
     """
 
+    shared = False  # per process: never asked whether a blob exists
+
     def __init__(
         self,
         size: int = DEFAULT_SIZE,
@@ -105,6 +108,8 @@ class InMemoryBlobDescriptorCache:
 
 
 class _RepositoryScoped:
+    shared = False
+
     def __init__(self, parent: InMemoryBlobDescriptorCache, name: str):
         self._parent = parent
         self._name = name

@@ -140,6 +140,8 @@ def _descriptor(digest: Digest, fields: list[Optional[str]]) -> BlobDescriptor:
 
 
 class RedisBlobDescriptorCache:
+    shared = True  # one database for every process; DELETE and gc clear it
+
     def __init__(
         self,
         client: redis.Redis,
@@ -294,6 +296,8 @@ def _queue(pipe: Any, ops: list[_Op]) -> None:
 
 
 class RepositoryScopedRedisCache:
+    shared = True
+
     def __init__(self, parent: RedisBlobDescriptorCache, name: str):
         self._parent = parent
         self.name = name

@@ -2,6 +2,9 @@
 
 The cache is never a point of failure: whatever it raises, the answer comes from
 storage, and the failure is logged once per interval rather than once per request.
+
+Only a `shared` cache is asked (cache.base): over a per-process cache this statter
+is the backing statter itself, since existence is the one thing a stat answers.
 """
 from __future__ import annotations
 
@@ -22,8 +25,12 @@ class CachedBlobStatter:
     def __init__(self, cache: BlobDescriptorService, backend: BlobDescriptorService):
         self._cache = cache
         self._backend = backend
+        # getattr: a wrapper (tracing) forwards it; a cache that does not say is not trusted
+        self.trusted = bool(getattr(cache, "shared", False))
 
     def stat(self, ctx: Context, digest: Digest) -> BlobDescriptor:
+        if not self.trusted:
+            return self._backend.stat(ctx, digest)
         try:
             return self._cache.stat(ctx, digest)
         except DescriptorNotCachedError:
@@ -36,7 +43,8 @@ class CachedBlobStatter:
 
     def set_descriptor(self, ctx: Context, digest: Digest, descriptor: BlobDescriptor) -> None:
         self._backend.set_descriptor(ctx, digest, descriptor)
-        self._write_back(ctx, digest, descriptor)
+        if self.trusted:
+            self._write_back(ctx, digest, descriptor)
 
     def clear(self, ctx: Context, digest: Digest) -> None:
         """Clear the cache, then storage, then the cache again.

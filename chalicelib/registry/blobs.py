@@ -21,14 +21,33 @@ from .errors import BlobUnknownError
 LinkPath = Callable[[str, str, str], str]  # (repository name, algorithm, hex) -> path
 
 # Garbage collection's own folder beside blobs/ and repositories/ (registry:2 ignores
-# it). The marker exists while a sweep moves blobs aside: a writer of a reference
-# that sees it checks the referenced data in storage (see registry.maintenance).
+# it). `state` reads "sweeping <n>" while the n-th sweep moves blobs aside into
+# quarantine/, then "idle <n>"; it is rewritten, never removed, so a writer that
+# reads it before and after its work learns whether a sweep overlapped it (see
+# registry.maintenance for the protocol).
 GC_DIR = f"{paths.ROOT}/_gc"
-SWEEP_MARKER = f"{GC_DIR}/sweeping"
+GC_STATE = f"{GC_DIR}/state"
+QUARANTINE = f"{GC_DIR}/quarantine"
+
+
+def quarantine_path(digest: Digest) -> str:
+    return f"{QUARANTINE}/{digest.algorithm.value}/{digest.hex}/data"
 
 
 def blob_path(digest: Digest) -> str:
     return paths.blob_data(digest.algorithm.value, digest.hex)
+
+
+def gc_state(ctx: Context, driver: StorageDriver) -> bytes:
+    """The garbage collector's state (b"" before the first sweep)."""
+    try:
+        return driver.get_content(ctx, GC_STATE)
+    except PathNotFoundError:
+        return b""
+
+
+def is_sweeping(state: bytes) -> bool:
+    return state.startswith(b"sweeping")
 
 
 class BlobStatter:
@@ -76,6 +95,20 @@ class BlobStore:
 
     def stat(self, ctx: Context, digest: Digest) -> BlobDescriptor:
         return self.statter.stat(ctx, digest)
+
+    def stat_stored(self, ctx: Context, digest: Digest) -> BlobDescriptor:
+        """The data's stat in storage now, past every cache; a blob a sweep has moved
+        aside is taken back first (the caller holds a reference to it, written
+        before this call: registry.maintenance)."""
+        statter = BlobStatter(self.driver)
+        try:
+            return statter.stat(ctx, digest)
+        except BlobUnknownError:
+            try:
+                self.driver.move(ctx, quarantine_path(digest), blob_path(digest))
+            except PathNotFoundError:
+                raise BlobUnknownError(str(digest)) from None
+            return statter.stat(ctx, digest)
 
     def stat_now(self, ctx: Context, digest: Digest) -> BlobDescriptor:
         """The cache, then one look at storage, without consistency retries.
@@ -133,15 +166,19 @@ class LinkedBlobStatter:
     def _link(self, digest: Digest) -> str:
         return self.link_path(self.name, digest.algorithm.value, digest.hex)
 
-    def stat(self, ctx: Context, digest: Digest) -> BlobDescriptor:
+    def linked(self, ctx: Context, digest: Digest) -> Digest:
+        """The digest the link names, read from storage: BlobUnknownError when unlinked."""
         try:
             target = self.driver.get_content(ctx, self._link(digest)).decode("utf-8", "replace").strip()
         except PathNotFoundError:
             raise BlobUnknownError(str(digest)) from None
         try:
-            linked = Digest.parse(target)
+            return Digest.parse(target)
         except DigestError:
             raise BlobUnknownError(f"{digest}: corrupt link") from None
+
+    def stat(self, ctx: Context, digest: Digest) -> BlobDescriptor:
+        linked = self.linked(ctx, digest)
         descriptor = self.blobs.stat(ctx, linked)
         if linked != digest:
             # a link may map one digest onto content stored under another algorithm
@@ -158,6 +195,16 @@ class LinkedBlobStatter:
             raise BlobUnknownError(str(digest)) from None
 
 
+class _StoredStatter:
+    """BlobStore.stat_stored as a statter."""
+
+    def __init__(self, blobs: BlobStore):
+        self._blobs = blobs
+
+    def stat(self, ctx: Context, digest: Digest) -> BlobDescriptor:
+        return self._blobs.stat_stored(ctx, digest)
+
+
 class LinkedBlobStore:
     """A repository's view of the blob store over one set of links."""
 
@@ -170,7 +217,10 @@ class LinkedBlobStore:
     ):
         self.blobs = blobs
         self.name = name
-        statter: BlobDescriptorService = LinkedBlobStatter(blobs.driver, name, link_path, blobs.statter)
+        self._links = LinkedBlobStatter(blobs.driver, name, link_path, blobs.statter)
+        # storage only, no cache at any level: what a writer checks under a sweep
+        self._storage = LinkedBlobStatter(blobs.driver, name, link_path, _StoredStatter(blobs))
+        statter: BlobDescriptorService = self._links
         if repository_cache is not None:
             statter = CachedBlobStatter(repository_cache, statter)
         self.statter = statter
@@ -185,8 +235,34 @@ class LinkedBlobStore:
         except BlobUnknownError:
             return False
 
-    def link(self, ctx: Context, descriptor: BlobDescriptor) -> None:
+    def stat_stored(self, ctx: Context, digest: Digest) -> BlobDescriptor:
+        """Linked here and its data present, read from storage now, past every cache."""
+        return self._storage.stat(ctx, digest)
+
+    def linked(self, ctx: Context, digest: Digest) -> Digest:
+        """Linked here (the link read from storage), without a stat of the data."""
+        return self._links.linked(ctx, digest)
+
+    def link(self, ctx: Context, descriptor: BlobDescriptor, verify: bool = True) -> None:
+        """Link the blob here; BlobUnknownError if a sweep took its data meanwhile.
+
+        Written first, checked after (registry.maintenance): if a garbage collection
+        is sweeping, the data is stat'ed in storage once the link exists (taken back
+        if the sweep moved it aside), and a link to data gone is removed again. A
+        manifest PUT checks its references itself; this keeps a commit or a mount
+        that raced a sweep from answering 201 for a blob the sweep then deletes.
+        """
         self.statter.set_descriptor(ctx, descriptor.digest, descriptor)
+        if not verify or not is_sweeping(gc_state(ctx, self.blobs.driver)):
+            return
+        try:
+            self._storage.stat(ctx, descriptor.digest)
+        except BlobUnknownError:
+            try:
+                self.unlink(ctx, descriptor.digest)
+            except BlobUnknownError:
+                pass
+            raise
 
     def unlink(self, ctx: Context, digest: Digest) -> None:
         self.statter.clear(ctx, digest)

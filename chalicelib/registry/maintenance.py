@@ -16,7 +16,7 @@ from ..context import Context
 from ..digest import Digest, DigestError
 from ..storage import PathNotFoundError, StorageDriver, StorageError, paths
 from . import catalog
-from .blobs import GC_DIR, SWEEP_MARKER, blob_path
+from .blobs import GC_STATE, QUARANTINE, blob_path, gc_state, is_sweeping, quarantine_path
 from .referrers import ReferrersIndex
 
 log = logging.getLogger("stratus.maintenance")
@@ -78,35 +78,49 @@ def purge_uploads(
 # repository within the grace period, is a candidate. The plan is logged, and a dry
 # run ends here.
 #
-# Sweep, online: pushes and pulls go on meanwhile. The protocol is a handshake in
-# storage between the collector and every writer of a reference (manifest PUT, blob
-# link), each writing before it reads what the other writes:
+# Sweep, online: pushes and pulls go on meanwhile. Safety rests on a handshake in
+# storage between the collector and each manifest PUT, where each side writes
+# before it reads what the other writes (blobs.GC_STATE, a file rewritten, never
+# removed: "sweeping <n>" during the n-th sweep, "idle <n>" after it):
 #
-#   collector: write the sweep marker; move each candidate's data aside (quarantine);
-#              then list every repository again, marking manifests and young layer
-#              links it did not see before; put back what is now marked, delete the rest.
-#   writer:    write the reference (revision link, layer link); then read the marker;
-#              if it is there, stat the referenced data in storage (never a cache):
-#              missing means the reference is refused (or, for a manifest's own
-#              body, written again).
+#   collector: write "sweeping n"; move each candidate's data aside (quarantine/);
+#              list every repository again, marking the manifests and the young
+#              layer links it had not seen; put back what is now marked, delete the
+#              rest; write "idle n".
+#   PUT:       read the state; check its references (shared cache or storage);
+#              write the body, the revision link, the tag; read the state again. If
+#              it changed or says "sweeping", check every reference in storage
+#              (never a cache), taking back from quarantine/ what the sweep moved
+#              aside; one gone is a refusal (MANIFEST_BLOB_UNKNOWN), undoing the
+#              revision link and the tag this PUT wrote.
 #
-# Either the writer's read of the marker comes before the marker was written, and
-# then its reference was written before the collector's second listing, which sees
-# it and puts the blob back; or the writer sees the marker and checks the data after
-# writing its reference: if the data was there, it was there before the quarantine
-# (so the second listing sees the reference) or it was put back. A reference is
-# therefore never accepted onto data that is then deleted. The grace period is
-# what keeps blobs of uploads just completed (not yet named by a manifest) out of
-# the candidates: a blob's data and its layer links both carry the time of the
-# upload's commit (a filesystem rename keeps the time of the last chunk, which is
-# why the layer link's time counts too).
+# Why nothing accepted is lost: if the PUT's second read comes before "sweeping n"
+# was written, its revision link was written before the collector's second
+# listing, which sees it and keeps (puts back) everything it names. Otherwise the
+# PUT saw the sweep, and checked in storage after writing: data present then was
+# either never moved, or moved after the link was written (and the second listing
+# sees the link), or taken back by the PUT (and the collector's delete of the
+# quarantined copy finds nothing, so it counts it rescued). A PUT whose first read
+# came after the sweep ended checked its references after the data was gone. The
+# case that remains: a reference accepted through a Redis entry written back from
+# a stat that read storage before the move and reached Redis after the collector's
+# last clear of that digest; the entry's TTL bounds it.
+#
+# Success, not only safety, is kept likely too: blob commits and mounts check
+# their data the same way after writing their link while a sweep runs (taking it
+# back from quarantine), and the grace period keeps what was uploaded recently out
+# of the candidates: a blob's data and its layer links both carry the time of the
+# commit (a filesystem rename keeps the time of the last chunk, which is why the
+# layer link's time counts too). A PUT of a blob HEAD-skipped by the client (it
+# existed, unreferenced and older than the grace period) may be refused if the
+# sweep deletes it meanwhile; the client pushes it again.
 #
 # Caches: each swept digest is cleared from the shared (Redis) descriptor cache
-# before its data moves and again after it is deleted; in-process caches never
-# answer existence (cache.base), so there is nothing in them to clear.
+# before its data moves, again just after, and once more when it is deleted; a
+# sweep keeps a blob whose clear fails. In-process caches never answer existence
+# (cache.base), so there is nothing in them to clear.
 
 DEFAULT_GRACE = 3600.0  # storage.maintenance.gc.graceperiod
-QUARANTINE = f"{GC_DIR}/quarantine"
 
 
 class GCError(Exception):
@@ -167,10 +181,6 @@ def references(body: bytes) -> set[Digest]:
     return found
 
 
-def _quarantine_path(digest: Digest) -> str:
-    return f"{QUARANTINE}/{digest.algorithm.value}/{digest.hex}/data"
-
-
 def _blob_dir(digest: Digest) -> str:
     return blob_path(digest).rsplit("/", 1)[0]
 
@@ -224,7 +234,7 @@ def _tagged(ctx: Context, driver: StorageDriver, name: str) -> set[Digest]:
 
 
 def _read_manifest(ctx: Context, driver: StorageDriver, name: str, digest: Digest) -> bytes:
-    for path in (blob_path(digest), _quarantine_path(digest)):
+    for path in (blob_path(digest), quarantine_path(digest)):
         try:
             return driver.get_content(ctx, path)
         except PathNotFoundError:
@@ -343,9 +353,9 @@ def collect_garbage(
 def _collect(ctx, driver, dry_run, remove_untagged, cache, grace, now) -> GCReport:
     report = GCReport(dry_run=dry_run)
     cutoff = (now or datetime.now(timezone.utc)) - timedelta(seconds=grace)
-    if not dry_run and _exists(ctx, driver, SWEEP_MARKER):
+    if not dry_run and is_sweeping(gc_state(ctx, driver)):
         raise GCError(
-            f"another gc is sweeping, or one was interrupted ({SWEEP_MARKER} exists); "
+            f"another gc is sweeping, or one was interrupted ({GC_STATE} says so); "
             "if none is running, `stratus gc --recover` puts its blobs back"
         )
     # -- mark
@@ -388,12 +398,16 @@ def _collect(ctx, driver, dry_run, remove_untagged, cache, grace, now) -> GCRepo
     return report
 
 
-def _exists(ctx: Context, driver: StorageDriver, path: str) -> bool:
+def _generation(state: bytes) -> int:
     try:
-        driver.stat(ctx, path)
-        return True
-    except PathNotFoundError:
-        return False
+        return int(state.split()[1])
+    except (IndexError, ValueError):
+        return 0
+
+
+def _set_state(ctx: Context, driver: StorageDriver, what: str, generation: int) -> None:
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    driver.put_content(ctx, GC_STATE, f"{what} {generation} {stamp}".encode())
 
 
 class _Sweep:
@@ -408,7 +422,8 @@ class _Sweep:
 
     def run(self, doomed: list, candidates: list) -> None:
         ctx, driver = self.ctx, self.driver
-        driver.put_content(ctx, SWEEP_MARKER, datetime.now(timezone.utc).isoformat().encode())
+        self.generation = _generation(gc_state(ctx, driver)) + 1
+        _set_state(ctx, driver, "sweeping", self.generation)
         try:
             self._delete_manifests(doomed)
             for digest in candidates:
@@ -416,8 +431,8 @@ class _Sweep:
             if self.quarantined:
                 self._mark_again()
         except BaseException as exc:
-            self._put_back(self.quarantined)  # raises, keeping the marker, if it cannot
-            self._remove_marker()
+            self._put_back(self.quarantined)  # raises, still "sweeping", if it cannot
+            self._end()
             if isinstance(exc, StorageError):
                 exc = GCError(f"storage failed: {exc}")
             if isinstance(exc, GCError):
@@ -432,12 +447,13 @@ class _Sweep:
                 log.info("gc: %s is in use after all; put back", digest)
                 continue
             try:
-                driver.delete(ctx, _quarantine_path(digest).rsplit("/", 1)[0])
-            except PathNotFoundError:
-                pass
+                driver.delete(ctx, quarantine_path(digest).rsplit("/", 1)[0])
+            except PathNotFoundError:  # a writer took it back: it holds a reference
+                self.report.rescued.append(digest)
+                continue
             self._clear_cache(digest)
             self.report.deleted.append(digest)
-        self._remove_marker()
+        self._end()
         log.info(
             "gc: deleted %d manifests and %d blobs; %d put back after the re-check",
             len(self.report.manifests_deleted), len(self.report.deleted), len(self.report.rescued),
@@ -500,7 +516,7 @@ class _Sweep:
         if not self._clear_cache(digest):
             self.report.rescued.append(digest)  # kept: a shared cache could go on claiming it
             return
-        driver.move(ctx, blob_path(digest), _quarantine_path(digest))
+        driver.move(ctx, blob_path(digest), quarantine_path(digest))
         self.quarantined.append(digest)
         self._clear_cache(digest)  # an entry written back from a stat just before the move
 
@@ -520,17 +536,14 @@ class _Sweep:
                 if digest in aside and _young(when, self.cutoff):
                     self.report.marked.add(digest)
 
-    def _remove_marker(self) -> None:
-        try:
-            self.driver.delete(self.ctx, SWEEP_MARKER)
-        except PathNotFoundError:
-            pass
+    def _end(self) -> None:
+        _set_state(self.ctx, self.driver, "idle", self.generation)
 
     def _put_back(self, digests: list) -> None:
         failed = []
         for digest in digests:
             try:
-                self.driver.move(self.ctx, _quarantine_path(digest), blob_path(digest))
+                self.driver.move(self.ctx, quarantine_path(digest), blob_path(digest))
             except PathNotFoundError:
                 pass  # already put back or finished
             except StorageError as exc:
@@ -568,8 +581,5 @@ def recover(ctx: Context, driver: StorageDriver) -> list[Digest]:
         digest = Digest.parse(f"{parts[-3]}:{parts[-2]}")
         driver.move(ctx, info.path, blob_path(digest))
         restored.append(digest)
-    try:
-        driver.delete(ctx, SWEEP_MARKER)
-    except PathNotFoundError:
-        pass
+    _set_state(ctx, driver, "idle", _generation(gc_state(ctx, driver)) + 1)
     return restored

@@ -7,7 +7,8 @@ from typing import Optional
 from ..context import Context
 from ..descriptor import BlobDescriptor
 from ..digest import CANONICAL, Algorithm, Digest
-from .blobs import BlobStore, LinkedBlobStore
+from ..storage import PathNotFoundError, paths
+from .blobs import BlobStore, LinkedBlobStore, gc_state, is_sweeping
 from .errors import (
     BlobUnknownError,
     DigestInvalidError,
@@ -46,7 +47,14 @@ class ManifestStore:
         self.bodies = bodies
 
     def get(self, ctx: Context, digest: Digest) -> StoredManifest:
-        self.stat(ctx, digest)  # linked in this repository, now: never cached
+        # linked in this repository, read from storage now: never cached. The link is
+        # enough: garbage collection deletes a manifest's data only once no revision
+        # links it, and a PUT that links it under a sweep checks the data is there
+        # (registry.maintenance). The body, immutable by digest, may come from memory.
+        try:
+            self.revisions.linked(ctx, digest)
+        except BlobUnknownError:
+            raise ManifestUnknownError(str(digest)) from None
         cached = self.bodies.get(digest)
         if cached is not None:
             return StoredManifest(digest=digest, media_type=cached[0], body=cached[1])
@@ -75,20 +83,85 @@ class ManifestStore:
         digest: Optional[Digest] = None,
         tag: Optional[str] = None,
     ) -> tuple[Digest, Manifest]:
-        """Verify and store a manifest; `digest` (a PUT by digest) must match the body."""
+        """Verify and store a manifest; `digest` (a PUT by digest) must match the body.
+
+        References are verified before anything is written, through the shared
+        cache or storage (a per-process cache is never asked: cache.base). If a
+        garbage collection swept, or is sweeping, at any time between that check
+        and the end of the writes (its state file changed or says so), they are
+        verified again in storage: see registry.maintenance for why a check after
+        writing is what makes an online sweep safe.
+        """
+        before = gc_state(ctx, self.blobs.driver)
         manifest = parse_manifest(body, content_type)
         algorithm: Algorithm = digest.algorithm if digest is not None else CANONICAL
         actual = algorithm.from_bytes(body)
         if digest is not None and actual != digest:
             raise DigestInvalidError(f"manifest digest {actual} does not match {digest}")
         self._verify_references(ctx, manifest)
+        existed = self._revision_exists(ctx, actual)
+        descriptor = BlobDescriptor(digest=actual, size=len(body), media_type=manifest.media_type)
         self.blobs.put(ctx, actual, body, manifest.media_type)
-        self.revisions.link(ctx, BlobDescriptor(digest=actual, size=len(body), media_type=manifest.media_type))
+        self.revisions.link(ctx, descriptor, verify=False)
         if manifest.subject is not None:
             self.referrers.add(ctx, manifest.subject.digest, actual, manifest)
         if tag is not None:
             self.tags.tag(ctx, tag, actual)
+        after = gc_state(ctx, self.blobs.driver)
+        if after != before or is_sweeping(after):
+            self._verify_stored(ctx, manifest, descriptor, existed, tag)
         return actual, manifest
+
+    def _revision_exists(self, ctx: Context, digest: Digest) -> bool:
+        try:
+            self.blobs.driver.stat(ctx, self._revision_link(digest))
+            return True
+        except PathNotFoundError:
+            return False
+
+    def _revision_link(self, digest: Digest) -> str:
+        return paths.manifest_revision_link(self.revisions.name, digest.algorithm.value, digest.hex)
+
+    def _verify_stored(
+        self, ctx: Context, manifest: Manifest, descriptor: BlobDescriptor, existed: bool, tag: Optional[str],
+    ) -> None:
+        """Beside a sweep, after every write: the revision link, the body and every
+        reference, in storage. What the sweep moved aside is taken back (this PUT's
+        reference was written first, so the sweep either sees it or has not yet
+        decided), a body gone is written again; a reference gone is a refusal,
+        undoing what this PUT linked and tagged."""
+        digest = descriptor.digest
+        if not self._revision_exists(ctx, digest):  # `gc -m` removed it as untagged
+            self.revisions.link(ctx, descriptor, verify=False)
+        try:
+            self.blobs.stat_stored(ctx, digest)
+        except BlobUnknownError:
+            self.blobs.driver.put_content(ctx, paths.blob_data(digest.algorithm.value, digest.hex), manifest.body)
+        missing = []
+        for reference in manifest.blobs:
+            try:
+                self.layers.stat_stored(ctx, reference.digest)
+            except BlobUnknownError:
+                missing.append(str(reference.digest))
+        for child in manifest.manifests:
+            try:
+                self.revisions.stat_stored(ctx, child.digest)
+            except BlobUnknownError:
+                missing.append(str(child.digest))
+        if not missing:
+            return
+        if tag is not None:
+            try:
+                if self.tags.get(ctx, tag) == digest:
+                    self.tags.untag(ctx, tag)
+            except ManifestUnknownError:
+                pass
+        if not existed:
+            try:
+                self.revisions.unlink(ctx, digest)
+            except BlobUnknownError:
+                pass
+        raise ManifestBlobUnknownError(missing[0] if len(missing) == 1 else missing)
 
     def delete(self, ctx: Context, digest: Digest) -> None:
         """Remove the revision, every tag pointing at it, and its referrers entry."""
