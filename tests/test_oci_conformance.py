@@ -2,8 +2,10 @@
 
 Against the shared server, so `make test` runs it on every backend
 (STRATUS_TEST_BACKEND: filesystem, then s3, azure, rados and redis in
-`make test-backends`), and once with token auth. The S3, Azure, Functions app,
-`chalice local` and htpasswd runs sit beside the other tests of each.
+`make test-backends`); through `chalice local`, through the API Gateway + Lambda
+stand-in, and with token auth. The runs on S3 and Azure with their redirects, through
+the Functions host and with htpasswd sit beside the other tests of each
+(test_lambda_s3_clients, test_storage_azure, test_azure_functions, test_auth_htpasswd).
 
     STRATUS_TEST_BACKEND=rados .venv/bin/python -m pytest tests/test_oci_conformance.py
 """
@@ -14,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from .clients_servers import chalice_local, needs_chalice
 from .conftest import BACKEND, RunningRegistry
 from .oci_conformance import requires_conformance, run_oci_conformance
 from .servers import stratus_server
@@ -24,6 +27,17 @@ pytestmark = requires_conformance
 
 def test_official_conformance_suite_passes(stratus: RunningRegistry, tmp_path: Path) -> None:
     run_oci_conformance(stratus.url, tmp_path, label=f"[{BACKEND}] stratus serve")
+
+
+@needs_chalice
+def test_official_conformance_suite_passes_through_chalice_local(tmp_path: Path) -> None:
+    """app.py as `chalice local` serves it (`make chalice-local`), over the filesystem."""
+    root = tmp_path / "data"
+    root.mkdir()
+    work = tmp_path / "suite"
+    work.mkdir()
+    with chalice_local(root) as url:
+        run_oci_conformance(url, work, label="[filesystem] chalice local")
 
 
 # The reference registry asks a mount's token for pull on the `from` repository too
