@@ -9,8 +9,9 @@ checked (contiguous from 1, all but the last exactly one part size), joined into
 the upload's data file, and read back with parallel ranged reads feeding the
 resumable hasher. The hash state is stored at hashstates/<alg>/<offset> as it
 goes, so a verification too long for one request stops after `verify_time` and
-the next request (on any instance) continues from the last state. Only a match
-moves the file into place; a mismatch removes the upload, parts and all.
+the next request (on any instance) continues from the last state; after a long
+read-back the move into place (a server-side copy) gets a request of its own too.
+Only a match moves the file into place; a mismatch removes the upload, parts and all.
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ class DirectUploadOptions:
     part_size: int = 16 * MiB  # when the client proposes none
     expiry: int = 20 * 60  # seconds a part URL stays valid
     verify_time: float = 20.0  # seconds one completion request may spend reading back
-    read_size: int = 8 * MiB  # bytes per ranged read
+    read_size: int = 16 * MiB  # bytes per ranged read (readers x read_size are in memory at most)
     readers: int = 8  # ranged reads in flight
     checkpoint_every: int = 512 * MiB  # bytes hashed between stored hash states
 
@@ -202,17 +203,26 @@ class DirectUpload:
             size = driver.assemble_direct(ctx, self._path, count)
             log.info("upload %s: %d direct parts assembled, %d bytes", self.upload.id, count, size)
         self.upload.size = size
-        hasher = self._hash(ctx, driver, expected, size)
+        started = time.monotonic()
+        hasher, resumed_at = self._hash(ctx, driver, expected, size)
         if hasher.length < size:
             return Verification(size, hasher.length)
         actual = hasher.digest()
         if actual != expected:
             self.upload.remove(ctx)
             raise DigestInvalidError(f"digest {expected} does not match uploaded content {actual}")
+        if resumed_at < size and time.monotonic() - started > self.options.verify_time / 2:
+            # The move is a server-side copy of the whole blob: after a long read-back
+            # it gets a request of its own, which starts from the state at the end.
+            self._save(ctx, hasher)
+            return Verification(size, size)
         return Verification(size, size, self.upload.finish(ctx, BlobDescriptor(digest=expected, size=size)))
 
-    def _hash(self, ctx: Context, driver: DirectWriteDriver, expected: Digest, size: int) -> ResumableHasher:
-        """Hash the data from the last stored state on, with reads running ahead of the hasher.
+    def _hash(
+        self, ctx: Context, driver: DirectWriteDriver, expected: Digest, size: int
+    ) -> tuple[ResumableHasher, int]:
+        """Hash the data from the last stored state on, with reads running ahead of the hasher;
+        returns the hasher and the offset it resumed at.
 
         Reads are issued in order, `readers` at a time; each is hashed as soon as it
         and all before it have arrived. At least one read is hashed per request, so
@@ -249,7 +259,7 @@ class DirectUpload:
             pool.shutdown(wait=True, cancel_futures=True)
         if saved < hasher.length < size:
             self._save(ctx, hasher)
-        return hasher
+        return hasher, offset
 
     def _save(self, ctx: Context, hasher: ResumableHasher) -> int:
         self.upload.driver.put_content(ctx, self.upload.state_path(hasher.algorithm, hasher.length), hasher.state())
