@@ -1,6 +1,9 @@
-"""What `chalice local` must get right for the Lambda app in app.py: greedy routes for
-repository names with slashes, request bodies of any Content-Type (or none, or a
-chunked one) reaching the api unchanged, and HEAD answers with the GET's length."""
+"""What the Lambda app in app.py must get right wherever it is served from HTTP: under
+`chalice local` (greedy routes for repository names with slashes, bodies of any
+Content-Type or none or a chunked one reaching the api unchanged, HEAD answers with
+the GET's length) and behind the API Gateway + Lambda stand-in (tests/lambda_gateway.py)
+as an HTTP API and as a REST API, which build real proxy events with the platform's
+limits and base64 bodies. The same assertions hold through all three."""
 from __future__ import annotations
 
 import http.client
@@ -13,20 +16,27 @@ import requests
 
 from .clients_servers import chalice_local, needs_chalice
 from .conftest import RunningRegistry
+from .lambda_gateway import lambda_gateway
 from .oci_client import OCI_MANIFEST, digest_of
-
-pytestmark = needs_chalice
 
 NESTED = "org/team/project/sub/image"
 ALL_BYTES = bytes(range(256)) * 64  # every byte value, so a text or base64 slip shows
 
 
-@pytest.fixture(scope="module")
-def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningRegistry]:
-    root = tmp_path_factory.mktemp("chalice-local") / "data"
+@pytest.fixture(scope="module", params=[pytest.param("chalice-local", marks=needs_chalice),
+                                        "lambda-http-api", "lambda-rest-api"])
+def local(request, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningRegistry]:
+    root = tmp_path_factory.mktemp(request.param) / "data"
     root.mkdir()
-    with chalice_local(root) as url:
-        yield RunningRegistry(url, root)
+    if request.param == "chalice-local":
+        with chalice_local(root) as url:
+            yield RunningRegistry(url, root)
+        return
+    env = {"REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY": str(root), "REGISTRY_HTTP_SECRET": "test-secret"}
+    mode = "http" if request.param == "lambda-http-api" else "rest"
+    with lambda_gateway(env, mode, workdir=root.parent) as gateway:
+        yield RunningRegistry(gateway.url, root)
+        gateway.assert_nothing_over_the_limit_reached_the_function()
 
 
 def raw_request(
@@ -250,7 +260,7 @@ def test_range_reads_and_conditional_gets(local: RunningRegistry) -> None:
     assert response.status_code == 304 and response.content == b""
 
 
-def test_upload_locations_point_back_at_chalice_local(local: RunningRegistry) -> None:
+def test_upload_locations_point_back_at_the_server(local: RunningRegistry) -> None:
     location = start_upload(local.url, "uploads/where")
     parts = urlsplit(location)
     assert f"{parts.scheme}://{parts.netloc}" == local.url
