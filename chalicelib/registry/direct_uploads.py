@@ -26,7 +26,7 @@ from typing import Any, Optional
 from ..context import Context
 from ..descriptor import BlobDescriptor
 from ..digest import Digest, ResumableHasher
-from ..storage import InvalidOffsetError, PathNotFoundError
+from ..storage import InvalidOffsetError, PathNotFoundError, StorageError
 from ..storage.base import DirectFile, DirectWriteDriver, PartURL, StoredPart, direct_writes
 from .errors import (
     BlobUploadInvalidError,
@@ -196,12 +196,7 @@ class DirectUpload:
     def complete(self, ctx: Context, expected: Digest, info: DirectFile) -> Verification:
         """Assemble (once), read back and hash for up to verify_time; move into place on a match."""
         driver = self._driver
-        if info.assembled:
-            size = info.size
-        else:
-            count = check_parts(driver.stored_parts(ctx, self._path), info.part_size)
-            size = driver.assemble_direct(ctx, self._path, count)
-            log.info("upload %s: %d direct parts assembled, %d bytes", self.upload.id, count, size)
+        size = info.size if info.assembled else self._assemble(ctx, driver, info)
         self.upload.size = size
         started = time.monotonic()
         hasher, resumed_at = self._hash(ctx, driver, expected, size)
@@ -217,6 +212,18 @@ class DirectUpload:
             self._save(ctx, hasher)
             return Verification(size, size)
         return Verification(size, size, self.upload.finish(ctx, BlobDescriptor(digest=expected, size=size)))
+
+    def _assemble(self, ctx: Context, driver: DirectWriteDriver, info: DirectFile) -> int:
+        try:
+            count = check_parts(driver.stored_parts(ctx, self._path), info.part_size)
+            size = driver.assemble_direct(ctx, self._path, count)
+        except StorageError:
+            now = self.state(ctx)  # a PUT racing this one may have assembled it first
+            if now is None or not now.assembled:
+                raise
+            return now.size
+        log.info("upload %s: %d direct parts assembled, %d bytes", self.upload.id, count, size)
+        return size
 
     def _hash(
         self, ctx: Context, driver: DirectWriteDriver, expected: Digest, size: int
