@@ -1,5 +1,11 @@
 """API Gateway proxy events shaped like the ones Lambda receives, and a way to invoke
-the Chalice app with them as a fresh function instance would.
+the Chalice app with them in this process, as a fresh function instance would.
+
+Tests that send HTTP go through tests/lambda_gateway.py, a real gateway process; this
+in-process Invoker is for tests that must look inside the function's process
+(threads, file descriptors, X-Ray). It enforces the same platform limits: an event
+over 6,291,456 bytes is answered 413 without calling the handler, a result over
+Lambda's response limit 502, so no test here passes where the platform would refuse.
 
 The shapes follow recorded events: REST API (payload 1.0, a stage in the path,
 single- and multi-value headers and query parameters) and HTTP API (payload 2.0,
@@ -13,10 +19,13 @@ import base64
 import hashlib
 import importlib
 import itertools
+import json
 import time
 import uuid
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 from urllib.parse import parse_qs, urlsplit
+
+from .lambda_gateway import EVENT_LIMIT, INTERNAL, RESPONSE_LIMIT, TOO_LONG
 
 DOMAIN = "abc123def4.execute-api.us-east-1.amazonaws.com"
 REST_STAGE = "api"
@@ -158,10 +167,15 @@ class Invoker:
         module = importlib.import_module("app")
         if fresh:
             module.RegistryChalice._api = None  # no registry, cache or upload state carried over
-        result = module.app(self.event(method, path, query, headers, body, binary), LambdaContext())
+        event = self.event(method, path, query, headers, body, binary)
+        if len(json.dumps(event, separators=(",", ":")).encode()) > EVENT_LIMIT:
+            return Response(_gateway_error(*TOO_LONG))  # Lambda refuses it: the handler never runs
+        result = module.app(event, LambdaContext())
         assert isinstance(result, dict) and "statusCode" in result, result
         if self.payload_v2:
             assert "multiValueHeaders" not in result
+        if len(json.dumps(result).encode()) > RESPONSE_LIMIT:
+            return Response(_gateway_error(*INTERNAL))
         return Response(result)
 
     def push_blob(self, name: str, data: bytes, chunk: Union[int, Sequence[int]], fresh: bool = True) -> str:
@@ -186,6 +200,12 @@ class Invoker:
         assert done.status == 201, done.body
         assert done.header("Docker-Content-Digest") == digest
         return digest
+
+
+def _gateway_error(status: int, message: str) -> dict[str, Any]:
+    """What API Gateway answers itself, as a proxy result."""
+    return {"statusCode": status, "headers": {"Content-Type": "application/json"},
+            "body": json.dumps({"message": message}, separators=(",", ":")), "isBase64Encoded": False}
 
 
 def chunks_of(data: bytes, sizes: Iterable[int]) -> list[bytes]:
