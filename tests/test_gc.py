@@ -20,7 +20,8 @@ from chalicelib.cache.memory import InMemoryBlobDescriptorCache
 from chalicelib.context import Context
 from chalicelib.digest import Digest
 from chalicelib.registry import Registry
-from chalicelib.registry.blobs import gc_state, is_sweeping
+from chalicelib.registry.blobs import GC_STATE, blob_path, gc_state, is_sweeping, quarantine_path
+from chalicelib.registry.errors import ManifestBlobUnknownError
 from chalicelib.registry.maintenance import GCError, collect_garbage, references
 from chalicelib.registry.manifest_types import OCI_INDEX, OCI_MANIFEST
 from chalicelib.storage import PathNotFoundError, StorageError, paths
@@ -342,3 +343,59 @@ def test_gc_keeps_every_layer_of_a_registry2_tree_with_schema1_and_unknown_manif
             response = requests.get(f"{url}/v2/{name}/blobs/{digest}", timeout=30)
             assert response.status_code == 200 and sha256(response.content) == digest
         assert requests.get(f"{url}/v2/library/modern/blobs/{orphan}", timeout=30).status_code == 404
+
+
+# -- a manifest PUT beside a sweep ------------------------------------------------------
+
+
+def sweep_state(driver, what: str, generation: int = 7) -> None:
+    driver.put_content(CTX, GC_STATE, f"{what} {generation} 2026-01-01T00:00:00Z".encode())
+
+
+def test_put_beside_a_sweep_takes_back_what_the_sweep_moved_aside():
+    driver = inmemory({})
+    registry = Registry(driver, InMemoryBlobDescriptorCache(100))
+    layer = push_blob(registry, "r", b"moved aside by a sweep")
+    config = push_blob(registry, "r", b"{}")
+    sweep_state(driver, "sweeping")
+    driver.move(CTX, blob_path(layer), quarantine_path(layer))
+    body = canonical({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                      "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": str(config), "size": 2},
+                      "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": str(layer), "size": 22}]})
+    digest, _ = registry.repository("r").manifests.put(CTX, body, OCI_MANIFEST, tag="v1")
+    assert driver.get_content(CTX, blob_path(layer)) == b"moved aside by a sweep"
+    with pytest.raises(PathNotFoundError):
+        driver.stat(CTX, quarantine_path(layer))
+    assert registry.repository("r").tags.get(CTX, "v1") == digest
+
+
+def test_put_beside_a_sweep_that_deleted_a_reference_is_refused_and_undone():
+    driver = inmemory({})
+    registry = Registry(driver, InMemoryBlobDescriptorCache(100))
+    repo = registry.repository("r")
+    good, _ = push_image(registry, "r", "v1", [b"good layer"])
+    layer = push_blob(registry, "r", b"swept while the PUT ran")
+    config = push_blob(registry, "r", b"{}")
+    body = canonical({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                      "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": str(config), "size": 2},
+                      "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": str(layer), "size": 23}]})
+    sweep_state(driver, "idle")
+
+    class SweepDuringPut:  # the sweep runs between the PUT's first check and its writes
+        def __getattr__(self, name):
+            attr = getattr(driver, name)
+            if name == "stat":
+                def stat(ctx, path):
+                    if path == paths.manifest_revision_link("r", "sha256", Digest.from_bytes(body).hex):
+                        sweep_state(driver, "sweeping", 8)  # the whole sweep, start to end
+                        driver.delete(ctx, blob_path(layer).rsplit("/", 1)[0])
+                        sweep_state(driver, "idle", 8)
+                    return attr(ctx, path)
+                return stat
+            return attr
+
+    other = Registry(SweepDuringPut(), InMemoryBlobDescriptorCache(100)).repository("r")
+    with pytest.raises(ManifestBlobUnknownError):
+        other.manifests.put(CTX, body, OCI_MANIFEST, tag="v1")
+    assert repo.tags.get(CTX, "v1") == good  # the tag is back where it was
+    assert not repo.manifests.exists(CTX, Digest.from_bytes(body))  # and the revision unlinked

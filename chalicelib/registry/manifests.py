@@ -98,8 +98,16 @@ class ManifestStore:
         actual = algorithm.from_bytes(body)
         if digest is not None and actual != digest:
             raise DigestInvalidError(f"manifest digest {actual} does not match {digest}")
-        self._verify_references(ctx, manifest)
+        try:
+            self._verify_references(ctx, manifest)
+            deferred = False
+        except ManifestBlobUnknownError:
+            # a sweep may have moved it aside: decided after writing, by _verify_stored
+            if not is_sweeping(gc_state(ctx, self.blobs.driver)):
+                raise
+            deferred = True
         existed = self._revision_exists(ctx, actual)
+        previous = self._tagged(ctx, tag)
         descriptor = BlobDescriptor(digest=actual, size=len(body), media_type=manifest.media_type)
         self.blobs.put(ctx, actual, body, manifest.media_type)
         self.revisions.link(ctx, descriptor, verify=False)
@@ -108,9 +116,17 @@ class ManifestStore:
         if tag is not None:
             self.tags.tag(ctx, tag, actual)
         after = gc_state(ctx, self.blobs.driver)
-        if after != before or is_sweeping(after):
-            self._verify_stored(ctx, manifest, descriptor, existed, tag)
+        if deferred or after != before or is_sweeping(after):
+            self._verify_stored(ctx, manifest, descriptor, existed, tag, previous)
         return actual, manifest
+
+    def _tagged(self, ctx: Context, tag: Optional[str]) -> Optional[Digest]:
+        if tag is None:
+            return None
+        try:
+            return self.tags.get(ctx, tag)
+        except ManifestUnknownError:
+            return None
 
     def _revision_exists(self, ctx: Context, digest: Digest) -> bool:
         try:
@@ -124,12 +140,13 @@ class ManifestStore:
 
     def _verify_stored(
         self, ctx: Context, manifest: Manifest, descriptor: BlobDescriptor, existed: bool, tag: Optional[str],
+        previous: Optional[Digest],
     ) -> None:
         """Beside a sweep, after every write: the revision link, the body and every
         reference, in storage. What the sweep moved aside is taken back (this PUT's
         reference was written first, so the sweep either sees it or has not yet
         decided), a body gone is written again; a reference gone is a refusal,
-        undoing what this PUT linked and tagged."""
+        undoing what this PUT linked and putting its tag back where it was."""
         digest = descriptor.digest
         if not self._revision_exists(ctx, digest):  # `gc -m` removed it as untagged
             self.revisions.link(ctx, descriptor, verify=False)
@@ -150,12 +167,11 @@ class ManifestStore:
                 missing.append(str(child.digest))
         if not missing:
             return
-        if tag is not None:
-            try:
-                if self.tags.get(ctx, tag) == digest:
-                    self.tags.untag(ctx, tag)
-            except ManifestUnknownError:
-                pass
+        if tag is not None and previous != digest and self._tagged(ctx, tag) == digest:
+            if previous is None:
+                self.tags.untag(ctx, tag)
+            else:
+                self.tags.tag(ctx, tag, previous)
         if not existed:
             try:
                 self.revisions.unlink(ctx, digest)
