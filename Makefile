@@ -59,14 +59,16 @@ test: system-deps $(STAMP)
 	$(PY) -m tests.report $(REPORTS); \
 	exit $$status
 
+# BACKEND_JOBS backends at a time (each starts its own servers on free ports); the
+# output of each is printed whole when it ends.
+BACKEND_JOBS ?= 2
 test-backends: $(STAMP)
 	@mkdir -p $(REPORTS)
-	@status=0; \
-	for backend in $(BACKENDS); do \
-		echo "== HTTP and conformance suites on $$backend"; \
-		STRATUS_TEST_BACKEND=$$backend $(PYTEST) --junitxml=$(REPORTS)/$$backend.xml $(API_SUITES) || status=1; \
-	done; \
-	exit $$status
+	@printf '%s\n' $(BACKENDS) | xargs -P $(BACKEND_JOBS) -n 1 sh -c '\
+		STRATUS_TEST_BACKEND=$$0 $(PYTEST) --junitxml=$(REPORTS)/$$0.xml $(API_SUITES) \
+			> $(REPORTS)/$$0.log 2>&1; status=$$?; \
+		echo "== HTTP and conformance suites on $$0"; cat $(REPORTS)/$$0.log; exit $$status' \
+		|| { echo "test-backends: a backend failed (see above)"; exit 1; }
 
 # ruff with the rules in pyproject.toml (mypy joins once issue 16 makes it clean)
 lint: $(STAMP)
