@@ -45,6 +45,7 @@ import itertools
 import json
 import os
 import re
+import socket
 import sys
 import tempfile
 import typing
@@ -538,13 +539,13 @@ class Host:
             (INVOCATION_HEADER, str(uuid.uuid5(uuid.NAMESPACE_OID, str(next(self.invocations))))),
             ("Content-Length", str(body_length or 0)), ("Connection", "close"),
         ]
-        up_reader, up_writer = await _open_upstream(self.worker_host, self.worker_port)
+        upstream = await _Upstream.open(self.worker_host, self.worker_port)
         try:
             head = f"{method} {target} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in out_headers) + "\r\n"
-            up_writer.write(head.encode("latin-1"))
+            await upstream.send(head.encode("latin-1"))
             sent = 0
             # the body goes up while the worker may already answer (an early error)
-            response_task = asyncio.ensure_future(_read_head(up_reader))
+            response_task = asyncio.ensure_future(_read_head(upstream))
             client_left = worker_stopped_reading = False
             while sent < (body_length or 0):
                 try:
@@ -559,8 +560,7 @@ class Host:
                     break
                 sent += len(piece)
                 try:
-                    up_writer.write(piece)
-                    await up_writer.drain()
+                    await upstream.send(piece)
                 except ConnectionError:  # it answered without reading the rest, and closed
                     worker_stopped_reading = True
                     break
@@ -583,11 +583,11 @@ class Host:
                 await self.respond(writer, 502, "Bad Gateway", close=True)
                 return 502
             self.record(method, target, length, sent, True, int(response_head[1]))
-            return await self.relay(up_reader, writer, method, response_head)
+            return await self.relay(upstream, writer, method, response_head)
         finally:
-            up_writer.close()
+            upstream.close()
 
-    async def relay(self, up_reader: asyncio.StreamReader, writer: asyncio.StreamWriter, method: str,
+    async def relay(self, up_reader: "_Upstream", writer: asyncio.StreamWriter, method: str,
                     response_head: tuple[str, str, list[tuple[str, str]]]) -> int:
         """The worker's response to the client, body streamed; returns its status."""
         _version, status_text, headers = response_head  # _read_head reads "HTTP/1.1 200 OK" as a request line
@@ -623,23 +623,70 @@ class Host:
         return status
 
 
-class _KeepingReader(asyncio.StreamReader):
-    """A stream reader that keeps what arrived before a connection reset.
+class _Upstream:
+    """A connection to the worker whose answer survives a failed send.
 
-    A server that answers before reading the whole request body (an early 404 or
-    413) closes with unread bytes, which resets the connection; asyncio's reader
-    would then drop the answer it already holds. Here the reset reads as the end."""
+    A worker that answers before reading the whole body (an early 404 or 413) closes
+    with unread bytes, which resets the connection. An asyncio transport closes
+    itself on the first failed send and drops the answer still in the socket; here
+    sending and receiving fail separately, and the answer is read to its end. It
+    offers what _read_head and _chunks use of a StreamReader."""
 
-    def set_exception(self, exc: BaseException) -> None:
-        self.feed_eof()
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.loop = asyncio.get_running_loop()
+        self.buffer = bytearray()
+        self.ended = False
 
+    @classmethod
+    async def open(cls, host: str, port: int) -> "_Upstream":
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (host, port))
+        return cls(sock)
 
-async def _open_upstream(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    loop = asyncio.get_running_loop()
-    reader = _KeepingReader(limit=64 * 1024, loop=loop)
-    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
-    transport, _ = await loop.create_connection(lambda: protocol, host, port)
-    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+    async def send(self, data: bytes) -> None:
+        await self.loop.sock_sendall(self.sock, data)
+
+    async def _fill(self) -> bool:
+        if self.ended:
+            return False
+        try:
+            data = await self.loop.sock_recv(self.sock, PIECE)
+        except ConnectionError:  # the reset after what was received: the end
+            data = b""
+        if not data:
+            self.ended = True
+            return False
+        self.buffer += data
+        return True
+
+    def _take(self, count: int) -> bytes:
+        piece = bytes(self.buffer[:count])
+        del self.buffer[:count]
+        return piece
+
+    async def readuntil(self, separator: bytes) -> bytes:
+        while (found := self.buffer.find(separator)) < 0:
+            if len(self.buffer) > PIECE:
+                raise asyncio.LimitOverrunError("response head too large", len(self.buffer))
+            if not await self._fill():
+                raise asyncio.IncompleteReadError(self._take(len(self.buffer)), None)
+        return self._take(found + len(separator))
+
+    async def read(self, count: int) -> bytes:
+        if not self.buffer:
+            await self._fill()
+        return self._take(count)
+
+    async def readexactly(self, count: int) -> bytes:
+        while len(self.buffer) < count:
+            if not await self._fill():
+                raise asyncio.IncompleteReadError(self._take(len(self.buffer)), count)
+        return self._take(count)
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 def _reason(status: int) -> str:
