@@ -54,24 +54,17 @@ def cmd_purge_uploads(args: argparse.Namespace) -> None:
 
 
 def _gc_grace(args: argparse.Namespace, config) -> float:
-    """--grace, else storage.maintenance.gc.graceperiod, else the default (1h)."""
-    from .config import ConfigError, parse_duration
-    from .registry.maintenance import DEFAULT_GRACE
+    """--grace, else storage.maintenance.gc.graceperiod (default 1h)."""
+    from .config import parse_duration
 
-    if args.grace is not None:
-        text, where = args.grace, "--grace"
-    else:
-        section = config.raw.get("storage", {}).get("maintenance", {}) or {}
-        text = (section.get("gc") or {}).get("graceperiod") if isinstance(section, dict) else None
-        where = "storage.maintenance.gc.graceperiod"
-        if text is None:
-            return DEFAULT_GRACE
+    if args.grace is None:
+        return config.storage.gc_graceperiod
     try:
-        grace = parse_duration(text) if isinstance(text, str) else float(text)
-    except (ConfigError, ValueError, TypeError) as exc:
-        sys.exit(f"stratus: {where}: expected a duration such as 1h or 30m, got {text!r} ({exc})")
+        grace = parse_duration(args.grace)
+    except ValueError as exc:
+        sys.exit(f"stratus: --grace: {exc}")
     if grace < 0:
-        sys.exit(f"stratus: {where}: must not be negative")
+        sys.exit("stratus: --grace: must not be negative")
     return grace
 
 

@@ -135,6 +135,8 @@ class StorageConfig:
     cache_blobdescriptor_size: int = 10000
     upload_purging: UploadPurgingConfig = field(default_factory=UploadPurgingConfig)
     readonly: bool = False  # storage.maintenance.readonly.enabled
+    # storage.maintenance.gc.graceperiod: gc never deletes blobs or manifests younger
+    gc_graceperiod: float = 3600.0
     tag_concurrency_limit: int = 0  # storage.tag.concurrencylimit; 0 = implementation default
     directupload: DirectUploadConfig = field(default_factory=DirectUploadConfig)
 
@@ -627,6 +629,7 @@ def _storage(root: _Section, origins: Origins) -> StorageConfig:
     maintenance = section.section("maintenance")
     purging = maintenance.section("uploadpurging")
     readonly = maintenance.section("readonly")
+    gc = maintenance.section("gc")
     tag = section.section("tag")
     descriptor, descriptor_size = _blob_descriptor_cache(section.section("cache"))
     config = StorageConfig(
@@ -644,10 +647,11 @@ def _storage(root: _Section, origins: Origins) -> StorageConfig:
             dryrun=purging.boolean("dryrun", False),
         ),
         readonly=readonly.boolean("enabled", False),
+        gc_graceperiod=gc.duration("graceperiod", 3600.0),
         tag_concurrency_limit=tag.integer("concurrencylimit", 0, minimum=0),
         directupload=_direct_upload(section.section("directupload"), driver),
     )
-    for part in (delete, redirect, maintenance, purging, readonly, tag):
+    for part in (delete, redirect, maintenance, purging, readonly, gc, tag):
         part.warn_unknown()
     return config
 

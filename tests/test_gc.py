@@ -399,3 +399,17 @@ def test_put_beside_a_sweep_that_deleted_a_reference_is_refused_and_undone():
         other.manifests.put(CTX, body, OCI_MANIFEST, tag="v1")
     assert repo.tags.get(CTX, "v1") == good  # the tag is back where it was
     assert not repo.manifests.exists(CTX, Digest.from_bytes(body))  # and the revision unlinked
+
+
+def test_grace_period_is_configured_and_checked():
+    from chalicelib.config import ConfigError, config_from_mapping
+
+    def grace(value):
+        return config_from_mapping({"version": 0.1, "storage": {"inmemory": {}, "maintenance": {"gc": {"graceperiod": value}}}}).storage.gc_graceperiod
+
+    assert config_from_mapping({"version": 0.1, "storage": {"inmemory": {}}}).storage.gc_graceperiod == 3600
+    assert grace("10m") == 600 and grace("0s") == 0
+    with pytest.raises(ConfigError, match="storage.maintenance.gc.graceperiod"):
+        grace("soon")
+    with pytest.raises(ConfigError, match="storage.maintenance.gc.graceperiod"):
+        grace("-1h")
