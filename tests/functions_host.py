@@ -353,7 +353,10 @@ def run_worker(port: int, app: Path, metadata: Path, hide_extension: bool) -> No
     else:
         import uvicorn
 
-        uvicorn.Server(uvicorn.Config(_classic_app(functions, prefix), host="127.0.0.1", port=port)).run()
+        # a function that never answers (the timeout test) must not hold up stopping
+        config = uvicorn.Config(_classic_app(functions, prefix), host="127.0.0.1", port=port,
+                                timeout_graceful_shutdown=1)
+        uvicorn.Server(config).run()
 
 
 def _route_prefix(host_json: Path) -> str:
