@@ -495,7 +495,10 @@ def _forwarded(request: IncomingRequest, trace_header: str) -> list[tuple[str, s
     gateway's X-Forwarded-* and trace id added (plain http here, https on AWS)."""
     kept = [(n, v) for n, v in request.headers if n.lower() not in REQUEST_DROPPED
             and not n.lower().startswith("x-forwarded-") and n.lower() != "x-amzn-trace-id"]
-    return kept + [("X-Forwarded-For", request.source_ip), ("X-Forwarded-Port", str(request.port)),
+    # a client's own X-Forwarded-For is kept in front of the address the gateway saw
+    claimed = [v for n, v in request.headers if n.lower() == "x-forwarded-for"]
+    chain = ", ".join([*claimed, request.source_ip])
+    return kept + [("X-Forwarded-For", chain), ("X-Forwarded-Port", str(request.port)),
                    ("X-Forwarded-Proto", "http"), (trace_header, _trace_id())]
 
 

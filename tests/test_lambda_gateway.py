@@ -12,7 +12,17 @@ from typing import Iterator
 
 import pytest
 
-from .lambda_gateway import EVENT_LIMIT, PAYLOAD_LIMIT, RESPONSE_LIMIT, GatewayClient, LambdaGateway, lambda_gateway
+from .lambda_gateway import (
+    EVENT_LIMIT,
+    PAYLOAD_LIMIT,
+    RESPONSE_LIMIT,
+    GatewayClient,
+    IncomingRequest,
+    LambdaGateway,
+    http_event,
+    lambda_gateway,
+    rest_event,
+)
 from .moto_server import MotoS3
 
 MiB = 1 << 20
@@ -38,6 +48,38 @@ def gateway(request, moto_s3: MotoS3, bucket: str, tmp_path_factory) -> Iterator
 
 def last_record(gw: LambdaGateway):
     return gw.records()[-1]
+
+
+# -- the events -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode, stage, in_path", [("rest", "api", False), ("rest", "api", True),
+                                                  ("http", "$default", False), ("http", "dev", True)])
+def test_an_event_reads_back_as_the_request_the_client_sent(mode, stage, in_path) -> None:
+    """The app's own adapter (chalicelib.apigateway) finds in the event what was sent."""
+    from chalicelib.apigateway import request_from_event
+
+    prefix = f"/{stage}" if in_path else ""
+    body = bytes(range(256)) * 3
+    sent = IncomingRequest(
+        "PATCH", f"{prefix}/v2/a/b/blobs/uploads/u1", "_state=s.t&digest=sha256%3Aab", [
+            ("Host", "127.0.0.1:5000"), ("Content-Type", "application/json"), ("Content-Range", "0-767"),
+            ("Transfer-Encoding", "chunked"), ("Connection", "keep-alive"), ("X-Forwarded-For", "203.0.113.9"),
+        ], body, "127.0.0.1", 5000)
+    if mode == "rest":
+        event = rest_event(sent, "/v2/a/b/blobs/uploads/u1", "/v2/{proxy+}", "a/b/blobs/uploads/u1", stage, "id")
+    else:
+        event = http_event(sent, "/v2/{proxy+}", "a/b/blobs/uploads/u1", stage, "id")
+    event = json.loads(json.dumps(event))  # as Lambda delivers it
+    got = request_from_event(event)
+    assert (got.method, got.path) == ("PATCH", "/v2/a/b/blobs/uploads/u1")
+    assert got.query == {"_state": ["s.t"], "digest": ["sha256:ab"]}
+    assert got.body.read() == body and event["isBase64Encoded"]  # not UTF-8: base64 even as JSON
+    assert got.base_url == f"http://127.0.0.1:5000{prefix}"
+    assert got.remote_addr == "127.0.0.1"
+    assert got.headers.get("Content-Range") == "0-767"
+    assert got.headers.get("X-Forwarded-For") == "203.0.113.9, 127.0.0.1"
+    assert "transfer-encoding" not in got.headers and "connection" not in got.headers
 
 
 # -- the invocation payload limit -------------------------------------------------------------
