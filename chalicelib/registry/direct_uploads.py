@@ -194,22 +194,29 @@ class DirectUpload:
     # -- completion ------------------------------------------------------------------
 
     def complete(self, ctx: Context, expected: Digest, info: DirectFile) -> Verification:
-        """Assemble (once), read back and hash for up to verify_time; move into place on a match."""
+        """Assemble (once), read back and hash until verify_time is up; move into place on a match.
+
+        One request does what fits in verify_time and says how far it got. Assembling
+        (S3 CompleteMultipartUpload, Azure Put Block List) and moving into place (a
+        server-side copy of the whole blob) can each take a while on a large blob, so
+        once over half of verify_time has gone, what is left waits for the next request.
+        """
         driver = self._driver
+        started = time.monotonic()
+        halftime = started + self.options.verify_time / 2
         size = info.size if info.assembled else self._assemble(ctx, driver, info)
         self.upload.size = size
-        started = time.monotonic()
-        hasher, resumed_at = self._hash(ctx, driver, expected, size)
+        if not info.assembled and time.monotonic() > halftime:
+            return Verification(size, 0)
+        hasher, resumed_at = self._hash(ctx, driver, expected, size, started + self.options.verify_time)
         if hasher.length < size:
             return Verification(size, hasher.length)
         actual = hasher.digest()
         if actual != expected:
             self.upload.remove(ctx)
             raise DigestInvalidError(f"digest {expected} does not match uploaded content {actual}")
-        if resumed_at < size and time.monotonic() - started > self.options.verify_time / 2:
-            # The move is a server-side copy of the whole blob: after a long read-back
-            # it gets a request of its own, which starts from the state at the end.
-            self._save(ctx, hasher)
+        if (resumed_at < size or not info.assembled) and time.monotonic() > halftime:
+            self._save(ctx, hasher)  # the next request starts from the state at the end
             return Verification(size, size)
         return Verification(size, size, self.upload.finish(ctx, BlobDescriptor(digest=expected, size=size)))
 
@@ -226,7 +233,7 @@ class DirectUpload:
         return size
 
     def _hash(
-        self, ctx: Context, driver: DirectWriteDriver, expected: Digest, size: int
+        self, ctx: Context, driver: DirectWriteDriver, expected: Digest, size: int, deadline: float
     ) -> tuple[ResumableHasher, int]:
         """Hash the data from the last stored state on, with reads running ahead of the hasher;
         returns the hasher and the offset it resumed at.
@@ -236,7 +243,6 @@ class DirectUpload:
         every request makes progress however short verify_time is.
         """
         options = self.options
-        deadline = time.monotonic() + options.verify_time
         hasher, offset = self.upload.nearest_state(ctx, expected.algorithm, size)
         saved = offset
         if offset < size:
