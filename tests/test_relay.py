@@ -61,9 +61,15 @@ class RunningRelay:
         return self.log.read_text(errors="replace")
 
     def kill(self) -> None:
-        """kill -9 of the relay and its server's workers (one process group)."""
+        """kill -9 of the relay and its server's worker (one process group), waiting until
+        none is left: a dying worker still holding the port would take the next relay's
+        first connections."""
         os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)
+        deadline = time.monotonic() + 10
+        while group_members(self.proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not group_members(self.proc.pid), "the relay's worker outlived kill -9"
 
 
 @contextmanager
@@ -79,13 +85,14 @@ def relay(upstream: str, state: Path, *extra: str, port: Optional[int] = None) -
 
 class Tap:
     """A TCP proxy that counts the bytes sent through it towards the server, and can
-    stop forwarding them after a given count (to cut a push off at a known point)."""
+    stop forwarding them at a given count (to cut a push off at a known point)."""
 
     def __init__(self, target_port: int):
         self.target_port = target_port
         self.sent = 0
         self.hold_at: Optional[int] = None
         self.holding = threading.Event()
+        self._released = threading.Event()
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
         self._server = socket.socket()
@@ -94,6 +101,16 @@ class Tap:
         self.port = self._server.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         threading.Thread(target=self._accept, daemon=True).start()
+
+    def hold(self, after: int) -> None:
+        """Forward `after` more bytes towards the server, then nothing until release()."""
+        self._released.clear()
+        self.holding.clear()
+        self.hold_at = self.sent + after
+
+    def release(self) -> None:
+        self.hold_at = None
+        self._released.set()
 
     def _accept(self) -> None:
         while True:
@@ -111,12 +128,15 @@ class Tap:
         try:
             while True:
                 want = 64 << 10
-                if counted and self.hold_at is not None:
+                hold_at = self.hold_at
+                if counted and hold_at is not None:
                     with self._lock:
-                        want = min(want, self.hold_at - self.sent)
+                        want = min(want, hold_at - self.sent)
                     if want <= 0:
                         self.holding.set()
-                        return  # stop reading: the sender stalls once the socket buffers fill
+                        # stop reading: the sender stalls once the socket buffers fill
+                        self._released.wait()
+                        continue
                 data = src.recv(want)
                 if not data:
                     break
@@ -132,7 +152,8 @@ class Tap:
             pass
 
     def cut(self) -> None:
-        """Close every connection through the tap (the held ones too)."""
+        """Close every connection through the tap so far (the held ones too): what they
+        still carried is lost, as when the network goes."""
         with self._lock:
             sockets, self._sockets = self._sockets, []
         for s in sockets:
@@ -145,6 +166,7 @@ class Tap:
     def close(self) -> None:
         self._server.close()
         self.cut()
+        self.release()
 
 
 @contextmanager
@@ -156,17 +178,27 @@ def tapped(url: str) -> Iterator[Tap]:
         tap.close()
 
 
-def peak_rss(pgid: int) -> int:
-    """The largest peak resident set (VmHWM, bytes) of the processes in a process group."""
-    peak = 0
+def group_members(pgid: int) -> list[int]:
+    """The live (not zombie) processes of a process group, from /proc."""
+    members = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            if int(stat.rsplit(")", 1)[1].split()[2]) != pgid:
-                continue
-            for line in Path(f"/proc/{entry}/status").read_text().splitlines():
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry))
+    return members
+
+
+def peak_rss(pgid: int) -> int:
+    """The largest peak resident set (VmHWM, bytes) of the processes in a process group."""
+    peak = 0
+    for pid in group_members(pgid):
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
                     peak = max(peak, int(line.split()[1]) * 1024)
         except (OSError, ValueError, IndexError):
@@ -503,7 +535,7 @@ def test_killed_relay_resumes_without_resending_what_the_upstream_has(
     port = free_port()
     with tapped(upstream) as tap:
         # first push: cut off after 12 MiB reached the upstream, then the relay is killed
-        tap.hold_at = 12 * MIB
+        tap.hold(12 * MIB)
         with relay(tap.url, state, port=port) as first:
             client = subprocess.Popen(
                 ["skopeo", "--insecure-policy", "copy", "--quiet", "--dest-tls-verify=false",
@@ -512,8 +544,8 @@ def test_killed_relay_resumes_without_resending_what_the_upstream_has(
             assert tap.holding.wait(120), "the push never reached 12 MiB"
             first.kill()
             tap.cut()
+            tap.release()
             assert client.wait(60) != 0, "the push could not have finished"
-        tap.hold_at = None
         had = 12 * MIB - CHUNK_MAX  # at least every chunk before the cut one
         before = tap.sent
 
@@ -542,7 +574,7 @@ def test_a_different_blob_is_not_glued_to_an_interrupted_upload(chunked_upstream
     new = prefix + os.urandom(2 * MIB)  # same first 3 MiB, then different
     port = free_port()
     with tapped(upstream) as tap:
-        tap.hold_at = 5 * MIB
+        tap.hold(5 * MIB)
         with relay(tap.url, state, port=port) as first:
             r = _post(first.url, "prefix/app")
             location = r.headers["Location"]
@@ -552,7 +584,7 @@ def test_a_different_blob_is_not_glued_to_an_interrupted_upload(chunked_upstream
             assert tap.holding.wait(60)
             first.kill()
             tap.cut()
-        tap.hold_at = None
+            tap.release()
         with relay(tap.url, state, port=port) as second:
             assert upload_patch_stream(second.url, "prefix/app", new).status_code == 201
             assert _blob(second.url, "prefix/app", sha256(new)) == new
@@ -625,7 +657,7 @@ def test_direct_upload_resumes_with_the_parts_storage_has(direct_upstream, tmp_p
         (tmp_path / "data").mkdir()
         with stratus_server(tmp_path / "data", env) as upstream:
             # first relay: one part at a time, cut off 2 MiB into the fourth part
-            s3.hold_at = s3.sent + 3 * part + 2 * MIB
+            s3.hold(3 * part + 2 * MIB)
             with relay(upstream, state, "--part-size", "8", "--parallel", "1", port=port) as first:
                 location = _post(first.url, "parts/app").headers["Location"]
                 threading.Thread(target=lambda: _quietly(
@@ -633,7 +665,7 @@ def test_direct_upload_resumes_with_the_parts_storage_has(direct_upstream, tmp_p
                 assert s3.holding.wait(120), "the parts never reached storage"
                 first.kill()
                 s3.cut()
-            s3.hold_at = None
+                s3.release()
             before = s3.sent
             with relay(upstream, state, "--part-size", "8", port=port) as second:
                 assert upload_patch_stream(second.url, "parts/app", data).status_code == 201

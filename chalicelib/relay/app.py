@@ -177,8 +177,10 @@ class Relay:
         try:
             return self._in_session(request, method, session)
         except BaseException:
-            if method in ("PUT", "DELETE"):
-                self.uploads.close(session)
+            # what the upstream holds is no longer what the session thinks: a client that
+            # goes on is answered from the upstream's side (_adopt), one that starts again
+            # resumes from the journal
+            self.uploads.close(session)
             raise
         finally:
             session.lock.release()

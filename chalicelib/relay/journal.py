@@ -15,9 +15,14 @@ of the same repository only once the new bytes hash the same up to such a bounda
 
 Writes are plain appends (no fsync): they survive the relay being killed, which is what
 the journal is for; after a power loss a missing line again only means nothing is reused.
+
+The relay sending to an upload holds an flock on its journal, so no other session (of
+this relay or of another sharing the state directory) takes it for a candidate while it
+is in use; the kernel drops the lock when the process dies, however it dies.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -51,11 +56,26 @@ class Record:
 
 
 class Entry:
-    """The open journal of one upstream upload."""
+    """The open journal of one upstream upload, locked while this process sends to it."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, fd: int):
         self.path = path
+        self._fd = fd  # holds the flock
         self._lock = threading.Lock()
+
+    @classmethod
+    def lock(cls, path: Path, create: bool = False) -> Optional["Entry"]:
+        """The entry at path with its lock taken, or None when another holds it (or it is gone)."""
+        try:
+            fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), 0o600)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return cls(path, fd)
 
     def _append(self, doc: dict) -> None:
         line = (json.dumps(doc, separators=(",", ":")) + "\n").encode()
@@ -73,10 +93,19 @@ class Entry:
         self._append({"location": location})
 
     def remove(self) -> None:
+        """The upload is finished (or dead): its journal goes."""
         try:
             self.path.unlink()
         except FileNotFoundError:
             pass
+        self.close()
+
+    def close(self) -> None:
+        """Stop sending to it: the journal stays for a later resume, unlocked."""
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
 
 
 class Journal:
@@ -92,13 +121,16 @@ class Journal:
             return None
         directory = self._dir(name)
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        entry = Entry(directory / f"{uuid}.jsonl")
-        entry.remove()
+        entry = Entry.lock(directory / f"{uuid}.jsonl", create=True)
+        if entry is None:
+            return None
+        os.ftruncate(entry._fd, 0)
         entry._append({"name": name, "uuid": uuid, "mode": mode, "part_size": part_size, "location": location})
         return entry
 
-    def open(self, record: Record) -> Entry:
-        return Entry(record.path)
+    def claim(self, record: Record) -> Optional[Entry]:
+        """The journal of a candidate, locked for this session; None if someone holds it."""
+        return Entry.lock(record.path)
 
     def records(self, name: str) -> list[Record]:
         """The journals of uploads of repository `name`, newest first; stale ones removed."""
@@ -108,13 +140,18 @@ class Journal:
         found = []
         now = time.time()
         for path in directory.glob("*.jsonl"):
+            entry = Entry.lock(path)
+            if entry is None:
+                continue  # being sent to right now
             try:
                 if now - path.stat().st_mtime > MAX_AGE:
-                    path.unlink()
+                    entry.remove()
                     continue
                 record = _read(path)
             except OSError:
                 continue
+            finally:
+                entry.close()
             if record is not None and record.name == name:
                 found.append((path.stat().st_mtime, record))
         return [record for _, record in sorted(found, key=lambda item: item[0], reverse=True)]

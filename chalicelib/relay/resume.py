@@ -49,12 +49,11 @@ class Candidate:
         return self.target.offset
 
 
-def candidates(upstream: Upstream, journal: Journal, name: str, exclude: set[str],
-               auth: dict[str, str], part_size: int) -> list[Candidate]:
+def candidates(upstream: Upstream, journal: Journal, name: str, auth: dict[str, str],
+               part_size: int) -> list[Candidate]:
+    """Interrupted uploads of repository `name` (journals nobody holds) worth comparing with."""
     found = []
     for record in journal.records(name)[:MAX_CANDIDATES]:
-        if record.uuid in exclude:
-            continue
         try:
             candidate = _candidate(upstream, record, name, auth, part_size)
         except (UpstreamError, UpstreamAnswer, ValueError, KeyError) as exc:

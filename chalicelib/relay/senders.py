@@ -159,8 +159,9 @@ class DirectSender:
         if response.status != 200:
             raise answer(response)
         doc = json.loads(response.data)
-        if int(doc["partSize"]) != self.part_size:
-            raise UpstreamAnswer(502, [], b"")  # cannot happen unless the upstream ignores partsize
+        if int(doc["partSize"]) != self.part_size:  # an upstream that ignores the part size asked for
+            raise UpstreamAnswer(502, [("Content-Type", "application/json")], _error_body(
+                f"upstream chose parts of {doc['partSize']} bytes, the relay asked for {self.part_size}"))
         expires = _parse_time(doc.get("expires"))
         for part in doc.get("parts", []):
             self._urls[int(part["number"])] = (part.get("method", "PUT"), part["url"], part.get("headers") or {}, expires)
@@ -216,9 +217,8 @@ class DirectSender:
                     with self._lock:
                         self._urls.pop(number, None)
                 if response.status < 500 and response.status != 403 or attempt + 1 == PART_ATTEMPTS:
-                    raise UpstreamAnswer(
-                        502, [], _storage_error(number, response.status, response.data)
-                    )
+                    raise UpstreamAnswer(502, [("Content-Type", "application/json")],
+                                         _storage_error(number, response.status, response.data))
         finally:
             body.close()
 
@@ -237,11 +237,15 @@ class DirectSender:
         return response
 
 
-def _storage_error(number: int, status: int, data: Optional[bytes]) -> bytes:
+def _error_body(message: str, detail: object = None) -> bytes:
     from ..api.errors import error_body
 
-    return error_body("UNAVAILABLE", f"storage refused part {number} with {status}",
-                      {"storage": (data or b"")[:300].decode("utf-8", "replace")})
+    return error_body("UNAVAILABLE", message, detail)
+
+
+def _storage_error(number: int, status: int, data: Optional[bytes]) -> bytes:
+    return _error_body(f"storage refused part {number} with {status}",
+                       {"storage": (data or b"")[:300].decode("utf-8", "replace")})
 
 
 def _parse_time(value: Optional[str]) -> float:

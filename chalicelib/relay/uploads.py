@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hmac
 import logging
+import os
+import secrets
 import shutil
 import threading
 import time
@@ -49,13 +51,9 @@ class Uploads:
         self.upstream = upstream
         self.settings = settings
         self.journal = Journal(settings.state_dir / "journal")
-        self.spool = settings.state_dir / "spool"
-        # pieces a killed relay left behind are of no use: the journal says what was sent
-        shutil.rmtree(self.spool, ignore_errors=True)
-        self.spool.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.spool = _spool_dir(settings.state_dir / "spool")
         self.pool = ThreadPoolExecutor(max_workers=settings.senders, thread_name_prefix="relay-send")
         self._sessions: dict[str, "Session"] = {}
-        self._claimed: set[str] = set()  # upstream uploads some session sends to
         self._lock = threading.Lock()
 
     def open(self, name: str, client_path: str, target: Target, hashing: bool = True) -> "Session":
@@ -63,7 +61,6 @@ class Uploads:
         with self._lock:
             self._forget_idle()
             self._sessions[session.id] = session
-            self._claimed.add(target.uuid)
         return session
 
     def get(self, name: str, upload_id: str, state: Optional[str]) -> Optional["Session"]:
@@ -76,29 +73,15 @@ class Uploads:
             return None
         return session
 
-    def claim(self, uuid: str) -> bool:
-        with self._lock:
-            if uuid in self._claimed:
-                return False
-            self._claimed.add(uuid)
-            return True
-
-    def claimed(self) -> set[str]:
-        with self._lock:
-            return set(self._claimed)
-
     def close(self, session: "Session") -> None:
         with self._lock:
             self._sessions.pop(session.id, None)
-            self._claimed.discard(session.target.uuid)
-            self._claimed.discard(session.id)
         session.discard()
 
     def _forget_idle(self) -> None:
         now = time.monotonic()
         for session in [s for s in self._sessions.values() if now - s.last_used > IDLE and not s.lock.locked()]:
             self._sessions.pop(session.id, None)
-            self._claimed.discard(session.target.uuid)
             session.discard()
 
 
@@ -191,6 +174,8 @@ class Session:
 
     def discard(self) -> None:
         self.wait_quietly()
+        if self.entry is not None:
+            self.entry.close()
         self.spooler.close()
         for piece in self._held:
             piece.discard()
@@ -229,9 +214,14 @@ class Session:
                                and piece.length == self.settings.part_size)
             if first_full_part:
                 sender = DirectSender(self.upstream, self.target, self.settings.part_size)
-                sender.begin(auth)
-                self.sender = sender
-            else:
+                try:
+                    sender.begin(auth)
+                    self.sender = sender
+                except UpstreamAnswer as exc:
+                    if exc.status != 405:  # advertised yet unsupported (UNSUPPORTED): chunks will do
+                        raise
+                    log.warning("%s: the upstream refused direct uploads; sending chunks", self.progress.label)
+            if self.sender is None:
                 self.sender = ChunkedSender(self.upstream, self.target, self.settings.chunk_size)
             self._open_journal()
         return self.sender
@@ -274,8 +264,7 @@ class Session:
     # -- resuming ------------------------------------------------------------------
 
     def _look_for_resume(self, auth: dict[str, str]) -> None:
-        found = candidates(self.upstream, self.uploads.journal, self.name, self.uploads.claimed(), auth,
-                           self.settings.part_size)
+        found = candidates(self.upstream, self.uploads.journal, self.name, auth, self.settings.part_size)
         if found:
             log.info("%s: %d interrupted upload(s) to compare with", self.progress.label, len(found))
             self.matcher = Matcher(found)
@@ -284,10 +273,10 @@ class Session:
     def _decide(self, auth: dict[str, str]) -> None:
         matcher, self.matcher = self.matcher, None
         for candidate in matcher.ranked():
-            if not self.uploads.claim(candidate.target.uuid):
-                continue
-            self._continue(candidate, auth)
-            break
+            entry = self.uploads.journal.claim(candidate.record)
+            if entry is not None:  # else another session took it meanwhile
+                self._continue(candidate, entry, auth)
+                break
         held, self._held = self._held, []
         for index, piece in enumerate(held):
             try:
@@ -297,7 +286,7 @@ class Session:
                     rest.discard()
                 raise
 
-    def _continue(self, candidate, auth: dict[str, str]) -> None:
+    def _continue(self, candidate, entry: Entry, auth: dict[str, str]) -> None:
         """Send to the interrupted upload from now on; drop the one opened for this client."""
         own = self.target
         self.target = candidate.target
@@ -305,7 +294,7 @@ class Session:
             self.sender = DirectSender(self.upstream, self.target, self.target.part_size)
         else:
             self.sender = ChunkedSender(self.upstream, self.target, self.settings.chunk_size)
-        self.entry = self.uploads.journal.open(candidate.record)
+        self.entry = entry
         self._open_journal()
         log.info("%s: continuing interrupted upstream upload %s: %.1f MiB it holds are not sent again",
                  self.progress.label, self.target.uuid, candidate.saved / MIB)
@@ -313,6 +302,19 @@ class Session:
             self.upstream.request("DELETE", own.location, headers=auth)
         except UpstreamError:
             pass  # an abandoned empty upload: the upstream purges it
+
+
+def _spool_dir(root: Path) -> Path:
+    """A spool directory of this process's own; those of relays no longer running go."""
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for old in root.iterdir():
+        pid = old.name.split("-", 1)[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            # pieces a killed relay left behind are of no use: the journal says what was sent
+            shutil.rmtree(old, ignore_errors=True)
+    mine = root / f"{os.getpid()}-{secrets.token_hex(4)}"
+    mine.mkdir(mode=0o700)
+    return mine
 
 
 def _query_value(path: str, key: str) -> Optional[str]:
