@@ -1,4 +1,4 @@
-"""Which WSGI server should `stratus serve` run on? Measure the candidates side by side.
+"""Which server should `stratus serve` run on? Measure the candidates side by side.
 
     python -m bench.compare_servers [--reps 5] [--candidates gunicorn,granian-2x8,...]
 
@@ -23,9 +23,18 @@ from .cli import MB, MiB, Blob
 from .memory import PeakRSS, tree_cpu_seconds, tree_rss
 
 
+# candidates run as `stratus serve` with these variables (uvicorn is its default server)
+STRATUS_SERVE = {
+    "gunicorn": {"STRATUS_SERVER": "gunicorn"},
+    "granian": {"STRATUS_SERVER": "granian"},
+    "uvicorn": {"STRATUS_SERVER": "uvicorn"},
+    "uvicorn-asyncio": {"STRATUS_SERVER": "uvicorn", "STRATUS_LOOP": "asyncio"},
+}
+
+
 def _argv(candidate: str, port: int) -> list[str]:
     """gunicorn (`stratus serve` with STRATUS_SERVER=gunicorn in its env) or granian-<workers>x<threads>."""
-    if candidate == "gunicorn":
+    if candidate in STRATUS_SERVE:
         return [sys.executable, "-m", "chalicelib", "serve", "--addr", f"127.0.0.1:{port}"]
     if candidate.startswith("granian-"):
         workers, threads = candidate.split("-", 1)[1].split("x")
@@ -68,8 +77,7 @@ def main() -> None:
                 "REGISTRY_HTTP_SECRET": "bench-secret",
                 "REGISTRY_LOG_LEVEL": "error",
                 "PYTHONPATH": str(servers.ROOT),
-                # `stratus serve` runs granian unless told otherwise
-                **({"STRATUS_SERVER": "gunicorn"} if candidate == "gunicorn" else {}),
+                **STRATUS_SERVE.get(candidate, {}),
             }
             running[candidate] = stack.enter_context(
                 servers._run(candidate, _argv(candidate, port), port, root, workdir, env)
