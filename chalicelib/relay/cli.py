@@ -39,7 +39,7 @@ def add_relay_command(commands) -> None:
     relay.add_argument("--chunk-size", type=_mib, default=16 * MIB, metavar="MIB",
                        help="largest chunked PATCH in MiB (default 16; the upstream's OCI-Chunk-Max-Length caps it)")
     relay.add_argument("--parallel", type=int, default=4, help="parts of one blob sent at once (default 4)")
-    relay.add_argument("--threads", type=int, default=16, help="client requests served at once (default 16)")
+    relay.add_argument("--threads", type=int, default=8, help="client requests served at once (default 8)")
     relay.add_argument("--insecure", action="store_true", help="do not verify the upstream's TLS certificate")
     relay.add_argument("--ca-file", help="CA bundle to verify the upstream's TLS certificate with")
     relay.set_defaults(func=run)
