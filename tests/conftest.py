@@ -1,4 +1,5 @@
-"""The shared `stratus serve` fixture.
+"""The shared `stratus serve` fixture, and the hooks that make a skip for a missing
+component a failure under CI=true (tests/components.py).
 
 STRATUS_TEST_BACKEND chooses what it runs on, so the HTTP suites (tests/test_api_*)
 run unchanged against every deployment shape: `filesystem` (default), `s3` (moto
@@ -53,8 +54,9 @@ def _backend_environment(
         moto = request.getfixturevalue("moto_s3")
         return {**moto.environment(moto.create_bucket()), **NO_REDIRECT}
     if backend == "azure":
-        from .azurite import azurite_blob
+        from .azurite import NO_AZURITE, available, azurite_blob
 
+        components.require("Azurite", None if available() else NO_AZURITE)
         emulator = stack.enter_context(azurite_blob(workspace / "azurite"))
         return {**emulator.environment(emulator.new_container()), **NO_REDIRECT}
     if backend == "rados":
@@ -68,8 +70,9 @@ def _backend_environment(
             "REGISTRY_STORAGE_RADOS_CONFFILE": str(ceph.conffile),
         }
     if backend == "redis":
-        from .redis_server import redis_server
+        from .redis_server import HAVE_REDIS, NO_REDIS, redis_server
 
+        components.require("redis-server", None if HAVE_REDIS else NO_REDIS)
         redis = stack.enter_context(redis_server(workspace / "redis"))
         return {"REGISTRY_STORAGE_CACHE_BLOBDESCRIPTOR": "redis", "REGISTRY_REDIS_ADDR": redis.addr}
     raise pytest.UsageError(f"STRATUS_TEST_BACKEND={backend!r}: choose one of {', '.join(BACKENDS)}")
