@@ -114,6 +114,9 @@ class TimeoutProtocol(HttpToolsProtocol):
 
     def _abort(self, why: str) -> None:
         log.debug("closing a connection from %s: %s timeout", self.client, why)
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True  # the app's sends end now, and uvicorn logs no error
         if self.transport is not None and not self.transport.is_closing():
             self.transport.abort()
 
