@@ -4,9 +4,11 @@
 The file has the reference registry's (distribution/distribution) sections:
 ``version``, ``log``, ``storage`` (one driver plus ``delete``, ``redirect``,
 ``cache``, ``maintenance``, ``tag``), ``auth``, ``http``, ``redis``,
-``notifications``, ``health``, ``catalog``, and Stratus's ``tracing``. Its other
-sections (``proxy``, ``validation``, ``middleware`` ...) are kept in ``Config.raw``
-with a warning, so an existing ``config.yml`` loads unchanged.
+``notifications``, ``health``, ``catalog``, ``tags``, and Stratus's ``tracing`` and
+``metrics``. Every key the reference documents is implemented, refused at start-up
+with its path named (REFUSED_KEYS: what an operator would rely on and Stratus does
+not do, security-relevant keys such as ``http.tls`` always among them), or accepted
+with one warning line (COSMETIC_KEYS); docs/configuration.md has the table.
 
 Every bad value raises ``ConfigError`` whose message starts with the key path
 (and the environment variable, when one set it) and says what was expected.
@@ -41,6 +43,9 @@ __all__ = [
     "RedisConfig",
     "RedisPoolConfig",
     "StorageConfig",
+    "DebugConfig",
+    "HealthConfig",
+    "MetricsConfig",
     "TracingConfig",
     "UploadPurgingConfig",
     "config_from_mapping",
@@ -66,8 +71,10 @@ DEFAULT_ROOTDIRECTORY = "/var/lib/registry"
 # accepts without acting on them (kept in `raw`, warned about).
 _SECTIONS = (
     "version", "log", "loglevel", "storage", "auth", "http", "redis",
-    "notifications", "health", "catalog", "tracing",
+    "notifications", "health", "catalog", "tracing", "metrics", "tags",
 )
+# Sections of the reference (current or former) that Stratus does not implement:
+# each is refused or warned about by _account_for_unimplemented below.
 _REFERENCE_ONLY_SECTIONS = (
     "middleware", "reporting", "proxy", "compatibility", "validation", "policy",
 )
@@ -157,6 +164,7 @@ class HTTPConfig:
     timeouts: "HTTPTimeouts" = field(default_factory=lambda: HTTPTimeouts())  # http.timeout
     # http.maxconcurrentuploads: requests with a body served at once; more get 503 + Retry-After
     max_concurrent_uploads: int = 64
+    debug: "DebugConfig" = field(default_factory=lambda: DebugConfig())  # http.debug
 
 
 @dataclass
@@ -167,6 +175,15 @@ class HTTPTimeouts:
     read: float = 60.0  # with no byte of a request body arriving
     write: float = 60.0  # with a client taking no byte of a response
     idle: float = 75.0  # for the next request on a keep-alive connection
+
+
+@dataclass
+class DebugConfig:
+    """http.debug: a second listener for /debug/health and, if enabled, Prometheus metrics."""
+
+    addr: str | None = None  # host:port; None: no debug server
+    prometheus_enabled: bool = False  # http.debug.prometheus.enabled
+    prometheus_path: str = "/metrics"  # http.debug.prometheus.path
 
 
 @dataclass
@@ -206,6 +223,65 @@ class TracingConfig:
 
 
 @dataclass
+class StorageDriverCheck:
+    """health.storagedriver: a periodic probe of the storage (a stat of its root)."""
+
+    enabled: bool = False
+    interval: float = 10.0  # seconds between probes
+    threshold: int = 1  # consecutive failures before the check reads unhealthy
+
+
+@dataclass
+class FileCheck:
+    """health.file[]: unhealthy while the file exists (to take an instance out of rotation)."""
+
+    file: str
+    interval: float = 10.0
+
+
+@dataclass
+class HTTPCheck:
+    """health.http[]: a HEAD of uri must answer statuscode."""
+
+    uri: str
+    headers: dict[str, list[str]] = field(default_factory=dict)
+    statuscode: int = 200
+    timeout: float = 3.0
+    interval: float = 10.0
+    threshold: int = 1
+
+
+@dataclass
+class TCPCheck:
+    """health.tcp[]: a TCP connection to addr must open."""
+
+    addr: str
+    timeout: float = 3.0
+    interval: float = 10.0
+    threshold: int = 1
+
+
+@dataclass
+class HealthConfig:
+    storagedriver: StorageDriverCheck = field(default_factory=StorageDriverCheck)
+    file: list[FileCheck] = field(default_factory=list)
+    http: list[HTTPCheck] = field(default_factory=list)
+    tcp: list[TCPCheck] = field(default_factory=list)
+
+    @property
+    def any(self) -> bool:
+        return self.storagedriver.enabled or bool(self.file or self.http or self.tcp)
+
+
+@dataclass
+class MetricsConfig:
+    """metrics (Stratus's own section): CloudWatch Embedded Metric Format log lines on Lambda."""
+
+    emf: bool = False  # metrics.emf.enabled
+    namespace: str = "Stratus"  # metrics.emf.namespace
+
+
+@dataclass
 class Config:
     version: str = "0.1"
     log: LogConfig = field(default_factory=LogConfig)
@@ -213,10 +289,11 @@ class Config:
     http: HTTPConfig = field(default_factory=HTTPConfig)
     auth: AuthConfig | None = None
     redis: RedisConfig = field(default_factory=RedisConfig)
-    notifications: dict[str, Any] = field(default_factory=dict)
-    health: dict[str, Any] = field(default_factory=dict)
+    notifications: dict[str, Any] = field(default_factory=dict)  # raw: only disabled endpoints pass
+    health: HealthConfig = field(default_factory=HealthConfig)
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
     tracing: TracingConfig = field(default_factory=TracingConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     raw: dict[str, Any] = field(default_factory=dict)  # file + environment, before defaults
 
 
@@ -542,9 +619,7 @@ class _Section:
 def _build(tree: dict[str, Any], origins: Origins) -> Config:
     root = _Section(tree, "", origins)
     for key in tree:
-        if key in _REFERENCE_ONLY_SECTIONS:
-            log.warning("configuration section %r is not supported by Stratus; ignored", key)
-        elif key not in _SECTIONS:
+        if key not in _SECTIONS + _REFERENCE_ONLY_SECTIONS:
             log.warning("unknown configuration section %r; ignored", key)
 
     version = root.string("version", SUPPORTED_VERSIONS[0])
@@ -558,7 +633,7 @@ def _build(tree: dict[str, Any], origins: Origins) -> Config:
             "storage.cache.blobdescriptor: 'redis' needs redis.addr to be set",
             key="storage.cache.blobdescriptor",
         )
-    return Config(
+    config = Config(
         version=version,
         log=_log(root),
         storage=storage,
@@ -566,11 +641,14 @@ def _build(tree: dict[str, Any], origins: Origins) -> Config:
         auth=_auth(root),
         redis=redis,
         notifications=root.mapping_copy("notifications"),
-        health=root.mapping_copy("health"),
+        health=_health(root.section("health")),
         catalog=_catalog(root.section("catalog")),
         tracing=_tracing(root),
+        metrics=_metrics(root.section("metrics")),
         raw=tree,
     )
+    _account_for_unimplemented(tree, config, origins)
+    return config
 
 
 def _log(root: _Section) -> LogConfig:
@@ -583,12 +661,19 @@ def _log(root: _Section) -> LogConfig:
     if formatter == "logstash":
         log.warning("log.formatter 'logstash' is not supported by Stratus; using 'json'")
         formatter = "json"
+    fields = section.mapping_copy("fields")
+    for name, value in fields.items():
+        if not isinstance(name, str) or isinstance(value, (dict, list)):
+            raise section.fail("fields", "a mapping of field names to scalar values", {name: value})
+    accesslog = section.section("accesslog")
     config = LogConfig(
         level=level,
         formatter=formatter,
-        fields=section.mapping_copy("fields"),
-        accesslog_disabled=section.section("accesslog").boolean("disabled", False),
+        fields=fields,
+        accesslog_disabled=accesslog.boolean("disabled", False),
     )
+    accesslog.warn_unknown()
+    # hooks, reportcaller: accounted for by _account_for_unimplemented
     section.warn_unknown(known=("hooks", "reportcaller"))
     return config
 
@@ -764,9 +849,27 @@ def _http(section: _Section) -> HTTPConfig:
         tls=copy.deepcopy(tls.mapping),
         timeouts=_http_timeouts(section.section("timeout")),
         max_concurrent_uploads=section.integer("maxconcurrentuploads", HTTPConfig.max_concurrent_uploads, minimum=1),
+        debug=_debug(section.section("debug")),
     )
-    # secretparameter: read by bootstrap (an SSM or Secrets Manager name for http.secret)
-    section.warn_unknown(known=("debug", "http2", "h2c", "secretparameter"))
+    # secretparameter: read by bootstrap (an SSM or Secrets Manager name for http.secret);
+    # http2 and h2c: accounted for by _account_for_unimplemented
+    section.warn_unknown(known=("http2", "h2c", "secretparameter"))
+    return config
+
+
+def _debug(section: _Section) -> DebugConfig:
+    addr = section.string("addr", None) or None
+    if addr is not None and not _is_host_port(addr):
+        raise section.fail("addr", "host:port, e.g. 'localhost:5001' or ':5001'", addr)
+    prometheus = section.section("prometheus")
+    path = prometheus.string("path", "/metrics") or "/metrics"
+    if not path.startswith("/") or path == "/debug/health":
+        raise prometheus.fail("path", "a path starting with '/' other than /debug/health", path)
+    config = DebugConfig(addr=addr, prometheus_enabled=prometheus.boolean("enabled", False), prometheus_path=path)
+    if config.prometheus_enabled and addr is None:
+        log.warning("http.debug.prometheus.enabled: metrics are served on http.debug.addr, which is not set")
+    prometheus.warn_unknown()
+    section.warn_unknown()
     return config
 
 
@@ -880,7 +983,8 @@ def _enabled(parent: _Section, key: str) -> bool:
     if isinstance(value, dict):
         section = parent.section(key)
         enabled = section.boolean("enabled", False)
-        section.warn_unknown(known=("certificate", "key", "clientcas"))
+        # client certificates and CAs: refused by _account_for_unimplemented
+        section.warn_unknown(known=("certificate", "key", "clientcas", "rootcas"))
         return enabled
     try:
         return parent.boolean(key, False)
@@ -899,3 +1003,182 @@ def _tracing(root: _Section) -> TracingConfig:
     config = TracingConfig(xray=_enabled(section, "xray"))
     section.warn_unknown()
     return config
+
+
+def _metrics(section: _Section) -> MetricsConfig:
+    emf = section.section("emf")
+    config = MetricsConfig(emf=emf.boolean("enabled", False), namespace=emf.string("namespace", "Stratus") or "Stratus")
+    emf.warn_unknown()
+    section.warn_unknown()
+    return config
+
+
+# ------------------------------------------------------------------------ health
+
+
+def _health(section: _Section) -> HealthConfig:
+    driver = section.section("storagedriver")
+    config = HealthConfig(
+        storagedriver=StorageDriverCheck(
+            enabled=driver.boolean("enabled", False),
+            interval=driver.duration("interval", 10.0, positive=True),
+            threshold=driver.integer("threshold", 1, minimum=1) or 1,
+        ),
+        file=[_file_check(item) for item in _check_list(section, "file")],
+        http=[_http_check(item) for item in _check_list(section, "http")],
+        tcp=[_tcp_check(item) for item in _check_list(section, "tcp")],
+    )
+    driver.warn_unknown()
+    section.warn_unknown()
+    return config
+
+
+def _check_list(section: _Section, key: str) -> list[_Section]:
+    value = section.value(key)
+    if value is _MISSING:
+        return []
+    if not isinstance(value, list):
+        raise section.fail(key, "a list of checks", value)
+    items = _Section(dict(enumerate(value)), section.key_path(key), section.origins)  # type: ignore[arg-type]
+    return [items.section(i) for i in range(len(value))]  # type: ignore[arg-type]
+
+
+def _required_string(section: _Section, key: str, expected: str) -> str:
+    value = section.string(key, None)
+    if not value:
+        raise section.fail(key, expected, value if value is not None else _MISSING)
+    return value
+
+
+def _file_check(section: _Section) -> FileCheck:
+    check = FileCheck(
+        file=_required_string(section, "file", "the path of a file whose existence marks the registry unhealthy"),
+        interval=section.duration("interval", 10.0, positive=True),
+    )
+    section.warn_unknown()
+    return check
+
+
+def _http_check(section: _Section) -> HTTPCheck:
+    uri = _required_string(section, "uri", "an http(s) URL to send HEAD requests to")
+    if not _is_absolute_url(uri):
+        raise section.fail("uri", "an absolute http(s) URL", uri)
+    check = HTTPCheck(
+        uri=uri,
+        headers=_headers(section),
+        statuscode=section.integer("statuscode", 200, minimum=100),
+        timeout=section.duration("timeout", 3.0, positive=True),
+        interval=section.duration("interval", 10.0, positive=True),
+        threshold=section.integer("threshold", 1, minimum=0) or 1,
+    )
+    section.warn_unknown()
+    return check
+
+
+def _tcp_check(section: _Section) -> TCPCheck:
+    addr = _required_string(section, "addr", "host:port to connect to")
+    if not _is_host_port(addr):
+        raise section.fail("addr", "host:port to connect to", addr)
+    check = TCPCheck(
+        addr=addr,
+        timeout=section.duration("timeout", 3.0, positive=True),
+        interval=section.duration("interval", 10.0, positive=True),
+        threshold=section.integer("threshold", 1, minimum=0) or 1,
+    )
+    section.warn_unknown()
+    return check
+
+
+# ------------------------------------------------- keys Stratus does not act on
+
+# Every key of the reference configuration is implemented (read above into the typed
+# Config), refused here, or accepted here with one warning line. A key is refused when
+# an operator who sets it expects something Stratus does not do: security-relevant
+# keys (TLS, client certificates, manifest URL rules) are always among them, since
+# ignoring them would leave the registry less guarded than configured. A key is
+# cosmetic when ignoring it changes nothing a client or the operator relies on.
+# tests/test_config_keys.py walks the reference's documented keys against these tables.
+
+
+def _enabled_entries(value: Any, config: Config) -> bool:
+    """A list of hooks or endpoints of which at least one is not `disabled: true`."""
+    items = value if isinstance(value, list) else [value]
+    return any(not (isinstance(item, dict) and item.get("disabled") is True) for item in items)
+
+
+def _is_true(value: Any, config: Config) -> bool:
+    return value is True or (isinstance(value, str) and value.lower() == "true")
+
+
+# key path -> (why it is refused, refused only when this holds, else always)
+REFUSED_KEYS: dict[str, tuple[str, Callable[[Any, Config], bool] | None]] = {
+    "http.tls": ("TLS is not served by stratus serve yet; terminate TLS in front of it "
+                 "(a load balancer, a reverse proxy, API Gateway) and remove http.tls", None),
+    "http.net": ("unix sockets are not served by stratus serve yet; use tcp",
+                 lambda value, config: config.http.net == "unix"),
+    "http.prefix": ("stratus serve answers at the root path only; strip the prefix in a proxy in front of it",
+                    lambda value, config: config.http.prefix != "/"),
+    "log.hooks": ("log hooks (mail on error) are not supported; mark every hook disabled: true or remove them",
+                  _enabled_entries),
+    "auth.token.autoredirect": ("the token realm is always auth.token.realm; autoredirect is not supported",
+                                _is_true),
+    "redis.tls.certificate": ("client certificates for Redis are not supported", None),
+    "redis.tls.key": ("client certificates for Redis are not supported", None),
+    "redis.tls.rootcas": ("custom CAs for Redis are not supported (the system's CAs verify the server)", None),
+    "notifications.endpoints": ("notifications are not sent; mark every endpoint disabled: true or remove them",
+                                _enabled_entries),
+    "middleware": ("registry, repository and storage middleware (cloudfront, redirect ...) is not supported", None),
+    "proxy": ("pull-through cache mode is not supported", None),
+    "validation.manifests": ("manifest URL rules and index validation settings are not supported", None),
+    "policy": ("repository class policies are not supported", None),
+    "storage.gcs": ("the gcs storage driver is not available (filesystem, inmemory, s3, azure, rados are)", None),
+}
+
+# key path -> what the operator should know (one warning line when the key is set)
+COSMETIC_KEYS: dict[str, str] = {
+    "http.draintimeout": "not applied yet: on SIGTERM stratus serve (uvicorn) finishes the requests in flight "
+                         "without a time limit",
+    "http.http2": "stratus serve speaks HTTP/1.1",
+    "http.h2c": "stratus serve speaks HTTP/1.1",
+    "log.hooks": "log hooks are not supported (every hook here is disabled)",
+    "log.reportcaller": "log lines do not name the calling function",
+    "notifications.events": "notifications are not sent",
+    "notifications.endpoints": "notifications are not sent (every endpoint here is disabled)",
+    "storage.tag.concurrencylimit": "tag lookups are not run concurrently",
+    "storage.filesystem.maxthreads": "filesystem calls are bounded by the server's threads instead",
+    "tags.maxtags": "the tags list is not capped (clients page with ?n=)",
+    "validation.disabled": "Stratus validates every manifest it accepts",
+    "validation.enabled": "Stratus validates every manifest it accepts",
+    "compatibility": "schema1 manifests are refused whatever this says",
+    "reporting": "bugsnag and newrelic reporting are not supported",
+}
+
+
+def _lookup(tree: Mapping[str, Any], path: str) -> Any:
+    node: Any = tree
+    for part in path.split("."):
+        if not isinstance(node, Mapping) or node.get(part) is None:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def _first_leaf(value: Any, path: str) -> str:
+    """The first key set below path (http.tls.certificate for http.tls), to name it."""
+    while isinstance(value, (dict, list)) and value:
+        key, value = next(iter(value.items())) if isinstance(value, dict) else (0, value[0])
+        path = f"{path}.{key}"
+    return path
+
+
+def _account_for_unimplemented(tree: Mapping[str, Any], config: Config, origins: Origins) -> None:
+    for path, (reason, when) in REFUSED_KEYS.items():
+        value = _lookup(tree, path)
+        if value is not _MISSING and (when is None or when(value, config)):
+            leaf = _first_leaf(value, path)
+            origin = origins.get(leaf) or origins.get(path)
+            label = f"{leaf} (from {origin[0]})" if origin else leaf
+            raise ConfigError(f"{label}: not supported by Stratus: {reason}", key=leaf)
+    for path, note in COSMETIC_KEYS.items():
+        if _lookup(tree, path) is not _MISSING:
+            log.warning("configuration key %s is accepted but has no effect: %s", path, note)

@@ -66,16 +66,15 @@ auth:
     path: /auth/htpasswd
 http:
   addr: :5000
-  prefix: /my/nested/registry/
+  prefix: /
   host: https://myregistryaddress.org:5000
   secret: asecretforlocaldevelopment
   relativeurls: false
   draintimeout: 60s
-  tls:
-    certificate: /path/to/x509/public
-    key: /path/to/x509/private
   debug:
     addr: localhost:5001
+    prometheus:
+      enabled: true
   headers:
     X-Content-Type-Options: [nosniff]
   http2:
@@ -85,7 +84,7 @@ notifications:
     includereferences: true
   endpoints:
     - name: alistener
-      disabled: false
+      disabled: true
       url: https://my.listener.com/event
       timeout: 1s
       threshold: 10
@@ -110,13 +109,8 @@ health:
     threshold: 3
 catalog:
   maxentries: 500
-proxy:
-  remoteurl: https://registry-1.docker.io
 validation:
-  manifests:
-    urls:
-      allow:
-        - ^https?://([^/]+\\.)*example\\.com/
+  disabled: false
 compatibility:
   schema1:
     enabled: false
@@ -160,7 +154,7 @@ def test_no_file_and_no_environment_gives_the_defaults():
     assert config.redis.addr is None and config.redis.db == 0 and config.redis.tls is False
     assert config.catalog.maxentries == 1000
     assert config.tracing.xray is False
-    assert config.notifications == {} and config.health == {} and config.raw == {}
+    assert config.notifications == {} and not config.health.any and config.raw == {}
 
 
 def test_loading_defaults_does_not_import_yaml():
@@ -211,12 +205,13 @@ def test_reference_registry_config_file_loads(tmp_path, caplog):
 
     http = config.http
     assert http.addr == ":5000"
-    assert http.prefix == "/my/nested/registry/"
+    assert http.prefix == "/"
     assert http.host == "https://myregistryaddress.org:5000"
     assert http.secret == "asecretforlocaldevelopment"
     assert http.headers == {"X-Content-Type-Options": ["nosniff"]}
     assert http.draintimeout == 60
-    assert http.tls["certificate"] == "/path/to/x509/public"
+    assert (http.debug.addr, http.debug.prometheus_enabled, http.debug.prometheus_path) == (
+        "localhost:5001", True, "/metrics")
 
     redis = config.redis
     assert (redis.addr, redis.password, redis.db, redis.tls) == ("localhost:6379", "asecret", 0, False)
@@ -224,15 +219,34 @@ def test_reference_registry_config_file_loads(tmp_path, caplog):
     assert (redis.pool.maxidle, redis.pool.maxactive, redis.pool.idletimeout) == (16, 64, 300)
 
     assert config.notifications["endpoints"][0]["name"] == "alistener"
-    assert config.health["storagedriver"]["threshold"] == 3
+    assert (config.health.storagedriver.enabled, config.health.storagedriver.threshold) == (True, 3)
+    assert config.health.storagedriver.interval == 10
     assert config.catalog.maxentries == 500
 
-    # Sections Stratus does not implement are kept, with a warning, not rejected.
-    assert config.raw["proxy"] == {"remoteurl": "https://registry-1.docker.io"}
-    assert "validation" in config.raw and "compatibility" in config.raw
-    warned = [r.getMessage() for r in caplog.records]
-    assert len(warned) == 3, warned  # nothing else in a documented config is "unknown"
-    assert all(any(f"'{s}'" in w for w in warned) for s in ("proxy", "validation", "compatibility"))
+    # What Stratus does not act on but may safely ignore: one warning line each, naming it;
+    # nothing else in a documented config is "unknown".
+    warned = sorted(r.getMessage().split()[2] for r in caplog.records)
+    assert warned == [
+        "compatibility", "http.draintimeout", "http.http2", "notifications.endpoints", "notifications.events",
+        "storage.tag.concurrencylimit", "validation.disabled",
+    ], warned
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("http:\n  tls:\n    certificate: /c.pem\n    key: /k.pem", "http.tls.certificate"),
+        ("http:\n  prefix: /my/nested/registry/", "http.prefix"),
+        ("http:\n  net: unix\n  addr: /run/stratus.sock", "http.net"),
+        ("proxy:\n  remoteurl: https://registry-1.docker.io", "proxy.remoteurl"),
+        ("validation:\n  manifests:\n    urls:\n      allow: ['^https://']", "validation.manifests.urls"),
+        ("notifications:\n  endpoints:\n    - name: a\n      url: http://a", "notifications.endpoints.0"),
+    ],
+)
+def test_reference_keys_stratus_cannot_honour_are_refused(tmp_path, text, key):
+    with pytest.raises(ConfigError) as raised:
+        load_text(tmp_path, text)
+    assert str(raised.value).startswith(key) and "not supported by Stratus" in str(raised.value)
 
 
 def test_unknown_key_inside_a_section_warns(tmp_path, caplog):
@@ -439,10 +453,10 @@ def test_env_underscored_keys_match_greedily(tmp_path):
 def test_env_indexes_into_lists(tmp_path):
     config = load_text(
         tmp_path,
-        "notifications:\n  endpoints:\n    - name: a\n      url: http://a\n",
-        {"REGISTRY_NOTIFICATIONS_ENDPOINTS_0_URL": "http://b", "REGISTRY_NOTIFICATIONS_ENDPOINTS_1_NAME": "c"},
+        "health:\n  tcp:\n    - addr: a:1\n      threshold: 2\n",
+        {"REGISTRY_HEALTH_TCP_0_ADDR": "b:2", "REGISTRY_HEALTH_TCP_1_ADDR": "c:3"},
     )
-    assert config.notifications["endpoints"] == [{"name": "a", "url": "http://b"}, {"name": "c"}]
+    assert [(c.addr, c.threshold) for c in config.health.tcp] == [("b:2", 2), ("c:3", 1)]
 
 
 @pytest.mark.parametrize("text", ["0123", "yes", "a #b", "@x%y!", "*alias", "k: v", "0x1F", "1_000"])
@@ -512,6 +526,13 @@ def test_os_environ_is_the_default(monkeypatch):
         ("http:\n  addr: ::1:5000", "http.addr", "host:port"),
         ("http:\n  net: udp", "http.net", "one of"),
         ("http:\n  net: unix", "http.addr", "socket path"),
+        ("http:\n  debug:\n    addr: 5001", "http.debug.addr", "host:port"),
+        ("http:\n  debug:\n    prometheus:\n      enabled: sometimes", "http.debug.prometheus.enabled", "a boolean"),
+        ("health:\n  storagedriver:\n    interval: 0s", "health.storagedriver.interval", "positive"),
+        ("health:\n  storagedriver:\n    threshold: 0", "health.storagedriver.threshold", ">= 1"),
+        ("health:\n  tcp:\n    - addr: redis", "health.tcp.0.addr", "host:port"),
+        ("health:\n  file: /tmp/x", "health.file", "a list"),
+        ("log:\n  fields:\n    a: {b: c}", "log.fields", "scalar"),
         ("http:\n  host: registry.example.com", "http.host", "absolute"),
         ("http:\n  host: ftp://registry.example.com", "http.host", "absolute"),
         ("http:\n  prefix: v2/", "http.prefix", "starting with '/'"),
