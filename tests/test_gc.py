@@ -413,3 +413,37 @@ def test_grace_period_is_configured_and_checked():
         grace("soon")
     with pytest.raises(ConfigError, match="storage.maintenance.gc.graceperiod"):
         grace("-1h")
+
+
+def test_an_interrupted_sweep_blocks_the_next_gc_until_recovered(tmp_path):
+    driver = filesystem({"rootdirectory": str(tmp_path)})
+    registry = Registry(driver, InMemoryBlobDescriptorCache(100))
+    _, live = push_image(registry, "r", "v1", [b"live layer"])
+    layer = Digest.from_bytes(b"live layer")
+    sweep_state(driver, "sweeping", 3)  # as a gc killed with this blob moved aside leaves it
+    driver.move(CTX, blob_path(layer), quarantine_path(layer))
+    with pytest.raises(GCError, match="--recover"):
+        collect_garbage(CTX, driver, grace=0)
+    config = tmp_path / "config.yml"
+    config.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path}\n")
+    run = subprocess.run([sys.executable, "-m", "chalicelib", "gc", "-c", str(config), "--recover"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert run.returncode == 0 and f"blob put back: {layer}" in run.stdout, run.stderr
+    assert gc_state(CTX, driver).startswith(b"idle 4")
+    report = collect_garbage(CTX, driver, grace=0)
+    assert report.deleted == [] and live <= report.marked
+    assert_present(driver, live)
+
+
+def test_gc_that_fails_to_mark_exits_nonzero_naming_it(tmp_path):
+    driver = filesystem({"rootdirectory": str(tmp_path)})
+    registry = Registry(driver, InMemoryBlobDescriptorCache(100))
+    digest, blobs = push_image(registry, "r", "v1", [b"layer"])
+    os.remove(tmp_path / blob_path(digest).lstrip("/"))  # a revision whose manifest cannot be read
+    config = tmp_path / "config.yml"
+    config.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path}\n")
+    run = subprocess.run([sys.executable, "-m", "chalicelib", "gc", "-c", str(config), "--grace", "0s"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert run.returncode == 1
+    assert f"failed to mark: manifest r@{digest} is linked but its data is missing" in run.stderr
+    assert_present(driver, blobs - {digest})
