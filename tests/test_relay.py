@@ -738,3 +738,29 @@ def test_skopeo_through_the_relay_into_lambda_behind_a_rest_api(moto_s3: MotoS3,
     layer = json.loads(source.blob(source.tagged("lambda")["digest"]))["layers"][0]["digest"]
     line = next(line for line in log.splitlines() if f"{layer} complete" in line)
     assert ("as direct-upload parts of 5 MiB" if offered else "in chunked PATCHes of up to 4 MiB") in line
+
+
+def test_upload_status_cancel_and_a_relay_restarted_between_post_and_patch(chunked_upstream, tmp_path: Path) -> None:
+    upstream, _ = chunked_upstream
+    data = os.urandom(3 * MIB)
+    port = free_port()
+    with relay(upstream, tmp_path / "state", port=port) as first:
+        # GET of an upload answers from the relay's side: the bytes it took
+        location = _post(first.url, "restart/app").headers["Location"]
+        r = requests.patch(location, data=data[:MIB], headers={"Content-Range": f"0-{MIB - 1}"}, timeout=30)
+        assert r.status_code == 202
+        r = requests.get(r.headers["Location"], timeout=30)
+        assert (r.status_code, r.headers["Range"]) == (204, f"0-{MIB - 1}")
+        # DELETE cancels it upstream
+        assert requests.delete(r.headers["Location"], timeout=30).status_code == 204
+        assert requests.get(r.headers["Location"], timeout=30).status_code == 404
+        # an upload opened through this relay...
+        location = _post(first.url, "restart/app").headers["Location"]
+        first.kill()
+    # ...is carried on by the next one, which learns from the upstream where it stands
+    with relay(upstream, tmp_path / "state", port=port) as second:
+        r = requests.patch(location, data=data, timeout=60)
+        assert r.status_code == 202, r.text
+        r = requests.put(r.headers["Location"], params={"digest": sha256(data)}, timeout=60)
+        assert r.status_code == 201, r.text
+        assert _blob(second.url, "restart/app", sha256(data)) == data
