@@ -764,3 +764,21 @@ def test_upload_status_cancel_and_a_relay_restarted_between_post_and_patch(chunk
         r = requests.put(r.headers["Location"], params={"digest": sha256(data)}, timeout=60)
         assert r.status_code == 201, r.text
         assert _blob(second.url, "restart/app", sha256(data)) == data
+
+
+def test_direct_uploads_to_azure_blocks(azurite, tmp_path: Path) -> None:
+    """`stratus serve` over Azurite with direct uploads: parts go as Put Block with SAS URLs."""
+    env = {**azurite.environment(azurite.new_container()), "REGISTRY_STORAGE_DIRECTUPLOAD_ENABLED": "true"}
+    (tmp_path / "data").mkdir()
+    data = os.urandom(10 * MIB + 4321)
+    with stratus_server(tmp_path / "data", env) as upstream:
+        if requests.post(f"{upstream}/v2/probe/app/blobs/uploads/", timeout=10).headers.get(
+                "Stratus-Direct-Upload") != "azure-blocks":
+            pytest.skip("not applicable: the registry does not offer direct uploads to Azure yet")
+        with tapped(upstream) as tap, relay(tap.url, tmp_path / "state", "--part-size", "4") as running:
+            assert upload_patch_stream(running.url, "azure/app", data).status_code == 201
+            assert tap.sent < MIB, "the blob's bytes went to storage, not through the registry"
+            r = requests.get(f"{running.url}/v2/azure/app/blobs/{sha256(data)}", allow_redirects=False, timeout=10)
+            assert r.status_code == 307 and not r.headers["Location"].startswith(running.url)
+            assert requests.get(r.headers["Location"], timeout=30).content == data
+            assert "as direct-upload parts of 4 MiB (azure-blocks)" in running.log_text()
