@@ -782,3 +782,23 @@ def test_direct_uploads_to_azure_blocks(azurite, tmp_path: Path) -> None:
             assert r.status_code == 307 and not r.headers["Location"].startswith(running.url)
             assert requests.get(r.headers["Location"], timeout=30).content == data
             assert "as direct-upload parts of 4 MiB (azure-blocks)" in running.log_text()
+
+
+def test_a_blob_sent_whole_but_never_completed_is_not_sent_again(chunked_upstream, tmp_path: Path) -> None:
+    """The relay dies between the last chunk and the PUT: the upstream has every byte, the
+    journal's last boundary is the blob's end, and the next push only completes it."""
+    upstream, _ = chunked_upstream
+    data = os.urandom(3 * MIB + MIB // 2)  # the last chunk is a short one
+    port = free_port()
+    with tapped(upstream) as tap:
+        with relay(tap.url, tmp_path / "state", port=port) as first:
+            location = _post(first.url, "whole/app").headers["Location"]
+            assert requests.patch(location, data=data, timeout=60).status_code == 202
+            first.kill()
+        before = tap.sent
+        with relay(tap.url, tmp_path / "state", port=port) as second:
+            assert upload_patch_stream(second.url, "whole/app", data).status_code == 201
+            resent = tap.sent - before
+            assert _blob(second.url, "whole/app", sha256(data)) == data
+            assert "continuing interrupted upstream upload" in second.log_text()
+    assert resent < 64 << 10, f"{resent} bytes sent again"

@@ -149,6 +149,9 @@ class Session:
     def finish(self, digest: str, auth: dict[str, str]):
         """After the PUT's body: send the rest, wait, complete upstream; its response."""
         if self.matcher is not None:
+            # the blob ends here: a candidate whose boundary is its end (an upload that
+            # got every byte but not the PUT) is judged before the rest are let go
+            self.matcher.update(self.spooler.marks, self.spooler.offset)
             self.matcher.finish()
             self._decide(auth)
         partial = self.spooler.take_partial()
