@@ -66,17 +66,22 @@ TIMED_OUT = (504, "Endpoint request timed out")
 INTERNAL = (502, "Internal server error")
 
 # What a REST API does to a Lambda proxy response's headers (API Gateway developer
-# guide, "Amazon API Gateway important notes for REST APIs", the table of headers
-# sent to the client): some are renamed x-amzn-Remapped-<name>, Date and Server are
-# renamed and replaced by the gateway's own, hop-by-hop ones are dropped. HTTP APIs
-# pass the function's headers through.
-REST_REMAPPED = frozenset({"authorization", "connection", "content-md5", "max-forwards", "user-agent",
-                           "www-authenticate", "date", "server"})
+# guide, "Amazon API Gateway important notes for REST APIs", the table of headers sent
+# to the client; LocalStack's AWS-validated header_utils.py agrees for Connection,
+# Content-Length, Date and Server): they are renamed x-amzn-Remapped-<name> - the
+# gateway sends its own Date and a Content-Length of the body it sends - and hop-by-hop
+# ones are dropped. WWW-Authenticate is remapped too, so a REST API hides the
+# registry's auth challenge from clients. HTTP APIs pass the function's headers through.
+REST_REMAPPED = frozenset({"authorization", "connection", "content-length", "content-md5", "max-forwards",
+                           "user-agent", "www-authenticate", "date", "server"})
 REST_DROPPED = frozenset({"expect", "host", "proxy-authenticate", "te", "trailer", "transfer-encoding",
                           "upgrade", "via"})
-# Request headers a Lambda integration never sees (same table, the request side).
+# Request headers a Lambda integration never sees (same sources, the request side); a
+# REST API also leaves out Content-Length (the body's length is the body's) and
+# WWW-Authenticate.
 REQUEST_DROPPED = frozenset({"connection", "content-md5", "expect", "max-forwards", "proxy-authenticate",
                              "server", "te", "trailer", "transfer-encoding", "upgrade", "keep-alive"})
+REST_REQUEST_DROPPED = REQUEST_DROPPED | {"content-length", "www-authenticate"}
 # Response headers the gateway always sets itself.
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade"})
 # HTTP APIs pass these media types to the function as text, anything else base64-encoded
@@ -151,13 +156,17 @@ def lambda_gateway(
     event_limit: int = EVENT_LIMIT,
     response_limit: int = RESPONSE_LIMIT,
     instances: str = "warm",
+    head_content_length: str = "function",
     workdir: Optional[Path] = None,
 ) -> Iterator[LambdaGateway]:
     """The gateway in front of app.py imported with env (plus the variables the Lambda
     runtime sets, which env may override), until the block ends; stopped by pid.
 
     instances="cold" builds the registry afresh for every invocation (one at a time),
-    as when each request of a push lands on a new function instance."""
+    as when each request of a push lands on a new function instance.
+    head_content_length="body" answers a HEAD with the Content-Length of its empty body
+    (the function's in x-amzn-Remapped-Content-Length on a REST API) instead of the
+    function's: what a REST API does there is undocumented, this shows what depends on it."""
     import tempfile
 
     from .servers import ROOT, free_port, process
@@ -175,7 +184,8 @@ def lambda_gateway(
     record_path = workdir / f"gateway-{port}.jsonl"
     argv = [sys.executable, "-m", "tests.lambda_gateway", "--port", str(port), "--mode", mode,
             "--stage", stage, "--timeout", str(timeout), "--event-limit", str(event_limit),
-            "--response-limit", str(response_limit), "--instances", instances, "--record", str(record_path)]
+            "--response-limit", str(response_limit), "--instances", instances, "--record", str(record_path),
+            "--head-content-length", head_content_length]
     if stage_in_path:
         argv.append("--stage-in-path")
     full_env = {**runtime_environment(), "PYTHONPATH": str(ROOT), **env}
@@ -301,6 +311,7 @@ class Settings:
     instances: str
     record: Path
     port: int
+    head_length: str = "function"
 
 
 class _Body:
@@ -394,7 +405,7 @@ def rest_event(request: IncomingRequest, resource_path: str, route: str, proxy: 
     as with app.py's binary media types `*/*`."""
     single: dict[str, str] = {}
     multi: dict[str, list[str]] = {}
-    for name, value in _forwarded(request, trace_header="X-Amzn-Trace-Id"):
+    for name, value in _forwarded(request, "X-Amzn-Trace-Id", REST_REQUEST_DROPPED):
         single[name] = value
         multi.setdefault(name, []).append(value)
     query = parse_qsl(request.query, keep_blank_values=True)
@@ -444,7 +455,7 @@ def http_event(request: IncomingRequest, route: str, proxy: Optional[str], stage
     repeated query parameters joined by commas, cookies apart, text bodies as text."""
     headers: dict[str, str] = {}
     cookies: list[str] = []
-    for name, value in _forwarded(request, trace_header="x-amzn-trace-id"):
+    for name, value in _forwarded(request, "x-amzn-trace-id", REQUEST_DROPPED):
         key = name.lower()
         if key == "cookie":
             cookies.extend(c.strip() for c in value.split(";") if c.strip())
@@ -490,10 +501,10 @@ def http_event(request: IncomingRequest, route: str, proxy: Optional[str], stage
     return event
 
 
-def _forwarded(request: IncomingRequest, trace_header: str) -> list[tuple[str, str]]:
+def _forwarded(request: IncomingRequest, trace_header: str, dropped: frozenset) -> list[tuple[str, str]]:
     """The client's headers as the function sees them: hop-by-hop ones dropped, the
     gateway's X-Forwarded-* and trace id added (plain http here, https on AWS)."""
-    kept = [(n, v) for n, v in request.headers if n.lower() not in REQUEST_DROPPED
+    kept = [(n, v) for n, v in request.headers if n.lower() not in dropped
             and not n.lower().startswith("x-forwarded-") and n.lower() != "x-amzn-trace-id"]
     # a client's own X-Forwarded-For is kept in front of the address the gateway saw
     claimed = [v for n, v in request.headers if n.lower() == "x-forwarded-for"]
@@ -637,6 +648,9 @@ class Gateway:
         body = json.dumps({"message": text}, separators=(",", ":")).encode()
         return status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))], body
 
+    def keeps_head_length(self, method: str) -> bool:
+        return method == "HEAD" and self.settings.head_length == "function"
+
     def proxy_response(self, result: Any, method: str) -> tuple[int, list[tuple[str, str]], bytes]:
         """The client's response from a proxy integration result (either payload format)."""
         if not isinstance(result, dict):
@@ -657,7 +671,8 @@ class Gateway:
             key = name.lower()
             if key == "content-length":
                 function_length = value
-                continue
+                if self.settings.mode == "http" or self.keeps_head_length(method):
+                    continue
             if self.settings.mode == "rest" and key in REST_DROPPED:
                 continue
             if self.settings.mode == "rest" and key in REST_REMAPPED:
@@ -666,9 +681,11 @@ class Gateway:
             if key in HOP_BY_HOP or key == "date":
                 continue
             headers.append((name, value))
-        # the gateway computes Content-Length from the body it sends; a HEAD has no
-        # body, so the function's Content-Length (the size a GET would send) stays
-        length = function_length if method == "HEAD" and function_length is not None else str(len(body))
+        # the gateway computes Content-Length from the body it sends; whether a HEAD keeps
+        # the function's (the size a GET would send, which app.py's adapter counts on) is
+        # not documented: head_length chooses, "function" by default
+        keep = self.keeps_head_length(method) and function_length is not None
+        length = function_length if keep else str(len(body))
         headers.append(("Content-Length", length))
         if self.settings.mode == "rest":
             headers.append(("x-amzn-RequestId", str(uuid.uuid4())))
@@ -722,9 +739,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--response-limit", type=int, default=RESPONSE_LIMIT)
     parser.add_argument("--instances", choices=("warm", "cold"), default="warm")
     parser.add_argument("--record", type=Path, required=True)
+    parser.add_argument("--head-content-length", choices=("function", "body"), default="function")
     args = parser.parse_args(argv)
     settings = Settings(args.mode, args.stage, args.stage_in_path, args.timeout, args.event_limit,
-                        args.response_limit, args.instances, args.record, args.port)
+                        args.response_limit, args.instances, args.record, args.port, args.head_content_length)
     function = Function(settings.instances)  # imported before listening: ready means initialised
     server = ThreadingHTTPServer(("127.0.0.1", settings.port), _handler_class(Gateway(settings, function)))
     server.daemon_threads = True

@@ -270,6 +270,26 @@ def test_a_rest_api_remaps_the_challenge_header(htpasswd_env, tmp_path) -> None:
     assert challenges["rest"] == (None, 'Basic realm="Stratus"')
 
 
+@pytest.mark.parametrize("head_length", ["function", "body"])
+def test_a_rest_api_sends_its_own_content_length(moto_s3, bucket, tmp_path, head_length) -> None:
+    """The function's Content-Length comes back remapped; a HEAD keeps it or not as chosen
+    (undocumented on AWS: "body" shows what would break if a HEAD said 0)."""
+    env = function_env(moto_s3, bucket, REGISTRY_STORAGE_REDIRECT_DISABLE="true")
+    with lambda_gateway(env, "rest", head_content_length=head_length, workdir=tmp_path) as gw:
+        client = gw.client()
+        data = os.urandom(1000)
+        digest = client.push_blob("lengths/app", data, chunk=MiB)
+        got = client("GET", f"/v2/lengths/app/blobs/{digest}")
+        assert got.body == data and got.header("Content-Length") == "1000"
+        assert got.header("x-amzn-Remapped-Content-Length") == "1000"
+        head = client("HEAD", f"/v2/lengths/app/blobs/{digest}")
+        assert head.status == 200 and head.body == b""
+        if head_length == "function":
+            assert (head.header("Content-Length"), head.header("x-amzn-Remapped-Content-Length")) == ("1000", None)
+        else:
+            assert (head.header("Content-Length"), head.header("x-amzn-Remapped-Content-Length")) == ("0", "1000")
+
+
 def test_a_stage_in_the_path_reaches_the_function_and_comes_back_in_locations(moto_s3, bucket, tmp_path) -> None:
     with lambda_gateway(function_env(moto_s3, bucket), "rest", stage_in_path=True, workdir=tmp_path) as gw:
         assert gw.url.endswith(":%d/api" % gw.port)
