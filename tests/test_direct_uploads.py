@@ -521,3 +521,11 @@ def test_on_by_default_on_lambda_and_functions_only(monkeypatch) -> None:
     monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "stratus")
     assert direct_upload_options(default) is not None
     assert direct_upload_options(off) is None
+
+
+def test_post_to_an_upload_without_parts_is_405(registry) -> None:
+    call, _, _ = registry
+    session = start(call, "direct/no-parts")
+    refused = call("POST", session.target())
+    assert refused.status == 405 and refused.code() == "UNSUPPORTED"
+    assert "POST" in refused.header("Allow") and "PATCH" in refused.header("Allow")

@@ -18,11 +18,11 @@ from ..registry.errors import (
     BlobUploadUnknownError,
     RangeInvalidError,
     SizeInvalidError,
-    UnsupportedError,
 )
 from ..registry.uploads import BlobUpload
 from ..storage.base import DirectFile
 from .app import Scope
+from .errors import HTTPError
 from .http import Response, json_response
 from .params import check_writable
 
@@ -65,10 +65,12 @@ def request_parts(scope: Scope) -> Response:
 
     request = scope.request
     parts = request.arg("parts")
-    if parts is None:
-        raise UnsupportedError("POST to an upload session asks for part URLs: add parts=<first>-<last>")
-    if scope.api.direct_kind is None:
-        raise UnsupportedError("direct-to-storage uploads are not offered by this registry")
+    offered = scope.api.direct_kind is not None
+    if parts is None or not offered:
+        allow = "DELETE, GET, PATCH, POST, PUT" if offered else "DELETE, GET, PATCH, PUT"
+        message = ("POST to an upload session asks for part URLs: add parts=<first>-<last>" if offered
+                   else "direct-to-storage uploads are not offered by this registry")
+        raise HTTPError(405, "UNSUPPORTED", message, headers=[("Allow", allow)])
     check_writable(scope)
     first, last = parse_parts(parts)
     part_size = parse_part_size(request.arg("partsize"))
