@@ -84,17 +84,20 @@ def cmd_gc(args: argparse.Namespace) -> None:
         report = collect_garbage(
             background(), _driver(config), dry_run=args.dry_run, remove_untagged=args.delete_untagged,
             cache=build_cache(config), grace=_gc_grace(args, config),
+            retention=() if args.no_retention else config.storage.retention,
         )
     except GCError as exc:
         sys.exit(f"stratus gc: {exc}; nothing unproven was deleted")
     verb = "would delete" if args.dry_run else "deleted"
+    for name in report.tags_deleted:
+        print(f"tag {verb}: {name}")
     for name in report.manifests_deleted:
         print(f"manifest {verb}: {name}")
     for digest in report.deleted:
         print(f"blob {verb}: {digest}")
     print(
         f"{report.manifests_marked} manifest(s) and {len(report.marked)} blob(s) marked in "
-        f"{report.repositories} repositories; {len(report.manifests_deleted)} manifest(s) and "
+        f"{report.repositories} repositories; {len(report.tags_deleted)} tag(s), {len(report.manifests_deleted)} manifest(s) and "
         f"{len(report.deleted)} blob(s) {verb}; {len(report.kept_young)} unreferenced blob(s) inside "
         f"the grace period; {len(report.rescued)} found in use on the re-check",
         file=sys.stderr,
@@ -124,6 +127,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         "--grace", help="Go duration: never delete what is younger (default storage.maintenance.gc.graceperiod, 1h)"
     )
     gc.add_argument("--recover", action="store_true", help="put back blobs an interrupted gc moved aside")
+    gc.add_argument(
+        "--no-retention", action="store_true", help="ignore storage.maintenance.retention.policies this run"
+    )
     gc.set_defaults(func=cmd_gc)
     from .relay.cli import add_relay_command
 

@@ -128,6 +128,17 @@ class DirectUploadConfig:
     verifytime: float = 20.0  # seconds one PUT may spend verifying before it answers 202
 
 
+@dataclass(frozen=True)
+class RetentionPolicy:
+    """storage.maintenance.retention.policies[i]: applied by `stratus gc` to the
+    repositories whose name matches the glob `repositories` (the first policy that
+    matches a repository is its policy)."""
+
+    repositories: str = "*"
+    keeptags: int | None = None  # keep the newest N tags by push time, untag the rest
+    untaggedage: float | None = None  # delete untagged manifests older than this (seconds)
+
+
 @dataclass
 class StorageConfig:
     driver: str = "filesystem"
@@ -144,6 +155,7 @@ class StorageConfig:
     readonly: bool = False  # storage.maintenance.readonly.enabled
     # storage.maintenance.gc.graceperiod: gc never deletes blobs or manifests younger
     gc_graceperiod: float = 3600.0
+    retention: tuple[RetentionPolicy, ...] = ()  # storage.maintenance.retention.policies
     tag_concurrency_limit: int = 0  # storage.tag.concurrencylimit; 0 = implementation default
     directupload: DirectUploadConfig = field(default_factory=DirectUploadConfig)
 
@@ -733,12 +745,39 @@ def _storage(root: _Section, origins: Origins) -> StorageConfig:
         ),
         readonly=readonly.boolean("enabled", False),
         gc_graceperiod=gc.duration("graceperiod", 3600.0),
+        retention=_retention(maintenance.section("retention")),
         tag_concurrency_limit=tag.integer("concurrencylimit", 0, minimum=0),
         directupload=_direct_upload(section.section("directupload"), driver),
     )
     for part in (delete, redirect, maintenance, purging, readonly, gc, tag):
         part.warn_unknown()
     return config
+
+
+def _retention(section: _Section) -> tuple[RetentionPolicy, ...]:
+    value = section.value("policies")
+    section.warn_unknown()
+    if value is _MISSING:
+        return ()
+    if not isinstance(value, list):
+        raise section.fail("policies", "a list of policies", value)
+    policies = []
+    for i, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise section.fail(f"policies[{i}]", "a mapping (repositories, keeptags, untaggedage)", item)
+        policy = _Section(item, section.key_path(f"policies[{i}]"), section.origins)
+        parsed = RetentionPolicy(
+            repositories=policy.string("repositories", "*"),
+            keeptags=policy.integer("keeptags", None, minimum=0),
+            untaggedage=policy.duration("untaggedage", None, positive=True),
+        )
+        policy.warn_unknown()
+        if parsed.keeptags is None and parsed.untaggedage is None:
+            raise ConfigError(
+                f"{policy.path}: expected keeptags or untaggedage (or both)", key=policy.path
+            )
+        policies.append(parsed)
+    return tuple(policies)
 
 
 def _direct_upload(section: _Section, driver: str) -> DirectUploadConfig:

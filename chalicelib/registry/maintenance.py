@@ -5,13 +5,15 @@ written by registry:2. Garbage collection runs online: see the protocol below.
 """
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Optional
+from typing import Optional, Sequence
 
 from ..cache.base import BlobDescriptorService
+from ..config import RetentionPolicy
 from ..context import Context
 from ..digest import Digest, DigestError
 from ..storage import PathNotFoundError, StorageDriver, StorageError, paths
@@ -142,6 +144,7 @@ class GCReport:
     marked: set = field(default_factory=set)
     deleted: list = field(default_factory=list)  # blob digests swept (or planned, on a dry run)
     manifests_deleted: list = field(default_factory=list)  # "<name>@<digest>"
+    tags_deleted: list = field(default_factory=list)  # "<name>:<tag>", expired by a retention policy
     kept_young: list = field(default_factory=list)  # unreferenced, inside the grace period
     rescued: list = field(default_factory=list)  # planned, found in use when re-checked
 
@@ -261,6 +264,7 @@ class _Repository:
     refs: dict  # revision Digest -> set of Digest it names
     subjects: dict = field(default_factory=dict)  # revision Digest -> its subject's Digest
     deletable: set = field(default_factory=set)
+    expired_tags: dict = field(default_factory=dict)  # tag -> (Digest, link mod time), by retention
 
 
 def _kept_revisions(repo: _Repository, tagged: set, cutoff: datetime) -> set:
@@ -290,8 +294,46 @@ def _subject_of(body: bytes) -> Optional[Digest]:
         return None
 
 
+def _tags(ctx: Context, driver: StorageDriver, name: str) -> dict:
+    """tag -> (Digest, mod time of its current link, i.e. its push time)."""
+    found = {}
+    for info in _walk(ctx, driver, paths.tags(name), f"the tags of {name}"):
+        parts = info.path.split("/")
+        if info.is_dir or parts[-2:] != ["current", "link"]:
+            continue
+        tag = parts[-3]
+        try:
+            link = driver.get_content(ctx, info.path)
+        except PathNotFoundError:
+            continue  # untagged meanwhile
+        except StorageError as exc:
+            raise _failed(f"reading tag {name}:{tag}", exc) from exc
+        try:
+            found[tag] = (Digest.parse(link.decode("utf-8", "replace").strip()), info.mod_time)
+        except DigestError:
+            log.warning("gc: tag %s:%s has a corrupt link; ignored", name, tag)
+    return found
+
+
+def _walk(ctx: Context, driver: StorageDriver, directory: str, what: str) -> list:
+    try:
+        return list(driver.walk(ctx, directory))
+    except PathNotFoundError:
+        return []
+    except StorageError as exc:
+        raise _failed(f"listing {what}", exc) from exc
+
+
+def _policy_for(name: str, policies: Sequence[RetentionPolicy]) -> Optional[RetentionPolicy]:
+    for policy in policies:
+        if fnmatch.fnmatchcase(name, policy.repositories):
+            return policy
+    return None
+
+
 def _mark_repository(
     ctx: Context, driver: StorageDriver, name: str, remove_untagged: bool, cutoff: datetime,
+    policy: Optional[RetentionPolicy] = None, now: Optional[datetime] = None,
 ) -> _Repository:
     revisions = _links(ctx, driver, paths.manifest_revisions(name), f"the manifests of {name}")
     layers = _links(ctx, driver, paths.layers(name), f"the layers of {name}")
@@ -302,9 +344,31 @@ def _mark_repository(
         subject = _subject_of(body)
         if subject is not None:
             repo.subjects[digest] = subject
-    if remove_untagged:
-        repo.deletable = set(revisions) - _kept_revisions(repo, _tagged(ctx, driver, name), cutoff)
+    untagged_cutoff = cutoff if remove_untagged else None
+    if policy is not None:
+        if policy.untaggedage is not None and untagged_cutoff is None:
+            untagged_cutoff = min(cutoff, (now or datetime.now(timezone.utc)) - timedelta(seconds=policy.untaggedage))
+        if policy.keeptags is not None or untagged_cutoff is not None:
+            tags = _tags(ctx, driver, name)
+            if policy.keeptags is not None:
+                # newest first by push time; an unknown time counts as newest (kept)
+                ranked = sorted(tags, key=lambda t: (_sort_time(tags[t][1]), t), reverse=True)
+                repo.expired_tags = {t: tags[t] for t in ranked[policy.keeptags:] if not _young(tags[t][1], cutoff)}
+            tagged = {digest for t, (digest, _) in tags.items() if t not in repo.expired_tags}
+            if untagged_cutoff is not None:
+                repo.deletable = set(revisions) - _kept_revisions(repo, tagged, untagged_cutoff)
+            return repo
+    if untagged_cutoff is not None:
+        repo.deletable = set(revisions) - _kept_revisions(repo, _tagged(ctx, driver, name), untagged_cutoff)
     return repo
+
+
+def _sort_time(when: Optional[datetime]) -> float:
+    if when is None:
+        return float("inf")
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when.timestamp()
 
 
 def _repositories(ctx: Context, driver: StorageDriver) -> list[str]:
@@ -337,7 +401,7 @@ def _blobs(ctx: Context, driver: StorageDriver) -> dict[Digest, Optional[datetim
 def collect_garbage(
     ctx: Context, driver: StorageDriver, dry_run: bool = False, remove_untagged: bool = False,
     cache: Optional[BlobDescriptorService] = None, grace: float = DEFAULT_GRACE,
-    now: Optional[datetime] = None,
+    now: Optional[datetime] = None, retention: Sequence[RetentionPolicy] = (),
 ) -> GCReport:
     """Mark every blob a manifest of any repository references, sweep the rest.
 
@@ -345,21 +409,25 @@ def collect_garbage(
     Raises GCError, having deleted nothing unproven, when marking fails.
     """
     try:
-        return _collect(ctx, driver, dry_run, remove_untagged, cache, grace, now)
+        return _collect(ctx, driver, dry_run, remove_untagged, cache, grace, now, retention)
     except StorageError as exc:  # outside marking (the marker, a move): still a stop, named
         raise GCError(f"storage failed: {exc}") from exc
 
 
-def _collect(ctx, driver, dry_run, remove_untagged, cache, grace, now) -> GCReport:
+def _collect(ctx, driver, dry_run, remove_untagged, cache, grace, now, retention) -> GCReport:
     report = GCReport(dry_run=dry_run)
-    cutoff = (now or datetime.now(timezone.utc)) - timedelta(seconds=grace)
+    now = now or datetime.now(timezone.utc)
+    cutoff = now - timedelta(seconds=grace)
     if not dry_run and is_sweeping(gc_state(ctx, driver)):
         raise GCError(
             f"another gc is sweeping, or one was interrupted ({GC_STATE} says so); "
             "if none is running, `stratus gc --recover` puts its blobs back"
         )
     # -- mark
-    repos = [_mark_repository(ctx, driver, name, remove_untagged, cutoff) for name in _repositories(ctx, driver)]
+    repos = [
+        _mark_repository(ctx, driver, name, remove_untagged, cutoff, _policy_for(name, retention), now)
+        for name in _repositories(ctx, driver)
+    ]
     report.repositories = len(repos)
     linked_young: set = set()
     for repo in repos:
@@ -380,6 +448,9 @@ def _collect(ctx, driver, dry_run, remove_untagged, cache, grace, now) -> GCRepo
         else:
             candidates.append(digest)
     doomed = [(repo, d) for repo in repos for d in sorted(repo.deletable, key=str)]
+    expired = [(repo, t) for repo in repos for t in sorted(repo.expired_tags)]
+    for repo, tag in expired:
+        log.info("gc plan: delete tag %s:%s (retention)", repo.name, tag)
     for repo, digest in doomed:
         log.info("gc plan: delete manifest %s@%s", repo.name, digest)
     for digest in candidates:
@@ -391,10 +462,11 @@ def _collect(ctx, driver, dry_run, remove_untagged, cache, grace, now) -> GCRepo
         len(report.kept_young), " (dry run)" if dry_run else "",
     )
     if dry_run:
+        report.tags_deleted = [f"{repo.name}:{t}" for repo, t in expired]
         report.manifests_deleted = [f"{repo.name}@{d}" for repo, d in doomed]
         report.deleted = candidates
         return report
-    _Sweep(ctx, driver, cache, cutoff, repos, report).run(doomed, candidates)
+    _Sweep(ctx, driver, cache, cutoff, repos, report).run(doomed, candidates, expired)
     return report
 
 
@@ -420,11 +492,12 @@ class _Sweep:
         self.report = report
         self.quarantined: list[Digest] = []
 
-    def run(self, doomed: list, candidates: list) -> None:
+    def run(self, doomed: list, candidates: list, expired: Sequence = ()) -> None:
         ctx, driver = self.ctx, self.driver
         self.generation = _generation(gc_state(ctx, driver)) + 1
         _set_state(ctx, driver, "sweeping", self.generation)
         try:
+            self._expire_tags(expired)
             self._delete_manifests(doomed)
             for digest in candidates:
                 self._quarantine(digest)
@@ -463,6 +536,8 @@ class _Sweep:
         ctx, driver = self.ctx, self.driver
         deleted: dict[str, set] = {}
         for repo, digest in doomed:
+            if digest not in repo.deletable:  # its expired tag was pushed again
+                continue
             link = paths.manifest_revision_link(repo.name, digest.algorithm.value, digest.hex)
             try:
                 info = driver.stat(ctx, link)
@@ -497,6 +572,34 @@ class _Sweep:
                 self._keep_manifest(repo, digest)
                 back |= repo.refs.get(digest, set()) & digests  # its children come back too
 
+    def _expire_tags(self, expired: Sequence) -> None:
+        """Untag what retention expired, re-checked: a tag pushed again since the
+        plan (another digest, or its link rewritten) stays, and so does its manifest.
+
+        A tag pushed in the instant between this re-check and the delete is lost
+        (not its manifest: that one is young, and stays until it is older than the
+        policy's untaggedage)."""
+        ctx, driver = self.ctx, self.driver
+        for repo, tag in expired:
+            digest, planned_time = repo.expired_tags[tag]
+            link = paths.tag_current_link(repo.name, tag)
+            try:
+                info = driver.stat(ctx, link)
+                now_digest = Digest.parse(driver.get_content(ctx, link).decode("utf-8", "replace").strip())
+            except PathNotFoundError:
+                continue
+            except (StorageError, DigestError) as exc:
+                raise GCError(f"re-checking tag {repo.name}:{tag}: {exc}") from exc
+            if now_digest != digest or info.mod_time != planned_time or _young(info.mod_time, self.cutoff):
+                self._keep_manifest(repo, now_digest)
+                self._keep_manifest(repo, digest)
+                continue
+            try:
+                driver.delete(ctx, paths.tag_dir(repo.name, tag))
+            except PathNotFoundError:
+                continue
+            self.report.tags_deleted.append(f"{repo.name}:{tag}")
+
     def _keep_manifest(self, repo: _Repository, digest: Digest) -> None:
         repo.deletable.discard(digest)
         self.report.marked.add(digest)
@@ -504,6 +607,9 @@ class _Sweep:
 
     def _quarantine(self, digest: Digest) -> None:
         ctx, driver = self.ctx, self.driver
+        if digest in self.report.marked:  # named by a manifest the re-checks kept
+            self.report.rescued.append(digest)
+            return
         try:
             info = driver.stat(ctx, blob_path(digest))
         except PathNotFoundError:
