@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -802,3 +803,23 @@ def test_a_blob_sent_whole_but_never_completed_is_not_sent_again(chunked_upstrea
             assert _blob(second.url, "whole/app", sha256(data)) == data
             assert "continuing interrupted upstream upload" in second.log_text()
     assert resent < 64 << 10, f"{resent} bytes sent again"
+
+
+def test_docker_pushes_a_large_layer_through_the_relay_into_lambda(docker_daemon, moto_s3: MotoS3,
+                                                                  tmp_path: Path) -> None:
+    """Issue 12's acceptance: docker pushes an image with a 200 MiB layer through the relay
+    into the Lambda app behind API Gateway's 6 MB limit, and pulls it back through that
+    limit (blob GETs 307 to S3) with the same image ID."""
+    from .lambda_gateway import lambda_gateway
+    from .test_clients_docker import push_then_pull_back
+
+    bucket = moto_s3.create_bucket()
+    env = {**moto_s3.environment(bucket), "REGISTRY_HTTP_SECRET": "relay-acceptance"}
+    image = docker_daemon.image_with_layer(200)
+    with lambda_gateway(env, "http", workdir=tmp_path) as gw, relay(gw.url, tmp_path / "state") as running:
+        push_then_pull_back(docker_daemon, image, f"{running.host}/team/app:1")
+        gw.assert_nothing_over_the_limit_reached_the_function()
+        log = running.log_text()
+    # the layer (200 MiB of random bytes, a little more gzipped) went in parts straight to S3:
+    # the Lambda app offers direct uploads by default
+    assert re.search(r"complete, 200\.\d MiB sent as direct-upload parts of 16 MiB \(s3-multipart\)", log), log
