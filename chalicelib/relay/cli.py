@@ -46,6 +46,10 @@ def add_relay_command(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    try:
+        import urllib3  # noqa: F401  (every install with boto3 or requests has it)
+    except ImportError:
+        sys.exit("stratus relay: needs urllib3 (pip install urllib3)")
     from .app import Relay
     from .serving import serve
     from .upstream import Upstream
