@@ -110,8 +110,24 @@ def build_api(config: Optional[Config] = None) -> RegistryAPI:
 
 
 def configure_logging(config: Config) -> None:
+    """log.level, log.formatter with log.fields (chalicelib.logs) and log.accesslog.disabled.
+
+    The formatter goes on the root logger's handlers: on Lambda and Azure Functions the
+    runtime's own, so lines still reach CloudWatch or the host; elsewhere one stderr
+    handler of ours. Calling it again (a test, a second config) replaces, never adds."""
+    from .logs import ACCESS_LOGGERS, AccessLogFilter, formatter_for
+
     level = {"error": logging.ERROR, "warn": logging.WARNING, "info": logging.INFO, "debug": logging.DEBUG}
-    logging.basicConfig(
-        level=level.get(config.log.level, logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    root = logging.getLogger()
+    root.setLevel(level.get(config.log.level, logging.INFO))
+    if not root.handlers:
+        root.addHandler(logging.StreamHandler())
+    formatter = formatter_for(config.log.formatter, config.log.fields)
+    for handler in root.handlers:
+        handler.setFormatter(formatter)
+    for name in ACCESS_LOGGERS:
+        access = logging.getLogger(name)
+        for old in [f for f in access.filters if isinstance(f, AccessLogFilter)]:
+            access.removeFilter(old)
+        if config.log.accesslog_disabled:
+            access.addFilter(AccessLogFilter())
