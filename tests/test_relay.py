@@ -495,8 +495,9 @@ def test_reference_registry_upstream_takes_spec_chunks(tmp_path: Path, images: P
 
 
 def test_peak_memory_of_a_large_layer_stays_bounded(chunked_upstream, tmp_path: Path) -> None:
-    """256 MiB streamed without a length (as docker sends a layer): the relay spools
-    pieces to disk and keeps a few 1 MiB buffers, so its peak RSS stays far below the layer."""
+    """256 MiB streamed without a length (as docker sends a layer), then pulled back: the
+    relay spools pieces to disk and keeps a few 1 MiB buffers, so its peak RSS stays far
+    below the layer."""
     upstream, _ = chunked_upstream
     size = 256 * MIB
     block = os.urandom(MIB)
@@ -516,9 +517,17 @@ def test_peak_memory_of_a_large_layer_stays_bounded(chunked_upstream, tmp_path: 
         r = requests.put(r.headers["Location"], params={"digest": "sha256:" + hasher.hexdigest()}, timeout=300)
         elapsed = time.monotonic() - started
         assert r.status_code == 201, r.text
+        # and back: the filesystem upstream serves the bytes itself, through the relay
+        pulled = hashlib.sha256()
+        with requests.get(f"{running.url}/v2/memory/app/blobs/sha256:{hasher.hexdigest()}", stream=True,
+                          timeout=300) as r:
+            assert r.status_code == 200
+            for piece in r.iter_content(MIB):
+                pulled.update(piece)
+        assert pulled.hexdigest() == hasher.hexdigest()
         peak = peak_rss(running.proc.pid)
     print(f"relay: 256 MiB in {elapsed:.1f} s ({size / elapsed / 1e6:.0f} MB/s) in chunks of 1 MiB, "
-          f"peak RSS {peak / MIB:.0f} MiB")
+          f"peak RSS {peak / MIB:.0f} MiB after pushing and pulling it")
     assert 0 < peak < 150 * MIB
 
 
