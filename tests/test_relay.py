@@ -832,3 +832,26 @@ def test_docker_pushes_a_large_layer_through_the_relay_into_lambda(docker_daemon
     # the layer (200 MiB of random bytes, a little more gzipped) went in parts straight to S3:
     # the Lambda app offers direct uploads by default
     assert re.search(r"complete, 200\.\d MiB sent as direct-upload parts of 16 MiB \(s3-multipart\)", log), log
+
+
+def test_journal_skips_torn_lines_and_uploads_in_use(tmp_path: Path) -> None:
+    from chalicelib.relay.journal import Journal
+
+    journal = Journal(tmp_path / "journal")
+    entry = journal.create("team/app", "u-1", "chunked", None, "http://up/v2/team/app/blobs/uploads/u-1?_state=a")
+    entry.boundary(MIB, "aa" * 32)
+    entry.location("http://up/v2/team/app/blobs/uploads/u-1?_state=b")
+    # a sending relay holds the journal: nobody else sees it as a candidate
+    assert journal.records("team/app") == []
+    entry.close()
+    with open(entry.path, "ab") as f:
+        f.write(b'{"end": 2097152, "sha2')  # cut off by a crash mid-write
+    [record] = journal.records("team/app")
+    assert (record.uuid, record.boundaries, record.location) == (
+        "u-1", {MIB: "aa" * 32}, "http://up/v2/team/app/blobs/uploads/u-1?_state=b")
+    assert journal.records("team/other") == []
+    # claimed by one session, it is no one else's
+    claimed = journal.claim(record)
+    assert claimed is not None and journal.claim(record) is None
+    claimed.remove()
+    assert journal.records("team/app") == []
