@@ -6,8 +6,10 @@ signatures, moto does not check presigned ones.
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -17,7 +19,7 @@ import pytest
 import requests as http
 
 from tests.azurite import Azurite
-from tests.lambda_events import Invoker
+from tests.lambda_gateway import LambdaGateway, lambda_gateway
 from tests.moto_server import MotoS3
 from tests.servers import stratus_server
 
@@ -70,14 +72,14 @@ def served(base: str) -> Call:
     return call
 
 
-def on_lambda() -> Call:
-    """Requests to the Lambda app, each on a freshly built instance."""
-    invoke = Invoker("http")
+def through(gateway: LambdaGateway) -> Call:
+    """Requests through the stand-in for API Gateway in front of the Lambda app."""
+    client = gateway.client()
 
     def call(method: str, target: str, headers: Optional[dict] = None, body: bytes = b"", auth=None) -> Reply:
         assert auth is None
         path, _, query = target.partition("?")
-        r = invoke(method, path, query, headers, body, fresh=True)
+        r = client(method, path, query, headers, body)
         return Reply(r.status, dict(r.headers), r.body)
 
     return call
@@ -214,10 +216,19 @@ def registry(request) -> tuple[Call, object, int]:
 
 
 @pytest.fixture
-def lambda_app(monkeypatch, moto_s3: MotoS3) -> Iterator[tuple[Call, S3View]]:
-    bucket = moto_s3.create_bucket()
-    with moto_s3.lambda_function(monkeypatch, bucket, REGISTRY_HTTP_SECRET="direct-secret"):
-        yield on_lambda(), S3View(moto_s3, bucket)
+def lambda_app(moto_s3: MotoS3) -> Callable[..., object]:
+    """The Lambda app behind API Gateway's limits (tests/lambda_gateway.py), every request
+    on a freshly built instance, over a new bucket: `with lambda_app(**env) as (call, view, gateway)`."""
+
+    @contextmanager
+    def start_gateway(**env: str) -> Iterator[tuple[Call, S3View, LambdaGateway]]:
+        bucket = moto_s3.create_bucket()
+        variables = {**moto_s3.environment(bucket), "REGISTRY_HTTP_SECRET": "direct-secret", **env}
+        with lambda_gateway(variables, mode="http", instances="cold") as gateway:
+            yield through(gateway), S3View(moto_s3, bucket), gateway
+        gateway.assert_nothing_over_the_limit_reached_the_function()
+
+    return start_gateway
 
 
 # -- the whole way -----------------------------------------------------------------------------
@@ -419,65 +430,69 @@ def test_azure_part_url_cannot_write_another_upload(azure_registry, azurite) -> 
 
 
 def test_lambda_offers_direct_uploads_by_default(lambda_app) -> None:
-    call, view = lambda_app
-    session = start(call, "direct/lambda")
-    assert session.header(HEADER) == "s3-multipart"
-    data = random_bytes(S3_PART + 3, seed=11)
-    done, _ = direct_push(call, "direct/lambda-push", data, S3_PART)
-    assert done.status == 201, done.body
-    assert pull(call, "direct/lambda-push", sha256(data)) == data
+    """No storage.directupload in the environment: on, because AWS_LAMBDA_FUNCTION_NAME is set.
+    A blob larger than a Lambda request can carry goes in; its bytes never reach the function."""
+    with lambda_app() as (call, view, gateway):
+        session = start(call, "direct/lambda")
+        assert session.header(HEADER) == "s3-multipart"
+        data = random_bytes(2 * S3_PART + 3, seed=11)  # 10 MiB: over the 6 MB a Lambda event carries
+        done, _ = direct_push(call, "direct/lambda-push", data, S3_PART)
+        assert done.status == 201, done.body
+        assert pull(call, "direct/lambda-push", sha256(data)) == data
+        assert max(r.body_bytes for r in gateway.records()) == 0  # not one byte of the blob passed through
 
 
-def test_verification_continues_across_puts_on_fresh_instances(lambda_app, monkeypatch) -> None:
-    """A tiny verifytime: the first PUT (a fresh app) assembles the parts and answers
+def test_verification_continues_across_puts_on_fresh_instances(lambda_app) -> None:
+    """A tiny verifytime: the first PUT (a fresh instance) assembles the parts and answers
     202, each next one hashes one read and answers 202 with where it stopped, continuing
     from the stored hash state, and the move into place gets a PUT of its own."""
-    call, view = lambda_app
-    monkeypatch.setenv("REGISTRY_STORAGE_DIRECTUPLOAD_VERIFYTIME", "1ms")
-    name = "direct/slow-verify"
-    data = random_bytes(8 * S3_PART + 100, seed=12)  # 40 MiB: three 16 MiB reads
-    done, offsets = direct_push(call, name, data, S3_PART)
-    assert done.status == 201, done.body
-    assert offsets[0] == 0 and offsets[-1] == len(data)  # assembled; ...; verified, to move
-    assert len(offsets) >= 4 and offsets == sorted(set(offsets))
-    states = [k.rsplit("/", 1)[1] for k in view.keys("docker/registry/v2/repositories/") if "/hashstates/" in k]
-    assert states == []  # gone with the upload
-    assert pull(call, name, sha256(data)) == data
+    with lambda_app(REGISTRY_STORAGE_DIRECTUPLOAD_VERIFYTIME="1ms") as (call, view, gateway):
+        name = "direct/slow-verify"
+        data = random_bytes(8 * S3_PART + 100, seed=12)  # 40 MiB: three 16 MiB reads
+        done, offsets = direct_push(call, name, data, S3_PART)
+        assert done.status == 201, done.body
+        assert offsets[0] == 0 and offsets[-1] == len(data)  # assembled; ...; verified, to move
+        assert len(offsets) >= 4 and offsets == sorted(set(offsets))
+        # instances="cold": the registry is built afresh for each of these PUTs
+        assert len([r for r in gateway.invocations() if r.method == "PUT"]) == len(offsets) + 1
+        assert [k for k in view.keys("docker/registry/v2/repositories/") if "/hashstates/" in k] == []
+        assert pull(call, name, sha256(data)) == data
 
 
-def test_interrupted_verification_with_a_wrong_digest_is_still_refused(lambda_app, monkeypatch) -> None:
-    call, view = lambda_app
-    monkeypatch.setenv("REGISTRY_STORAGE_DIRECTUPLOAD_VERIFYTIME", "1ms")
-    name = "direct/slow-wrong"
-    data = random_bytes(4 * S3_PART, seed=13)
-    session = start(call, name)
-    send_parts(ask_parts(call, session, "1-4", S3_PART).json(), data)
-    wrong = sha256(data + b"!")
-    refused, offsets = complete(call, session, wrong)
-    assert offsets and refused.status == 400 and refused.code() == "DIGEST_INVALID"
-    assert view.keys(BLOBS) == [] or not [k for k in view.keys(BLOBS) if wrong[7:] in k or sha256(data)[7:] in k]
-    assert uploads_of(view, name) == [] and view.multipart_uploads() == []
+def test_interrupted_verification_with_a_wrong_digest_is_still_refused(lambda_app) -> None:
+    with lambda_app(REGISTRY_STORAGE_DIRECTUPLOAD_VERIFYTIME="1ms") as (call, view, _):
+        name = "direct/slow-wrong"
+        data = random_bytes(4 * S3_PART, seed=13)
+        session = start(call, name)
+        send_parts(ask_parts(call, session, "1-4", S3_PART).json(), data)
+        wrong = sha256(data + b"!")
+        refused, offsets = complete(call, session, wrong)
+        assert offsets and refused.status == 400 and refused.code() == "DIGEST_INVALID"
+        assert view.keys(BLOBS) == []
+        assert uploads_of(view, name) == [] and view.multipart_uploads() == []
 
 
-def test_parts_request_without_push_access_gets_the_patch_challenge(lambda_app, monkeypatch, tmp_path) -> None:
+def test_parts_request_without_push_access_gets_the_patch_challenge(lambda_app, tmp_path) -> None:
     import bcrypt
 
-    call, _ = lambda_app
     htpasswd = tmp_path / "htpasswd"
     htpasswd.write_bytes(b"alice:" + bcrypt.hashpw(b"secret-pw", bcrypt.gensalt(rounds=4)) + b"\n")
-    monkeypatch.setenv("REGISTRY_AUTH", "htpasswd")
-    monkeypatch.setenv("REGISTRY_AUTH_HTPASSWD_REALM", "direct")
-    monkeypatch.setenv("REGISTRY_AUTH_HTPASSWD_PATH", str(htpasswd))
-    alice = {"Authorization": "Basic " + __import__("base64").b64encode(b"alice:secret-pw").decode()}
-    session = call("POST", "/v2/direct/auth/blobs/uploads/", alice)
-    assert session.status == 202
-    patch = call("PATCH", session.target(), {"Content-Type": "application/octet-stream"}, b"x")
-    parts = call("POST", session.target() + "&parts=1-1")
-    assert parts.status == patch.status == 401
-    assert parts.header("WWW-Authenticate") == patch.header("WWW-Authenticate")
-    assert parts.code() == patch.code()
-    granted = call("POST", session.target() + "&parts=1-1", alice)
-    assert granted.status == 200 and granted.json()["parts"][0]["url"]
+    auth = {"REGISTRY_AUTH": "htpasswd", "REGISTRY_AUTH_HTPASSWD_REALM": "direct",
+            "REGISTRY_AUTH_HTPASSWD_PATH": str(htpasswd)}
+    alice = {"Authorization": "Basic " + base64.b64encode(b"alice:secret-pw").decode()}
+    with lambda_app(**auth) as (call, _, _gateway):
+        session = call("POST", "/v2/direct/auth/blobs/uploads/", alice)
+        assert session.status == 202
+        patch = call("PATCH", session.target(), {"Content-Type": "application/octet-stream"}, b"x")
+        parts = call("POST", session.target() + "&parts=1-1")
+        assert parts.status == patch.status == 401
+        assert parts.header("WWW-Authenticate") == patch.header("WWW-Authenticate")
+        assert parts.header("WWW-Authenticate").startswith("Basic realm=")
+        assert parts.code() == patch.code()
+        wrong = {"Authorization": "Basic " + base64.b64encode(b"alice:guess").decode()}
+        assert call("POST", session.target() + "&parts=1-1", wrong).status == 401
+        granted = call("POST", session.target() + "&parts=1-1", alice)
+        assert granted.status == 200 and granted.json()["parts"][0]["url"]
 
 
 # -- when it is not offered ------------------------------------------------------------------------
