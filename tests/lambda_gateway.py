@@ -57,6 +57,7 @@ PAYLOAD_LIMIT = 10 * 1024 * 1024
 # API Gateway's maximum integration timeout (REST: 29 s by default, HTTP: 30 s).
 GATEWAY_TIMEOUT = 30.0
 MODES = ("rest", "http")
+INSTANCES = ("warm", "cold", "isolated")
 REST_STAGE = "api"  # the stage `chalice deploy` creates (.chalice/config.json)
 ACCOUNT = "123456789012"
 API_ID = "stratusgw1"
@@ -111,6 +112,7 @@ class Record:
     response_base64: Optional[bool]  # the result's isBase64Encoded
     outcome: str                     # "ok", "request-too-long", "timeout", "response-too-large",
                                      # "function-error", "malformed-response", "missing-route"
+    instance: Optional[int] = None   # pid of the process that ran the invocation
 
 
 @dataclass(frozen=True)
@@ -162,8 +164,11 @@ def lambda_gateway(
     """The gateway in front of app.py imported with env (plus the variables the Lambda
     runtime sets, which env may override), until the block ends; stopped by pid.
 
-    instances="cold" builds the registry afresh for every invocation (one at a time),
-    as when each request of a push lands on a new function instance.
+    instances: "warm" (default) runs invocations concurrently in one imported app, like a
+    server; "cold" builds the registry afresh for every invocation, one at a time, as when
+    each request of a push lands on a new function instance; "isolated" scales as Lambda
+    does - a process per instance, each running one invocation at a time, a new one
+    started (cold) when none is idle.
     head_content_length="body" answers a HEAD with the Content-Length of its empty body
     (the function's in x-amzn-Remapped-Content-Length on a REST API) instead of the
     function's: what a REST API does there is undocumented, this shows what depends on it."""
@@ -173,8 +178,8 @@ def lambda_gateway(
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}")
-    if instances not in ("warm", "cold"):
-        raise ValueError("instances must be 'warm' or 'cold'")
+    if instances not in INSTANCES:
+        raise ValueError(f"instances must be one of {INSTANCES}")
     stage = stage or (REST_STAGE if mode == "rest" else "$default")
     if stage_in_path and stage == "$default":
         raise ValueError("the $default stage has no path prefix")
@@ -533,7 +538,9 @@ class LambdaContext:
 
 
 class Function:
-    """app.py's handler, invoked with a copy of the event as Lambda delivers it."""
+    """app.py's handler, invoked with a copy of the event as Lambda delivers it, in this
+    process: one warm instance taking invocations concurrently, or ("cold") a registry
+    built afresh for each invocation, one at a time."""
 
     # the function's own timeout (.chalice/config.json, dev stage); the gateway's is shorter
     FUNCTION_TIMEOUT = 60.0
@@ -545,8 +552,8 @@ class Function:
         self.cold = instances == "cold"
         self._lock = threading.Lock()
 
-    def invoke(self, event_bytes: bytes, request_id: str, timeout: float) -> tuple[str, Any]:
-        """("ok", result) | ("timeout", None) | ("function-error", None)."""
+    def invoke(self, event_bytes: bytes, request_id: str, timeout: float) -> tuple[str, Any, int]:
+        """(outcome, result, pid of the instance): outcome "ok", "timeout" or "function-error"."""
         outcome: dict[str, Any] = {}
         done = threading.Event()
 
@@ -570,14 +577,84 @@ class Function:
         # running (as Lambda's does) but never holds the process open
         threading.Thread(target=run, name=f"invoke-{request_id[:8]}", daemon=True).start()
         if not done.wait(timeout):
-            return "timeout", None
+            return "timeout", None, os.getpid()
         if outcome.get("error"):
-            return "function-error", None
-        return "ok", outcome["result"]
+            return "function-error", None, os.getpid()
+        return "ok", outcome["result"], os.getpid()
+
+
+def _instance_main(conn: Any) -> None:
+    """One function instance in a process of its own: app.py imported once (its cold
+    start), then one invocation at a time, each result serialized as the runtime does."""
+    import app
+
+    while True:
+        try:
+            event_bytes, request_id = conn.recv()
+        except EOFError:
+            return
+        try:
+            context = LambdaContext(request_id, time.monotonic() + Function.FUNCTION_TIMEOUT)
+            conn.send(("ok", json.dumps(app.app(json.loads(event_bytes), context))))
+        except BaseException:
+            traceback.print_exc()
+            conn.send(("function-error", None))
+
+
+class IsolatedFunction:
+    """Lambda's scaling: an idle instance takes the next invocation, and when none is idle
+    a new one starts (a process of its own, paying its cold start within the gateway's
+    timeout); an instance never runs two invocations at once and shares nothing with
+    the others but what the function stores."""
+
+    def __init__(self) -> None:
+        import multiprocessing
+
+        self._context = multiprocessing.get_context("spawn")  # a fresh interpreter, as a new instance
+        self._idle: list[tuple[Any, Any]] = []
+        self._lock = threading.Lock()
+
+    def _acquire(self) -> tuple[Any, Any]:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        parent, child = self._context.Pipe()
+        process = self._context.Process(target=_instance_main, args=(child,), daemon=True)
+        process.start()
+        child.close()
+        return process, parent
+
+    def _release(self, instance: tuple[Any, Any]) -> None:
+        with self._lock:
+            self._idle.append(instance)
+
+    def _release_when_done(self, instance: tuple[Any, Any]) -> None:
+        try:
+            instance[1].recv()  # the answer nobody waits for any more
+        except EOFError:
+            return
+        self._release(instance)
+
+    def invoke(self, event_bytes: bytes, request_id: str, timeout: float) -> tuple[str, Any, int]:
+        instance = self._acquire()
+        process, conn = instance
+        conn.send((event_bytes, request_id))
+        if not conn.poll(timeout):
+            # the instance keeps running; it takes invocations again once it has answered
+            threading.Thread(target=self._release_when_done, args=(instance,), daemon=True).start()
+            return "timeout", None, process.pid
+        try:
+            kind, payload = conn.recv()
+        except EOFError:  # the instance died: Lambda reports that as a function error
+            return "function-error", None, process.pid
+        self._release(instance)
+        if kind != "ok":
+            return "function-error", None, process.pid
+        return "ok", json.loads(payload), process.pid
 
 
 class Gateway:
-    def __init__(self, settings: Settings, function: Function):
+    def __init__(self, settings: Settings, function: Union[Function, IsolatedFunction]):
         self.settings = settings
         self.function = function
         self._record_lock = threading.Lock()
@@ -622,7 +699,7 @@ class Gateway:
         if len(event_bytes) > self.settings.event_limit:
             return (*self.message(*TOO_LONG), {**base, "status": 413, "outcome": "request-too-long"})
         base["reached_function"] = True
-        outcome, result = self.function.invoke(event_bytes, request_id, self.settings.timeout)
+        outcome, result, base["instance"] = self.function.invoke(event_bytes, request_id, self.settings.timeout)
         if outcome == "timeout":
             return (*self.message(*TIMED_OUT), {**base, "status": 504, "outcome": "timeout"})
         if outcome != "ok":
@@ -737,13 +814,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--timeout", type=float, default=GATEWAY_TIMEOUT)
     parser.add_argument("--event-limit", type=int, default=EVENT_LIMIT)
     parser.add_argument("--response-limit", type=int, default=RESPONSE_LIMIT)
-    parser.add_argument("--instances", choices=("warm", "cold"), default="warm")
+    parser.add_argument("--instances", choices=INSTANCES, default="warm")
     parser.add_argument("--record", type=Path, required=True)
     parser.add_argument("--head-content-length", choices=("function", "body"), default="function")
     args = parser.parse_args(argv)
     settings = Settings(args.mode, args.stage, args.stage_in_path, args.timeout, args.event_limit,
                         args.response_limit, args.instances, args.record, args.port, args.head_content_length)
-    function = Function(settings.instances)  # imported before listening: ready means initialised
+    # imported before listening (ready means initialised), or by each instance as it starts
+    function = IsolatedFunction() if settings.instances == "isolated" else Function(settings.instances)
     server = ThreadingHTTPServer(("127.0.0.1", settings.port), _handler_class(Gateway(settings, function)))
     server.daemon_threads = True
     server.serve_forever()

@@ -245,6 +245,22 @@ def test_the_gateway_gives_up_after_its_timeout(moto_s3, bucket, tmp_path, mode)
             assert client("GET", "/v2/").status == 200  # the gateway itself is not stuck
 
 
+def test_isolated_instances_scale_as_lambda_does(moto_s3, bucket, tmp_path) -> None:
+    """An idle instance takes the next invocation; one still busy (here, past the gateway's
+    timeout) cannot, so a new instance - a process of its own - starts for it."""
+    with black_hole() as endpoint:
+        env = function_env(moto_s3, bucket, REGISTRY_STORAGE_S3_REGIONENDPOINT=endpoint)
+        with lambda_gateway(env, "http", instances="isolated", timeout=5, workdir=tmp_path) as gw:
+            client = gw.client()
+            assert client("GET", "/v2/").status == 200 and client("GET", "/v2/").status == 200
+            first, second = gw.records()
+            assert first.instance == second.instance and first.instance != gw.pid
+            assert client("GET", "/v2/hangs/tags/list").status == 504
+            assert last_record(gw).instance == first.instance
+            assert client("GET", "/v2/").status == 200
+            assert last_record(gw).instance not in (first.instance, gw.pid)
+
+
 # -- what a REST API does to headers and paths -----------------------------------------------
 
 
@@ -328,6 +344,7 @@ def test_the_record_says_what_each_request_was_and_did(gateway: LambdaGateway) -
     post, patch, refused = gateway.records()[before:]
     assert (post.method, post.path, post.query, post.body_bytes) == ("POST", "/v2/records/app/blobs/uploads/", "", 0)
     assert post.reached_function and post.status == post.function_status == 202 and post.response_base64
+    assert post.instance == gateway.pid  # one warm instance: the gateway's own process
     assert (patch.method, patch.path, patch.query) == ("PATCH", path, query)
     assert patch.body_bytes == len(piece) and patch.event_bytes > len(piece) * 4 // 3
     assert patch.reached_function and patch.status == 202 and patch.outcome == "ok"

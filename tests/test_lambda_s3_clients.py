@@ -37,13 +37,14 @@ class S3Registry(NamedTuple):
 
 @pytest.fixture(scope="module", params=["stratus-serve", "lambda-http-api", "lambda-rest-api"])
 def s3_registry(request, moto_s3: MotoS3, tmp_path_factory) -> Iterator[S3Registry]:
-    """A Stratus of each kind storing in a bucket of its own."""
+    """A Stratus of each kind storing in a bucket of its own; the Lambda app scales as on
+    AWS, a process per concurrently busy instance."""
     bucket = moto_s3.create_bucket()
     logs = tmp_path_factory.mktemp(request.param)
     if request.param.startswith("lambda-"):
         mode = "http" if request.param == "lambda-http-api" else "rest"
         env = {**moto_s3.environment(bucket), "REGISTRY_HTTP_SECRET": "s3-clients"}
-        with lambda_gateway(env, mode, workdir=logs) as gateway:
+        with lambda_gateway(env, mode, instances="isolated", workdir=logs) as gateway:
             assert requests.get(gateway.url + "/v2/", timeout=10).status_code == 200
             yield S3Registry(gateway.url, bucket, gateway)
             gateway.assert_nothing_over_the_limit_reached_the_function()
