@@ -495,6 +495,23 @@ def test_parts_request_without_push_access_gets_the_patch_challenge(lambda_app, 
         assert granted.status == 200 and granted.json()["parts"][0]["url"]
 
 
+def test_azure_functions_app_offers_direct_uploads_by_default(azurite: Azurite, tmp_path: Path) -> None:
+    """The function app behind the stand-in Functions host, no storage.directupload set."""
+    from tests.functions_host import functions_host
+
+    container = azurite.new_container()
+    env = azurite.environment(container, REGISTRY_HTTP_SECRET="direct-secret", PYTHON_ENABLE_INIT_INDEXING="1")
+    with functions_host(env, tmp_path) as host:
+        call = served(host.url)
+        session = start(call, "direct/functions")
+        assert session.header(HEADER) == "azure-blocks"
+        data = random_bytes(3 * AZURE_PART + 5, seed=14)
+        done, _ = direct_push(call, "direct/functions-push", data, AZURE_PART)
+        assert done.status == 201, done.body
+        assert pull(call, "direct/functions-push", sha256(data)) == data
+        assert max(r.body_bytes for r in host.records()) == 0  # the blob's bytes went to Azurite only
+
+
 # -- when it is not offered ------------------------------------------------------------------------
 
 
