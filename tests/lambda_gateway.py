@@ -18,7 +18,10 @@ Lambda proxy integration:
   `502 {"message":"Internal server error"}`;
 * in REST mode the function's response headers are remapped or dropped as a REST
   API does with Lambda proxy responses (WWW-Authenticate becomes
-  x-amzn-Remapped-WWW-Authenticate, which is what a client of a REST API meets);
+  x-amzn-Remapped-WWW-Authenticate, which is what a client of a REST API meets), and
+  the stage can sit in the path (`/api/v2/...`) as `chalice deploy` gives it;
+* invocations run in one warm instance, or on a fresh registry each ("cold"), or on
+  instances that scale as Lambda's do, a process each ("isolated");
 * every request is recorded, one JSON line each, so tests can assert what reached
   the function (`LambdaGateway.records()`).
 
@@ -66,13 +69,15 @@ TOO_LONG = (413, "Request Too Long")
 TIMED_OUT = (504, "Endpoint request timed out")
 INTERNAL = (502, "Internal server error")
 
-# What a REST API does to a Lambda proxy response's headers (API Gateway developer
-# guide, "Amazon API Gateway important notes for REST APIs", the table of headers sent
-# to the client; LocalStack's AWS-validated header_utils.py agrees for Connection,
-# Content-Length, Date and Server): they are renamed x-amzn-Remapped-<name> - the
-# gateway sends its own Date and a Content-Length of the body it sends - and hop-by-hop
-# ones are dropped. WWW-Authenticate is remapped too, so a REST API hides the
-# registry's auth challenge from clients. HTTP APIs pass the function's headers through.
+# What a REST API does to a Lambda proxy response's headers: they are renamed
+# x-amzn-Remapped-<name> (the gateway sends its own Date, and the Content-Length of
+# the body it sends), hop-by-hop ones are dropped. Sources: the developer guide's notes
+# for REST APIs (its table of headers sent to the client); LocalStack's header tables,
+# validated against AWS (Connection, Content-Length, Date, Server for proxy
+# integrations); users' reports for Lambda proxies (WWW-Authenticate in
+# serverless-offline#236, Authorization in aws-sam-cli#696). The remapped
+# WWW-Authenticate is what matters to a registry: its auth challenge never reaches the
+# client. HTTP APIs pass the function's headers through.
 REST_REMAPPED = frozenset({"authorization", "connection", "content-length", "content-md5", "max-forwards",
                            "user-agent", "www-authenticate", "date", "server"})
 REST_DROPPED = frozenset({"expect", "host", "proxy-authenticate", "te", "trailer", "transfer-encoding",
@@ -85,8 +90,9 @@ REQUEST_DROPPED = frozenset({"connection", "content-md5", "expect", "max-forward
 REST_REQUEST_DROPPED = REQUEST_DROPPED | {"content-length", "www-authenticate"}
 # Response headers the gateway always sets itself.
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade"})
-# HTTP APIs pass these media types to the function as text, anything else base64-encoded
-# (a body that is not UTF-8 is base64-encoded whatever its type, so it arrives intact).
+# HTTP APIs have no binary media types setting; the gateway passes these media types to
+# the function as text and anything else base64-encoded (an approximation of AWS's
+# undocumented rule), and a body that is not UTF-8 base64-encoded whatever its type.
 TEXT_TYPES = ("text/", "application/json", "application/xml", "application/javascript")
 ROUTES = {"/v2": frozenset({"GET", "HEAD"}),
           "/v2/{proxy+}": frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"})}
