@@ -238,8 +238,10 @@ class DirectUpload:
         """Hash the data from the last stored state on, with reads running ahead of the hasher;
         returns the hasher and the offset it resumed at.
 
-        Reads are issued in order, `readers` at a time; each is hashed as soon as it
-        and all before it have arrived. At least one read is hashed per request, so
+        Reads are issued in order, up to `readers` in flight; each is hashed as soon as
+        it and all before it have arrived. A read is issued only if, at the pace reads
+        have arrived so far, it will arrive before the deadline, so a request ends close
+        to it and no read is wasted. The first read goes alone and is always hashed, so
         every request makes progress however short verify_time is.
         """
         options = self.options
@@ -248,25 +250,29 @@ class DirectUpload:
         if offset < size:
             log.info("upload %s: verifying from %d of %d bytes", self.upload.id, offset, size)
         pool = ThreadPoolExecutor(max_workers=options.readers, thread_name_prefix="stratus-verify")
-        inflight: deque[Future] = deque()
+        inflight: deque[tuple[Future, float]] = deque()
         ahead = offset
+        latency = 0.0  # how long a read takes to arrive, from the reads so far
 
         def read_next() -> None:
             nonlocal ahead
             length = min(options.read_size, size - ahead)
-            inflight.append(pool.submit(driver.read_range, ctx, self._path, ahead, length))
+            inflight.append((pool.submit(driver.read_range, ctx, self._path, ahead, length), time.monotonic()))
             ahead += length
 
         try:
-            while ahead < size and len(inflight) < options.readers:
-                read_next()
+            if ahead < size:
+                read_next()  # alone: its time tells how many more fit before the deadline
             while inflight:
-                hasher.update(inflight.popleft().result())
+                future, issued = inflight.popleft()
+                piece = future.result()
+                observed = time.monotonic() - issued
+                latency = observed if not latency else (latency + observed) / 2
+                hasher.update(piece)
                 if hasher.length - saved >= options.checkpoint_every:
                     saved = self._save(ctx, hasher)
-                if hasher.length < size and time.monotonic() >= deadline:
-                    break
-                if ahead < size:
+                # a read issued now must arrive before the deadline; those in flight finish the request
+                while ahead < size and len(inflight) < options.readers and time.monotonic() + latency < deadline:
                     read_next()
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
