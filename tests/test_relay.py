@@ -855,3 +855,29 @@ def test_journal_skips_torn_lines_and_uploads_in_use(tmp_path: Path) -> None:
     assert claimed is not None and journal.claim(record) is None
     claimed.remove()
     assert journal.records("team/app") == []
+
+
+@needs_tools
+def test_skopeo_through_the_relay_into_the_functions_host(azurite, images: Path, tmp_path: Path) -> None:
+    """The Functions app behind the stand-in host with its body limit lowered to 8 MiB, and
+    a 12 MiB layer: only pieces the host lets through reach the function."""
+    from .functions_host import functions_host
+
+    limit = 8 * MIB
+    env = azurite.environment(azurite.new_container(), REGISTRY_HTTP_SECRET="relay-functions",
+                              PYTHON_ENABLE_INIT_INDEXING="1", FUNCTIONS_REQUEST_BODY_SIZE_LIMIT=str(limit))
+    source = layer_image(images, "functions", 12 * MIB)
+    with functions_host(env, tmp_path) as host, relay(host.url, tmp_path / "state", "--part-size", "4") as running:
+        push(source.path, "functions", running.url, "fn/app", "v1")
+        copy = tmp_path / "copy"
+        pull(running.url, "fn/app", "v1", copy, "v1")
+        assert_same_image(source, "functions", Layout(copy), "v1")
+        records = host.records()
+        offered = requests.post(f"{host.url}/v2/fn/app/blobs/uploads/", timeout=30).headers.get(
+            "Stratus-Direct-Upload")
+        log = running.log_text()
+    assert not [r for r in records if r.body_bytes > limit and r.reached_function]
+    assert max(r.body_bytes for r in records) <= limit
+    layer = json.loads(source.blob(source.tagged("functions")["digest"]))["layers"][0]["digest"]
+    line = next(line for line in log.splitlines() if f"{layer} complete" in line)
+    assert ("as direct-upload parts of 4 MiB (azure-blocks)" if offered else "in chunked PATCHes") in line
