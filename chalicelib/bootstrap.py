@@ -54,7 +54,7 @@ def http_secret(config: Config) -> Union[bytes, Callable[[], bytes]]:
     return secrets.token_bytes(32)
 
 
-def build_registry(config: Config, tracer=None) -> Registry:
+def build_registry(config: Config, tracer=None, recorder=None) -> Registry:
     storage = config.storage
     driver = create_driver(storage.driver, storage.parameters)
     # AWS S3 reads its writes; an S3-compatible endpoint (Ceph RGW ...) may not
@@ -67,6 +67,10 @@ def build_registry(config: Config, tracer=None) -> Registry:
         stat_retries=3 if eventual else 0,
     )
     cache = build_cache(config)
+    if recorder is not None:  # chalicelib.metrics, inside the tracer: a subsegment times the call as counted
+        from .metrics import MetricsCache, MetricsDriver
+
+        driver, cache = MetricsDriver(driver, recorder), None if cache is None else MetricsCache(cache, recorder)
     if tracer is not None:
         driver, cache = tracer.wrap_driver(driver), tracer.wrap_cache(cache)
     return Registry(driver, cache, options)
@@ -99,14 +103,17 @@ def build_api(config: Optional[Config] = None) -> RegistryAPI:
         extra_headers=tuple((k, v) for k, values in (http.headers or {}).items() for v in values),
         direct_upload=direct_upload_options(config),
     )
-    from . import tracing
+    from . import metrics, tracing
 
     tracer = tracing.from_config(config)  # None unless X-Ray is on: nothing is wrapped
-    if tracer is None:
+    recorder = metrics.from_config(config)  # None unless metrics are on: likewise
+    if tracer is None and recorder is None:
         return RegistryAPI(build_registry(config), settings, build_access_controller(config))
-    api = RegistryAPI(build_registry(config, tracer), settings, build_access_controller(config),
-                      context_factory=tracer.context)
-    return tracer.wrap_api(api)
+    api = RegistryAPI(build_registry(config, tracer, recorder), settings, build_access_controller(config),
+                      **({"context_factory": tracer.context} if tracer is not None else {}))
+    if recorder is not None:
+        api = metrics.MetricsAPI(api, recorder)
+    return tracer.wrap_api(api) if tracer is not None else api
 
 
 def configure_logging(config: Config) -> None:

@@ -17,6 +17,7 @@ def _load(path: Optional[str]):
 
 def cmd_serve(args: argparse.Namespace) -> None:
     from .bootstrap import build_api, configure_logging
+    from .debug_server import start_debug_server
     from .server import serve, start_upload_purger
 
     config = _load(args.config)
@@ -26,6 +27,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         api = build_api(config)
     except ValueError as exc:  # driver and auth parameters are checked here (ConfigError is one)
         sys.exit(f"stratus: configuration error: {exc}")
+    api = start_debug_server(config, api)  # health checks, http.debug.addr (/debug/health, /metrics)
     purging = config.storage.upload_purging
     if purging.enabled and not config.storage.readonly:
         start_upload_purger(api.registry.driver, purging.age, purging.interval, purging.dryrun)
