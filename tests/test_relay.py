@@ -881,3 +881,22 @@ def test_skopeo_through_the_relay_into_the_functions_host(azurite, images: Path,
     layer = json.loads(source.blob(source.tagged("functions")["digest"]))["layers"][0]["digest"]
     line = next(line for line in log.splitlines() if f"{layer} complete" in line)
     assert ("as direct-upload parts of 4 MiB (azure-blocks)" if offered else "in chunked PATCHes") in line
+
+
+def test_a_manifest_sent_without_a_length_is_forwarded(chunked_relay: RunningRelay) -> None:
+    config = b"{}"
+    layer = os.urandom(2 * MIB)
+    for blob in (config, layer):
+        assert upload_patch_stream(chunked_relay.url, "manifest/app", blob).status_code == 201
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": sha256(config), "size": 2},
+        "layers": [{"mediaType": "application/octet-stream", "digest": sha256(layer), "size": len(layer)}],
+    }).encode()
+    # a generator body: requests sends it with Transfer-Encoding: chunked, no Content-Length
+    r = requests.put(f"{chunked_relay.url}/v2/manifest/app/manifests/v1", data=iter([manifest[:100], manifest[100:]]),
+                     headers={"Content-Type": OCI_MANIFEST}, timeout=30)
+    assert r.status_code == 201, r.text
+    assert r.headers["Location"].startswith(chunked_relay.url + "/v2/manifest/app/manifests/")
+    r = requests.get(f"{chunked_relay.url}/v2/manifest/app/manifests/v1", headers={"Accept": OCI_MANIFEST}, timeout=30)
+    assert r.content == manifest

@@ -90,8 +90,10 @@ class Relay:
         if request.content_length:
             headers["Content-Length"] = str(request.content_length)
             body = request.body
-        elif request.content_length is None and "chunked" in (request.headers.get("Transfer-Encoding") or "").lower():
-            body, chunked = _pieces(request.body), True
+        elif request.content_length is None and (
+                request.method.upper() in ("POST", "PUT", "PATCH")
+                or "chunked" in (request.headers.get("Transfer-Encoding") or "").lower()):
+            body, chunked = _pieces(request.body), True  # a body of unknown length, streamed on
         elif request.method.upper() in ("POST", "PUT", "PATCH"):
             headers["Content-Length"] = "0"
         response = self.upstream.request(request.method, self._url(request, query), headers, body,
