@@ -187,6 +187,7 @@ class TimeoutProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self.scope["stratus.transport"] = self.transport  # type: ignore[typeddict-unknown-key]
+        self.scope["stratus.flow"] = self.flow  # type: ignore[typeddict-unknown-key]
         if self._header_timer is None:
             self._arm_header_timer()
 
