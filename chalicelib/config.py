@@ -1076,6 +1076,9 @@ def _check_list(section: _Section, key: str) -> list[_Section]:
     value = section.value(key)
     if value is _MISSING:
         return []
+    if isinstance(value, dict) and value and all(isinstance(k, str) and k.isdigit() for k in value):
+        # REGISTRY_HEALTH_FILE_0_FILE without a list in the file: indexes, in order
+        value = [value[k] for k in sorted(value, key=int)]
     if not isinstance(value, list):
         raise section.fail(key, "a list of checks", value)
     items = _Section(dict(enumerate(value)), section.key_path(key), section.origins)  # type: ignore[arg-type]

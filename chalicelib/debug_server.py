@@ -3,7 +3,7 @@
 As in the reference registry:
 
 * the ``health`` checks run in the background, each on its ``interval``: the storage
-  driver (a stat of ``/``; "not found" still means the storage answered), files that
+  driver (a list of ``/``; "not found" still means the storage answered), files that
   must not exist, HTTP URIs that must answer a HEAD with ``statuscode``, TCP addresses
   that must accept a connection. A check with a ``threshold`` turns unhealthy after
   that many failures in a row and healthy again at its first success;
@@ -97,9 +97,12 @@ class Health:
 
 
 def storage_probe(driver: Any) -> Probe:
+    """A list of the storage's root: one request to S3, Azure or RADOS (the reference
+    stats "/", which Stratus's object-store drivers answer without asking the store)."""
+
     def probe() -> None:
         try:
-            driver.stat(background(), "/")
+            driver.list(background(), "/")
         except Exception as exc:
             if type(exc).__name__ != "PathNotFoundError":  # the storage answered
                 raise
