@@ -43,11 +43,19 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 def from_config(config: Any, environ: Optional[Mapping[str, str]] = None) -> Optional["Recorder"]:
     """The recorder the configuration asks for, or None (then nothing is wrapped)."""
     environ = os.environ if environ is None else environ
-    if aws_runtime.on_lambda(environ):
+    # no debug listener on a function (Lambda, Azure Functions): EMF lines or nothing
+    function = aws_runtime.on_lambda(environ) or bool(environ.get("FUNCTIONS_WORKER_RUNTIME"))
+    if function:
         return EMFRecorder(config.metrics.namespace, config.storage.driver) if config.metrics.emf else None
     debug = config.http.debug
     if debug.prometheus_enabled and debug.addr:
-        return PrometheusRecorder()
+        try:
+            return PrometheusRecorder()
+        except ImportError:
+            from .config import ConfigError
+
+            raise ConfigError("http.debug.prometheus.enabled: needs the prometheus-client package "
+                              "(requirements-server.txt)", key="http.debug.prometheus.enabled") from None
     if config.metrics.emf:
         return EMFRecorder(config.metrics.namespace, config.storage.driver)
     return None

@@ -214,3 +214,15 @@ def test_lambda_never_imports_prometheus_and_emits_emf_only_when_enabled(emf):
     assert len(emitted) == (1 if emf else 0)
     if emf:
         assert emitted[0]["Route"] == "base" and emitted[0]["Driver"] == "inmemory"
+
+
+def test_functions_get_emf_or_nothing_never_prometheus():
+    from chalicelib import metrics
+
+    shared = {"http": {"debug": {"addr": "127.0.0.1:5001", "prometheus": {"enabled": True}}}}
+    config = config_from_mapping(shared)
+    for environ in ({"FUNCTIONS_WORKER_RUNTIME": "python"}, runtime_environment()):
+        assert metrics.from_config(config, environ) is None
+        with_emf = config_from_mapping({**shared, "metrics": {"emf": {"enabled": True}}})
+        assert isinstance(metrics.from_config(with_emf, environ), metrics.EMFRecorder)
+    assert isinstance(metrics.from_config(config, {}), metrics.PrometheusRecorder)
