@@ -900,3 +900,25 @@ def test_a_manifest_sent_without_a_length_is_forwarded(chunked_relay: RunningRel
     assert r.headers["Location"].startswith(chunked_relay.url + "/v2/manifest/app/manifests/")
     r = requests.get(f"{chunked_relay.url}/v2/manifest/app/manifests/v1", headers={"Accept": OCI_MANIFEST}, timeout=30)
     assert r.content == manifest
+
+
+def test_a_completion_the_gateway_gave_up_on_is_asked_again(moto_s3: MotoS3, tmp_path: Path) -> None:
+    """API Gateway answers 504 after its timeout while the function goes on. The relay asks
+    again (the registry continues the verification, or the blob is already in place) instead
+    of failing a push the function is about to finish."""
+    from .lambda_gateway import lambda_gateway
+
+    env = {**moto_s3.environment(moto_s3.create_bucket()), "REGISTRY_HTTP_SECRET": "relay-timeout",
+           # one completion PUT may verify for longer than the gateway waits
+           "REGISTRY_STORAGE_DIRECTUPLOAD_VERIFYTIME": "60s"}
+    data = os.urandom(64 * MIB)
+    with lambda_gateway(env, "http", timeout=2.0, workdir=tmp_path) as gw, \
+            relay(gw.url, tmp_path / "state", "--part-size", "8") as running:
+        r = upload_patch_stream(running.url, "slow/app", data)
+        assert r.status_code == 201, r.text
+        assert r.headers["Docker-Content-Digest"] == sha256(data)
+        assert _blob(running.url, "slow/app", sha256(data)) == data
+        log = running.log_text()
+        timeouts = [rec for rec in gw.records() if rec.outcome == "timeout"]
+    assert timeouts and all(rec.method == "PUT" for rec in timeouts)
+    assert "the upstream answered 504; asking again" in log

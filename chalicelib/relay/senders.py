@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 from urllib.parse import quote
 
 from .pieces import Piece
@@ -30,6 +30,8 @@ URL_BATCH = 100  # the most part URLs one request may ask for
 PART_ATTEMPTS = 3
 URL_MARGIN = 60.0  # seconds before its expiry a part URL is no longer used
 VERIFY_ROUNDS = 1000  # PUT ?digest= answered 202 at most this many times in a row
+# Seconds between repeats of a completion a gateway gave up on (about 2 minutes in all).
+GATEWAY_RETRIES = (2, 4, 8, 15, 15, 15, 15, 15, 15, 15)
 
 
 class UpstreamAnswer(Exception):
@@ -136,11 +138,7 @@ class ChunkedSender:
             start = end
 
     def complete(self, digest: str, auth: dict[str, str]):
-        response = self.upstream.request(
-            "PUT", with_query(self.target.location, "digest=" + quote(digest, safe=":")),
-            headers={**_auth(auth), "Content-Length": "0"}, body=b"",
-        )
-        return response
+        return complete(self.upstream, self.target, digest, auth)
 
 
 class DirectSender:
@@ -223,18 +221,59 @@ class DirectSender:
             body.close()
 
     def complete(self, digest: str, auth: dict[str, str]):
-        """PUT ?digest= until verification ends (201 or an error)."""
-        for _ in range(VERIFY_ROUNDS):
-            response = self.upstream.request(
-                "PUT", with_query(self.target.location, "digest=" + quote(digest, safe=":")),
-                headers={**_auth(auth), "Content-Length": "0"}, body=b"",
-            )
-            if response.status != 202:
+        return complete(self.upstream, self.target, digest, auth)
+
+
+def complete(upstream: Upstream, target: Target, digest: str, auth: dict[str, str]):
+    """`PUT ?digest=` with no body until the upstream has decided: repeated while it answers
+    202 (a direct upload still being verified), and after a gateway gave up waiting (502,
+    503, 504: on Lambda the function goes on with the request) with backoff. A repeat that
+    finds the upload gone asks whether the blob is there: the earlier attempt made it."""
+    waits = iter(GATEWAY_RETRIES)
+    retried = False
+    for _ in range(VERIFY_ROUNDS):
+        response = upstream.request(
+            "PUT", with_query(target.location, "digest=" + quote(digest, safe=":")),
+            headers={**_auth(auth), "Content-Length": "0"}, body=b"",
+        )
+        if response.status in (502, 503, 504):
+            wait = next(waits, None)
+            if wait is None:
                 return response
-            self.target.location = self.upstream.absolute(response.headers.get("Location") or self.target.location)
-            log.info("%s: verifying %s, %s bytes checked so far", self.target.name, digest,
-                     response.headers.get("Stratus-Verify-Offset", "?"))
-        return response
+            log.warning("%s: completing %s: the upstream answered %d; asking again in %g s",
+                        target.name, digest, response.status, wait)
+            time.sleep(wait)
+            retried = True
+            continue
+        if response.status == 404 and retried:
+            made = _blob_made(upstream, target, digest, auth)
+            return made if made is not None else response
+        if response.status != 202:
+            return response
+        target.location = upstream.absolute(response.headers.get("Location") or target.location)
+        log.info("%s: verifying %s, %s bytes checked so far", target.name, digest,
+                 response.headers.get("Stratus-Verify-Offset", "?"))
+    return response
+
+
+@dataclass
+class Made:
+    """A 201 for a blob an earlier, timed-out completion put in place."""
+
+    status: int
+    headers: Any
+    data: bytes = b""
+
+
+def _blob_made(upstream: Upstream, target: Target, digest: str, auth: dict[str, str]) -> Optional[Made]:
+    from urllib3 import HTTPHeaderDict
+
+    path = f"/v2/{target.name}/blobs/{digest}"
+    response = upstream.request("HEAD", upstream.url(path), headers=_auth(auth))
+    if response.status != 200 or response.headers.get("Docker-Content-Digest", digest) != digest:
+        return None
+    return Made(201, HTTPHeaderDict({"Location": upstream.url(path), "Docker-Content-Digest": digest,
+                                     "Content-Length": "0"}))
 
 
 def _error_body(message: str, detail: object = None) -> bytes:
