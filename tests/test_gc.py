@@ -29,6 +29,7 @@ from chalicelib.storage.filesystem import from_parameters as filesystem
 from chalicelib.storage.inmemory import from_parameters as inmemory
 
 from .clients_servers import needs_reference, reference_registry
+from .moto_server import moto_s3  # noqa: F401  (a fixture)
 from .oci_client import Registry as Client
 from .oci_client import canonical, random_bytes, sha256
 
@@ -447,3 +448,23 @@ def test_gc_that_fails_to_mark_exits_nonzero_naming_it(tmp_path):
     assert run.returncode == 1
     assert f"failed to mark: manifest r@{digest} is linked but its data is missing" in run.stderr
     assert_present(driver, blobs - {digest})
+
+
+def test_transient_errors_on_s3_lose_nothing(moto_s3):  # noqa: F811
+    from chalicelib.storage import create_driver
+
+    failed = 0
+    for seed in range(6):
+        driver = create_driver("s3", moto_s3.parameters(moto_s3.create_bucket()))
+        expected = populate(Registry(driver, InMemoryBlobDescriptorCache(1000)))
+        flaky = FlakyDriver(driver, 2000 + seed, p=0.004)
+        try:
+            report = collect_garbage(CTX, flaky, remove_untagged=bool(seed % 2), grace=0)
+        except GCError:
+            failed += 1
+            assert_present(driver, expected["garbage"])  # nothing swept on a failure
+        else:
+            assert expected["garbage"] <= set(report.deleted)
+        assert_present(driver, expected["live"])
+        assert not is_sweeping(gc_state(CTX, driver))
+    assert failed > 0
