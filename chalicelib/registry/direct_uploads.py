@@ -267,7 +267,8 @@ class DirectUpload:
                 future, issued = inflight.popleft()
                 piece = future.result()
                 observed = time.monotonic() - issued
-                latency = observed if not latency else (latency + observed) / 2
+                # on the slow side: the latest read, or the average if that was longer
+                latency = max(observed, (latency + observed) / 2)
                 hasher.update(piece)
                 if hasher.length - saved >= options.checkpoint_every:
                     saved = self._save(ctx, hasher)
