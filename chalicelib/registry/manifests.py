@@ -148,24 +148,27 @@ class ManifestStore:
         decided), a body gone is written again; a reference gone is a refusal,
         undoing what this PUT linked and putting its tag back where it was."""
         digest = descriptor.digest
-        if not self._revision_exists(ctx, digest):  # `gc -m` removed it as untagged
+        if not self._revision_exists(ctx, digest):  # the sweep removed it as untagged
             self.revisions.link(ctx, descriptor, verify=False)
         try:
             self.blobs.stat_stored(ctx, digest)
         except BlobUnknownError:
             self.blobs.driver.put_content(ctx, paths.blob_data(digest.algorithm.value, digest.hex), manifest.body)
-        missing = []
+        missing, wrong_size = [], []
         for reference in manifest.blobs:
             try:
-                self.layers.stat_stored(ctx, reference.digest)
+                found = self.layers.stat_stored(ctx, reference.digest)
             except BlobUnknownError:
                 missing.append(str(reference.digest))
+                continue
+            if found.size != reference.size:  # checked here only if the first check was deferred
+                wrong_size.append(f"{reference.digest} has size {found.size}, manifest says {reference.size}")
         for child in manifest.manifests:
             try:
                 self.revisions.stat_stored(ctx, child.digest)
             except BlobUnknownError:
                 missing.append(str(child.digest))
-        if not missing:
+        if not missing and not wrong_size:
             return
         if tag is not None and previous != digest and self._tagged(ctx, tag) == digest:
             if previous is None:
@@ -177,6 +180,8 @@ class ManifestStore:
                 self.revisions.unlink(ctx, digest)
             except BlobUnknownError:
                 pass
+        if wrong_size:
+            raise ManifestInvalidError("; ".join(wrong_size))
         raise ManifestBlobUnknownError(missing[0] if len(missing) == 1 else missing)
 
     def delete(self, ctx: Context, digest: Digest) -> None:
