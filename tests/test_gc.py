@@ -468,3 +468,23 @@ def test_transient_errors_on_s3_lose_nothing(moto_s3):  # noqa: F811
         assert_present(driver, expected["live"])
         assert not is_sweeping(gc_state(CTX, driver))
     assert failed > 0
+
+
+def test_a_blob_whose_shared_cache_entry_cannot_be_cleared_is_kept():
+    """Redis down during gc: deleting the blob would leave other servers claiming it."""
+    from chalicelib.cache.redis import RedisBlobDescriptorCache, connect
+    from chalicelib.config import RedisConfig
+
+    from .servers import free_port
+
+    driver = inmemory({})
+    registry = Registry(driver, InMemoryBlobDescriptorCache(100))
+    orphan = push_blob(registry, "r", b"orphan while redis is down")
+    unreachable = RedisBlobDescriptorCache(connect(RedisConfig(addr=f"127.0.0.1:{free_port()}")))
+    try:
+        report = collect_garbage(CTX, driver, cache=unreachable, grace=0)
+    finally:
+        unreachable.close()
+    assert report.deleted == [] and report.rescued == [orphan]
+    assert_present(driver, {orphan})
+    assert collect_garbage(CTX, driver, cache=None, grace=0).deleted == [orphan]
