@@ -139,6 +139,8 @@ KEYS: list[tuple[str, Any, str, Getter, Any]] = [
     ("http.tls.clientcas.0", "/path/to/ca.pem", REFUSED, None, None),
     ("http.tls.clientcas.1", "/path/to/another/ca.pem", REFUSED, None, None),
     ("http.tls.clientauth", "require-and-verify-client-cert", REFUSED, None, None),
+    ("http.tls.minimumtls", "tls1.2", REFUSED, None, None),  # documented in the http section
+    ("http.tls.ciphersuites.0", "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256", REFUSED, None, None),
     ("http.tls.letsencrypt.cachefile", "/path/to/cache-file", REFUSED, None, None),
     ("http.tls.letsencrypt.email", "emailused@letsencrypt.com", REFUSED, None, None),
     ("http.tls.letsencrypt.hosts.0", "myregistryaddress.org", REFUSED, None, None),
@@ -311,6 +313,25 @@ def test_disabled_endpoints_are_cosmetic(tmp_path, caplog):
     path.write_text("notifications:\n  endpoints:\n    - name: a\n      disabled: true\n    - name: b\n")
     with pytest.raises(ConfigError, match=r"^notifications\.endpoints\.0\.name: not supported"):
         load_config(str(path), environ={})
+
+
+# Keys the access controller reads (and warns about) when it is built at start-up.
+CONTROLLER_COSMETIC = [("autoredirect", False), ("autoredirectpath", "/auth/token")]
+
+
+@pytest.mark.parametrize("key, value", CONTROLLER_COSMETIC)
+def test_token_redirect_settings_are_one_warning_at_start_up(tmp_path, caplog, key, value):
+    from chalicelib.auth import create_access_controller
+
+    from .token_issuer import TokenIssuer
+
+    caplog.set_level(logging.WARNING)
+    path = tmp_path / "config.yml"
+    path.write_text(yaml.safe_dump({"auth": TokenIssuer().auth_config(tmp_path, **{key: value})}))
+    config = load_config(str(path), environ={})
+    assert create_access_controller(config.auth) is not None  # type: ignore[arg-type]
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and f"auth.token.{key}" in warnings[0], warnings
 
 
 @pytest.mark.parametrize(
