@@ -6,7 +6,6 @@ storage calls by driver, descriptor-cache hits and misses)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,10 +20,12 @@ from chalicelib.config import config_from_mapping
 
 from .lambda_gateway import lambda_gateway, runtime_environment
 from .moto_server import MotoS3
-from .redis_server import RedisServer, redis_srv  # noqa: F401 (a fixture)
+from . import redis_server
+from .redis_server import RedisServer
 from .oci_client import OCI_MANIFEST, Registry, canonical, descriptor, digest_of, random_bytes, unique_repo
 from .servers import ROOT, free_port, stratus_server
 
+redis_srv = redis_server.redis_srv  # the module-scoped fixture, requested by name below
 Samples = dict[tuple[str, frozenset], float]
 
 
