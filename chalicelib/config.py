@@ -340,13 +340,13 @@ def config_from_mapping(
     """
     if not isinstance(tree, Mapping):
         raise ConfigError(f"{source or 'configuration'}: expected a mapping at the top level, got {tree!r}")
-    tree = copy.deepcopy(dict(tree))
-    for key in tree:
+    copied: dict[str, Any] = copy.deepcopy(dict(tree))
+    for key in copied:
         if not isinstance(key, str):
             raise ConfigError(f"{source or 'configuration'}: top-level keys must be strings, got {key!r}")
-    _normalize_methods(tree)
-    origins = _apply_environment(tree, environ or {})
-    return _build(tree, origins)
+    _normalize_methods(copied)
+    origins = _apply_environment(copied, environ or {})
+    return _build(copied, origins)
 
 
 def _yaml() -> tuple[Any, Any]:
@@ -456,21 +456,22 @@ def _set_from_env(
     node: Any = tree
     path: list[str] = []
     i = 0
+    step: Any  # a key of a mapping or an index of a list
     while True:
         if isinstance(node, list):
-            key, end = _list_index(node, parts[i], name, path), i + 1
-            if key == len(node):
+            step, end = _list_index(node, parts[i], name, path), i + 1
+            if step == len(node):
                 node.append(None)
         else:
-            key, end = _match_key(node, parts, i)
-        path.append(str(key))
+            step, end = _match_key(node, parts, i)
+        path.append(str(step))
         if end == len(parts):
-            node[key] = value
+            node[step] = value
             origins[".".join(path)] = (name, text)
             return
-        child = node[key] if isinstance(node, list) else node.get(key)
+        child = node[step] if isinstance(node, list) else node.get(step)
         if child is None:
-            child = node[key] = {}
+            child = node[step] = {}
         elif not isinstance(child, (dict, list)):
             raise ConfigError(
                 f"{name}: cannot set a key inside {'.'.join(path)}, which holds {child!r}, not a mapping",
@@ -552,7 +553,7 @@ class _Section:
         return _Section(value, self.key_path(key), self.origins)
 
     def mapping_copy(self, key: str) -> dict[str, Any]:
-        return copy.deepcopy(self.section(key).mapping)
+        return copy.deepcopy(dict(self.section(key).mapping))
 
     def string(self, key: str, default: Any) -> Any:
         value = self.value(key)
@@ -885,7 +886,7 @@ def _http(section: _Section) -> HTTPConfig:
         chunk_max_length=chunk_max,
         net=net,
         draintimeout=section.duration("draintimeout", 0.0),
-        tls=copy.deepcopy(tls.mapping),
+        tls=copy.deepcopy(dict(tls.mapping)),
         timeouts=_http_timeouts(section.section("timeout")),
         max_concurrent_uploads=section.integer("maxconcurrentuploads", HTTPConfig.max_concurrent_uploads, minimum=1),
         debug=_debug(section.section("debug")),
