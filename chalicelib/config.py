@@ -139,6 +139,59 @@ class RetentionPolicy:
     untaggedage: float | None = None  # delete untagged manifests older than this (seconds)
 
 
+@dataclass(frozen=True)
+class ImmutableTagRule:
+    """storage.tag.immutable[i]: in the repositories whose name matches the glob
+    `repository`, a tag matching the glob `tags` is neither moved nor deleted once
+    pushed. Globs are path globs: `*` and `?` stay inside one path segment, `**`
+    crosses `/`, `[...]` is a class (a tag has no `/`, so there `*` is fnmatch's)."""
+
+    repository: str
+    tags: str = "*"
+
+    def matches(self, name: str, tag: str) -> bool:
+        return _path_glob(self.repository).fullmatch(name) is not None and \
+            _path_glob(self.tags).fullmatch(tag) is not None
+
+
+_GLOBS: dict[str, "re.Pattern[str]"] = {}
+
+
+def _path_glob(pattern: str) -> "re.Pattern[str]":
+    """A path glob as a regular expression (compiled once); ValueError for an unclosed class."""
+    compiled = _GLOBS.get(pattern)
+    if compiled is None:
+        compiled = _GLOBS[pattern] = re.compile(_glob_regex(pattern))
+    return compiled
+
+
+def _glob_regex(pattern: str) -> str:
+    out, i = [], 0
+    while i < len(pattern):
+        c = pattern[i]
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+            continue
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[":
+            end = pattern.find("]", i + 2 if pattern[i + 1:i + 2] in ("!", "]") else i + 1)
+            if end < 0:
+                raise ValueError(f"unclosed [ in {pattern!r}")
+            body = pattern[i + 1:end]
+            body = "^" + body[1:] if body.startswith("!") else body
+            out.append("[" + body.replace("\\", "\\\\") + "]")
+            i = end + 1
+            continue
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return "".join(out)
+
+
 @dataclass
 class StorageConfig:
     driver: str = "filesystem"
@@ -157,6 +210,13 @@ class StorageConfig:
     gc_graceperiod: float = 3600.0
     retention: tuple[RetentionPolicy, ...] = ()  # storage.maintenance.retention.policies
     tag_concurrency_limit: int = 0  # storage.tag.concurrencylimit; 0 = implementation default
+    tag_immutable: tuple[ImmutableTagRule, ...] = ()  # storage.tag.immutable
+    # storage.maintenance.gc.{enabled,dryrun,deleteuntagged,budget}: the scheduled gc
+    # (Lambda, Azure timer); budget None = the invocation's remaining time
+    gc_enabled: bool = True
+    gc_dryrun: bool = False
+    gc_deleteuntagged: bool = False
+    gc_budget: float | None = None
     directupload: DirectUploadConfig = field(default_factory=DirectUploadConfig)
 
 
@@ -748,11 +808,47 @@ def _storage(root: _Section, origins: Origins) -> StorageConfig:
         gc_graceperiod=gc.duration("graceperiod", 3600.0),
         retention=_retention(maintenance.section("retention")),
         tag_concurrency_limit=tag.integer("concurrencylimit", 0, minimum=0),
+        tag_immutable=_immutable_tags(tag),
+        gc_enabled=gc.boolean("enabled", True),
+        gc_dryrun=gc.boolean("dryrun", False),
+        gc_deleteuntagged=gc.boolean("deleteuntagged", False),
+        gc_budget=gc.duration("budget", None, positive=True),
         directupload=_direct_upload(section.section("directupload"), driver),
     )
     for part in (delete, redirect, maintenance, purging, readonly, gc, tag):
         part.warn_unknown()
     return config
+
+
+def _immutable_tags(section: _Section) -> tuple[ImmutableTagRule, ...]:
+    """storage.tag.immutable: a list of repository globs (every tag), or of
+    {repository: <glob>, tags: <glob>} mappings; both may be mixed."""
+    value = section.value("immutable")
+    if value is _MISSING or value is None:
+        return ()
+    if not isinstance(value, list):
+        raise section.fail("immutable", "a list of repository globs or {repository, tags} mappings", value)
+    rules = []
+    for i, item in enumerate(value):
+        key = f"immutable[{i}]"
+        if isinstance(item, str):
+            rule = ImmutableTagRule(repository=item)
+        elif isinstance(item, dict):
+            entry = _Section(item, section.key_path(key), section.origins)
+            repository = entry.string("repository", _MISSING)
+            if repository is _MISSING or not repository:
+                raise ConfigError(f"{entry.path}.repository: expected a repository glob", key=entry.path)
+            rule = ImmutableTagRule(repository=repository, tags=entry.string("tags", "*") or "*")
+            entry.warn_unknown()
+        else:
+            raise section.fail(key, "a repository glob or a {repository, tags} mapping", item)
+        for pattern in (rule.repository, rule.tags):
+            try:
+                _path_glob(pattern)
+            except ValueError as exc:
+                raise ConfigError(f"{section.label(key)}: {exc}", key=section.key_path(key)) from None
+        rules.append(rule)
+    return tuple(rules)
 
 
 def _retention(section: _Section) -> tuple[RetentionPolicy, ...]:
