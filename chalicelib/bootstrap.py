@@ -132,6 +132,14 @@ def configure_logging(config: Config) -> None:
     formatter = formatter_for(config.log.formatter, config.log.fields)
     for handler in root.handlers:
         handler.setFormatter(formatter)
+    # Chalice gives its app's logger, "stratus" (ours too), a stdout handler of its own,
+    # no propagation and level ERROR: on Lambda every stratus.* line below an error was
+    # dropped and the rest bypassed the runtime's handler. Ours all go to the root's.
+    package = logging.getLogger("stratus")
+    for handler in package.handlers[:]:
+        package.removeHandler(handler)
+    package.propagate = True
+    package.setLevel(logging.NOTSET)
     for name in ACCESS_LOGGERS:
         access = logging.getLogger(name)
         for old in [f for f in access.filters if isinstance(f, AccessLogFilter)]:

@@ -139,3 +139,34 @@ def test_accesslog_disabled_is_honoured(tmp_path, disabled):
         lines = _wait_for_lines(_server_log(root, url), lambda line: "GET /v2/ " in line, timeout=5 if disabled else 20)
     logged = [line for line in lines if f"/v2/{repo}/tags/list" in line]
     assert (logged == []) if disabled else (len(logged) == 1), lines
+
+
+_LAMBDA_PROBE = """\
+import logging, sys
+from tests.lambda_events import LambdaContext, Response, rest_api_event
+# the Lambda runtime's own handler on the root logger, as awslambdaric installs it
+handler = logging.StreamHandler(sys.stderr)
+handler.addFilter(lambda record: setattr(record, "aws_request_id", "req-1") or True)
+logging.getLogger().addHandler(handler)
+import app
+assert Response(app.app(rest_api_event("GET", "/v2/"), LambdaContext())).status == 200
+"""
+
+
+def test_lambda_logs_are_json_lines_through_the_runtime_handler():
+    import subprocess
+    import sys
+
+    from .lambda_gateway import runtime_environment
+    from .servers import ROOT
+
+    env = {**runtime_environment(), "PYTHONPATH": str(ROOT), "REGISTRY_STORAGE": "inmemory",
+           "REGISTRY_LOG_FORMATTER": "json", "REGISTRY_LOG_FIELDS_SERVICE": "registry"}
+    out = subprocess.run([sys.executable, "-E", "-s", "-c", _LAMBDA_PROBE], cwd=str(ROOT), env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = [json.loads(line) for line in out.stderr.splitlines() if line.strip()]
+    # without http.secret the api warns as it is built: that line, as JSON, with the request id
+    warned = [d for d in lines if "http.secret" in d["msg"]]
+    assert len(warned) == 1 and warned[0]["level"] == "warning" and warned[0]["logger"] == "stratus"
+    assert all(d["service"] == "registry" and d["aws_request_id"] == "req-1" for d in lines)
