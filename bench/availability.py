@@ -36,9 +36,9 @@ from urllib.parse import urlsplit
 
 from . import client as registry_client
 from . import loadgen, servers
-from .cli import MiB
 from .memory import tree_rss
 
+MiB = 1 << 20
 MB = 1_000_000
 BLOB = 64 * MiB
 PROBES = 100  # requests per latency sample
@@ -239,3 +239,74 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# -- the rows of `make bench` (bench/cli.py, measure "avail") ---------------------------
+
+
+@contextmanager
+def fresh(name: str, workdir: Path, tree: Optional[Path] = None) -> Iterator[servers.RunningServer]:
+    """A fresh `stratus serve` ("stratus") or reference registry, as bench/cli.py runs them."""
+    if name == "reference":
+        with servers.reference(workdir, name="reference-avail") as server:
+            yield server
+    else:
+        with servers.stratus(workdir, tree=tree, name="stratus-avail") as server:
+            yield server
+
+
+def numbers(server: servers.RunningServer, workdir: Path, stalled: int, unread: int, seconds: int,
+            pushes: int, push_size: int) -> dict[str, float]:
+    """The availability rows for one registry: p99s in ms (inf when unanswered), the
+    loaded rate as % of the unloaded one, wrk -c1000 req/s and errors, and the peak RSS
+    (MB) during `pushes` concurrent monolithic pushes of `push_size` bytes, measured
+    first, before any hostile client touched the server."""
+    import threading
+
+    from .memory import PeakRSS
+
+    out: dict[str, float] = {}
+    import hashlib
+
+    tail = memoryview(os.urandom(push_size - 16))  # shared; each push is a new blob by its first 16 bytes
+    failures: list[str] = []
+
+    def push(i: int) -> None:
+        head = f"stratus-push{i:04d}".encode()
+        digest = hashlib.sha256(head)
+        digest.update(tail)
+        try:
+            with registry_client.Client(server.url) as pusher:
+                pusher.push_monolithic(f"bench/concurrent{i}", [memoryview(head), tail], push_size,
+                                       "sha256:" + digest.hexdigest())
+        except Exception as exc:  # counted: a refused push (503) is a result too
+            failures.append(repr(exc)[:200])
+
+    with PeakRSS(server.pid) as peak:
+        threads = [threading.Thread(target=push, args=(i,)) for i in range(pushes)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    out["rss_concurrent_pushes"] = peak.peak / MB
+    if failures:
+        print(f"{server.name}: {len(failures)} of {pushes} concurrent pushes failed: {failures[0]}", file=sys.stderr)
+    with registry_client.Client(server.url) as client:
+        image = client.push_image("bench/app", "latest", os.urandom(4096))
+        data = os.urandom(BLOB)
+        blob = registry_client.sha256_digest(data)
+        client.push_monolithic("bench/app", memoryview(data), BLOB, blob)
+        del data
+    accept = {"Accept": registry_client.MANIFEST_ACCEPT}
+    manifest = f"/v2/{image.repository}/manifests/{image.tag}"
+    unloaded, _ = _wrk(server.url, manifest, 16, seconds, workdir)
+    with ExitStack() as stack:
+        _open_hostile(stack, server, image.repository, blob, stalled, unread)
+        time.sleep(1.0)
+        out["avail_root_p99"] = _percentile(_probe(server.url, "/v2/", {}, PROBES), 0.99)
+        out["avail_manifest_p99"] = _percentile(_probe(server.url, manifest, accept, PROBES), 0.99)
+        loaded, _ = _wrk(server.url, manifest, 16, seconds, workdir)
+        out["avail_rate"] = 100.0 * loaded / unloaded if unloaded else 0.0
+    time.sleep(1.0)
+    out["avail_wrk1000"], out["avail_wrk1000_errors"] = _wrk(server.url, manifest, 1000, seconds, workdir)
+    return out

@@ -12,16 +12,18 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from . import client as registry_client
-from . import coldstart, descriptor_cache, hashing, loadgen, machine, rados, report, servers, token_auth
+from . import availability, coldstart, descriptor_cache, hashing, loadgen, machine, rados, report, servers, token_auth
 from .memory import PeakRSS, available_memory, tree_rss, warm_guest_memory
 
 MiB = 1 << 20
 MB = 1e6
-MEASURES = ("push", "pull", "rates", "token", "rss", "import", "hash", "cache", "rados")
+MEASURES = ("push", "pull", "rates", "token", "rss", "import", "hash", "cache", "rados", "avail")
 # the first pull after each push, then this many more (the blob is cached by then on
 # both registries: see "Pull, first after push" in docs/benchmarks.md)
 PULLS_PER_REP = 3
 HASH_RUNS_PER_REP = 3
+# issue 14's load: stalled uploads and unread downloads open at once; concurrent pushes
+AVAIL_STALLED, AVAIL_UNREAD, AVAIL_PUSHES = 1000, 200, 32
 DEFAULT_OUTPUT = servers.ROOT / "docs" / "benchmarks.md"
 
 
@@ -159,6 +161,25 @@ def rows_template() -> dict[str, report.Row]:
         "rados_push_mono": report.Row("Push on Ceph RADOS, monolithic", "MB/s"),
         "rados_push_chunked": report.Row("Push on Ceph RADOS, chunked", "MB/s"),
         "rados_pull": report.Row("Pull from Ceph RADOS", "MB/s"),
+        # issue 14: fresh servers with hostile clients open (bench/availability.py)
+        **availability_rows(),
+    }
+
+
+def availability_rows() -> dict[str, report.Row]:
+    load = f"{AVAIL_STALLED} stalled uploads + {AVAIL_UNREAD} unread downloads open"
+    return {
+        "avail_root_p99": report.Row(f"With {load}: GET /v2/ p99", "ms", fmt="{:.1f}",
+                                     target=report.below(50), target_text="< 50 ms"),
+        "avail_manifest_p99": report.Row(f"With {load}: manifest GET p99", "ms", fmt="{:.1f}",
+                                         target=report.below(50), target_text="< 50 ms"),
+        "avail_rate": report.Row(f"With {load}: manifest GET rate, of unloaded", "%",
+                                 target=lambda s, r: s >= 80, target_text="≥ 80%"),
+        "avail_wrk1000": report.Row("Manifest GET, wrk 1000 connections", "req/s"),
+        "avail_wrk1000_errors": report.Row("Manifest GET, wrk 1000 connections, errors", "requests",
+                                           target=lambda s, r: s == 0, target_text="0"),
+        "rss_concurrent_pushes": report.Row(f"Server RSS, peak in {AVAIL_PUSHES} concurrent 64 MiB pushes", "MB",
+                                            fmt="{:.1f}", target=report.below(100), target_text="≤ 100 MB"),
     }
 
 
@@ -383,6 +404,26 @@ class Bench:
             self.measure_cache()
         if "rados" in s.measures:
             self.measure_rados(blob)
+        if "avail" in s.measures:
+            self.measure_availability()
+
+    def measure_availability(self) -> None:
+        """Once per registry, on fresh servers (hostile clients would disturb the
+        other measures); --quick opens a fiftieth of the load and pushes 4 MiB."""
+        s = self.settings
+        quick = s.blob < 64 * MiB
+        stalled, unread = (AVAIL_STALLED // 50, AVAIL_UNREAD // 50) if quick else (AVAIL_STALLED, AVAIL_UNREAD)
+        push_size = 4 * MiB if quick else 64 * MiB
+        for name in ("stratus", "reference") if "reference" in s.registries else ("stratus",):
+            with availability.fresh(name, self.workdir, s.tree) as server:
+                found = availability.numbers(server, self.workdir, stalled, unread, max(1, round(s.wrk_seconds)),
+                                             AVAIL_PUSHES, push_size)
+            for key, value in found.items():
+                self.record(key, name, value)
+                row = self.rows[key]
+                row.label = row.label.replace(f"{AVAIL_STALLED} stalled", f"{stalled} stalled").replace(
+                    f"{AVAIL_UNREAD} unread", f"{unread} unread").replace(" 64 MiB ", f" {push_size // MiB} MiB ")
+            log(f"availability {name}: " + ", ".join(f"{k} {v:.1f}" for k, v in found.items()))
 
     def table_rows(self) -> list[report.Row]:
         return [row for row in self.rows.values() if row.stratus or row.reference]
@@ -393,7 +434,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if "reference" in settings.registries and not servers.reference_available():
         sys.exit("bench: docker-registry is not installed; run scripts/install-system-deps.sh "
                  "or pass --registries stratus")
-    if "rates" in settings.measures and not loadgen.available():
+    if {"rates", "avail"} & set(settings.measures) and not loadgen.available():
         sys.exit("bench: wrk is not installed; run scripts/install-system-deps.sh or leave out rates")
     with servers.workspace(keep=args.keep) as workdir:
         bench = Bench(settings, workdir)
