@@ -81,7 +81,18 @@ def relay(upstream: str, state: Path, *extra: str, port: Optional[int] = None) -
             "--listen", f"127.0.0.1:{port}", "--state-dir", str(state), *extra]
     env = clean_env({"PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"})
     with process(argv, port, env, log_path=log, cwd=ROOT, inherit_env=False) as proc:
-        yield RunningRelay(f"http://127.0.0.1:{port}", proc, log)
+        url = f"http://127.0.0.1:{port}"
+        # a port that accepted a connection is not yet proof: restarted on a port just freed,
+        # a probe can meet its own socket (a TCP self-connect) before the relay listens
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                requests.get(url + "/v2/", timeout=10)
+                break
+            except requests.ConnectionError:
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")
+                time.sleep(0.1)
+        yield RunningRelay(url, proc, log)
 
 
 class Tap:
@@ -542,11 +553,10 @@ def test_killed_relay_resumes_without_resending_what_the_upstream_has(
     size = 24 * MIB
     source = layer_image(images, "resume", size)
     state = tmp_path / "state"
-    port = free_port()
     with tapped(upstream) as tap:
         # first push: cut off after 12 MiB reached the upstream, then the relay is killed
         tap.hold(12 * MIB)
-        with relay(tap.url, state, port=port) as first:
+        with relay(tap.url, state) as first:
             client = subprocess.Popen(
                 ["skopeo", "--insecure-policy", "copy", "--quiet", "--dest-tls-verify=false",
                  "--retry-times=0", f"oci:{source.path}:resume", f"docker://{first.host}/resume/app:v1"],
@@ -559,7 +569,7 @@ def test_killed_relay_resumes_without_resending_what_the_upstream_has(
         had = 12 * MIB - CHUNK_MAX  # at least every chunk before the cut one
         before = tap.sent
 
-        with relay(tap.url, state, port=port) as second:
+        with relay(tap.url, state) as second:
             push(source.path, "resume", second.url, "resume/app", "v1")
             resent = tap.sent - before
             log = second.log_text()
@@ -582,10 +592,9 @@ def test_a_different_blob_is_not_glued_to_an_interrupted_upload(chunked_upstream
     prefix = os.urandom(3 * MIB)
     old = prefix + os.urandom(5 * MIB)
     new = prefix + os.urandom(2 * MIB)  # same first 3 MiB, then different
-    port = free_port()
     with tapped(upstream) as tap:
         tap.hold(5 * MIB)
-        with relay(tap.url, state, port=port) as first:
+        with relay(tap.url, state) as first:
             r = _post(first.url, "prefix/app")
             location = r.headers["Location"]
             patching = threading.Thread(
@@ -595,7 +604,7 @@ def test_a_different_blob_is_not_glued_to_an_interrupted_upload(chunked_upstream
             first.kill()
             tap.cut()
             tap.release()
-        with relay(tap.url, state, port=port) as second:
+        with relay(tap.url, state) as second:
             assert upload_patch_stream(second.url, "prefix/app", new).status_code == 201
             assert _blob(second.url, "prefix/app", sha256(new)) == new
             log = second.log_text()
@@ -658,7 +667,6 @@ def test_direct_upload_resumes_with_the_parts_storage_has(direct_upstream, tmp_p
     part = 8 * MIB
     data = os.urandom(6 * part)
     state = tmp_path / "state"
-    port = free_port()
     # the registry's S3 endpoint is a tap in front of moto, so its presigned part URLs
     # lead through the tap too: part bytes are counted on their way to storage
     with tapped(moto.endpoint) as s3:
@@ -668,7 +676,7 @@ def test_direct_upload_resumes_with_the_parts_storage_has(direct_upstream, tmp_p
         with stratus_server(tmp_path / "data", env) as upstream:
             # first relay: one part at a time, cut off 2 MiB into the fourth part
             s3.hold(3 * part + 2 * MIB)
-            with relay(upstream, state, "--part-size", "8", "--parallel", "1", port=port) as first:
+            with relay(upstream, state, "--part-size", "8", "--parallel", "1") as first:
                 location = _post(first.url, "parts/app").headers["Location"]
                 threading.Thread(target=lambda: _quietly(
                     lambda: requests.patch(location, data=data, timeout=120)), daemon=True).start()
@@ -677,7 +685,7 @@ def test_direct_upload_resumes_with_the_parts_storage_has(direct_upstream, tmp_p
                 s3.cut()
                 s3.release()
             before = s3.sent
-            with relay(upstream, state, "--part-size", "8", port=port) as second:
+            with relay(upstream, state, "--part-size", "8") as second:
                 assert upload_patch_stream(second.url, "parts/app", data).status_code == 201
                 resent = s3.sent - before
                 log = second.log_text()
@@ -799,14 +807,13 @@ def test_a_blob_sent_whole_but_never_completed_is_not_sent_again(chunked_upstrea
     journal's last boundary is the blob's end, and the next push only completes it."""
     upstream, _ = chunked_upstream
     data = os.urandom(3 * MIB + MIB // 2)  # the last chunk is a short one
-    port = free_port()
     with tapped(upstream) as tap:
-        with relay(tap.url, tmp_path / "state", port=port) as first:
+        with relay(tap.url, tmp_path / "state") as first:
             location = _post(first.url, "whole/app").headers["Location"]
             assert requests.patch(location, data=data, timeout=60).status_code == 202
             first.kill()
         before = tap.sent
-        with relay(tap.url, tmp_path / "state", port=port) as second:
+        with relay(tap.url, tmp_path / "state") as second:
             assert upload_patch_stream(second.url, "whole/app", data).status_code == 201
             resent = tap.sent - before
             assert _blob(second.url, "whole/app", sha256(data)) == data
