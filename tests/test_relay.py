@@ -748,6 +748,14 @@ def test_skopeo_through_the_relay_into_lambda_behind_a_rest_api(moto_s3: MotoS3,
         assert_same_image(source, "lambda", Layout(copy), "v1")
         gw.assert_nothing_over_the_limit_reached_the_function()
         assert max(r.body_bytes for r in gw.records()) < 6 * MIB
+        # tags page by page: the Link to the next page leads back to the relay
+        push(source.path, "lambda", running.url, "fn/app", "v2", f"--dest-creds=alice:{PASSWORD}")
+        r = requests.get(f"{running.url}/v2/fn/app/tags/list", params={"n": 1}, auth=("alice", PASSWORD), timeout=30)
+        assert r.json()["tags"] == ["v1"]
+        link = r.headers["Link"]
+        assert link.startswith(f"<{running.url}/v2/fn/app/tags/list?") and link.endswith('>; rel="next"')
+        r = requests.get(link[1:link.index(">")], auth=("alice", PASSWORD), timeout=30)
+        assert r.json()["tags"] == ["v2"]
         offered = "Stratus-Direct-Upload" in requests.post(
             gw.url + "/v2/fn/app/blobs/uploads/", auth=("alice", PASSWORD), timeout=30).headers
         log = running.log_text()

@@ -10,6 +10,7 @@ requests are carried by uploads.py instead of being forwarded byte for byte.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Iterator, Optional
 from urllib.parse import urlencode
 
@@ -28,6 +29,7 @@ log = logging.getLogger("stratus.relay")
 STREAM_PIECE = 256 << 10
 # What only the relay and the upstream talk about: a client sends any chunk size to the
 # relay, and knows nothing of direct uploads.
+_LINK_TARGET = re.compile(r"<([^>]*)>")
 SESSION_ONLY = frozenset({DIRECT_HEADER.lower(), "oci-chunk-max-length", "oci-chunk-min-length"})
 
 
@@ -107,7 +109,15 @@ class Relay:
 
     def _client_headers(self, request: Request, response, drop: frozenset = frozenset()) -> list[tuple[str, str]]:
         headers = response_headers(response, drop)
-        return [(k, self._location(request, v)) if k.lower() == "location" else (k, v) for k, v in headers]
+        return [(k, self._rewrite(request, k, v)) for k, v in headers]
+
+    def _rewrite(self, request: Request, name: str, value: str) -> str:
+        lowered = name.lower()
+        if lowered == "location":
+            return self._location(request, value)
+        if lowered == "link":  # pagination of tags and the catalog: <url>; rel="next"
+            return _LINK_TARGET.sub(lambda m: f"<{self._location(request, m.group(1))}>", value)
+        return value
 
     def _location(self, request: Request, location: str) -> str:
         """A Location into the upstream, pointed at the relay; any other (a presigned
@@ -116,7 +126,7 @@ class Relay:
         return location if path is None else request.base_url.rstrip("/") + path
 
     def _answer(self, request: Request, exc: UpstreamAnswer) -> Response:
-        headers = [(k, self._location(request, v)) if k.lower() == "location" else (k, v)
+        headers = [(k, self._rewrite(request, k, v))
                    for k, v in exc.headers if k.lower() not in ("content-length", "content-type")]
         body = exc.body or b""
         content_type = next((v for k, v in exc.headers if k.lower() == "content-type"), JSON if body else None)
