@@ -103,14 +103,17 @@ def build_api(config: Optional[Config] = None) -> RegistryAPI:
         extra_headers=tuple((k, v) for k, values in (http.headers or {}).items() for v in values),
         direct_upload=direct_upload_options(config),
     )
-    from . import metrics, tracing
+    from . import metrics, notifications, tracing
 
     tracer = tracing.from_config(config)  # None unless X-Ray is on: nothing is wrapped
     recorder = metrics.from_config(config)  # None unless metrics are on: likewise
+    # notifications innermost, so metrics and traces count what a function's send adds
     if tracer is None and recorder is None:
-        return RegistryAPI(build_registry(config), settings, build_access_controller(config))
-    api = RegistryAPI(build_registry(config, tracer, recorder), settings, build_access_controller(config),
-                      **({"context_factory": tracer.context} if tracer is not None else {}))
+        return notifications.wrap_api(RegistryAPI(build_registry(config), settings, build_access_controller(config)),
+                                      config)  # the api itself unless an endpoint is enabled
+    api = notifications.wrap_api(
+        RegistryAPI(build_registry(config, tracer, recorder), settings, build_access_controller(config),
+                    **({"context_factory": tracer.context} if tracer is not None else {})), config)
     if recorder is not None:
         api = metrics.MetricsAPI(api, recorder)
     return tracer.wrap_api(api) if tracer is not None else api

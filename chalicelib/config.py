@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 from .durations import parse_duration, parse_size
+from .notifications.config import NotificationsConfig
 
 __all__ = [
     "AuthConfig",
@@ -361,7 +362,7 @@ class Config:
     http: HTTPConfig = field(default_factory=HTTPConfig)
     auth: AuthConfig | None = None
     redis: RedisConfig = field(default_factory=RedisConfig)
-    notifications: dict[str, Any] = field(default_factory=dict)  # raw: only disabled endpoints pass
+    notifications: NotificationsConfig = field(default_factory=NotificationsConfig)  # chalicelib.notifications
     health: HealthConfig = field(default_factory=HealthConfig)
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
     tracing: TracingConfig = field(default_factory=TracingConfig)
@@ -713,7 +714,7 @@ def _build(tree: dict[str, Any], origins: Origins) -> Config:
         http=_http(root.section("http")),
         auth=_auth(root),
         redis=redis,
-        notifications=root.mapping_copy("notifications"),
+        notifications=_notifications(root.section("notifications")),
         health=_health(root.section("health")),
         catalog=_catalog(root.section("catalog")),
         tracing=_tracing(root),
@@ -1149,6 +1150,12 @@ def _metrics(section: _Section) -> MetricsConfig:
     return config
 
 
+def _notifications(section: _Section) -> NotificationsConfig:
+    from .notifications.config import parse
+
+    return parse(section)
+
+
 # ------------------------------------------------------------------------ health
 
 
@@ -1264,8 +1271,6 @@ REFUSED_KEYS: dict[str, tuple[str, Callable[[Any, Config], bool] | None]] = {
     "redis.tls.certificate": ("client certificates for Redis are not supported", None),
     "redis.tls.key": ("client certificates for Redis are not supported", None),
     "redis.tls.rootcas": ("custom CAs for Redis are not supported (the system's CAs verify the server)", None),
-    "notifications.endpoints": ("notifications are not sent; mark every endpoint disabled: true or remove them",
-                                _enabled_entries),
     "middleware": ("registry, repository and storage middleware (cloudfront, redirect ...) is not supported", None),
     "proxy": ("pull-through cache mode is not supported", None),
     "validation.manifests": ("manifest URL rules and index validation settings are not supported", None),
@@ -1281,8 +1286,6 @@ COSMETIC_KEYS: dict[str, str] = {
     "http.h2c": "stratus serve speaks HTTP/1.1",
     "log.hooks": "log hooks are not supported (every hook here is disabled)",
     "log.reportcaller": "log lines do not name the calling function",
-    "notifications.events": "notifications are not sent",
-    "notifications.endpoints": "notifications are not sent (every endpoint here is disabled)",
     "storage.tag.concurrencylimit": "tag lookups are not run concurrently",
     "storage.filesystem.maxthreads": "filesystem calls are bounded by the server's threads instead",
     "tags.maxtags": "the tags list is not capped (clients page with ?n=)",

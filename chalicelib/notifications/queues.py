@@ -1,0 +1,95 @@
+"""Per-endpoint event queues: bounded, in memory or spooled to a directory.
+
+A queue is drained by one thread: peek the oldest events, send them, remove them
+only once the endpoint accepted them. The directory queue writes each event to its
+own file before `put` returns, so events not yet delivered when `stratus serve`
+stops are sent by the next process that opens the same directory.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections import deque
+from typing import Any, Optional
+
+Item = tuple[Any, dict]  # (key to remove it by, event)
+
+
+class MemoryQueue:
+    def __init__(self, size: int):
+        self.size = size
+        self._items: deque[Item] = deque()
+        self._seq = 0
+        self._cond = threading.Condition()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, event: dict) -> bool:
+        """False when full: the caller drops, logs and counts; it never waits."""
+        with self._cond:
+            if len(self._items) >= self.size:
+                return False
+            self._seq += 1
+            self._items.append((self._seq, event))
+            self._cond.notify()
+            return True
+
+    def peek(self, limit: int, timeout: Optional[float] = None) -> list[Item]:
+        with self._cond:
+            if not self._items:
+                self._cond.wait(timeout)
+            return list(self._items)[:limit]
+
+    def remove(self, keys: list[Any]) -> None:
+        with self._cond:
+            gone = set(keys)
+            self._items = deque(item for item in self._items if item[0] not in gone)
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+
+class DirectoryQueue(MemoryQueue):
+    """The same queue, each event a file `<time ns>-<seq>.json` in `directory`."""
+
+    def __init__(self, size: int, directory: str):
+        super().__init__(size)
+        self.directory = directory
+        os.makedirs(directory, exist_ok=True)
+        for name in sorted(os.listdir(directory)):  # left by an earlier process, oldest first
+            path = os.path.join(directory, name)
+            if name.endswith(".tmp"):
+                os.unlink(path)  # written only in part when that process stopped
+                continue
+            if name.endswith(".json"):
+                try:
+                    with open(path, "rb") as f:
+                        self._items.append((name, json.load(f)))
+                except (OSError, ValueError):
+                    os.unlink(path)
+
+    def put(self, event: dict) -> bool:
+        with self._cond:
+            if len(self._items) >= self.size:
+                return False
+            self._seq += 1
+            name = f"{time.time_ns():020d}-{self._seq:08d}.json"
+            path = os.path.join(self.directory, name)
+            with open(path + ".tmp", "w", encoding="utf-8") as f:
+                json.dump(event, f, ensure_ascii=False)
+            os.replace(path + ".tmp", path)
+            self._items.append((name, event))
+            self._cond.notify()
+            return True
+
+    def remove(self, keys: list[Any]) -> None:
+        super().remove(keys)
+        for name in keys:
+            try:
+                os.unlink(os.path.join(self.directory, name))
+            except FileNotFoundError:
+                pass
