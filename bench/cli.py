@@ -13,11 +13,12 @@ from typing import Optional, Sequence
 
 from . import client as registry_client
 from . import availability, coldstart, descriptor_cache, hashing, loadgen, machine, rados, report, servers, token_auth
+from . import relay as relay_bench
 from .memory import PeakRSS, available_memory, tree_rss, warm_guest_memory
 
 MiB = 1 << 20
 MB = 1e6
-MEASURES = ("push", "pull", "rates", "token", "rss", "import", "hash", "cache", "rados", "avail")
+MEASURES = ("push", "pull", "rates", "token", "rss", "import", "hash", "cache", "rados", "avail", "relay")
 # the first pull after each push, then this many more (the blob is cached by then on
 # both registries: see "Pull, first after push" in docs/benchmarks.md)
 PULLS_PER_REP = 3
@@ -163,6 +164,22 @@ def rows_template() -> dict[str, report.Row]:
         "rados_pull": report.Row("Pull from Ceph RADOS", "MB/s"),
         # issue 14: fresh servers with hostile clients open (bench/availability.py)
         **availability_rows(),
+        **relay_rows(),
+    }
+
+
+def relay_rows() -> dict[str, report.Row]:
+    """Issue 12 (bench/relay.py): the "Reference" column is `stratus serve` on moto."""
+    via = "via stratus relay → Lambda stand-in → moto (Reference: stratus serve on moto)"
+    return {
+        "relay_direct": report.Row(f"Push {via}, direct mode", "MB/s", fmt="{:.1f}",
+                                   target=report.ratio_at_least(0.5), target_text="≥ 0.5×"),
+        "relay_chunked": report.Row(f"Push {via}, chunked mode", "MB/s", fmt="{:.1f}"),
+        "relay_rss": report.Row("Relay peak RSS during the push, direct mode", "MB", fmt="{:.1f}",
+                                target=report.below(100), target_text="< 100 MB"),
+        "relay_rss_chunked": report.Row("Relay peak RSS during the push, chunked mode", "MB", fmt="{:.1f}"),
+        "relay_verify": report.Row("Direct-upload verification on moto (completion PUT read-back)", "MB/s",
+                                   fmt="{:.1f}"),
     }
 
 
@@ -406,6 +423,20 @@ class Bench:
             self.measure_rados(blob)
         if "avail" in s.measures:
             self.measure_availability()
+        if "relay" in s.measures:
+            self.measure_relay()
+
+    def measure_relay(self) -> None:
+        """Once: 1 GiB pushes take minutes on moto; --quick pushes 12 MiB."""
+        size, found = relay_bench.measure(self.workdir, quick=self.settings.blob < 64 * MiB)
+        for key in ("relay_direct", "relay_chunked"):
+            self.rows[key].label = self.rows[key].label.replace("Push ", f"Push of {size.label} ", 1)
+            self.record(key, "reference", found.serve)
+        for key, value in (("relay_direct", found.relay_direct), ("relay_chunked", found.relay_chunked),
+                           ("relay_rss", found.rss_direct), ("relay_rss_chunked", found.rss_chunked),
+                           ("relay_verify", found.verify)):
+            self.record(key, "stratus", value)
+        self.rows["relay_verify"].label += f", {size.label}"
 
     def measure_availability(self) -> None:
         """Once per registry, on fresh servers (hostile clients would disturb the
