@@ -41,6 +41,13 @@ def test_quick_bench_reports_every_row_for_both_registries(tmp_path: Path) -> No
                   "Manifest GET by tag, bearer token"):
         row = next(line for line in text.splitlines() if line.startswith(f"| {label}"))
         assert "×" in row, row  # the reference ran too, so there is a ratio
+    # issue 12 (bench/relay.py): the relay's pushes with stratus serve on moto as the yardstick
+    for label in ("Push of 12 MiB via stratus relay", "Relay peak RSS during the push, direct mode",
+                  "Direct-upload verification on moto"):
+        rows = [line for line in text.splitlines() if line.startswith(f"| {label}")]
+        assert rows, label
+        assert all([c.strip() for c in row.strip("|").split("|")][1] not in ("", "—") for row in rows), rows
+    assert "direct mode (MB/s) " in text and "chunked mode (MB/s) " in text
     assert "### Machine" in text and "CPU:" in text
 
 

@@ -335,3 +335,54 @@ def test_podman_pushes_1_gib_through_the_relay_into_lambda_and_pulls_it_from_the
     assert_layer_went_in_parts(log, layer["digest"])
     assert_blob_gets_redirected(records, "large/podman", layer["digest"])
     assert max(r.body_bytes for r in records) < 6 * MIB
+
+
+# -- without the relay: direct uploads through the Functions host ----------------------------------
+# tests/test_direct_uploads.py shows a wrong digest refused through the Lambda harness (and
+# through `stratus serve` on S3 and Azure), and a part URL that cannot write another upload
+# against `stratus serve` on Azurite; this is the same through the Functions harness, where
+# Azurite checks every SAS signature. (moto does not check presigned signatures, so on the
+# Lambda harness what a URL can write cannot be shown; test_s3_part_url_names_only_its_own_upload
+# shows what it names.)
+
+
+def test_functions_host_a_part_url_cannot_write_another_upload_and_a_wrong_digest_leaves_nothing(
+        azurite, tmp_path: Path) -> None:
+    from .functions_host import functions_host
+    from .test_direct_uploads import (
+        AZURE_PART, BLOBS, AzureView, ask_parts, complete, random_bytes, send_part, send_parts, served, sha256, start,
+        uploads_of,
+    )
+
+    container = azurite.new_container()
+    view = AzureView(azurite, container)
+    env = azurite.environment(container, REGISTRY_HTTP_SECRET="large-direct", PYTHON_ENABLE_INIT_INDEXING="1")
+    name = "bypass/app"
+    data = random_bytes(2 * AZURE_PART + 77, seed=1212)
+    with functions_host(env, tmp_path) as host:
+        call = served(host.url)
+        one, two = start(call, name), start(call, name)
+        id_one, id_two = one.header("Docker-Upload-UUID"), two.header("Docker-Upload-UUID")
+        grant = ask_parts(call, one, "1-3", AZURE_PART)
+        assert grant.status == 200, grant.body
+        assert ask_parts(call, two, "1-1", AZURE_PART).status == 200
+        first = grant.json()["parts"][0]
+        assert id_one in first["url"]
+        # one upload's URL, aimed at the other's blob: Azurite refuses the signature
+        assert send_part({**first, "url": first["url"].replace(id_one, id_two)}, data[:AZURE_PART]) == 403
+        assert call("GET", two.target()).header("Range") == "0-0"
+        # a client without the relay sends the parts itself, then claims a wrong digest
+        send_parts(grant.json(), data)
+        assert call("GET", one.target()).header("Range") == f"0-{len(data) - 1}"
+        wrong = sha256(data + b"tampered")
+        refused, _ = complete(call, one, wrong)
+        assert refused.status == 400 and refused.code() == "DIGEST_INVALID"
+        for digest in (wrong, sha256(data)):
+            assert view.keys(f"{BLOBS}sha256/{digest[7:9]}/{digest[7:]}") == []
+            assert call("HEAD", f"/v2/{name}/blobs/{digest}").status == 404
+        assert call("GET", one.target()).code() == "BLOB_UPLOAD_UNKNOWN"
+        assert not [k for k in uploads_of(view, name) if f"/_uploads/{id_one}/" in k]
+        assert view.keys(BLOBS) == []
+        records = host.records()
+    assert [r for r in records if r.reached_function]
+    assert max(r.body_bytes for r in records) == 0  # the parts went to Azurite, never through the host
