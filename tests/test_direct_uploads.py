@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 import requests as http
@@ -405,6 +405,39 @@ def test_s3_part_url_names_only_its_own_upload(s3_registry) -> None:
     assert query["uploadId"] == [multipart_one] and query["partNumber"] == ["1"]
     assert query["X-Amz-Algorithm"] == ["AWS4-HMAC-SHA256"] and query["X-Amz-Signature"][0]
     assert "X-Amz-Expires" in query
+    # What S3 would check (moto does not): the signature holds for this URL only, so
+    # pointing it at the other upload's key or multipart upload breaks it.
+    assert sigv4_query_signature_valid(url_one)
+    id_two = two.header("Docker-Upload-UUID")
+    (multipart_two,) = [u for k, u in view.multipart_uploads() if k == key_one.replace(id_one, id_two)]
+    assert not sigv4_query_signature_valid(url_one.replace(id_one, id_two))
+    assert not sigv4_query_signature_valid(url_one.replace(multipart_one, multipart_two))
+    assert not sigv4_query_signature_valid(url_one.replace("partNumber=1", "partNumber=2"))
+
+
+def sigv4_query_signature_valid(url: str) -> bool:
+    """Whether a presigned URL's SigV4 query signature is right for the URL as it stands,
+    checked as S3 checks it (our own implementation of the AWS SigV4 steps, not boto's)."""
+    import hmac
+    from urllib.parse import quote
+
+    from tests.moto_server import REGION, SECRET_KEY
+
+    parts = urlsplit(url)
+    pairs = [tuple(p.split("=", 1)) for p in parts.query.split("&")]
+    given = dict(pairs)["X-Amz-Signature"]
+    decoded = sorted((unquote(k), unquote(v)) for k, v in pairs if k != "X-Amz-Signature")
+    canonical_query = "&".join(f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in decoded)
+    fields = dict(decoded)
+    canonical = "\n".join(["PUT", quote(unquote(parts.path), safe="/-_.~"), canonical_query,
+                           f"host:{parts.netloc}\n", fields["X-Amz-SignedHeaders"], "UNSIGNED-PAYLOAD"])
+    date = fields["X-Amz-Date"]
+    scope = fields["X-Amz-Credential"].split("/", 1)[1]
+    to_sign = "\n".join(["AWS4-HMAC-SHA256", date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
+    key = ("AWS4" + SECRET_KEY).encode()
+    for piece in (date[:8], REGION, "s3", "aws4_request"):
+        key = hmac.new(key, piece.encode(), hashlib.sha256).digest()
+    return hmac.compare_digest(hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest(), given)
 
 
 def test_azure_part_url_cannot_write_another_upload(azure_registry, azurite) -> None:
