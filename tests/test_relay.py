@@ -103,6 +103,8 @@ class Tap:
         self.target_port = target_port
         self.sent = 0
         self.hold_at: Optional[int] = None
+        self._pattern: Optional[bytes] = None
+        self._occurrence = self._seen = 0
         self.holding = threading.Event()
         self._released = threading.Event()
         self._lock = threading.Lock()
@@ -120,8 +122,16 @@ class Tap:
         self.holding.clear()
         self.hold_at = self.sent + after
 
+    def hold_on(self, pattern: bytes, occurrence: int) -> None:
+        """Forward nothing from the `occurrence`-th piece of a request containing `pattern`
+        on (its request line, say), until release()."""
+        self._released.clear()
+        self.holding.clear()
+        self._pattern, self._occurrence, self._seen = pattern, occurrence, 0
+
     def release(self) -> None:
         self.hold_at = None
+        self._pattern = None
         self._released.set()
 
     def _accept(self) -> None:
@@ -152,6 +162,14 @@ class Tap:
                 data = src.recv(want)
                 if not data:
                     break
+                if counted and self._pattern is not None and self._pattern in data:
+                    with self._lock:
+                        self._seen += 1
+                        held = self._seen >= self._occurrence
+                    if held:
+                        self.holding.set()
+                        self._released.wait()
+                        return  # what was held is dropped, as the network would
                 dst.sendall(data)
                 if counted:
                     with self._lock:
@@ -937,3 +955,38 @@ def test_a_completion_the_gateway_gave_up_on_is_asked_again(moto_s3: MotoS3, tmp
         timeouts = [rec for rec in gw.records() if rec.outcome == "timeout"]
     assert timeouts and all(rec.method == "PUT" for rec in timeouts)
     assert "the upstream answered 504; asking again" in log
+
+
+def test_a_relay_killed_while_the_registry_verifies_resumes_the_verification(direct_upstream,
+                                                                             tmp_path: Path) -> None:
+    """The relay dies between two completion PUTs of a direct upload (the registry has
+    assembled the parts and verifies them a little per PUT): the next push of the same blob
+    sends no part again; it repeats the PUT on the assembled upload."""
+    _, moto, bucket = direct_upstream
+    data = os.urandom(39 * MIB)  # four parts of 8 MiB and a last one of 7
+    state = tmp_path / "state"
+    with tapped(moto.endpoint) as s3:
+        env = {**moto.environment(bucket, REGISTRY_STORAGE_S3_REGIONENDPOINT=s3.url),
+               "REGISTRY_STORAGE_DIRECTUPLOAD_ENABLED": "true",
+               # each completion PUT verifies as little as it may, so there are several
+               "REGISTRY_STORAGE_DIRECTUPLOAD_VERIFYTIME": "1ms"}
+        (tmp_path / "data").mkdir()
+        with stratus_server(tmp_path / "data", env) as upstream, tapped(upstream) as registry:
+            # the second completion PUT never reaches the registry: the first assembled the parts
+            registry.hold_on(b"PUT /v2/verify/app/blobs/uploads/", 2)
+            with relay(registry.url, state, "--part-size", "8") as first:
+                location = _post(first.url, "verify/app").headers["Location"]
+                threading.Thread(target=lambda: _quietly(lambda: requests.put(
+                    location, params={"digest": sha256(data)}, data=data, timeout=120)), daemon=True).start()
+                assert registry.holding.wait(120), "no second completion PUT"
+                first.kill()
+                registry.cut()
+                registry.release()
+            before = s3.sent
+            with relay(registry.url, state, "--part-size", "8") as second:
+                assert upload_patch_stream(second.url, "verify/app", data).status_code == 201
+                resent = s3.sent - before
+                log = second.log_text()
+                assert _blob(second.url, "verify/app", sha256(data)) == data
+    assert "(assembled already: its verification goes on)" in log
+    assert resent < MIB, f"{resent} bytes went to storage again"

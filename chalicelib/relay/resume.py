@@ -13,6 +13,9 @@ boundary at or past everything the upstream holds (`need`):
 * direct: the upstream holds some full parts; `need` is the end of the last of them,
   which was recorded before that part was sent. Those parts are kept; every other part
   (missing, short, or beyond) is sent again, overwriting whatever is there.
+* direct, already assembled by a completion PUT (the relay died while the registry
+  verified): the upload holds the whole old blob. It is continued only for a new blob of
+  exactly that length whose hash matches at its end; nothing is sent, the PUT repeated.
 
 Until every candidate has matched or failed, the new bytes are held in spooled pieces
 (on disk) and nothing is sent; a mismatch sends them, in order, to the new upload.
@@ -40,6 +43,7 @@ class Candidate:
     target: Target  # the upstream upload, as it stands now
     need: int  # the new bytes must match the journal up to here
     checks: dict[int, str]  # journal boundaries up to need: end -> sha256 of [0, end)
+    exact: bool = False  # the new blob must also end at `need` (an assembled upload)
 
     @property
     def saved(self) -> int:
@@ -77,7 +81,18 @@ def _candidate(upstream: Upstream, record: Record, name: str, auth: dict[str, st
         if record.part_size != part_size:
             return None
         target.part_size = part_size
-        stored = DirectSender(upstream, target, part_size).uploaded(auth)
+        try:
+            stored = DirectSender(upstream, target, part_size).uploaded(auth)
+        except UpstreamAnswer as exc:
+            if exc.status != 400 or target.offset not in record.boundaries:
+                raise
+            # 400: a completion PUT already assembled the parts (the relay died while the
+            # registry verified them); the upload holds the whole old blob, Range says how
+            # long. Only a new blob of exactly that length and those bytes can use it.
+            target.assembled = True
+            target.have_parts = set(range(1, -(-target.offset // part_size) + 1))
+            checks = {end: digest for end, digest in record.boundaries.items() if end <= target.offset}
+            return Candidate(record, target, target.offset, checks, exact=True)
         target.have_parts = {n for n, size in stored.items() if size == part_size}
         if not target.have_parts:
             return None
@@ -110,14 +125,16 @@ class Matcher:
             failed = any(
                 (end <= received and marks.get(end) != digest) for end, digest in candidate.checks.items()
             )
-            if failed:
+            if failed or (candidate.exact and received > candidate.need):
                 self.live.remove(candidate)
-            elif received >= candidate.need:
+            elif received >= candidate.need and not candidate.exact:
                 self.live.remove(candidate)
                 self.matched.append(candidate)
 
-    def finish(self) -> None:
-        """The new blob ended: candidates that needed more bytes do not match."""
+    def finish(self, received: int) -> None:
+        """The new blob ended (after a last update): an exact candidate matches if it ends
+        here too; candidates that needed more bytes do not match."""
+        self.matched += [c for c in self.live if c.exact and received == c.need]
         self.live = []
 
     @property

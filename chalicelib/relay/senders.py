@@ -74,6 +74,7 @@ class Target:
     offset: int = 0  # chunked: bytes the upstream holds
     part_size: Optional[int] = None  # set once the upload is in direct mode
     have_parts: set[int] = field(default_factory=set)  # direct: full parts already stored
+    assembled: bool = False  # direct: a completion PUT already put the parts together
 
     @property
     def direct(self) -> bool:
@@ -191,7 +192,7 @@ class DirectSender:
         number = piece.start // self.part_size + 1
         if piece.start % self.part_size or number > MAX_PARTS:
             raise RuntimeError(f"part at {piece.start} does not line up with parts of {self.part_size}")
-        if number in self.target.have_parts and piece.length == self.part_size:
+        if number in self.target.have_parts and (piece.length == self.part_size or self.target.assembled):
             progress.skipped(piece.length)
             return
         body = piece.reader(piece.start, piece.end)

@@ -152,7 +152,7 @@ class Session:
             # the blob ends here: a candidate whose boundary is its end (an upload that
             # got every byte but not the PUT) is judged before the rest are let go
             self.matcher.update(self.spooler.marks, self.spooler.offset)
-            self.matcher.finish()
+            self.matcher.finish(self.spooler.offset)
             self._decide(auth)
         partial = self.spooler.take_partial()
         if partial is not None:
@@ -299,8 +299,9 @@ class Session:
             self.sender = ChunkedSender(self.upstream, self.target, self.settings.chunk_size)
         self.entry = entry
         self._open_journal()
-        log.info("%s: continuing interrupted upstream upload %s: %.1f MiB it holds are not sent again",
-                 self.progress.label, self.target.uuid, candidate.saved / MIB)
+        log.info("%s: continuing interrupted upstream upload %s: %.1f MiB it holds are not sent again%s",
+                 self.progress.label, self.target.uuid, candidate.saved / MIB,
+                 " (assembled already: its verification goes on)" if self.target.assembled else "")
         try:
             self.upstream.request("DELETE", own.location, headers=auth)
         except UpstreamError:
