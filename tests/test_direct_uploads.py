@@ -314,7 +314,7 @@ def test_short_part_before_the_last_is_refused(registry) -> None:
 
 
 def test_bodies_on_a_direct_upload_are_refused(registry) -> None:
-    call, _, part_size = registry
+    call, view, part_size = registry
     name = f"direct/bodies-{part_size}"
     session = start(call, name)
     assert ask_parts(call, session, "1-1", part_size).status == 200
@@ -326,6 +326,7 @@ def test_bodies_on_a_direct_upload_are_refused(registry) -> None:
     assert call("GET", session.target()).status == 204  # still there, still empty
     assert call("DELETE", session.target()).status == 204
     assert call("GET", session.target()).status == 404
+    assert not [k for k in view.pending() if name in k]  # the multipart upload / staged blocks went too
 
 
 def test_only_an_empty_upload_enters_direct_mode(registry) -> None:
@@ -383,6 +384,27 @@ def test_s3_small_part_size_is_refused(s3_registry) -> None:
     call, _ = s3_registry
     refused = ask_parts(call, start(call, "direct/s3-small"), "1-1", S3_PART - 1)
     assert refused.status == 400 and refused.code() == "SIZE_INVALID"
+
+
+def test_upload_purging_removes_a_direct_upload_with_its_parts(registry) -> None:
+    from datetime import timedelta
+
+    from chalicelib.context import Context
+    from chalicelib.registry.maintenance import purge_uploads
+    from chalicelib.storage import create_driver
+
+    call, view, part_size = registry
+    name = f"direct/purged-{part_size}"
+    session = start(call, name)
+    send_parts(ask_parts(call, session, "1-2", part_size).json(), random_bytes(part_size + 1, seed=15))
+    assert [k for k in view.pending() if name in k]
+    parameters = (view.moto.parameters(view.bucket) if isinstance(view, S3View)
+                  else view.azurite.driver_parameters(view.container))
+    driver = create_driver("s3" if isinstance(view, S3View) else "azure", parameters)
+    removed = purge_uploads(Context(), driver, timedelta(seconds=0))
+    assert any(session.header("Docker-Upload-UUID") in r for r in removed)
+    assert uploads_of(view, name) == [] and not [k for k in view.pending() if name in k]
+    assert call("GET", session.target()).status == 404
 
 
 # -- scope of the URLs -------------------------------------------------------------------------
@@ -499,7 +521,12 @@ def test_interrupted_verification_with_a_wrong_digest_is_still_refused(lambda_ap
         session = start(call, name)
         send_parts(ask_parts(call, session, "1-4", S3_PART).json(), data)
         wrong = sha256(data + b"!")
-        refused, offsets = complete(call, session, wrong)
+        first = call("PUT", f"{session.target()}&digest={wrong}")  # assembles, then time is up
+        assert first.status == 202 and first.header("Stratus-Verify-Offset") == "0"
+        assert call("GET", first.target()).header("Range") == f"0-{len(data) - 1}"  # all assembled
+        late = ask_parts(call, first, "1-1")
+        assert late.status == 400 and late.code() == "BLOB_UPLOAD_INVALID"  # no more parts now
+        refused, offsets = complete(call, first, wrong)
         assert offsets and refused.status == 400 and refused.code() == "DIGEST_INVALID"
         assert view.keys(BLOBS) == []
         assert uploads_of(view, name) == [] and view.multipart_uploads() == []
