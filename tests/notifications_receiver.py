@@ -48,7 +48,7 @@ class Receiver:
 
 
 @contextmanager
-def receiver(status: int = 200) -> Iterator[Receiver]:
+def receiver(status: int = 200, port: int = 0, delay: float = 0.0) -> Iterator[Receiver]:
     state: Optional[Receiver] = None
 
     class Handler(BaseHTTPRequestHandler):
@@ -70,9 +70,10 @@ def receiver(status: int = 200) -> Iterator[Receiver]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    ThreadingHTTPServer.allow_reuse_address = True
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     server.daemon_threads = True
-    state = Receiver(f"http://127.0.0.1:{server.server_address[1]}/events", status)
+    state = Receiver(f"http://127.0.0.1:{server.server_address[1]}/events", status, delay)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

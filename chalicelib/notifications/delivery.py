@@ -113,18 +113,36 @@ class Notifier:
         self.background = background
         self._registry = registry  # resolved lazily: the wrapped api's registry
         self.counts: Counter[str] = Counter()
-        self.endpoints = [
-            Endpoint(e, config.queue_size, _endpoint_directory(spool, e.name) if background and spool else None,
-                     (sinks or {}).get(e.name))
-            for e in config.active
-        ]
-        self._intake: queue.Queue[Optional[Pending]] = queue.Queue(config.queue_size)
-        self._dispatcher: Optional[threading.Thread] = None
+        self._spool = spool if background else None
+        self._sinks = sinks or {}
+        self._start()
         if background:
+            # `serve --workers N` forks after the api is built: threads do not survive a
+            # fork, so each child starts its own (and claims its own spool slot)
+            os.register_at_fork(after_in_child=self._start_in_child)
+
+    def _start(self) -> None:
+        spool = self._spool
+        self.endpoints = [
+            Endpoint(e, self.config.queue_size, _endpoint_directory(spool, e.name) if spool else None,
+                     self._sinks.get(e.name))
+            for e in self.config.active
+        ]
+        self._intake: queue.Queue[Optional[Pending]] = queue.Queue(self.config.queue_size)
+        self._dispatcher: Optional[threading.Thread] = None
+        if self.background:
             for endpoint in self.endpoints:
                 endpoint.start()
             self._dispatcher = threading.Thread(target=self._dispatch, name="notify-dispatch", daemon=True)
             self._dispatcher.start()
+
+    def _start_in_child(self) -> None:
+        for endpoint in self.endpoints:
+            release = getattr(endpoint.queue, "release", None)
+            if release is not None:
+                release()
+        self.counts = Counter()
+        self._start()
 
     def wanted(self, action: str, media_type: str) -> bool:
         return any(not e.config.ignores(action, media_type) for e in self.endpoints)

@@ -54,11 +54,18 @@ class MemoryQueue:
 
 
 class DirectoryQueue(MemoryQueue):
-    """The same queue, each event a file `<time ns>-<seq>.json` in `directory`."""
+    """The same queue, each event a file `<time ns>-<seq>.json` in a directory of its own.
 
-    def __init__(self, size: int, directory: str):
+    Each process (`stratus serve --workers N` forks N) claims a numbered slot under
+    `base` by an exclusive lock on `<n>.lock`, and keeps it while it runs; a process
+    started later takes the lowest slot free, with whatever an earlier one left in it."""
+
+    def __init__(self, size: int, base: str):
         super().__init__(size)
-        self.directory = directory
+        os.makedirs(base, exist_ok=True)
+        self._lock_file, slot = _claim_slot(base)
+        self.directory = os.path.join(base, str(slot))
+        directory = self.directory
         os.makedirs(directory, exist_ok=True)
         for name in sorted(os.listdir(directory)):  # left by an earlier process, oldest first
             path = os.path.join(directory, name)
@@ -86,6 +93,10 @@ class DirectoryQueue(MemoryQueue):
             self._cond.notify()
             return True
 
+    def release(self) -> None:
+        """Give the slot up (a forked child drops the one its parent holds)."""
+        self._lock_file.close()
+
     def remove(self, keys: list[Any]) -> None:
         super().remove(keys)
         for name in keys:
@@ -93,3 +104,17 @@ class DirectoryQueue(MemoryQueue):
                 os.unlink(os.path.join(self.directory, name))
             except FileNotFoundError:
                 pass
+
+
+def _claim_slot(base: str) -> tuple[Any, int]:
+    import fcntl
+
+    slot = 0
+    while True:
+        lock_file = open(os.path.join(base, f"{slot}.lock"), "a")
+        try:
+            fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return lock_file, slot
+        except OSError:
+            lock_file.close()
+            slot += 1
