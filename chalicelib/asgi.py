@@ -6,13 +6,14 @@ body is handed to a thread after its first bytes arrived, and every wait on the
 client after that is bounded by a timeout (http.timeout.read for the body,
 http.timeout.write for a response the client stopped taking, enforced by the
 server's protocol, see server_uvicorn.py). A response body is read from storage
-on the pool piece by piece and sent from the loop, so a client that reads slowly
-holds one piece of memory and no thread.
+piece by piece on a third pool and sent from the loop, so a client that reads
+slowly holds one piece of memory and no thread.
 
 Requests with a body (uploads, manifest PUTs) run on a pool of their own, at most
 http.maxconcurrentuploads at once; one more is answered 503 with Retry-After and
 an OCI error body at once instead of waiting in a queue, and requests without a
-body (pulls, HEADs, GET /v2/) never wait behind uploads.
+body (pulls, HEADs, GET /v2/) never wait behind uploads, nor behind the reads of
+blobs being sent.
 """
 from __future__ import annotations
 
@@ -221,13 +222,18 @@ class ASGIApp:
         self.limits = limits
         self._pool: Optional[ThreadPoolExecutor] = None
         self._upload_pool: Optional[ThreadPoolExecutor] = None
+        self._read_pool: Optional[ThreadPoolExecutor] = None
         self.uploads = 0  # requests with a body being handled now (read on the loop only)
 
-    def _pools(self) -> tuple[ThreadPoolExecutor, ThreadPoolExecutor]:
+    def _pools(self) -> tuple[ThreadPoolExecutor, ThreadPoolExecutor, ThreadPoolExecutor]:
+        """Handlers of requests without a body, of requests with one, and the reads of
+        response bodies: 200 downloads starting at once kept GET /v2/ waiting over 2 s
+        behind their reads when these shared the first pool."""
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.limits.threads, thread_name_prefix="stratus")
             self._upload_pool = ThreadPoolExecutor(self.limits.max_uploads, thread_name_prefix="stratus-upload")
-        return self._pool, self._upload_pool  # type: ignore[return-value]
+            self._read_pool = ThreadPoolExecutor(self.limits.threads, thread_name_prefix="stratus-read")
+        return self._pool, self._upload_pool, self._read_pool  # type: ignore[return-value]
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] == "lifespan":
@@ -237,7 +243,7 @@ class ASGIApp:
 
     async def _http(self, scope: dict, receive: Callable, send: Callable) -> None:
         loop = asyncio.get_running_loop()
-        pool, upload_pool = self._pools()
+        handler_pool, upload_pool, pool = self._pools()  # `pool` reads response bodies
         transport = scope.get("stratus.transport")  # set by server_uvicorn's protocol
         length, has_body = _body_framing(scope)
         if _too_long(scope):
@@ -249,7 +255,7 @@ class ASGIApp:
             return
         if not has_body:
             request = _request(scope, io.BytesIO(), length)
-            response = await loop.run_in_executor(pool, self.api.handle, request)
+            response = await loop.run_in_executor(handler_pool, self.api.handle, request)
             await _send(loop, pool, send, scope, response, close=False, transport=transport)
             return
         # the first bytes are awaited here, holding neither a thread nor an upload slot
