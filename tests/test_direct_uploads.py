@@ -301,6 +301,15 @@ def test_missing_part_is_refused_and_the_upload_kept(registry) -> None:
     assert pull(call, name, sha256(data)) == data
 
 
+def test_completing_without_parts_is_refused(registry) -> None:
+    call, _, part_size = registry
+    session = start(call, f"direct/no-parts-sent-{part_size}")
+    assert ask_parts(call, session, "1-1", part_size).status == 200
+    refused, _ = complete(call, session, sha256(b""))
+    assert refused.status == 400 and refused.code() == "BLOB_UPLOAD_INVALID"
+    assert refused.json()["errors"][0]["message"] == "no parts were uploaded"
+
+
 def test_short_part_before_the_last_is_refused(registry) -> None:
     call, _, part_size = registry
     name = f"direct/short-{part_size}"

@@ -100,7 +100,7 @@ def contiguous_size(parts: list[StoredPart], part_size: int) -> int:
 def check_parts(parts: list[StoredPart], part_size: int) -> int:
     """The number of parts if they make one file (1..n, all but the last `part_size`)."""
     if not parts:
-        raise BlobUploadInvalidError("no parts were uploaded")
+        raise BlobUploadInvalidError(message="no parts were uploaded")
     ordered = sorted(parts, key=lambda p: p.number)
     for expected, part in enumerate(ordered, start=1):
         if part.number != expected:
