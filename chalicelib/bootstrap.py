@@ -65,6 +65,7 @@ def build_registry(config: Config, tracer=None, recorder=None) -> Registry:
         redirect_expiry=int(storage.redirect_expiry),
         read_only=storage.readonly,
         stat_retries=3 if eventual else 0,
+        immutable_tags=storage.tag_immutable,
     )
     cache = build_cache(config)
     if recorder is not None:  # chalicelib.metrics, inside the tracer: a subsegment times the call as counted

@@ -87,6 +87,7 @@ def cmd_gc(args: argparse.Namespace) -> None:
             background(), _driver(config), dry_run=args.dry_run, remove_untagged=args.delete_untagged,
             cache=build_cache(config), grace=_gc_grace(args, config),
             retention=() if args.no_retention else config.storage.retention,
+            immutable=config.storage.tag_immutable,
         )
     except GCError as exc:
         sys.exit(f"stratus gc: {exc}; nothing unproven was deleted")

@@ -1,7 +1,7 @@
 """Manifest endpoints: GET/HEAD/PUT/DELETE by tag or by digest."""
 from __future__ import annotations
 
-from ..digest import Digest
+from ..digest import CANONICAL, Digest
 from ..registry import Repository
 from ..registry.errors import ManifestUnknownError, TagInvalidError
 from ..registry.manifest_types import MAX_MANIFEST_SIZE
@@ -84,6 +84,8 @@ def put(scope: Scope) -> Response:
 
     read_body(request.body, length, collect)
     body = b"".join(pieces)
+    if tag is not None:  # storage.tag.immutable: refused before anything is written
+        repo.tags.check_move(scope.ctx, tag, CANONICAL.from_bytes(body))
     stored_digest, manifest = repo.manifests.put(
         scope.ctx, body, request.headers.get("Content-Type"), digest=digest, tag=tag
     )
@@ -102,8 +104,10 @@ def delete(scope: Scope) -> Response:
     repo = repository(scope)
     tag, digest = _reference(scope)
     if tag is not None:
+        repo.tags.check_untag(scope.ctx, tag)
         repo.tags.untag(scope.ctx, tag)
     else:
+        repo.tags.check_delete_manifest(scope.ctx, digest)
         repo.manifests.delete(scope.ctx, digest)
     return Response(202, [("Content-Length", "0")])
 

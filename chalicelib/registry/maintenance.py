@@ -13,13 +13,14 @@ from datetime import datetime, timedelta, timezone
 from typing import Optional, Sequence
 
 from ..cache.base import BlobDescriptorService
-from ..config import RetentionPolicy
+from ..config import ImmutableTagRule, RetentionPolicy
 from ..context import Context
 from ..digest import Digest, DigestError
 from ..storage import PathNotFoundError, StorageDriver, StorageError, paths
 from . import catalog
 from .blobs import GC_STATE, QUARANTINE, blob_path, gc_state, is_sweeping, quarantine_path
 from .referrers import ReferrersIndex
+from .tags import immutable_rule
 
 log = logging.getLogger("stratus.maintenance")
 
@@ -334,6 +335,7 @@ def _policy_for(name: str, policies: Sequence[RetentionPolicy]) -> Optional[Rete
 def _mark_repository(
     ctx: Context, driver: StorageDriver, name: str, remove_untagged: bool, cutoff: datetime,
     policy: Optional[RetentionPolicy] = None, now: Optional[datetime] = None,
+    immutable: Sequence[ImmutableTagRule] = (),
 ) -> _Repository:
     revisions = _links(ctx, driver, paths.manifest_revisions(name), f"the manifests of {name}")
     layers = _links(ctx, driver, paths.layers(name), f"the layers of {name}")
@@ -352,7 +354,9 @@ def _mark_repository(
             tags = _tags(ctx, driver, name)
             if policy.keeptags is not None:
                 # newest first by push time; an unknown time counts as newest (kept)
-                ranked = sorted(tags, key=lambda t: (_sort_time(tags[t][1]), t), reverse=True)
+                # immutable tags (storage.tag.immutable) are never expired, nor counted
+                mutable = [t for t in tags if immutable_rule(immutable, name, t) is None]
+                ranked = sorted(mutable, key=lambda t: (_sort_time(tags[t][1]), t), reverse=True)
                 repo.expired_tags = {t: tags[t] for t in ranked[policy.keeptags:] if not _young(tags[t][1], cutoff)}
             tagged = {digest for t, (digest, _) in tags.items() if t not in repo.expired_tags}
             if untagged_cutoff is not None:
@@ -402,6 +406,7 @@ def collect_garbage(
     ctx: Context, driver: StorageDriver, dry_run: bool = False, remove_untagged: bool = False,
     cache: Optional[BlobDescriptorService] = None, grace: float = DEFAULT_GRACE,
     now: Optional[datetime] = None, retention: Sequence[RetentionPolicy] = (),
+    immutable: Sequence[ImmutableTagRule] = (),
 ) -> GCReport:
     """Mark every blob a manifest of any repository references, sweep the rest.
 
@@ -409,12 +414,12 @@ def collect_garbage(
     Raises GCError, having deleted nothing unproven, when marking fails.
     """
     try:
-        return _collect(ctx, driver, dry_run, remove_untagged, cache, grace, now, retention)
+        return _collect(ctx, driver, dry_run, remove_untagged, cache, grace, now, retention, immutable)
     except StorageError as exc:  # outside marking (the marker, a move): still a stop, named
         raise GCError(f"storage failed: {exc}") from exc
 
 
-def _collect(ctx, driver, dry_run, remove_untagged, cache, grace, now, retention) -> GCReport:
+def _collect(ctx, driver, dry_run, remove_untagged, cache, grace, now, retention, immutable=()) -> GCReport:
     report = GCReport(dry_run=dry_run)
     now = now or datetime.now(timezone.utc)
     cutoff = now - timedelta(seconds=grace)
@@ -425,7 +430,7 @@ def _collect(ctx, driver, dry_run, remove_untagged, cache, grace, now, retention
         )
     # -- mark
     repos = [
-        _mark_repository(ctx, driver, name, remove_untagged, cutoff, _policy_for(name, retention), now)
+        _mark_repository(ctx, driver, name, remove_untagged, cutoff, _policy_for(name, retention), now, immutable)
         for name in _repositories(ctx, driver)
     ]
     report.repositories = len(repos)

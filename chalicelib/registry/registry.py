@@ -26,6 +26,7 @@ class RegistryOptions:
     read_only: bool = False
     # re-stats of a just-written blob on eventually consistent stores
     stat_retries: int = 0
+    immutable_tags: tuple = ()  # storage.tag.immutable: ImmutableTagRule, checked by TagStore
 
 
 class Repository:
@@ -37,7 +38,7 @@ class Repository:
         self.blobs = LinkedBlobStore(registry.blobs, name, paths.layer_link, scoped)
         # like registry:2, only layer links are cached: revisions are read from storage
         self.revisions = LinkedBlobStore(registry.blobs, name, paths.manifest_revision_link)
-        self.tags = TagStore(driver, name)
+        self.tags = TagStore(driver, name, registry.options.immutable_tags)
         self.referrers = ReferrersIndex(driver, name)
         self.manifests = ManifestStore(
             registry.blobs, self.revisions, self.blobs, self.tags, self.referrers, registry.manifest_bodies
