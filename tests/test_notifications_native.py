@@ -113,3 +113,88 @@ def test_latency_eventbridge_adds_to_a_function_pull(moto_s3: MotoS3, monkeypatc
     print(f"\nmanifest GET on a warm Lambda instance (moto): {without:.2f} ms without notifications, "
           f"{with_send:.2f} ms with an EventBridge PutEvents per request (+{with_send - without:.2f} ms)")
     assert len(received(moto_s3, queue_url, 42)) >= 40  # every measured pull was sent (and the push)
+
+
+# ------------------------------------------------------------------ Event Grid on Functions
+
+
+class EventGridTopic:
+    """A local custom topic: takes what the SDK publishes (Event Grid or CloudEvents
+    schema, the access key in `aeg-sas-key`) and keeps it; 200 as Event Grid answers."""
+
+    def __init__(self, key: str):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        topic = self
+        self.key, self.posts, self.changed = key, [], threading.Condition()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                authorized = self.headers.get("aeg-sas-key") == topic.key
+                with topic.changed:
+                    if authorized:
+                        topic.posts.append((self.path, dict(self.headers.items()), json.loads(body)))
+                    topic.changed.notify_all()
+                self.send_response(200 if authorized else 401)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/api/events"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def events(self, count: int) -> list[dict[str, Any]]:
+        with self.changed:
+            assert self.changed.wait_for(lambda: sum(len(p[2]) for p in self.posts) >= count, 30)
+            return [e for p in self.posts for e in p[2]]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("schema", ["eventgrid", "cloudevents"])
+def test_event_grid_on_functions_carries_the_webhook_event(schema: str, azurite, tmp_path) -> None:
+    from tests.functions_host import functions_host
+    from tests.test_azure_functions import Client, push_manifest, push_monolithic, settings
+
+    topic = EventGridTopic("topic-key")
+    try:
+        container = azurite.new_container()
+        env = settings(azurite, container, FUNCTIONS_WORKER_RUNTIME="python",
+                       REGISTRY_NOTIFICATIONS_EVENTGRID_ENDPOINT=topic.url,
+                       REGISTRY_NOTIFICATIONS_EVENTGRID_KEY="topic-key",
+                       REGISTRY_NOTIFICATIONS_EVENTGRID_SCHEMA=schema)
+        with functions_host(env, tmp_path) as host:
+            functions = Client(host)
+            config, layer = canonical({"os": "linux", "n": uuid.uuid4().hex}), uuid.uuid4().bytes * 4
+            for blob in (config, layer):
+                push_monolithic(functions, "grid/app", blob)
+            manifest = push_manifest(functions, "grid/app", config, [layer], "v1")
+            # a function sends before its response returns: all three are there already
+            assert sum(len(p[2]) for p in topic.posts) == 3
+            events = topic.events(3)
+        path, headers, _ = topic.posts[0]
+    finally:
+        topic.close()
+    assert path.startswith("/api/events?api-version=")
+    if schema == "eventgrid":
+        assert headers["Content-Type"].startswith("application/json")
+        assert [e["eventType"] for e in events] == ["Stratus.Registry.BlobPush"] * 2 + ["Stratus.Registry.ManifestPush"]
+        assert events[2]["subject"] == "grid/app/v1" and events[2]["dataVersion"] == "1.0"
+        data = [e["data"] for e in events]
+    else:
+        assert headers["Content-Type"].startswith("application/cloudevents-batch+json")
+        assert [e["type"] for e in events] == ["Stratus.Registry.BlobPush"] * 2 + ["Stratus.Registry.ManifestPush"]
+        assert {e["source"] for e in events} == {SOURCE} and {e["specversion"] for e in events} == {"1.0"}
+        data = [e["data"] for e in events]
+    assert [e["id"] for e in events] == [d["id"] for d in data]
+    assert [list(d) for d in data] == [["id", "timestamp", "action", "target", "request", "actor", "source"]] * 3
+    assert [d["target"]["digest"] for d in data] == [sha256(config), sha256(layer), sha256(manifest)]
+    assert data[1]["target"]["size"] == len(layer) == data[1]["target"]["length"]
+    assert data[2]["target"]["tag"] == "v1" and data[2]["target"]["mediaType"] == OCI_MANIFEST
