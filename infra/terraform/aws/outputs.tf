@@ -16,7 +16,22 @@ output "function_name" {
   value = aws_lambda_function.registry.function_name
 }
 
+output "purge_function_name" {
+  description = "The scheduled upload purge (empty without purge_schedule)."
+  value       = local.schedule ? aws_lambda_function.purge_uploads[0].function_name : ""
+}
+
 output "http_secret_parameter" {
-  description = "Where the function reads http.secret from."
+  description = "Where the functions read http.secret from."
   value       = local.secret_parameter
+}
+
+output "function_security_group_id" {
+  description = "The functions' security group in the VPC (empty outside one)."
+  value       = local.use_vpc ? aws_security_group.function[0].id : ""
+}
+
+output "redis_addr" {
+  description = "The descriptor cache's host:port (empty: in-memory)."
+  value       = local.redis_addr
 }

@@ -1,5 +1,5 @@
 variable "name" {
-  description = "Base name of the function, role, API and parameter."
+  description = "Base name of the functions, role, API, parameter, security groups and Redis group."
   type        = string
   default     = "stratus"
 }
@@ -28,9 +28,9 @@ variable "kms_key_arn" {
 }
 
 variable "package_path" {
-  description = "Lambda zip made by `chalice package --stage dev out/` (out/deployment.zip: app.py, chalicelib/, dependencies)."
+  description = "Lambda zip made by `make package` (build/lambda/deployment.zip: app.py, chalicelib/, dependencies)."
   type        = string
-  default     = "../../../out/deployment.zip"
+  default     = "../../../build/lambda/deployment.zip"
 }
 
 variable "python_runtime" {
@@ -52,9 +52,20 @@ variable "timeout" {
 }
 
 variable "http_secret_parameter" {
-  description = "Existing SSM parameter (SecureString) or Secrets Manager ARN holding http.secret; empty: one is generated."
+  description = <<-EOT
+    Where http.secret is kept, when it already exists: an SSM parameter (SecureString) by name
+    (`/stratus/http-secret`, or `ssm:/stratus/http-secret`) or ARN, or a Secrets Manager secret
+    by ARN or as `secretsmanager:<name>`. Empty: an SSM SecureString `/<name>/http-secret` is
+    created with a generated value that never enters the Terraform state.
+  EOT
   type        = string
   default     = ""
+  validation {
+    condition = var.http_secret_parameter == "" || can(regex(
+      "^(/[A-Za-z0-9_.\\-/]+|ssm:/?[A-Za-z0-9_.\\-/]+|[A-Za-z0-9_.\\-][A-Za-z0-9_.\\-/]*|arn:[a-z-]+:ssm:[a-z0-9-]+:[0-9]{12}:parameter/.+|arn:[a-z-]+:secretsmanager:[a-z0-9-]+:[0-9]{12}:secret:.+|secretsmanager:[A-Za-z0-9/_+=.@\\-]+)$",
+    var.http_secret_parameter))
+    error_message = "http_secret_parameter: an SSM parameter name or ARN, a Secrets Manager ARN, or secretsmanager:<name>."
+  }
 }
 
 variable "redirect_expiry" {
@@ -75,32 +86,94 @@ variable "tracing" {
   default     = true
 }
 
-variable "redis_addr" {
-  description = "host:port of an ElastiCache (Redis) descriptor cache; empty: the in-memory cache. Needs subnet_ids."
-  type        = string
-  default     = ""
-}
+# -- in a VPC ----------------------------------------------------------------------------------
 
 variable "subnet_ids" {
-  description = "Private subnets for the function (with a route to S3 and SSM), when it must reach Redis in a VPC."
+  description = <<-EOT
+    Private subnets (of one VPC) for the functions. With them the module creates the functions'
+    security group, an S3 gateway endpoint on the VPC's route tables and an interface endpoint
+    for the secret's service (SSM or Secrets Manager), so no NAT is needed; `create_redis` puts
+    ElastiCache there too. Empty: the functions run outside any VPC.
+  EOT
   type        = list(string)
   default     = []
 }
 
 variable "security_group_ids" {
-  description = "Security groups of the function in the VPC."
+  description = "More security groups for the functions in the VPC (the module's own is always attached)."
   type        = list(string)
   default     = []
 }
 
+variable "vpc_endpoints" {
+  description = "In a VPC, create the S3 gateway and SSM/Secrets Manager interface endpoints (false when the subnets route through a NAT or the VPC has them)."
+  type        = bool
+  default     = true
+}
+
+variable "create_redis" {
+  description = "Create an ElastiCache Redis replication group (TLS in transit, AUTH token, encrypted at rest) in subnet_ids as the descriptor cache."
+  type        = bool
+  default     = false
+  validation {
+    condition     = !var.create_redis || length(var.subnet_ids) > 0
+    error_message = "create_redis needs subnet_ids: ElastiCache lives in a VPC, and the functions must be in it to reach it."
+  }
+}
+
+variable "redis_node_type" {
+  description = "Node type of the created Redis group."
+  type        = string
+  default     = "cache.t4g.micro"
+}
+
+variable "redis_replicas" {
+  description = "Read replicas of the created Redis group (at least 1 for automatic failover across AZs)."
+  type        = number
+  default     = 1
+}
+
+variable "redis_addr" {
+  description = "host:port of an existing Redis (TLS) as the descriptor cache, instead of create_redis; reached from subnet_ids, allowed by security_group_ids. Empty: in-memory cache, or the created group."
+  type        = string
+  default     = ""
+  validation {
+    condition     = var.redis_addr == "" || length(var.subnet_ids) > 0
+    error_message = "redis_addr needs subnet_ids: an ElastiCache endpoint is reachable only from inside its VPC."
+  }
+  validation {
+    condition     = var.redis_addr == "" || !var.create_redis
+    error_message = "redis_addr and create_redis exclude each other: name an existing Redis, or have one created."
+  }
+  validation {
+    condition     = var.redis_addr == "" || can(regex("^[^:/]+:[0-9]+$", var.redis_addr))
+    error_message = "redis_addr is host:port."
+  }
+}
+
+variable "redis_password" {
+  description = "AUTH password of the existing Redis at redis_addr, if it has one."
+  type        = string
+  default     = ""
+  sensitive   = true
+}
+
+# -- maintenance -------------------------------------------------------------------------------
+
+variable "purge_schedule" {
+  description = "EventBridge schedule of the upload purge (app.purge_uploads, as `chalice deploy` schedules it); empty: none."
+  type        = string
+  default     = "cron(17 3 * * ? *)"
+}
+
 variable "extra_environment" {
-  description = "More REGISTRY_* variables for the function."
+  description = "More REGISTRY_* variables for the functions."
   type        = map(string)
   default     = {}
 }
 
 variable "log_retention_days" {
-  description = "CloudWatch Logs retention of the function's logs."
+  description = "CloudWatch Logs retention of the functions' logs."
   type        = number
   default     = 30
 }

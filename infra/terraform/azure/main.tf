@@ -50,13 +50,53 @@ resource "azurerm_application_insights" "stratus" {
   tags                = var.tags
 }
 
-resource "random_password" "http_secret" {
-  length  = 48
-  special = false
+# -- http.secret in Key Vault: the app settings hold a reference, not the value --------------
+
+data "azurerm_client_config" "current" {}
+
+resource "azurerm_key_vault" "stratus" {
+  name                       = var.key_vault_name != "" ? var.key_vault_name : "${substr(var.storage_account_name, 0, 21)}-kv"
+  resource_group_name        = azurerm_resource_group.stratus.name
+  location                   = azurerm_resource_group.stratus.location
+  tenant_id                  = data.azurerm_client_config.current.tenant_id
+  sku_name                   = "standard"
+  enable_rbac_authorization  = true
+  soft_delete_retention_days = 7
+  tags                       = var.tags
+}
+
+# Whoever runs Terraform writes the secret; the Function App's identity only reads it.
+resource "azurerm_role_assignment" "deployer_secrets" {
+  scope                = azurerm_key_vault.stratus.id
+  role_definition_name = "Key Vault Secrets Officer"
+  principal_id         = data.azurerm_client_config.current.object_id
+}
+
+resource "azurerm_role_assignment" "app_secrets" {
+  scope                = azurerm_key_vault.stratus.id
+  role_definition_name = "Key Vault Secrets User"
+  principal_id         = azurerm_linux_function_app.stratus.identity[0].principal_id
+}
+
+resource "azurerm_key_vault_secret" "http_secret" {
+  name         = "http-secret"
+  key_vault_id = azurerm_key_vault.stratus.id
+  # Given, or generated once without a provider of its own: two random (v4) UUIDs,
+  # 244 random bits. uuid() changes on every plan, so later values are ignored: the
+  # secret must stay the same while uploads are in flight.
+  value        = var.http_secret != "" ? var.http_secret : replace("${uuid()}${uuid()}", "-", "")
+  content_type = "Stratus http.secret (signs upload state)"
+  depends_on   = [azurerm_role_assignment.deployer_secrets]
+
+  lifecycle {
+    ignore_changes = [value]
+  }
 }
 
 locals {
-  http_secret = var.http_secret != "" ? var.http_secret : random_password.http_secret.result
+  # Resolved by the Functions platform with the app's identity (Key Vault reference);
+  # versionless, so a new secret version is picked up on the app's next restart.
+  http_secret_reference = "@Microsoft.KeyVault(SecretUri=${azurerm_key_vault_secret.http_secret.versionless_id})"
   registry_settings = merge({
     REGISTRY_STORAGE                      = "azure"
     REGISTRY_STORAGE_AZURE_ACCOUNTNAME    = azurerm_storage_account.registry.name
@@ -64,7 +104,7 @@ locals {
     REGISTRY_STORAGE_AZURE_ROOTDIRECTORY  = var.root_directory
     REGISTRY_STORAGE_REDIRECT_EXPIRY      = var.redirect_expiry
     REGISTRY_STORAGE_CACHE_BLOBDESCRIPTOR = "inmemory"
-    REGISTRY_HTTP_SECRET                  = local.http_secret
+    REGISTRY_HTTP_SECRET                  = local.http_secret_reference
     REGISTRY_LOG_LEVEL                    = "info"
   }, var.extra_app_settings)
 }

@@ -15,7 +15,7 @@ output "container_name" {
   value = azurerm_storage_container.registry.name
 }
 
-output "http_secret" {
-  value     = local.http_secret
-  sensitive = true
+output "http_secret_id" {
+  description = "The Key Vault secret holding http.secret (read it with `az keyvault secret show --id`)."
+  value       = azurerm_key_vault_secret.http_secret.versionless_id
 }

@@ -40,10 +40,16 @@ variable "python_version" {
 }
 
 variable "http_secret" {
-  description = "http.secret signing upload state; generated when empty. Must stay the same across deployments."
+  description = "http.secret signing upload state, kept in Key Vault (the app settings hold a reference); generated when empty. Must stay the same across deployments."
   type        = string
   default     = ""
   sensitive   = true
+}
+
+variable "key_vault_name" {
+  description = "Globally unique Key Vault (3-24 letters, digits, dashes) holding http.secret; empty: <storage_account_name>-kv."
+  type        = string
+  default     = ""
 }
 
 variable "redirect_expiry" {
