@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import socket
-import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -118,9 +117,10 @@ def test_pull_and_delete_events(tmp_path: Path, webhook: Receiver) -> None:
         assert registry.delete(f"/v2/{repo}/blobs/{layer}").status_code == 202
         assert registry.delete(f"/v2/{repo}/manifests/{image.digest}").status_code == 202
         registry.close()
-        events = webhook.wait_events(9)[5:]
-    pull, blob_pull, blob_delete, manifest_delete = events
-    assert [e["action"] for e in events] == ["pull", "pull", "delete", "delete"]
+        events = webhook.wait_events(10)[5:]
+    pull, blob_pull, blob_delete, manifest_delete, tag_delete = events
+    assert [e["action"] for e in events] == ["pull", "pull", "delete", "delete", "delete"]
+    assert tag_delete["target"] == {"repository": repo, "tag": "v1"}  # the tag the delete removed
     references = [{"mediaType": "application/vnd.oci.image.config.v1+json", "size": len(image.config),
                    "digest": sha256(image.config)}] + [
         {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "size": len(b), "digest": sha256(b)}
@@ -176,7 +176,23 @@ def reference_yaml(root: Path, port: int, url: str) -> str:
     return ("version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\n"
             f"storage:\n  filesystem:\n    rootdirectory: {root}\n  delete:\n    enabled: true\n"
             "  maintenance:\n    uploadpurging:\n      enabled: false\n"
-            f"http:\n  addr: 127.0.0.1:{port}\n  secret: notify-secret\n" + notifications_yaml(url))
+            f"http:\n  addr: 127.0.0.1:{port}\n  secret: notify-secret\n" + notifications_yaml(url) + REFERENCES)
+
+
+REFERENCES = "  events:\n    includereferences: true\n"
+ACCEPT = {"Accept": OCI_MANIFEST}  # registry:2 answers 404 for an OCI manifest unless the client accepts it
+
+
+def pull_then_delete(url: str, repo: str, image: Any) -> None:
+    """Pulls (manifest by tag, blob HEAD and GET), then deletes (a blob, the manifest by digest)."""
+    registry = Registry(url)
+    layer = sha256(image.layers[0])
+    assert registry.manifest(repo, "v1", headers=ACCEPT).status_code == 200
+    assert registry.head(f"/v2/{repo}/blobs/{layer}").status_code == 200
+    assert registry.blob(repo, layer).status_code == 200
+    assert registry.delete(f"/v2/{repo}/blobs/{layer}").status_code == 202
+    assert registry.delete(f"/v2/{repo}/manifests/{image.digest}").status_code == 202
+    registry.close()
 
 
 def without_volatile(event: dict[str, Any], base: str) -> dict[str, Any]:
@@ -203,16 +219,21 @@ def test_same_push_as_registry_2(tmp_path: Path) -> None:
                               tmp_path / "reference.log"):
             reference_url = f"http://127.0.0.1:{port}"
             image = push_three_layers(reference_url, repo, tag)
-            expected = theirs.wait_events(5)
+            pull_then_delete(reference_url, repo, image)
+            expected = theirs.wait_events(11)
         stratus_root = tmp_path / "stratus" / "root"
         stratus_root.mkdir(parents=True)
-        stratus_config = write_config(tmp_path / "stratus", notifications_yaml(ours.url))
+        stratus_config = write_config(tmp_path / "stratus", notifications_yaml(ours.url) + REFERENCES
+                                      + "storage:\n  delete:\n    enabled: true\n")
         with stratus_server(stratus_root, config=stratus_config) as url:
             registry = Registry(url)
             for blob in [image.config] + list(image.layers):  # the very same bytes
                 registry.push_blob(repo, blob)
             registry.push_manifest(repo, tag, image.body, image.media_type)
             registry.close()
-            got = ours.wait_events(5)
+            pull_then_delete(url, repo, image)
+            got = ours.wait_events(11)
+    assert len(expected) == len(got) == 11
+    assert [e["action"] for e in got] == ["push"] * 5 + ["pull"] * 3 + ["delete"] * 3
     assert theirs.deliveries[0].headers["Content-Type"] == ours.deliveries[0].headers["Content-Type"]
     assert [without_volatile(e, url) for e in got] == [without_volatile(e, reference_url) for e in expected]

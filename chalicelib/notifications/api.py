@@ -6,7 +6,8 @@ a bounded queue. Which event follows the reference (registry:2's notification br
 
   GET/HEAD manifest (200, 304)       pull    target: manifest descriptor, url, tag if by tag
   PUT manifest (201)                 push    likewise
-  DELETE manifest (202)              delete  by digest: {digest, repository}; by tag: {repository, tag}
+  DELETE manifest (202)              delete  by digest: {digest, repository}, then {repository, tag} for
+                                             each tag it removed; by tag: {repository, tag}
   GET/HEAD blob (200, 206, 304, 307) pull    target: blob descriptor, url
   PUT upload / POST ?digest= (201)   push    likewise
   POST ?mount=&from= (201)           mount   likewise, with fromRepository
@@ -36,15 +37,30 @@ class NotifyingAPI:
         route, params = match_route(request.path)
         if route not in ("manifest", "blob", "upload", "uploads"):
             return self._api.handle(request)
-        tee = None
-        if route == "manifest" and request.method.upper() == "PUT":
+        tee, untagged = None, []
+        method = request.method.upper()
+        if route == "manifest" and method == "PUT":
             tee = request.body = _TeeBody(request.body)  # the handler reads it; we keep a copy
+        elif route == "manifest" and method == "DELETE" and ":" in params["reference"]:
+            untagged = self._tags_of(params["name"], params["reference"])  # gone once the handler ran
         response = self._api.handle(request)
         if response.status < 400:
             pending = self._observe(route, params, request, response, tee)
             if pending is not None:
                 self.notifier.publish(pending)
+                for tag in untagged:  # the reference's TagDeleted, one per tag the delete removed
+                    self.notifier.publish(self._pending("delete", request, target(repository=params["name"], tag=tag),
+                                                        params["name"]))
         return response
+
+    def _tags_of(self, name: str, reference: str) -> list[str]:
+        from ..context import Context
+        from ..digest import Digest
+
+        try:
+            return sorted(self._api.registry.repository(name).tags.lookup(Context(), Digest.parse(reference)))
+        except Exception:  # a bad name or digest: the handler answers it, and no tag goes
+            return []
 
     # -- what the request did -------------------------------------------------------
 
