@@ -17,6 +17,7 @@ The body timeout (read) is the app's (asgi.py), which receives the body.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -199,11 +200,39 @@ class TimeoutProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         self.cycle.stratus_body = BodyChannel(self, self.cycle)  # type: ignore[attr-defined]
         self.scope["stratus.body"] = self.cycle.stratus_body  # type: ignore[typeddict-unknown-key]
+        self.scope["stratus.sendfile"] = functools.partial(self.sendfile, self.cycle)  # type: ignore[typeddict-unknown-key]
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
         # a pipelined request may have begun already; else the keep-alive timer runs
         # until the next one's first byte (on_message_begin arms the header timer)
+
+    async def sendfile(self, cycle: Any, pool: Any, fd: int, offset: int, count: int) -> int:
+        """Up to `count` bytes of file `fd` from `offset` straight into the socket:
+        os.sendfile on a `pool` thread (no copy through Python, and a disk read never
+        stops the loop), the socket being non-blocking. Returns what the socket took,
+        0 when it is full or the transport holds unsent bytes (then the caller writes
+        through the transport, whose flow control waits for the client), -1 when the
+        connection is gone. The socket is dup()ed for the call: a connection reset
+        meanwhile cannot hand its descriptor number to another client."""
+        transport = self.transport
+        if transport is None or transport.is_closing() or cycle.disconnected:
+            return -1
+        if transport.get_write_buffer_size():
+            return 0
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return -1
+        own = os.dup(sock.fileno())
+        try:
+            sent = await self.loop.run_in_executor(pool, _sendfile, own, fd, offset, count)
+        finally:
+            os.close(own)
+        if sent < 0:
+            self._abort("send")
+            return -1
+        cycle.expected_content_length -= sent  # uvicorn counts what went out through it
+        return sent
 
     def on_body(self, body: bytes) -> None:
         cycle = self.cycle
@@ -229,6 +258,15 @@ class TimeoutProtocol(HttpToolsProtocol):
         if self._write_timer is not None:
             self._write_timer.cancel()
             self._write_timer = None
+
+
+def _sendfile(out_fd: int, in_fd: int, offset: int, count: int) -> int:
+    try:
+        return os.sendfile(out_fd, in_fd, offset, count)
+    except BlockingIOError:
+        return 0
+    except OSError:  # the client reset the connection
+        return -1
 
 
 def protocol_class(header_timeout: float, write_timeout: float) -> type:
