@@ -19,7 +19,7 @@ import queue
 import re
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from typing import Any, Callable, Optional
 
 from .config import EndpointConfig, NotificationsConfig
@@ -36,6 +36,7 @@ class Endpoint:
         self.sink = sink if sink is not None else sink_for(config)
         self.queue = DirectoryQueue(queue_size, directory) if directory else MemoryQueue(queue_size)
         self.counts: Counter[str] = Counter()
+        self.latencies: deque[float] = deque(maxlen=1000)
         self._stopping = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._failures = 0
@@ -60,14 +61,18 @@ class Endpoint:
                   self.config.name, self.queue.size, event.get("id"), event.get("action"))
 
     def send_now(self, events: list[dict]) -> bool:
-        """One try, for a function's request; counted like the background's."""
+        """One try, for a function's request; counted like the background's, and timed:
+        `latencies` keeps the last sends' seconds (what the request waited for)."""
+        started = time.perf_counter()
         try:
             self.sink.send(events)
         except Exception as exc:
+            self.latencies.append(time.perf_counter() - started)
             self.counts["failures"] += 1
             self.counts["lost"] += len(events)
             log.error("notifications: endpoint %s: %s; %d events lost", self.config.name, exc, len(events))
             return False
+        self.latencies.append(time.perf_counter() - started)
         self.counts["sent"] += len(events)
         return True
 
