@@ -8,7 +8,9 @@
   ``STRATUS_HTTP_SECRET_PARAMETER`` (or ``http.secretparameter`` in the file) names
   an SSM Parameter Store parameter (``/stratus/prod/http-secret``, a SecureString)
   or a Secrets Manager secret (its ARN, or ``secretsmanager:<name>``); it is fetched
-  once per process, on the first request, with the function's role.
+  once per process, with the function's role, when upload state is first signed or
+  checked (bootstrap hands the api a callable), so a cold start that only answers
+  ``GET /v2/`` or pulls imports no boto3 for it.
 """
 from __future__ import annotations
 
