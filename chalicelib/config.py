@@ -212,12 +212,13 @@ class StorageConfig:
     retention: tuple[RetentionPolicy, ...] = ()  # storage.maintenance.retention.policies
     tag_concurrency_limit: int = 0  # storage.tag.concurrencylimit; 0 = implementation default
     tag_immutable: tuple[ImmutableTagRule, ...] = ()  # storage.tag.immutable
-    # storage.maintenance.gc.{enabled,dryrun,deleteuntagged,budget}: the scheduled gc
+    # storage.maintenance.gc.{enabled,dryrun,deleteuntagged,budget,interval}: the scheduled gc
     # (Lambda, Azure timer); budget None = the invocation's remaining time
     gc_enabled: bool = True
     gc_dryrun: bool = False
     gc_deleteuntagged: bool = False
     gc_budget: float | None = None
+    gc_interval: float = 24 * 3600.0  # a scheduled invocation starts a new run this long after the last ended
     directupload: DirectUploadConfig = field(default_factory=DirectUploadConfig)
 
 
@@ -814,6 +815,7 @@ def _storage(root: _Section, origins: Origins) -> StorageConfig:
         gc_dryrun=gc.boolean("dryrun", False),
         gc_deleteuntagged=gc.boolean("deleteuntagged", False),
         gc_budget=gc.duration("budget", None, positive=True),
+        gc_interval=gc.duration("interval", 24 * 3600.0),
         directupload=_direct_upload(section.section("directupload"), driver),
     )
     for part in (delete, redirect, maintenance, purging, readonly, gc, tag):
