@@ -56,6 +56,8 @@ def serve(relay, addr: str, threads: int) -> None:
         # one worker: the uploads in progress and their spooled pieces live in one process
         workers=1,
         blocking_threads=threads,
-        log_level=LogLevels.warning,
+        # not warning: granian warns about more threads than 2 x cores + 1, which is what
+        # a relay waiting on the network wants
+        log_level=LogLevels.error,
     )
     server.serve(target_loader=_loader)
