@@ -74,12 +74,17 @@ def test_eventbridge_on_lambda_carries_the_webhook_event(moto_s3: MotoS3, monkey
         blobs, manifest = push(invoke, repo, "v1")
         pulled = invoke("GET", f"/v2/{repo}/manifests/v1", "", {"Accept": OCI_MANIFEST}, fresh=False)
         assert pulled.status == 200
-        messages = received(moto_s3, queue_url, 4)
-    assert [m["detail-type"] for m in messages] == ["Blob Push", "Blob Push", "Manifest Push", "Manifest Pull"]
+        redirected = invoke("GET", f"/v2/{repo}/blobs/{sha256(blobs[1])}", fresh=False)
+        assert redirected.status == 307  # to a presigned S3 URL: the response does not say the size
+        messages = received(moto_s3, queue_url, 5)
+    assert [m["detail-type"] for m in messages] == ["Blob Push", "Blob Push", "Manifest Push", "Manifest Pull",
+                                                    "Blob Pull"]
+    assert messages[4]["detail"]["target"]["size"] == len(blobs[1])  # asked of storage before sending
     assert {m["source"] for m in messages} == {SOURCE}
     details = [m["detail"] for m in messages]
-    assert [list(d) for d in details] == [["id", "timestamp", "action", "target", "request", "actor", "source"]] * 4
-    assert [d["target"]["digest"] for d in details] == [sha256(b) for b in blobs] + [sha256(manifest)] * 2
+    assert [list(d) for d in details] == [["id", "timestamp", "action", "target", "request", "actor", "source"]] * 5
+    assert [d["target"]["digest"] for d in details] == [sha256(b) for b in blobs] + [sha256(manifest)] * 2 \
+        + [sha256(blobs[1])]
     assert details[0]["target"] == {"mediaType": "application/octet-stream", "size": len(blobs[0]),
                                     "digest": sha256(blobs[0]), "length": len(blobs[0]), "repository": repo,
                                     "url": details[0]["target"]["url"]}
