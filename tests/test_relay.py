@@ -990,3 +990,16 @@ def test_a_relay_killed_while_the_registry_verifies_resumes_the_verification(dir
                 assert _blob(second.url, "verify/app", sha256(data)) == data
     assert "(assembled already: its verification goes on)" in log
     assert resent < MIB, f"{resent} bytes went to storage again"
+
+
+def test_a_port_in_use_is_said_in_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "chalicelib", "relay", "--upstream", "http://127.0.0.1:1",
+             "--listen", f"127.0.0.1:{port}", "--state-dir", str(tmp_path / "state")],
+            capture_output=True, text=True, timeout=60, cwd=ROOT, env=clean_env({"PYTHONPATH": str(ROOT)}))
+    assert done.returncode != 0
+    assert done.stderr.strip().endswith(f"stratus relay: cannot listen on 127.0.0.1:{port}: Address already in use")

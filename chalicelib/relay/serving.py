@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from typing import Callable, Iterable
 
 from ..server import wsgi_app
@@ -39,6 +40,18 @@ def _without_process_headers(app: Callable) -> Callable:
     return application
 
 
+def _check_free(host: str, port: int) -> None:
+    """A port in use (another relay, a registry on 5000) said in one line; granian would
+    panic with a Rust backtrace."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise SystemExit(f"stratus relay: cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
 def serve(relay, addr: str, threads: int) -> None:
     global _APP
     from granian import Granian
@@ -46,10 +59,12 @@ def serve(relay, addr: str, threads: int) -> None:
     from granian.log import LogLevels
 
     host, _, port = addr.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    _check_free(host, int(port))
     _APP = _without_process_headers(wsgi_app(relay))
     server = Granian(
         "stratus-relay",
-        address=host.strip("[]") or "127.0.0.1",
+        address=host,
         port=int(port),
         interface=Interfaces.WSGI,
         http=HTTPModes.http1,
