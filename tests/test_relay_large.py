@@ -43,6 +43,9 @@ from .test_relay import relay
 MIB = 1 << 20
 # STRATUS_LARGE_LAYER_MIB: a smaller layer, to try the tests out quickly
 LAYER = int(os.environ.get("STRATUS_LARGE_LAYER_MIB", "1024")) * MIB
+# docker's push of 1 GiB into the Lambda stand-in took 6-7 min on the loaded 2-core machine
+# (moto assembles, serves ranges and copies by reading whole objects); the suite's 300 s is too short
+LARGE_TIMEOUT = 1200
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
@@ -200,6 +203,7 @@ def stored_manifest(url: str, name: str, digest: str) -> dict:
     return r.json()
 
 
+@pytest.mark.timeout(LARGE_TIMEOUT)
 def test_docker_pushes_1_gib_through_the_relay_into_lambda_and_pulls_it_from_the_gateway(
         docker_daemon, moto_s3: MotoS3, tmp_path: Path) -> None:
     from .lambda_gateway import lambda_gateway
@@ -238,6 +242,7 @@ def test_docker_pushes_1_gib_through_the_relay_into_lambda_and_pulls_it_from_the
 
 
 @needs_tools
+@pytest.mark.timeout(LARGE_TIMEOUT)
 def test_skopeo_pushes_1_gib_through_the_relay_into_functions_and_pulls_it_from_the_host(
         azurite, tmp_path: Path) -> None:
     from .functions_host import functions_host
@@ -301,40 +306,43 @@ def podman_runner(root: Path):
 
 
 @needs_podman
-def test_podman_pushes_1_gib_through_the_relay_into_lambda_and_pulls_it_from_the_gateway(
-        podman, moto_s3: MotoS3, tmp_path: Path) -> None:
-    from .lambda_gateway import lambda_gateway
+@pytest.mark.timeout(LARGE_TIMEOUT)
+def test_podman_pushes_1_gib_through_the_relay_into_functions_and_pulls_it_from_the_host(
+        podman, azurite, tmp_path: Path) -> None:
+    from .functions_host import functions_host
 
     image = big_image(tmp_path, "podman", LAYER)
     podman("pull", "--quiet", f"oci:{image.layout}:{image.tag}")
     shutil.rmtree(image.layout)  # podman holds the image now
     image_id = image.config_digest.split(":", 1)[1]
     assert podman("image", "inspect", "--format", "{{.Id}}", image_id).strip() == image_id
-    with lambda_gateway(lambda_env(moto_s3, "large-podman"), "http", workdir=tmp_path) as gw, \
-            relay(gw.url, tmp_path / "state") as running:
+    env = azurite.environment(azurite.new_container(), REGISTRY_HTTP_SECRET="large-podman",
+                              PYTHON_ENABLE_INIT_INDEXING="1")
+    with functions_host(env, tmp_path) as host, relay(host.url, tmp_path / "state") as running:
+        registry = host.url.split("://", 1)[1]
         digest_file = tmp_path / "pushed-digest"
         started = time.monotonic()
         podman("push", "--tls-verify=false", "--digestfile", str(digest_file), image_id,
                f"docker://{running.host}/large/podman:1")
-        timed(f"podman push of {LAYER // MIB} MiB through the relay into Lambda", started)
+        timed(f"podman push of {LAYER // MIB} MiB through the relay into Functions", started)
         log = running.log_text()
         podman("rmi", "--force", image_id)
         assert podman("images", "--quiet").strip() == ""
         started = time.monotonic()
-        podman("pull", "--quiet", "--tls-verify=false", f"{gw.host}/large/podman:1")
-        timed(f"podman pull of {LAYER // MIB} MiB from the gateway", started)
-        pulled = json.loads(podman("image", "inspect", f"{gw.host}/large/podman:1"))[0]
+        podman("pull", "--quiet", "--tls-verify=false", f"{registry}/large/podman:1")
+        timed(f"podman pull of {LAYER // MIB} MiB from the host", started)
+        pulled = json.loads(podman("image", "inspect", f"{registry}/large/podman:1"))[0]
         digest = digest_file.read_text().strip()
-        layer = stored_manifest(gw.url, "large/podman", digest)["layers"][0]
-        gw.assert_nothing_over_the_limit_reached_the_function()
-        records = gw.records()
+        layer = stored_manifest(host.url, "large/podman", digest)["layers"][0]
+        records = host.records()
     assert pulled["Id"] == image_id  # the config's digest: the same image
     assert pulled["RootFS"]["Layers"] == [image.diff_id]  # the layer's diff ID, checked by podman on pull
     assert pulled["Digest"] == digest
     assert layer["size"] > LAYER  # podman gzipped it; random bytes do not shrink
     assert_layer_went_in_parts(log, layer["digest"])
     assert_blob_gets_redirected(records, "large/podman", layer["digest"])
-    assert max(r.body_bytes for r in records) < 6 * MIB
+    assert not [r for r in records if r.body_bytes > host.body_limit and r.reached_function]
+    assert max(r.body_bytes for r in records) < host.body_limit
 
 
 # -- without the relay: direct uploads through the Functions host ----------------------------------
