@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from ..registry.errors import BlobUploadInvalidError, RangeInvalidError
+from ..registry.errors import RangeInvalidError
 from .journal import Entry, Journal
 from .pieces import Piece, Spooler
 from .progress import Progress
@@ -327,5 +327,3 @@ def _query_value(path: str, key: str) -> Optional[str]:
     values = parse_qs(urlsplit(path).query, keep_blank_values=True).get(key)
     return values[-1] if values else None
 
-
-__all__ = ["RelaySettings", "Session", "Uploads", "UpstreamAnswer", "BlobUploadInvalidError"]
