@@ -326,4 +326,3 @@ def _query_value(path: str, key: str) -> Optional[str]:
 
     values = parse_qs(urlsplit(path).query, keep_blank_values=True).get(key)
     return values[-1] if values else None
-
