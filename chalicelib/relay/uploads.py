@@ -313,12 +313,22 @@ def _spool_dir(root: Path) -> Path:
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     for old in root.iterdir():
         pid = old.name.split("-", 1)[0]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+        if pid.isdigit() and not _alive(int(pid)):
             # pieces a killed relay left behind are of no use: the journal says what was sent
             shutil.rmtree(old, ignore_errors=True)
     mine = root / f"{os.getpid()}-{secrets.token_hex(4)}"
     mine.mkdir(mode=0o700)
     return mine
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # no signal: only whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _query_value(path: str, key: str) -> Optional[str]:
