@@ -44,7 +44,7 @@ def received(moto_s3: MotoS3, queue_url: str, count: int) -> list[dict[str, Any]
 
 
 def lambda_env(bus: str, moto_s3: MotoS3, **extra: str) -> dict[str, str]:
-    return {"REGISTRY_HTTP_SECRET": "lambda-test-secret", "REGISTRY_NOTIFICATIONS_EVENTBRIDGE_BUS": bus,
+    return {"REGISTRY_HTTP_SECRET": "lambda-test-secret", "REGISTRY_STORAGE_DELETE_ENABLED": "true", "REGISTRY_NOTIFICATIONS_EVENTBRIDGE_BUS": bus,
             "REGISTRY_NOTIFICATIONS_EVENTBRIDGE_ENDPOINT": moto_s3.endpoint,
             "REGISTRY_NOTIFICATIONS_EVENTBRIDGE_REGION": REGION,
             "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY, **extra}
@@ -76,10 +76,21 @@ def test_eventbridge_on_lambda_carries_the_webhook_event(moto_s3: MotoS3, monkey
         assert pulled.status == 200
         redirected = invoke("GET", f"/v2/{repo}/blobs/{sha256(blobs[1])}", fresh=False)
         assert redirected.status == 307  # to a presigned S3 URL: the response does not say the size
-        messages = received(moto_s3, queue_url, 5)
+        import app
+
+        (endpoint,) = app.RegistryChalice._api.notifier.endpoints
+        calls, sent = len(endpoint.latencies), endpoint.counts["sent"]
+        deleted = invoke("DELETE", f"/v2/{repo}/manifests/{sha256(manifest)}", fresh=False)
+        assert deleted.status == 202
+        assert (len(endpoint.latencies) - calls, endpoint.counts["sent"] - sent) == (1, 2)  # one PutEvents, 2 events
+        everything = received(moto_s3, queue_url, 7)
+        messages, deletes = everything[:5], everything[5:]
     assert [m["detail-type"] for m in messages] == ["Blob Push", "Blob Push", "Manifest Push", "Manifest Pull",
                                                     "Blob Pull"]
     assert messages[4]["detail"]["target"]["size"] == len(blobs[1])  # asked of storage before sending
+    assert sorted((m["detail-type"], json.dumps(m["detail"]["target"], sort_keys=True)) for m in deletes) == [
+        ("Manifest Delete", json.dumps({"digest": sha256(manifest), "repository": repo}, sort_keys=True)),
+        ("Tag Delete", json.dumps({"repository": repo, "tag": "v1"}, sort_keys=True))]
     assert {m["source"] for m in messages} == {SOURCE}
     details = [m["detail"] for m in messages]
     assert [list(d) for d in details] == [["id", "timestamp", "action", "target", "request", "actor", "source"]] * 5

@@ -47,10 +47,10 @@ class NotifyingAPI:
         if response.status < 400:
             pending = self._observe(route, params, request, response, tee)
             if pending is not None:
-                self.notifier.publish(pending)
-                for tag in untagged:  # the reference's TagDeleted, one per tag the delete removed
-                    self.notifier.publish(self._pending("delete", request, target(repository=params["name"], tag=tag),
-                                                        params["name"]))
+                # after a manifest delete, the reference's TagDeleted for each tag it removed
+                self.notifier.publish([pending] + [
+                    self._pending("delete", request, target(repository=params["name"], tag=tag), params["name"])
+                    for tag in untagged])
         return response
 
     def _tags_of(self, name: str, reference: str) -> list[str]:

@@ -152,25 +152,30 @@ class Notifier:
     def wanted(self, action: str, media_type: str) -> bool:
         return any(not e.config.ignores(action, media_type) for e in self.endpoints)
 
-    def publish(self, pending: Pending) -> None:
-        """Called on the request thread after the response is built."""
-        if not self.wanted(pending.action, pending.media_type):
+    def publish(self, pendings: list[Pending]) -> None:
+        """A request's events (one, or a manifest delete and its tags), on the request
+        thread once the response is built."""
+        pendings = [p for p in pendings if self.wanted(p.action, p.media_type)]
+        if not pendings:
             return
         if not self.background:
-            self._send_now(pending)
+            self._send_now(pendings)
             return
-        try:
-            self._intake.put_nowait(pending)
-        except queue.Full:
-            self.counts["dropped"] += 1
-            log.error("notifications: intake queue full (%d); %s event dropped", self.config.queue_size,
-                      pending.action)
+        for pending in pendings:
+            try:
+                self._intake.put_nowait(pending)
+            except queue.Full:
+                self.counts["dropped"] += 1
+                log.error("notifications: intake queue full (%d); %s event dropped", self.config.queue_size,
+                          pending.action)
 
-    def _send_now(self, pending: Pending) -> None:
-        event = pending.resolve(self._registry(), self.config.include_references)
+    def _send_now(self, pendings: list[Pending]) -> None:
+        """All of a request's events in one call per endpoint (EventBridge: 10 at most)."""
+        events = [(p, p.resolve(self._registry(), self.config.include_references)) for p in pendings]
         for endpoint in self.endpoints:
-            if not endpoint.config.ignores(pending.action, pending.media_type):
-                endpoint.send_now([event])
+            wanted = [event for p, event in events if not endpoint.config.ignores(p.action, p.media_type)]
+            for start in range(0, len(wanted), 10):
+                endpoint.send_now(wanted[start:start + 10])
 
     def _dispatch(self) -> None:
         while True:
