@@ -188,6 +188,7 @@ def pull_then_delete(url: str, repo: str, image: Any) -> None:
     registry = Registry(url)
     layer = sha256(image.layers[0])
     assert registry.manifest(repo, "v1", headers=ACCEPT).status_code == 200
+    assert registry.head(f"/v2/{repo}/manifests/{image.digest}", headers=ACCEPT).status_code == 200
     assert registry.head(f"/v2/{repo}/blobs/{layer}").status_code == 200
     assert registry.blob(repo, layer).status_code == 200
     mounted = registry.start_upload(f"{repo}-copy", mount=layer, **{"from": repo})
@@ -222,7 +223,7 @@ def test_same_push_as_registry_2(tmp_path: Path) -> None:
             reference_url = f"http://127.0.0.1:{port}"
             image = push_three_layers(reference_url, repo, tag)
             pull_then_delete(reference_url, repo, image)
-            expected = theirs.wait_events(12)
+            expected = theirs.wait_events(13)
         stratus_root = tmp_path / "stratus" / "root"
         stratus_root.mkdir(parents=True)
         stratus_config = write_config(tmp_path / "stratus", notifications_yaml(ours.url) + REFERENCES
@@ -234,9 +235,10 @@ def test_same_push_as_registry_2(tmp_path: Path) -> None:
             registry.push_manifest(repo, tag, image.body, image.media_type)
             registry.close()
             pull_then_delete(url, repo, image)
-            got = ours.wait_events(12)
-    assert len(expected) == len(got) == 12
-    assert [e["action"] for e in got] == ["push"] * 5 + ["pull"] * 3 + ["mount"] + ["delete"] * 3
-    assert got[8]["target"]["fromRepository"] == repo and got[8]["target"]["repository"] == f"{repo}-copy"
+            got = ours.wait_events(13)
+    assert len(expected) == len(got) == 13
+    assert [e["action"] for e in got] == ["push"] * 5 + ["pull"] * 4 + ["mount"] + ["delete"] * 3
+    assert got[6]["request"]["method"] == "HEAD" and len(got[6]["target"]["references"]) == 4  # read from storage
+    assert got[9]["target"]["fromRepository"] == repo and got[9]["target"]["repository"] == f"{repo}-copy"
     assert theirs.deliveries[0].headers["Content-Type"] == ours.deliveries[0].headers["Content-Type"]
     assert [without_volatile(e, url) for e in got] == [without_volatile(e, reference_url) for e in expected]
