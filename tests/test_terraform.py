@@ -524,3 +524,49 @@ def test_a_second_plan_keeps_the_redis_token_and_grants_a_secrets_manager_secret
     for address in ("aws_cloudwatch_event_rule.purge_uploads[0]", "aws_cloudwatch_event_target.purge_uploads[0]",
                     "aws_vpc_endpoint.s3[0]", "aws_s3_bucket_lifecycle_configuration.registry"):
         assert changes[address]["actions"] == ["no-op"], (address, changes[address])
+
+
+# -- the function as Terraform configured it -----------------------------------------------------
+
+
+@needs_aws_provider
+def test_the_function_serves_with_exactly_the_environment_terraform_gave_it(
+        applied: Applied, moto_s3: MotoS3, tmp_path: Path) -> None:
+    """The registry function's environment, read back from moto, runs app.py behind the
+    API Gateway stand-in (HTTP API mode, as the module deploys it). Only what Lambda and
+    the VPC supply is added: the role's credentials, the AWS endpoints (here moto, there
+    the VPC endpoints), and the ElastiCache name resolving to a local redis-server with
+    TLS that requires the AUTH token Terraform generated. A push and a pull then go
+    through, with the descriptor cache filled over TLS + AUTH."""
+    from tests.lambda_gateway import lambda_gateway
+    from tests.redis_server import HAVE_REDIS, NO_REDIS, RedisServer, make_tls_files
+
+    require("redis-server", None if HAVE_REDIS else NO_REDIS)
+    env = dict(function(moto_s3, applied.name)["Environment"]["Variables"])
+    host, port = env["REGISTRY_REDIS_ADDR"].rsplit(":", 1)
+    assert host.endswith(".cache.amazonaws.com") and port == "6379"
+    tls = make_tls_files(tmp_path)
+    redis = RedisServer(tmp_path, password=env["REGISTRY_REDIS_PASSWORD"], tls=tls)
+    redis.start()
+    try:
+        supplied = {
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            "AWS_ENDPOINT_URL_S3": moto_s3.endpoint, "AWS_ENDPOINT_URL_SSM": moto_s3.endpoint,
+            "SSL_CERT_FILE": str(tls.ca),  # the local server's certificate, as ElastiCache's CA is trusted
+        }
+        with lambda_gateway({**env, "REGISTRY_REDIS_ADDR": redis.addr, **supplied}, mode="http") as gateway:
+            client = gateway.client()
+            assert client("GET", "/v2/").status == 200
+            layer = os.urandom(5 << 20)
+            digest = client.push_blob("terraform/app", layer, chunk=[3 << 20, 2 << 20])
+            head = client("HEAD", f"/v2/terraform/app/blobs/{digest}")
+            assert head.status == 200 and head.header("Content-Length") == str(len(layer))
+            blob = client("GET", f"/v2/terraform/app/blobs/{digest}")
+            assert blob.status == 307
+            import urllib.request
+
+            with urllib.request.urlopen(blob.header("Location"), timeout=60) as response:
+                assert response.read() == layer
+        assert redis.client().exists(f"blobs::{digest}")  # the cache was reached, over TLS with the token
+    finally:
+        redis.stop()
