@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .notifications_receiver import receiver
 from .oci_client import Registry, random_bytes, sha256, unique_repo
+from .redis_server import redis_srv  # noqa: F401  (a fixture)
 from .servers import free_port, stratus_server
 from .test_notifications import notifications_yaml, push_three_layers, write_config
 
@@ -124,3 +125,27 @@ def test_forked_workers_each_deliver(tmp_path: Path) -> None:
         slots = sorted(p.name for p in spool.iterdir() if p.is_dir())
     assert sorted(e["target"]["digest"] for e in events) == sorted(d for i in images for d in pushed_digests(i))
     assert len(slots) >= 2  # the workers spooled apart (and the parent holds slot 0)
+
+
+def test_restart_delivers_events_queued_in_redis(tmp_path: Path, redis_srv) -> None:
+    """queue.redis: the queue is a Redis list, for replicas without a shared disk."""
+    port = free_port()
+    text = notifications_yaml(f"http://127.0.0.1:{port}/events") + "  queue:\n    redis: true\n" \
+        + f"redis:\n  addr: {redis_srv.addr}\n"
+    config = write_config(tmp_path, text)
+    root, repo = tmp_path / "root", unique_repo("notify")
+    queued = redis_srv.client()
+    queued.delete("stratus:notifications:receiver")
+    with stratus_server(root, config=config) as url:
+        image = push_three_layers(url, repo)
+        deadline = time.monotonic() + 30
+        while queued.llen("stratus:notifications:receiver") < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    ids = [json.loads(item)["id"] for item in queued.lrange("stratus:notifications:receiver", 0, -1)]
+    assert len(ids) == 5 and not (tmp_path / "root-notifications").exists()
+    with receiver(port=port) as webhook:
+        with stratus_server(root, config=config):  # takes the lease once the stopped one's expires
+            events = webhook.wait_events(5, timeout=60)
+            webhook.wait_for(lambda r: queued.llen("stratus:notifications:receiver") == 0)
+    assert [e["id"] for e in events] == ids
+    assert [e["target"]["digest"] for e in events] == pushed_digests(image)

@@ -46,10 +46,30 @@ def wrap_api(api: Any, config: Any, sinks: Optional[dict] = None) -> Any:
     from .events import Source
 
     background = settings.delivery == "background" if settings.delivery else not on_function()
-    spool = spool_directory(config) if background else None
+    spool, where = _spool(config) if background else (None, "")
     notifier = Notifier(settings, lambda: api.registry, background, spool, sinks)
     for endpoint in notifier.endpoints:
         log.info("notifications: endpoint %s (%s %s), %s delivery%s", endpoint.config.name, endpoint.config.kind,
                  endpoint.config.url, "background" if background else "synchronous",
-                 f", spooled in {spool}" if spool else "")
+                 f", spooled in {where}" if where else "")
     return NotifyingAPI(api, notifier, Source.for_process(config.http.addr))
+
+
+def _spool(config: Any) -> tuple[Any, str]:
+    """The durable queue's factory and where it is: Redis with queue.redis, else a
+    directory (spool_directory), else none (memory)."""
+    from .queues import spool_in_directory, spool_in_redis
+
+    settings = config.notifications
+    if settings.queue_redis:
+        if not config.redis.addr:
+            from ..config import ConfigError
+
+            raise ConfigError("notifications.queue.redis: needs redis.addr to be set", key="notifications.queue.redis")
+        from ..cache.redis import connect
+
+        return spool_in_redis(lambda: connect(config.redis), settings.queue_size), f"redis {config.redis.addr}"
+    directory = spool_directory(config)
+    if directory:
+        return spool_in_directory(directory, settings.queue_size), directory
+    return None, ""

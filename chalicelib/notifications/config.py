@@ -11,7 +11,7 @@ registry:2 keys (docs/notifications.md has the table):
 Stratus adds (absent from registry:2, so a reference config never sets them):
 
     notifications:
-      queue: {size: 1000, directory: <path> | "" (memory only)}
+      queue: {size: 1000, directory: <path> | "" (memory only), redis: false}
       delivery: background | sync          # default: sync on Lambda / Functions
       eventbridge: {bus, source, detailtype, region, endpoint, ...endpoint keys}
       eventgrid: {endpoint, key, schema: eventgrid | cloudevents, ...endpoint keys}
@@ -55,6 +55,7 @@ class NotificationsConfig:
     include_references: bool = False
     queue_size: int = 1000  # per endpoint; a full queue drops (logged, counted)
     queue_directory: Optional[str] = None  # None: the default for the driver; "": memory only
+    queue_redis: bool = False  # the queue in Redis (the `redis` section's server) instead
     delivery: Optional[str] = None  # None: sync on functions, background elsewhere
 
     @property
@@ -80,10 +81,11 @@ def parse(section: Any) -> NotificationsConfig:
     queue = section.section("queue")
     queue_size = queue.integer("size", 1000, minimum=1)
     directory = queue.string("directory", None)
+    in_redis = queue.boolean("redis", False)
     queue.warn_unknown()
     delivery = section.choice("delivery", ("background", "sync"), None)
     section.warn_unknown()
-    return NotificationsConfig(tuple(endpoints), include_references, queue_size, directory, delivery)
+    return NotificationsConfig(tuple(endpoints), include_references, queue_size, directory, in_redis, delivery)
 
 
 def _missing() -> Any:

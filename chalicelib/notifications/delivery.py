@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import re
 import threading
 import time
 from collections import Counter, deque
@@ -24,17 +23,17 @@ from typing import Any, Callable, Optional
 
 from .config import EndpointConfig, NotificationsConfig
 from .events import Pending
-from .queues import DirectoryQueue, MemoryQueue
+from .queues import MemoryQueue
 from .sinks import sink_for
 
 log = logging.getLogger("stratus.notifications")
 
 
 class Endpoint:
-    def __init__(self, config: EndpointConfig, queue_size: int, directory: Optional[str], sink: Any = None):
+    def __init__(self, config: EndpointConfig, queue: Any, sink: Any = None):
         self.config = config
         self.sink = sink if sink is not None else sink_for(config)
-        self.queue = DirectoryQueue(queue_size, directory) if directory else MemoryQueue(queue_size)
+        self.queue = queue
         self.counts: Counter[str] = Counter()
         self.latencies: deque[float] = deque(maxlen=1000)
         self._stopping = threading.Event()
@@ -113,11 +112,13 @@ class Notifier:
     """Takes a request's pending events; where they go depends on `background`."""
 
     def __init__(self, config: NotificationsConfig, registry: Callable[[], Any], background: bool,
-                 spool: Optional[str] = None, sinks: Optional[dict[str, Any]] = None):
+                 spool: Optional[Callable[[str], Any]] = None, sinks: Optional[dict[str, Any]] = None):
         self.config = config
         self.background = background
         self._registry = registry  # resolved lazily: the wrapped api's registry
         self.counts: Counter[str] = Counter()
+        # spool(endpoint name) -> the endpoint's durable queue (queues.spool_in_directory,
+        # spool_in_redis); None: in memory
         self._spool = spool if background else None
         self._sinks = sinks or {}
         self._start()
@@ -129,8 +130,7 @@ class Notifier:
     def _start(self) -> None:
         spool = self._spool
         self.endpoints = [
-            Endpoint(e, self.config.queue_size, _endpoint_directory(spool, e.name) if spool else None,
-                     self._sinks.get(e.name))
+            Endpoint(e, spool(e.name) if spool else MemoryQueue(self.config.queue_size), self._sinks.get(e.name))
             for e in self.config.active
         ]
         self._intake: queue.Queue[Optional[Pending]] = queue.Queue(self.config.queue_size)
@@ -203,6 +203,3 @@ class Notifier:
         return {"dropped": self.counts["dropped"],
                 "endpoints": {e.config.name: {**e.counts, "pending": len(e.queue)} for e in self.endpoints}}
 
-
-def _endpoint_directory(spool: str, name: str) -> str:
-    return os.path.join(spool, re.sub(r"[^A-Za-z0-9._-]", "_", name))

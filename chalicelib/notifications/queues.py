@@ -8,11 +8,16 @@ stops are sent by the next process that opens the same directory.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import threading
 import time
+import uuid
 from collections import deque
-from typing import Any, Optional
+from typing import Any, Callable, Optional
+
+log = logging.getLogger("stratus.notifications")
 
 Item = tuple[Any, dict]  # (key to remove it by, event)
 
@@ -118,3 +123,75 @@ def _claim_slot(base: str) -> tuple[Any, int]:
         except OSError:
             lock_file.close()
             slot += 1
+
+
+def spool_in_directory(directory: str, size: int) -> Callable[[str], DirectoryQueue]:
+    return lambda name: DirectoryQueue(size, os.path.join(directory, re.sub(r"[^A-Za-z0-9._-]", "_", name)))
+
+
+def spool_in_redis(connect: Callable[[], Any], size: int) -> Callable[[str], "RedisQueue"]:
+    return lambda name: RedisQueue(size, connect(), f"stratus:notifications:{name}")
+
+
+class RedisQueue:
+    """The queue as a Redis list, for `stratus serve` replicas without a shared disk.
+
+    Any process appends at the tail; only the holder of a short lease (`<key>:lease`,
+    renewed at each look) reads and removes at the head, so events go out once and in
+    order, and a process that stops hands over within LEASE seconds. Redis being down
+    makes `put` fail (the event is dropped and counted) and delivery wait."""
+
+    LEASE = 5.0
+
+    def __init__(self, size: int, client: Any, key: str):
+        self.size, self.client, self.key = size, client, key
+        self._lease_key, self._token = key + ":lease", uuid.uuid4().hex
+        self._cond = threading.Condition()
+
+    def __len__(self) -> int:
+        try:
+            return int(self.client.llen(self.key))
+        except Exception:
+            return 0
+
+    def put(self, event: dict) -> bool:
+        try:
+            if self.client.llen(self.key) >= self.size:
+                return False
+            self.client.rpush(self.key, json.dumps(event, ensure_ascii=False))
+        except Exception as exc:  # redis-py's errors, not imported here
+            log.error("notifications: redis queue %s: %s", self.key, exc)
+            return False
+        with self._cond:
+            self._cond.notify()
+        return True
+
+    def peek(self, limit: int, timeout: Optional[float] = None) -> list[tuple[Any, dict]]:
+        try:
+            if self._hold_lease():
+                found = self.client.lrange(self.key, 0, limit - 1)
+                if found:
+                    return [(i, json.loads(item)) for i, item in enumerate(found)]
+        except Exception as exc:
+            log.error("notifications: redis queue %s: %s", self.key, exc)
+        with self._cond:
+            self._cond.wait(timeout)
+        return []
+
+    def _hold_lease(self) -> bool:
+        ms = int(self.LEASE * 1000)
+        if self.client.set(self._lease_key, self._token, nx=True, px=ms):
+            return True
+        holder = self.client.get(self._lease_key)
+        if holder is not None and (holder.decode() if isinstance(holder, bytes) else holder) == self._token:
+            self.client.pexpire(self._lease_key, ms)
+            return True
+        return False
+
+    def remove(self, keys: list[Any]) -> None:
+        # only the lease holder removes, and only from the head it looked at
+        self.client.ltrim(self.key, len(keys), -1)
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
