@@ -11,9 +11,11 @@ from pathlib import Path
 
 from .notifications_receiver import receiver
 from .oci_client import Registry, random_bytes, sha256, unique_repo
-from .redis_server import redis_srv  # noqa: F401  (a fixture)
+from . import redis_server
 from .servers import free_port, stratus_server
 from .test_notifications import notifications_yaml, push_three_layers, write_config
+
+redis_srv = redis_server.redis_srv  # the module-scoped fixture, requested by name below
 
 
 def pushed_digests(image) -> list[str]:
@@ -127,7 +129,7 @@ def test_forked_workers_each_deliver(tmp_path: Path) -> None:
     assert len(slots) >= 2  # the workers spooled apart (and the parent holds slot 0)
 
 
-def test_restart_delivers_events_queued_in_redis(tmp_path: Path, redis_srv) -> None:
+def test_restart_delivers_events_queued_in_redis(tmp_path: Path, redis_srv: redis_server.RedisServer) -> None:
     """queue.redis: the queue is a Redis list, for replicas without a shared disk."""
     port = free_port()
     text = notifications_yaml(f"http://127.0.0.1:{port}/events") + "  queue:\n    redis: true\n" \
