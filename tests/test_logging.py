@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -81,9 +82,12 @@ def test_configure_logging_formats_the_root_handlers_and_does_not_stack_them(cap
         configure_logging(config)
         configure_logging(config)
         assert root.handlers == [handler]
-        logging.getLogger("stratus.test").info("ready %d", 1)
+        # a logger no earlier test can have touched (a dictConfig elsewhere in the
+        # session may have disabled the loggers that existed when it ran)
+        logger = logging.getLogger(f"stratus.test.{uuid.uuid4().hex}")
+        logger.info("ready %d", 1)
         configure_logging(config_from_mapping({"log": {"level": "error"}}))
-        logging.getLogger("stratus.test").warning("dropped")
+        logger.warning("dropped")
     finally:
         root.setLevel(saved[0])
         root.handlers = saved[1]
