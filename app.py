@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
-from chalice import Chalice, Cron
+from chalice import Chalice, Cron, Rate
 
 from chalicelib.apigateway import request_from_event, response_to_event
 
@@ -161,3 +161,32 @@ def purge_uploads(event: Any) -> dict:
     logging.getLogger("stratus").info("upload purge removed %d upload(s)%s", len(removed),
                                       " (dry run)" if purging.dryrun else "")
     return {"purged": removed, "dryrun": purging.dryrun}
+
+
+@app.schedule(Rate(15, unit=Rate.MINUTES), name="collect_garbage",
+              description="Garbage collection with retention, continued from its checkpoint in storage")
+def collect_garbage(event: Any) -> dict:
+    """Every 15 minutes: continue the garbage collection (with retention policies) that
+    _gc/checkpoint holds, or start one if storage.maintenance.gc.interval (24h) has
+    passed since the last ended. Each invocation works for its budget (the Lambda's
+    remaining time less a margin, or storage.maintenance.gc.budget if shorter), saves
+    its progress and returns; `stratus gc` runs the same code to the end. Why a run
+    spread over invocations is as safe as one: chalicelib/registry/maintenance.py.
+
+    `chalice deploy` makes it a function of its own (`<app>-<stage>-collect_garbage`,
+    handler app.collect_garbage) with an EventBridge rule; give it the longest timeout
+    (900 s) and no concurrency beyond 1.
+    """
+    from chalicelib.bootstrap import build_cache, configure_logging
+    from chalicelib.config import load_config
+    from chalicelib.context import background
+    from chalicelib.registry.maintenance import invocation_budget, scheduled_gc
+    from chalicelib.storage import create_driver
+
+    config = load_config()
+    configure_logging(config)
+    context = getattr(event, "context", None)  # Chalice's event carries the Lambda context
+    remaining = context.get_remaining_time_in_millis() / 1000.0 if context is not None else None
+    driver = create_driver(config.storage.driver, config.storage.parameters)
+    return scheduled_gc(background(), driver, config.storage, build_cache(config),
+                        budget=invocation_budget(config.storage.gc_budget, remaining))

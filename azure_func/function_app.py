@@ -75,3 +75,13 @@ else:
 def purge_uploads(timer: func.TimerRequest) -> None:
     removed = registry.purge_uploads()
     logging.getLogger("stratus").info("upload purge removed %d upload(s)", len(removed))
+
+
+@app.function_name("collect_garbage")
+@app.timer_trigger(arg_name="timer", schedule="0 */15 * * * *", run_on_startup=False, use_monitor=True)
+def collect_garbage(timer: func.TimerRequest) -> None:
+    """Every 15 minutes: garbage collection with retention, continued from its checkpoint
+    (_gc/checkpoint) until done; a new run starts once storage.maintenance.gc.interval
+    has passed since the last ended (chalicelib/registry/maintenance.py)."""
+    summary = registry.collect_garbage()
+    logging.getLogger("stratus").info("scheduled gc: %s", summary)

@@ -202,6 +202,9 @@ def response_to_stream(response: Response, method: str) -> Any:
     return out
 
 
+GC_BUDGET = 480.0  # seconds of gc per timer tick: 8 of host.json's 10-minute functionTimeout
+
+
 class FunctionsRegistry:
     """The registry api for one Functions worker process, built on its first request.
 
@@ -267,3 +270,18 @@ class FunctionsRegistry:
             return []
         driver = self.api.registry.driver
         return purge_uploads(background(), driver, timedelta(seconds=purging.age), dry_run=purging.dryrun)
+
+    def collect_garbage(self, budget: Optional[float] = None) -> dict:
+        """One scheduled gc invocation (timer trigger): continue the run _gc/checkpoint
+        holds, or start one once storage.maintenance.gc.interval has passed
+        (registry.maintenance.scheduled_gc). It works for `budget` seconds, else
+        storage.maintenance.gc.budget, else GC_BUDGET (host.json's functionTimeout is
+        10 minutes), then saves its progress for the next tick."""
+        from .context import background
+        from .registry.maintenance import scheduled_gc
+
+        storage = self.config.storage
+        if budget is None:
+            budget = storage.gc_budget if storage.gc_budget is not None else GC_BUDGET
+        registry = self.api.registry
+        return scheduled_gc(background(), registry.driver, storage, registry.cache, budget=budget)

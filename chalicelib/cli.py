@@ -70,10 +70,25 @@ def _gc_grace(args: argparse.Namespace, config) -> float:
     return grace
 
 
+def _gc_budget(args: argparse.Namespace):
+    """--budget: stop after this long and save progress (the scheduled functions' way)."""
+    from .config import parse_duration
+
+    if args.budget is None:
+        return None
+    try:
+        budget = parse_duration(args.budget)
+    except ValueError as exc:
+        sys.exit(f"stratus: --budget: {exc}")
+    if budget <= 0:
+        sys.exit("stratus: --budget: must be positive")
+    return budget
+
+
 def cmd_gc(args: argparse.Namespace) -> None:
     from .bootstrap import build_cache
     from .context import background
-    from .registry.maintenance import GCError, collect_garbage, recover
+    from .registry.maintenance import CHECKPOINT, GCError, collect_garbage, recover
 
     config = _load(args.config)
     if args.recover:
@@ -87,11 +102,13 @@ def cmd_gc(args: argparse.Namespace) -> None:
             background(), _driver(config), dry_run=args.dry_run, remove_untagged=args.delete_untagged,
             cache=build_cache(config), grace=_gc_grace(args, config),
             retention=() if args.no_retention else config.storage.retention,
-            immutable=config.storage.tag_immutable,
+            immutable=config.storage.tag_immutable, budget=_gc_budget(args),
         )
     except GCError as exc:
         sys.exit(f"stratus gc: {exc}; nothing unproven was deleted")
     verb = "would delete" if args.dry_run else "deleted"
+    if not report.finished:
+        print(f"stratus gc: budget spent; progress saved in {CHECKPOINT}, the next gc continues", file=sys.stderr)
     for name in report.tags_deleted:
         print(f"tag {verb}: {name}")
     for name in report.manifests_deleted:
@@ -130,6 +147,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         "--grace", help="Go duration: never delete what is younger (default storage.maintenance.gc.graceperiod, 1h)"
     )
     gc.add_argument("--recover", action="store_true", help="put back blobs an interrupted gc moved aside")
+    gc.add_argument(
+        "--budget", help="Go duration: stop after this long, progress saved in storage (the next gc continues)"
+    )
     gc.add_argument(
         "--no-retention", action="store_true", help="ignore storage.maintenance.retention.policies this run"
     )

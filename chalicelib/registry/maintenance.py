@@ -8,9 +8,11 @@ from __future__ import annotations
 import fnmatch
 import json
 import logging
+import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from ..cache.base import BlobDescriptorService
 from ..config import ImmutableTagRule, RetentionPolicy
@@ -18,7 +20,7 @@ from ..context import Context
 from ..digest import Digest, DigestError
 from ..storage import PathNotFoundError, StorageDriver, StorageError, paths
 from . import catalog
-from .blobs import GC_STATE, QUARANTINE, blob_path, gc_state, is_sweeping, quarantine_path
+from .blobs import GC_DIR, GC_STATE, QUARANTINE, blob_path, gc_state, is_sweeping, quarantine_path
 from .referrers import ReferrersIndex
 from .tags import immutable_rule
 
@@ -148,6 +150,8 @@ class GCReport:
     tags_deleted: list = field(default_factory=list)  # "<name>:<tag>", expired by a retention policy
     kept_young: list = field(default_factory=list)  # unreferenced, inside the grace period
     rescued: list = field(default_factory=list)  # planned, found in use when re-checked
+    finished: bool = True  # False: a budgeted run stopped; the next call continues it
+    invocations: int = 0  # calls this run has taken so far (checkpointed runs)
 
 
 def references(body: bytes) -> set[Digest]:
@@ -406,73 +410,77 @@ def collect_garbage(
     ctx: Context, driver: StorageDriver, dry_run: bool = False, remove_untagged: bool = False,
     cache: Optional[BlobDescriptorService] = None, grace: float = DEFAULT_GRACE,
     now: Optional[datetime] = None, retention: Sequence[RetentionPolicy] = (),
-    immutable: Sequence[ImmutableTagRule] = (),
+    immutable: Sequence[ImmutableTagRule] = (), budget: Optional[float] = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> GCReport:
     """Mark every blob a manifest of any repository references, sweep the rest.
 
     Safe while the registry serves pushes and pulls (see the protocol above).
     Raises GCError, having deleted nothing unproven, when marking fails.
+
+    The run saves its progress in CHECKPOINT as it goes. With a `budget` (seconds)
+    it stops once that is spent, between two steps, and returns a report with
+    `finished` False; the next call continues the same run (with the parameters and
+    the grace cutoff it started with, whatever this call passes). Without one it
+    runs to the end, continuing a run a budgeted call left unfinished. A dry run
+    plans afresh in memory and writes nothing.
     """
     try:
-        return _collect(ctx, driver, dry_run, remove_untagged, cache, grace, now, retention, immutable)
+        return _collect(ctx, driver, dry_run, remove_untagged, cache, grace, now, retention, immutable,
+                        budget, clock)
     except StorageError as exc:  # outside marking (the marker, a move): still a stop, named
         raise GCError(f"storage failed: {exc}") from exc
 
 
-def _collect(ctx, driver, dry_run, remove_untagged, cache, grace, now, retention, immutable=()) -> GCReport:
-    report = GCReport(dry_run=dry_run)
-    now = now or datetime.now(timezone.utc)
-    cutoff = now - timedelta(seconds=grace)
-    if not dry_run and is_sweeping(gc_state(ctx, driver)):
-        raise GCError(
-            f"another gc is sweeping, or one was interrupted ({GC_STATE} says so); "
-            "if none is running, `stratus gc --recover` puts its blobs back"
-        )
-    # -- mark
-    repos = [
-        _mark_repository(ctx, driver, name, remove_untagged, cutoff, _policy_for(name, retention), now, immutable)
-        for name in _repositories(ctx, driver)
-    ]
-    report.repositories = len(repos)
-    linked_young: set = set()
-    for repo in repos:
-        for digest, refs in repo.refs.items():
-            if digest in repo.deletable:
-                continue
-            report.manifests_marked += 1
-            report.marked.add(digest)
-            report.marked |= refs
-        linked_young |= {d for d, when in repo.layers.items() if _young(when, cutoff)}
-    # -- plan
-    candidates = []
-    for digest, when in sorted(_blobs(ctx, driver).items(), key=lambda item: str(item[0])):
-        if digest in report.marked:
-            continue
-        if (when is not None and _young(when, cutoff)) or digest in linked_young:
-            report.kept_young.append(digest)
-        else:
-            candidates.append(digest)
-    doomed = [(repo, d) for repo in repos for d in sorted(repo.deletable, key=str)]
-    expired = [(repo, t) for repo in repos for t in sorted(repo.expired_tags)]
-    for repo, tag in expired:
-        log.info("gc plan: delete tag %s:%s (retention)", repo.name, tag)
-    for repo, digest in doomed:
-        log.info("gc plan: delete manifest %s@%s", repo.name, digest)
-    for digest in candidates:
-        log.info("gc plan: delete blob %s", digest)
-    log.info(
-        "gc plan: %d repositories, %d manifests and %d blobs marked; %d manifests and %d blobs to delete, "
-        "%d unreferenced blobs inside the grace period%s",
-        len(repos), report.manifests_marked, len(report.marked), len(doomed), len(candidates),
-        len(report.kept_young), " (dry run)" if dry_run else "",
-    )
+def _collect(ctx, driver, dry_run, remove_untagged, cache, grace, now, retention, immutable, budget,
+             clock) -> GCReport:
+    deadline = None if budget is None else clock() + budget
+    options = _Options(remove_untagged, grace, tuple(retention), tuple(immutable))
     if dry_run:
-        report.tags_deleted = [f"{repo.name}:{t}" for repo, t in expired]
-        report.manifests_deleted = [f"{repo.name}@{d}" for repo, d in doomed]
-        report.deleted = candidates
-        return report
-    _Sweep(ctx, driver, cache, cutoff, repos, report).run(doomed, candidates, expired)
-    return report
+        run = _Run(ctx, driver, cache, options, now or datetime.now(timezone.utc), dry_run=True)
+        run.advance(None, clock)
+        return run.report
+    state = gc_state(ctx, driver)
+    saved = _load_checkpoint(ctx, driver)
+    run = None
+    if saved is not None:
+        run = _Run.restore(ctx, driver, cache, saved)
+        holder = run.lease_holder()
+        if holder is not None:
+            raise GCBusy(f"another gc run holds {CHECKPOINT} until {holder}; it continues that run")
+        sweeping = run.phase == "sweep" and run.sweep.step_name != "begin"
+        if sweeping and (not is_sweeping(state) or _generation(state) != run.sweep.generation):
+            log.warning("gc: %s names a sweep that has ended (recovered?); starting a new run", CHECKPOINT)
+            run = None
+        elif not sweeping and is_sweeping(state):
+            raise GCError(
+                f"another gc is sweeping, or one was interrupted ({GC_STATE} says so); "
+                "if none is running, `stratus gc --recover` puts its blobs back"
+            )
+        else:
+            log.info("gc: continuing run %s started %s (%s)", run.id, run.started, run.phase)
+    if run is None:
+        if is_sweeping(state):
+            raise GCError(
+                f"another gc is sweeping, or one was interrupted ({GC_STATE} says so); "
+                "if none is running, `stratus gc --recover` puts its blobs back"
+            )
+        run = _Run(ctx, driver, cache, options, now or datetime.now(timezone.utc))
+    run.report.invocations = run.invocations = run.invocations + 1
+    run.save(clock, budget)
+    try:
+        run.advance(deadline, clock, budget)
+    except BaseException:
+        # the run is abandoned: a mark that failed deleted nothing, and the next run
+        # starts afresh; a sweep that failed has put back what it moved aside and
+        # written "idle", or, if it could not, left "sweeping" for `--recover`
+        _drop_checkpoint(ctx, driver)
+        raise
+    if run.report.finished:
+        _drop_checkpoint(ctx, driver)
+    else:
+        run.save(clock, None, release=True)
+    return run.report
 
 
 def _generation(state: bytes) -> int:
@@ -487,7 +495,311 @@ def _set_state(ctx: Context, driver: StorageDriver, what: str, generation: int) 
     driver.put_content(ctx, GC_STATE, f"{what} {generation} {stamp}".encode())
 
 
+def last_finished(state: bytes) -> Optional[datetime]:
+    """When the last sweep ended ("idle <n> <time>"), None if never or if sweeping."""
+    parts = state.split()
+    if len(parts) < 3 or parts[0] != b"idle":
+        return None
+    try:
+        return datetime.strptime(parts[2].decode(), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+# -- checkpointing ---------------------------------------------------------------------
+#
+# A run is a sequence of steps, each small (one repository marked, the blob
+# listing, one tag expired, one manifest deleted, one candidate moved aside, one
+# repository listed again, one quarantined blob decided), done in this order and
+# never reordered. Its progress is saved in CHECKPOINT (JSON) every few seconds and
+# when an invocation's budget is spent; the next invocation continues from there.
+#
+# Why a run spread over invocations loses nothing the one-shot run would keep:
+#
+# - The grace cutoff is fixed when the run starts (`now` - grace) and stored. A run
+#   that lasts longer therefore never treats as old anything a run started at that
+#   instant would have treated as young, and everything it deletes was older than
+#   the grace period when it was deleted (older by the time the run has taken).
+# - A mark spread over invocations is a long mark: each repository is read once,
+#   and what is pushed after its turn (a manifest naming an old unreferenced blob,
+#   a tag) is not in the mark, exactly as with a push during a one-shot mark. The
+#   sweep's own protocol covers it: the second listing of every repository starts
+#   only after "sweeping n" is written and every candidate is moved aside, so it
+#   sees every revision link written before that, and a writer after it reads
+#   "sweeping" and checks storage itself. The blob listing happens once, after the
+#   mark: a blob written after it is no candidate, and a candidate written again
+#   since (data younger than the cutoff) is kept by the re-check before its move.
+# - A sweep spread over invocations keeps its order: "sweeping n" is in storage
+#   from its first step to its last, whatever happens between invocations, so every
+#   manifest PUT and blob commit meanwhile takes the careful path (checks in
+#   storage after writing, takes back from quarantine). The second listing begins
+#   after the last move and every deletion after the last listing, in whatever
+#   invocation each happens. So the argument above holds with "the collector"
+#   being the sequence of invocations.
+# - An invocation killed before it saved repeats steps: expiring a tag, deleting a
+#   manifest link and deleting a quarantined blob find nothing the second time, and
+#   a candidate found already moved aside is counted as moved (so it is put back or
+#   deleted with the others, never left in quarantine).
+# - Between invocations, candidates wait in quarantine: a direct pull of an
+#   unreferenced blob answers 404 meanwhile (a client HEADing it before a push
+#   uploads it again); what a manifest accepted meanwhile names was taken back by
+#   that PUT. Schedule the continuing invocations close together (the Lambda
+#   schedule runs every 15 minutes; a new run starts only once
+#   storage.maintenance.gc.interval has passed since the last one ended).
+# - Two runners: the checkpoint carries a lease (holder, until) renewed on each
+#   save; a second runner (a `stratus gc` beside the schedule) finding a live lease
+#   stops with GCBusy before changing anything. Storage has no compare-and-swap, so
+#   two runners starting within the same instant are not excluded: the schedule
+#   must not overlap itself (its interval is longer than the function's timeout).
+
+CHECKPOINT = f"{GC_DIR}/checkpoint"
+SAVE_EVERY = 10.0  # seconds of work between two saves of the checkpoint
+LEASE = 120.0  # seconds past the budget that a saved checkpoint keeps other runners away
+
+
+class GCBusy(GCError):
+    """Another runner holds the checkpoint's lease; nothing was changed."""
+
+
+@dataclass(frozen=True)
+class _Options:
+    remove_untagged: bool
+    grace: float
+    retention: tuple
+    immutable: tuple
+
+
+def _time(when: Optional[datetime]) -> Optional[str]:
+    return None if when is None else when.isoformat()
+
+
+def _parse_time(text: Optional[str]) -> Optional[datetime]:
+    return None if text is None else datetime.fromisoformat(text)
+
+
+def _digests(items) -> list:
+    return sorted(str(d) for d in items)
+
+
+def _load_checkpoint(ctx: Context, driver: StorageDriver) -> Optional[dict]:
+    try:
+        raw = driver.get_content(ctx, CHECKPOINT)
+    except PathNotFoundError:
+        return None
+    try:
+        saved = json.loads(raw)
+        if saved.get("version") != 1:
+            raise ValueError(f"version {saved.get('version')!r}")
+        return saved
+    except (ValueError, AttributeError) as exc:
+        raise GCError(f"{CHECKPOINT} is unreadable ({exc}); `stratus gc --recover` removes it") from exc
+
+
+def _drop_checkpoint(ctx: Context, driver: StorageDriver) -> None:
+    try:
+        driver.delete(ctx, CHECKPOINT)
+    except PathNotFoundError:
+        pass
+
+
+def _repo_to_json(repo: _Repository, cutoff: datetime) -> dict:
+    return {
+        "name": repo.name,
+        "revisions": {str(d): _time(w) for d, w in repo.revisions.items()},
+        # only the young layer links count once marked (the plan's linked_young)
+        "layers": {str(d): _time(w) for d, w in repo.layers.items() if _young(w, cutoff)},
+        "refs": {str(d): _digests(refs) for d, refs in repo.refs.items()},
+        "subjects": {str(d): str(s) for d, s in repo.subjects.items()},
+        "deletable": _digests(repo.deletable),
+        "expired_tags": {t: [str(d), _time(w)] for t, (d, w) in repo.expired_tags.items()},
+    }
+
+
+def _repo_from_json(doc: dict) -> _Repository:
+    parse = Digest.parse
+    return _Repository(
+        name=doc["name"],
+        revisions={parse(d): _parse_time(w) for d, w in doc["revisions"].items()},
+        layers={parse(d): _parse_time(w) for d, w in doc["layers"].items()},
+        refs={parse(d): {parse(r) for r in refs} for d, refs in doc["refs"].items()},
+        subjects={parse(d): parse(s) for d, s in doc["subjects"].items()},
+        deletable={parse(d) for d in doc["deletable"]},
+        expired_tags={t: (parse(d), _parse_time(w)) for t, (d, w) in doc["expired_tags"].items()},
+    )
+
+
+class _Run:
+    """One garbage collection, as steps that can stop and continue in another process."""
+
+    def __init__(self, ctx, driver, cache, options: _Options, now: datetime, dry_run: bool = False):
+        self.ctx, self.driver, self.cache = ctx, driver, cache
+        self.options = options
+        self.now = now
+        self.cutoff = now - timedelta(seconds=options.grace)
+        self.id = uuid.uuid4().hex
+        self.started = datetime.now(timezone.utc)
+        self.holder = uuid.uuid4().hex  # this process's claim on the checkpoint
+        self.lease_until: Optional[datetime] = None
+        self.saved_holder: Optional[str] = None
+        self.invocations = 0
+        self.phase = "mark"
+        self.names: Optional[list] = None  # repositories to mark, listed once
+        self.repos: list = []  # marked so far, in the order of names
+        self.report = GCReport(dry_run=dry_run)
+        self.report.finished = False
+        self.sweep: Optional[_Sweep] = None
+
+    # -- persistence
+
+    def to_json(self) -> dict:
+        options, report = self.options, self.report
+        doc = {
+            "version": 1, "id": self.id, "started": _time(self.started), "now": _time(self.now),
+            "holder": self.holder, "lease_until": _time(self.lease_until), "invocations": self.invocations,
+            "options": {
+                "remove_untagged": options.remove_untagged, "grace": options.grace,
+                "retention": [[p.repositories, p.keeptags, p.untaggedage] for p in options.retention],
+                "immutable": [[r.repository, r.tags] for r in options.immutable],
+            },
+            "phase": self.phase, "names": self.names,
+            "repos": [_repo_to_json(repo, self.cutoff) for repo in self.repos],
+            "report": {
+                "repositories": report.repositories, "manifests_marked": report.manifests_marked,
+                "marked": _digests(report.marked), "deleted": [str(d) for d in report.deleted],
+                "manifests_deleted": report.manifests_deleted, "tags_deleted": report.tags_deleted,
+                "kept_young": [str(d) for d in report.kept_young], "rescued": [str(d) for d in report.rescued],
+            },
+        }
+        if self.sweep is not None:
+            doc["sweep"] = self.sweep.to_json()
+        return doc
+
+    @classmethod
+    def restore(cls, ctx, driver, cache, doc: dict) -> "_Run":
+        o = doc["options"]
+        options = _Options(
+            o["remove_untagged"], o["grace"],
+            tuple(RetentionPolicy(repositories=r, keeptags=k, untaggedage=u) for r, k, u in o["retention"]),
+            tuple(ImmutableTagRule(repository=r, tags=t) for r, t in o["immutable"]),
+        )
+        run = cls(ctx, driver, cache, options, _parse_time(doc["now"]))
+        run.id, run.started, run.invocations = doc["id"], _parse_time(doc["started"]), doc["invocations"]
+        run.saved_holder, run.lease_until = doc["holder"], _parse_time(doc["lease_until"])
+        run.phase, run.names = doc["phase"], doc["names"]
+        run.repos = [_repo_from_json(r) for r in doc["repos"]]
+        r, report, parse = doc["report"], run.report, Digest.parse
+        report.repositories, report.manifests_marked = r["repositories"], r["manifests_marked"]
+        report.marked = {parse(d) for d in r["marked"]}
+        report.deleted = [parse(d) for d in r["deleted"]]
+        report.manifests_deleted, report.tags_deleted = list(r["manifests_deleted"]), list(r["tags_deleted"])
+        report.kept_young = [parse(d) for d in r["kept_young"]]
+        report.rescued = [parse(d) for d in r["rescued"]]
+        if "sweep" in doc:
+            run.sweep = _Sweep.restore(run, doc["sweep"])
+        return run
+
+    def lease_holder(self) -> Optional[str]:
+        """"<holder> (<until>)" while another runner's lease is live, else None."""
+        if self.lease_until is None or self.lease_until <= datetime.now(timezone.utc):
+            return None
+        return f"{self.lease_until.isoformat()} (runner {self.saved_holder})"
+
+    def save(self, clock: Callable[[], float], budget: Optional[float], release: bool = False) -> None:
+        """Write the checkpoint, renewing this runner's lease (or, at the end of an
+        invocation, releasing it for the next)."""
+        ahead = LEASE + (budget if budget is not None else SAVE_EVERY)
+        self.lease_until = None if release else datetime.now(timezone.utc) + timedelta(seconds=ahead)
+        self.driver.put_content(self.ctx, CHECKPOINT, json.dumps(self.to_json()).encode())
+        self._saved_at = clock()
+
+    # -- the steps
+
+    def advance(self, deadline: Optional[float], clock: Callable[[], float], budget: Optional[float] = None) -> None:
+        """Step until finished or past the deadline; at least one step per call."""
+        self._saved_at = getattr(self, "_saved_at", clock())
+        while not self.report.finished:
+            self._step()
+            if self.report.finished:
+                return
+            if deadline is not None and clock() >= deadline:
+                return
+            if not self.report.dry_run and clock() - self._saved_at >= SAVE_EVERY:
+                self.save(clock, budget)
+
+    def _step(self) -> None:
+        if self.phase == "mark":
+            self._mark_step()
+        elif self.phase == "plan":
+            self._plan()
+        else:
+            self.sweep.step()
+            if self.sweep.done:
+                self.report.finished = True
+
+    def _mark_step(self) -> None:
+        if self.names is None:
+            self.names = _repositories(self.ctx, self.driver)
+        elif len(self.repos) < len(self.names):
+            name, options = self.names[len(self.repos)], self.options
+            self.repos.append(_mark_repository(
+                self.ctx, self.driver, name, options.remove_untagged, self.cutoff,
+                _policy_for(name, options.retention), self.now, options.immutable,
+            ))
+        if len(self.repos) == len(self.names):
+            self.phase = "plan"
+
+    def _plan(self) -> None:
+        report, repos, cutoff = self.report, self.repos, self.cutoff
+        report.repositories = len(repos)
+        linked_young: set = set()
+        for repo in repos:
+            for digest, refs in repo.refs.items():
+                if digest in repo.deletable:
+                    continue
+                report.manifests_marked += 1
+                report.marked.add(digest)
+                report.marked |= refs
+            linked_young |= {d for d, when in repo.layers.items() if _young(when, cutoff)}
+        candidates = []
+        for digest, when in sorted(_blobs(self.ctx, self.driver).items(), key=lambda item: str(item[0])):
+            if digest in report.marked:
+                continue
+            if (when is not None and _young(when, cutoff)) or digest in linked_young:
+                report.kept_young.append(digest)
+            else:
+                candidates.append(digest)
+        doomed = [(repo, d) for repo in repos for d in sorted(repo.deletable, key=str)]
+        expired = [(repo, t) for repo in repos for t in sorted(repo.expired_tags)]
+        for repo, tag in expired:
+            log.info("gc plan: delete tag %s:%s (retention)", repo.name, tag)
+        for repo, digest in doomed:
+            log.info("gc plan: delete manifest %s@%s", repo.name, digest)
+        for digest in candidates:
+            log.info("gc plan: delete blob %s", digest)
+        log.info(
+            "gc plan: %d repositories, %d manifests and %d blobs marked; %d manifests and %d blobs to delete, "
+            "%d unreferenced blobs inside the grace period%s",
+            len(repos), report.manifests_marked, len(report.marked), len(doomed), len(candidates),
+            len(report.kept_young), " (dry run)" if report.dry_run else "",
+        )
+        if report.dry_run:
+            report.tags_deleted = [f"{repo.name}:{t}" for repo, t in expired]
+            report.manifests_deleted = [f"{repo.name}@{d}" for repo, d in doomed]
+            report.deleted = candidates
+            report.finished = True
+            return
+        self.sweep = _Sweep(self.ctx, self.driver, self.cache, cutoff, repos, report)
+        self.sweep.plan(doomed, candidates, expired)
+        self.phase = "sweep"
+
+
+_STEPS = ("begin", "expire", "manifests", "restore", "quarantine", "relist", "remark", "finish", "end")
+
+
 class _Sweep:
+    """The sweep of one run, step by step (see the protocol above and the
+    checkpointing notes: the steps run in this order, across invocations too)."""
+
     def __init__(self, ctx, driver, cache, cutoff, repos, report):
         self.ctx = ctx
         self.driver = driver
@@ -496,18 +808,53 @@ class _Sweep:
         self.repos = {repo.name: repo for repo in repos}
         self.report = report
         self.quarantined: list[Digest] = []
+        self.generation = 0
+        self.step_name, self.index = "begin", 0
+        self.doomed: list = []
+        self.candidates: list = []
+        self.expired: list = []
+        self.deleted: dict[str, set] = {}  # manifests deleted, by repository (for the restore step)
+        self.relisted: list = []
+        self.done = False
+
+    def plan(self, doomed: list, candidates: list, expired: Sequence = ()) -> None:
+        self.doomed, self.candidates, self.expired = list(doomed), list(candidates), list(expired)
+
+    def to_json(self) -> dict:
+        return {
+            "generation": self.generation, "step": self.step_name, "index": self.index,
+            "doomed": [[repo.name, str(d)] for repo, d in self.doomed],
+            "candidates": [str(d) for d in self.candidates],
+            "expired": [[repo.name, t] for repo, t in self.expired],
+            "quarantined": [str(d) for d in self.quarantined],
+            "deleted": {name: _digests(ds) for name, ds in self.deleted.items()},
+            "relisted": self.relisted,
+        }
+
+    @classmethod
+    def restore(cls, run: "_Run", doc: dict) -> "_Sweep":
+        sweep = cls(run.ctx, run.driver, run.cache, run.cutoff, run.repos, run.report)
+        parse = Digest.parse
+        sweep.generation, sweep.step_name, sweep.index = doc["generation"], doc["step"], doc["index"]
+        sweep.doomed = [(sweep.repos[name], parse(d)) for name, d in doc["doomed"]]
+        sweep.candidates = [parse(d) for d in doc["candidates"]]
+        sweep.expired = [(sweep.repos[name], t) for name, t in doc["expired"]]
+        sweep.quarantined = [parse(d) for d in doc["quarantined"]]
+        sweep.deleted = {name: {parse(d) for d in ds} for name, ds in doc["deleted"].items()}
+        sweep.relisted = list(doc["relisted"])
+        return sweep
 
     def run(self, doomed: list, candidates: list, expired: Sequence = ()) -> None:
-        ctx, driver = self.ctx, self.driver
-        self.generation = _generation(gc_state(ctx, driver)) + 1
-        _set_state(ctx, driver, "sweeping", self.generation)
+        """The whole sweep at once."""
+        self.plan(doomed, candidates, expired)
+        while not self.done:
+            self.step()
+
+    def step(self) -> None:
+        """One step; on a failure, what was moved aside is put back and the state
+        says "idle" again (or the error says why not), then GCError."""
         try:
-            self._expire_tags(expired)
-            self._delete_manifests(doomed)
-            for digest in candidates:
-                self._quarantine(digest)
-            if self.quarantined:
-                self._mark_again()
+            self._step()
         except BaseException as exc:
             self._put_back(self.quarantined)  # raises, still "sweeping", if it cannot
             self._end()
@@ -518,53 +865,105 @@ class _Sweep:
                 stopped.phase = "sweep"
                 raise stopped from exc
             raise
-        for digest in self.quarantined:
-            if digest in self.report.marked:
-                self._put_back([digest])
-                self.report.rescued.append(digest)
-                log.info("gc: %s is in use after all; put back", digest)
-                continue
-            try:
-                driver.delete(ctx, quarantine_path(digest).rsplit("/", 1)[0])
-            except PathNotFoundError:  # a writer took it back: it holds a reference
-                self.report.rescued.append(digest)
-                continue
-            self._clear_cache(digest)
-            self.report.deleted.append(digest)
-        self._end()
-        log.info(
-            "gc: deleted %d manifests and %d blobs; %d put back after the re-check",
-            len(self.report.manifests_deleted), len(self.report.deleted), len(self.report.rescued),
-        )
 
-    def _delete_manifests(self, doomed: list) -> None:
+    def _next(self, step: str) -> None:
+        self.step_name, self.index = step, 0
+
+    def _step(self) -> None:
+        ctx, driver, name = self.ctx, self.driver, self.step_name
+        if name == "begin":
+            self.generation = _generation(gc_state(ctx, driver)) + 1
+            _set_state(ctx, driver, "sweeping", self.generation)
+            self._next("expire")
+        elif name == "expire":
+            if self.index < len(self.expired):
+                self._expire_tags([self.expired[self.index]])
+                self.index += 1
+            else:
+                self._next("manifests")
+        elif name == "manifests":
+            if self.index < len(self.doomed):
+                self._delete_manifest(*self.doomed[self.index])
+                self.index += 1
+            else:
+                self._next("restore")
+        elif name == "restore":
+            self._restore_tagged()
+            self._next("quarantine")
+        elif name == "quarantine":
+            if self.index < len(self.candidates):
+                self._quarantine(self.candidates[self.index])
+                self.index += 1
+            else:
+                self._next("relist" if self.quarantined else "finish")
+        elif name == "relist":
+            self.relisted = _repositories(ctx, driver)
+            self._next("remark")
+        elif name == "remark":
+            if self.index < len(self.relisted):
+                self._mark_again(self.relisted[self.index])
+                self.index += 1
+            else:
+                self._next("finish")
+        elif name == "finish":
+            if self.index < len(self.quarantined):
+                self._finish(self.quarantined[self.index])
+                self.index += 1
+            else:
+                self._next("end")
+        else:
+            self._end()
+            self.done = True
+            log.info(
+                "gc: deleted %d manifests and %d blobs; %d put back after the re-check",
+                len(self.report.manifests_deleted), len(self.report.deleted), len(self.report.rescued),
+            )
+
+    def _finish(self, digest: Digest) -> None:
         ctx, driver = self.ctx, self.driver
-        deleted: dict[str, set] = {}
-        for repo, digest in doomed:
-            if digest not in repo.deletable:  # its expired tag was pushed again
-                continue
-            link = paths.manifest_revision_link(repo.name, digest.algorithm.value, digest.hex)
+        if digest in self.report.marked:
+            self._put_back([digest])
+            self.report.rescued.append(digest)
+            log.info("gc: %s is in use after all; put back", digest)
+            return
+        try:
+            driver.delete(ctx, quarantine_path(digest).rsplit("/", 1)[0])
+        except PathNotFoundError:
+            if digest not in self.report.deleted:  # not this step run twice: a writer took it back
+                self.report.rescued.append(digest)
+            return
+        self._clear_cache(digest)
+        self.report.deleted.append(digest)
+
+    def _delete_manifest(self, repo: _Repository, digest: Digest) -> None:
+        ctx, driver = self.ctx, self.driver
+        if digest not in repo.deletable:  # its expired tag was pushed again
+            return
+        link = paths.manifest_revision_link(repo.name, digest.algorithm.value, digest.hex)
+        try:
+            info = driver.stat(ctx, link)
+        except PathNotFoundError:
+            return
+        except StorageError as exc:
+            raise GCError(f"re-checking manifest {repo.name}@{digest}: {exc}") from exc
+        if _young(info.mod_time, self.cutoff):  # pushed again since the mark
+            self._keep_manifest(repo, digest)
+            return
+        driver.delete(ctx, link.rsplit("/", 1)[0])
+        subject = repo.subjects.get(digest)
+        if subject is not None:
             try:
-                info = driver.stat(ctx, link)
-            except PathNotFoundError:
-                continue
-            except StorageError as exc:
-                raise GCError(f"re-checking manifest {repo.name}@{digest}: {exc}") from exc
-            if _young(info.mod_time, self.cutoff):  # pushed again since the mark
-                self._keep_manifest(repo, digest)
-                continue
-            driver.delete(ctx, link.rsplit("/", 1)[0])
-            subject = repo.subjects.get(digest)
-            if subject is not None:
-                try:
-                    ReferrersIndex(driver, repo.name).remove(ctx, subject, digest)
-                except StorageError:
-                    pass  # the referrers list skips entries whose manifest is gone
-            deleted.setdefault(repo.name, set()).add(digest)
-            self.report.manifests_deleted.append(f"{repo.name}@{digest}")
-        # re-check: a tag pushed onto a deleted manifest meanwhile brings it back
-        # (a tag PUT re-links its revision after tagging when it sees the marker)
-        for name, digests in deleted.items():
+                ReferrersIndex(driver, repo.name).remove(ctx, subject, digest)
+            except StorageError:
+                pass  # the referrers list skips entries whose manifest is gone
+        self.deleted.setdefault(repo.name, set()).add(digest)
+        self.report.manifests_deleted.append(f"{repo.name}@{digest}")
+
+    def _restore_tagged(self) -> None:
+        """The re-check: a tag pushed onto a deleted manifest meanwhile brings it back
+        (a tag PUT re-links its revision after tagging when it sees the marker)."""
+        ctx, driver = self.ctx, self.driver
+        for name, digests in self.deleted.items():
             repo = self.repos[name]
             back = _tagged(ctx, driver, name) & digests
             while back:
@@ -618,6 +1017,8 @@ class _Sweep:
         try:
             info = driver.stat(ctx, blob_path(digest))
         except PathNotFoundError:
+            if digest not in self.quarantined and self._aside(digest):
+                self.quarantined.append(digest)  # moved by an invocation killed before it saved
             return
         except StorageError as exc:
             raise GCError(f"re-checking blob {digest}: {exc}") from exc
@@ -631,21 +1032,28 @@ class _Sweep:
         self.quarantined.append(digest)
         self._clear_cache(digest)  # an entry written back from a stat just before the move
 
-    def _mark_again(self) -> None:
-        """The re-check: what was referenced while the candidates were moved aside."""
+    def _mark_again(self, name: str) -> None:
+        """The re-check of one repository: what it references now that the
+        candidates are moved aside (manifests the mark had not seen, young links)."""
         ctx, driver = self.ctx, self.driver
         aside = set(self.quarantined)
-        for name in _repositories(ctx, driver):
-            known = self.repos.get(name)
-            seen = set(known.refs) - known.deletable if known is not None else set()
-            for digest in _links(ctx, driver, paths.manifest_revisions(name), f"the manifests of {name}"):
-                if digest in seen:
-                    continue
+        known = self.repos.get(name)
+        seen = set(known.refs) - known.deletable if known is not None else set()
+        for digest in _links(ctx, driver, paths.manifest_revisions(name), f"the manifests of {name}"):
+            if digest in seen:
+                continue
+            self.report.marked.add(digest)
+            self.report.marked |= references(_read_manifest(ctx, driver, name, digest))
+        for digest, when in _links(ctx, driver, paths.layers(name), f"the layers of {name}").items():
+            if digest in aside and _young(when, self.cutoff):
                 self.report.marked.add(digest)
-                self.report.marked |= references(_read_manifest(ctx, driver, name, digest))
-            for digest, when in _links(ctx, driver, paths.layers(name), f"the layers of {name}").items():
-                if digest in aside and _young(when, self.cutoff):
-                    self.report.marked.add(digest)
+
+    def _aside(self, digest: Digest) -> bool:
+        try:
+            self.driver.stat(self.ctx, quarantine_path(digest))
+            return True
+        except PathNotFoundError:
+            return False
 
     def _end(self) -> None:
         _set_state(self.ctx, self.driver, "idle", self.generation)
@@ -693,4 +1101,63 @@ def recover(ctx: Context, driver: StorageDriver) -> list[Digest]:
         driver.move(ctx, info.path, blob_path(digest))
         restored.append(digest)
     _set_state(ctx, driver, "idle", _generation(gc_state(ctx, driver)) + 1)
+    _drop_checkpoint(ctx, driver)  # the run it belonged to is over
     return restored
+
+
+# -- scheduled maintenance (Lambda schedule, Azure timer) ------------------------------
+
+
+def invocation_budget(configured: Optional[float], remaining: Optional[float]) -> Optional[float]:
+    """Seconds one scheduled invocation may work: storage.maintenance.gc.budget,
+    capped by the platform's remaining time less a margin for the last step and
+    the checkpoint (a fifth of it, at least 30 s); at least 1 s."""
+    if remaining is None:
+        return configured
+    room = max(1.0, remaining - max(30.0, remaining * 0.2))
+    return room if configured is None else min(configured, room)
+
+
+def scheduled_gc(
+    ctx: Context, driver: StorageDriver, storage, cache: Optional[BlobDescriptorService] = None,
+    budget: Optional[float] = None, now: Optional[datetime] = None,
+) -> dict:
+    """One scheduled invocation of gc with retention (`storage` is a StorageConfig).
+
+    Continues the run a CHECKPOINT holds; else starts one if
+    storage.maintenance.gc.interval has passed since the last one ended. Returns
+    what it did as a JSON-able summary; a GCError (a mark or sweep that stopped)
+    propagates, so the platform counts the invocation as failed."""
+    if not storage.gc_enabled or storage.readonly:
+        return {"skipped": "disabled" if not storage.gc_enabled else "readonly"}
+    params = dict(
+        remove_untagged=storage.gc_deleteuntagged, cache=cache, grace=storage.gc_graceperiod,
+        retention=storage.retention, immutable=storage.tag_immutable, now=now,
+    )
+    if storage.gc_dryrun:
+        return _summary(collect_garbage(ctx, driver, dry_run=True, **params))
+    if _load_checkpoint(ctx, driver) is None:
+        last = last_finished(gc_state(ctx, driver))
+        current = now or datetime.now(timezone.utc)
+        if last is not None and current - last < timedelta(seconds=storage.gc_interval):
+            return {"skipped": "interval", "last_finished": last.isoformat()}
+    try:
+        report = collect_garbage(ctx, driver, budget=budget, **params)
+    except GCBusy as exc:
+        log.info("gc: %s", exc)
+        return {"skipped": "busy"}
+    return _summary(report)
+
+
+def _summary(report: GCReport) -> dict:
+    summary = {
+        "finished": report.finished, "dryrun": report.dry_run, "invocations": report.invocations,
+        "tags_deleted": report.tags_deleted, "manifests_deleted": report.manifests_deleted,
+        "blobs_deleted": [str(d) for d in report.deleted],
+    }
+    if report.finished:
+        summary.update(repositories=report.repositories, manifests_marked=report.manifests_marked,
+                       blobs_marked=len(report.marked), kept_young=len(report.kept_young),
+                       rescued=len(report.rescued))
+    log.info("scheduled gc: %s", {k: v if not isinstance(v, list) else len(v) for k, v in summary.items()})
+    return summary
