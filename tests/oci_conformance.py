@@ -96,13 +96,17 @@ def _record(result: ConformanceResult) -> None:
             out.write(json.dumps(asdict(result)) + "\n")
 
 
-def run_oci_conformance(url: str, workdir: Path, label: Optional[str] = None) -> subprocess.CompletedProcess:
-    """Every workflow with automatic cross-mounting; asserts 75 passed, 0 failed, 4 skipped.
+def run_oci_conformance(url: str, workdir: Path, label: Optional[str] = None,
+                        automatic_crossmount: bool = True) -> subprocess.CompletedProcess:
+    """Every workflow; asserts 75 passed, 0 failed, 4 skipped.
 
-    OCI_USERNAME and OCI_PASSWORD, when set in this process, are the suite's credentials."""
+    With automatic_crossmount, a mount without `from` must answer 201; without, 202 (the
+    suite checks one or the other). OCI_USERNAME and OCI_PASSWORD, when set in this
+    process, are the suite's credentials."""
     _require()
     env = {**os.environ, "OCI_ROOT_URL": url, "OCI_NAMESPACE": "conformance/repo",
-           "OCI_CROSSMOUNT_NAMESPACE": "conformance/other", "OCI_AUTOMATIC_CROSSMOUNT": "1",
+           "OCI_CROSSMOUNT_NAMESPACE": "conformance/other",
+           "OCI_AUTOMATIC_CROSSMOUNT": "1" if automatic_crossmount else "0",
            "OCI_TEST_PULL": "1", "OCI_TEST_PUSH": "1", "OCI_TEST_CONTENT_DISCOVERY": "1",
            "OCI_TEST_CONTENT_MANAGEMENT": "1", "OCI_HIDE_SKIPPED_WORKFLOWS": "0",
            "OCI_REPORT_DIR": str(workdir)}

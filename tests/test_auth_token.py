@@ -220,6 +220,19 @@ def _push_private_blob(api, issuer: TokenIssuer, data: bytes) -> str:
     return digest
 
 
+def test_mount_challenge_asks_for_pull_on_the_source_too(api, issuer: TokenIssuer) -> None:
+    r = call(api, "POST", "/v2/team/app/blobs/uploads/", f"mount=sha256:{'a' * 64}&from=team/base")
+    assert r.status == 401
+    assert challenge(r).endswith('scope="repository:team/app:pull,push repository:team/base:pull"'), challenge(r)
+    # a token for the target alone is not refused: without pull on `from` it uploads instead
+    target_only = bearer(issuer.token([pull_push("team/app")]))
+    r = call(api, "POST", "/v2/team/app/blobs/uploads/", f"mount=sha256:{'a' * 64}&from=team/base", target_only)
+    assert r.status == 202
+    # an unusable `from` is no scope to ask for
+    r = call(api, "POST", "/v2/team/app/blobs/uploads/", f"mount=sha256:{'a' * 64}&from=../x")
+    assert challenge(r).endswith('scope="repository:team/app:pull,push"'), challenge(r)
+
+
 def test_mount_from_a_repository_the_token_cannot_pull_falls_back_to_an_upload(api, issuer: TokenIssuer) -> None:
     digest = _push_private_blob(api, issuer, b"a private layer")
     outsider = bearer(issuer.token([pull_push("outsider/dst")]))

@@ -31,6 +31,10 @@ class Access:
     type: str  # "repository" | "registry"
     name: str  # repository name, or "catalog"
     action: str  # "pull" | "push" | "delete" | "*"
+    # Asked for in a challenge's scope but not required: a cross-repository mount's pull
+    # on `from`, which a client should request in its token while a token without it
+    # still pushes (the mount then falls back to a plain upload).
+    optional: bool = False
 
 
 class AccessController(Protocol):

@@ -220,7 +220,17 @@ def cancel(scope: Scope) -> Response:
 
 def access(scope: Scope) -> list[Access]:
     name = scope.params["name"]
-    return [Access("repository", name, "pull"), Access("repository", name, "push")]
+    needed = [Access("repository", name, "pull"), Access("repository", name, "push")]
+    request = scope.request
+    source = request.arg("from") if request.method.upper() == "POST" and request.arg("mount") else None
+    if source:
+        # as registry:2 does, the challenge asks for pull on the mount's source too, so a
+        # token client requests it; _mount checks it, and without it uploads instead
+        try:
+            needed.append(Access("repository", validate_name(source), "pull", optional=True))
+        except NameInvalidError:
+            pass
+    return needed
 
 
 COLLECTION_HANDLERS = {"POST": start}

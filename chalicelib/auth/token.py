@@ -355,7 +355,7 @@ class TokenAccessController:
             return unauthorized(
                 bearer_challenge(self.realm, self.service, access, "invalid_token"), access, "invalid token"
             )
-        if not all(covers(granted, item) for item in access):
+        if not all(covers(granted, item) for item in access if not item.optional):
             return unauthorized(
                 bearer_challenge(self.realm, self.service, access, "insufficient_scope"),
                 access,
