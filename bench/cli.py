@@ -13,12 +13,14 @@ from typing import Optional, Sequence
 
 from . import client as registry_client
 from . import availability, coldstart, descriptor_cache, hashing, loadgen, machine, rados, report, servers, token_auth
+from . import lambda_cold
 from . import relay as relay_bench
 from .memory import PeakRSS, available_memory, tree_rss, warm_guest_memory
 
 MiB = 1 << 20
 MB = 1e6
-MEASURES = ("push", "pull", "rates", "token", "rss", "import", "hash", "cache", "rados", "avail", "relay")
+MEASURES = ("push", "pull", "rates", "token", "rss", "import", "hash", "cache", "rados", "avail", "relay",
+            "lambda")
 # the first pull after each push, then this many more (the blob is cached by then on
 # both registries: see "Pull, first after push" in docs/benchmarks.md)
 PULLS_PER_REP = 3
@@ -87,7 +89,10 @@ def parse_args(argv: Optional[Sequence[str]]) -> tuple[Settings, argparse.Namesp
     p.add_argument("--keep", action="store_true", help="keep the work directory (data and logs)")
     args = p.parse_args(argv)
     quick = args.quick
-    measures = tuple(m.strip() for m in args.only.split(",")) if args.only else MEASURES
+    # --quick leaves out the Lambda cold starts unless named: building the package
+    # (`make package`, wheels from PyPI) takes longer than the rest of a quick run
+    measures = tuple(m.strip() for m in args.only.split(",")) if args.only else (
+        tuple(m for m in MEASURES if m != "lambda") if quick else MEASURES)
     unknown = set(measures) - set(MEASURES)
     if unknown:
         p.error(f"unknown measure(s): {', '.join(sorted(unknown))}")
@@ -165,6 +170,22 @@ def rows_template() -> dict[str, report.Row]:
         # issue 14: fresh servers with hostile clients open (bench/availability.py)
         **availability_rows(),
         **relay_rows(),
+        **lambda_cold_rows(),
+    }
+
+
+def lambda_cold_rows() -> dict[str, report.Row]:
+    """Issue 13 (bench/lambda_cold.py): a new instance's first request, from the deployment
+    package alone; the network calls (loopback moto and Redis) are in the number."""
+    where = "new Lambda instance (package only + runtime SDK, moto S3, secret in SSM)"
+    target = report.below(100)
+    return {
+        "lambda_cold_base": report.Row(f"First GET /v2/ of a {where}", "ms", target=target,
+                                       target_text="< 100 ms + network"),
+        "lambda_cold_manifest": report.Row(f"First manifest GET by digest, warm Redis, of a {where}", "ms",
+                                           target=target, target_text="< 100 ms + network"),
+        "lambda_cold_blob": report.Row(f"First blob GET (307), warm Redis, of a {where}", "ms",
+                                       target=target, target_text="< 100 ms + network"),
     }
 
 
@@ -425,6 +446,16 @@ class Bench:
             self.measure_availability()
         if "relay" in s.measures:
             self.measure_relay()
+        if "lambda" in s.measures:
+            self.measure_lambda_cold()
+
+    def measure_lambda_cold(self) -> None:
+        found = lambda_cold.measure(self.workdir, self.settings.reps, log=log)
+        for key, cold in (found or {}).items():
+            row = self.rows[f"lambda_cold_{key}"]
+            for value in cold.total_ms:
+                self.record(f"lambda_cold_{key}", "stratus", value)
+            row.label += f" [imports: {', '.join(cold.sdks) or 'no SDK'}]"
 
     def measure_relay(self) -> None:
         """Once: 1 GiB pushes take minutes on moto; --quick pushes 12 MiB."""
