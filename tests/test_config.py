@@ -154,7 +154,7 @@ def test_no_file_and_no_environment_gives_the_defaults():
     assert config.redis.addr is None and config.redis.db == 0 and config.redis.tls is False
     assert config.catalog.maxentries == 1000
     assert config.tracing.xray is False
-    assert config.notifications == {} and not config.health.any and config.raw == {}
+    assert not config.notifications.active and not config.health.any and config.raw == {}
 
 
 def test_loading_defaults_does_not_import_yaml():
@@ -218,7 +218,7 @@ def test_reference_registry_config_file_loads(tmp_path, caplog):
     assert (redis.dialtimeout, redis.readtimeout, redis.writetimeout) == (0.01, 0.01, 0.01)
     assert (redis.pool.maxidle, redis.pool.maxactive, redis.pool.idletimeout) == (16, 64, 300)
 
-    assert config.notifications["endpoints"][0]["name"] == "alistener"
+    assert config.notifications.endpoints[0].name == "alistener"
     assert (config.health.storagedriver.enabled, config.health.storagedriver.threshold) == (True, 3)
     assert config.health.storagedriver.interval == 10
     assert config.catalog.maxentries == 500
@@ -227,7 +227,7 @@ def test_reference_registry_config_file_loads(tmp_path, caplog):
     # nothing else in a documented config is "unknown".
     warned = sorted(r.getMessage().split()[2] for r in caplog.records)
     assert warned == [
-        "compatibility", "http.draintimeout", "http.http2", "notifications.endpoints", "notifications.events",
+        "compatibility", "http.draintimeout", "http.http2",
         "storage.tag.concurrencylimit", "validation.disabled",
     ], warned
 
@@ -240,7 +240,6 @@ def test_reference_registry_config_file_loads(tmp_path, caplog):
         ("http:\n  net: unix\n  addr: /run/stratus.sock", "http.net"),
         ("proxy:\n  remoteurl: https://registry-1.docker.io", "proxy.remoteurl"),
         ("validation:\n  manifests:\n    urls:\n      allow: ['^https://']", "validation.manifests.urls"),
-        ("notifications:\n  endpoints:\n    - name: a\n      url: http://a", "notifications.endpoints.0"),
     ],
 )
 def test_reference_keys_stratus_cannot_honour_are_refused(tmp_path, text, key):

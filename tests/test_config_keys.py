@@ -152,17 +152,23 @@ KEYS: list[tuple[str, Any, str, Getter, Any]] = [
      lambda c: c.http.headers["X-Content-Type-Options"], ["nosniff"]),
     ("http.http2.disabled", False, COSMETIC, None, None),
     ("http.h2c.enabled", False, COSMETIC, None, None),
-    ("notifications.events.includereferences", True, COSMETIC, None, None),
-    ("notifications.endpoints.0.name", "alistener", REFUSED, None, None),
-    ("notifications.endpoints.0.disabled", False, REFUSED, None, None),
-    ("notifications.endpoints.0.url", "https://my.listener.com/event", REFUSED, None, None),
-    ("notifications.endpoints.0.headers.Authorization.0", "Bearer x", REFUSED, None, None),
-    ("notifications.endpoints.0.timeout", "1s", REFUSED, None, None),
-    ("notifications.endpoints.0.threshold", 10, REFUSED, None, None),
-    ("notifications.endpoints.0.backoff", "1s", REFUSED, None, None),
-    ("notifications.endpoints.0.ignoredmediatypes.0", "application/octet-stream", REFUSED, None, None),
-    ("notifications.endpoints.0.ignore.mediatypes.0", "application/octet-stream", REFUSED, None, None),
-    ("notifications.endpoints.0.ignore.actions.0", "pull", REFUSED, None, None),
+    ("notifications.events.includereferences", True, IMPLEMENTED, lambda c: c.notifications.include_references, True),
+    ("notifications.endpoints.0.name", "alistener", IMPLEMENTED, lambda c: c.notifications.endpoints[0].name,
+     "alistener"),
+    ("notifications.endpoints.0.disabled", True, IMPLEMENTED, lambda c: c.notifications.endpoints[0].disabled, True),
+    ("notifications.endpoints.0.url", "https://my.listener.com/event", IMPLEMENTED,
+     lambda c: c.notifications.endpoints[0].url, "https://my.listener.com/event"),
+    ("notifications.endpoints.0.headers.Authorization.0", "Bearer x", IMPLEMENTED,
+     lambda c: c.notifications.endpoints[0].headers["Authorization"], ["Bearer x"]),
+    ("notifications.endpoints.0.timeout", "500ms", IMPLEMENTED, lambda c: c.notifications.endpoints[0].timeout, 0.5),
+    ("notifications.endpoints.0.threshold", 5, IMPLEMENTED, lambda c: c.notifications.endpoints[0].threshold, 5),
+    ("notifications.endpoints.0.backoff", "2s", IMPLEMENTED, lambda c: c.notifications.endpoints[0].backoff, 2.0),
+    ("notifications.endpoints.0.ignoredmediatypes.0", "application/octet-stream", IMPLEMENTED,
+     lambda c: c.notifications.endpoints[0].ignored_mediatypes, ("application/octet-stream",)),
+    ("notifications.endpoints.0.ignore.mediatypes.0", "application/octet-stream", IMPLEMENTED,
+     lambda c: c.notifications.endpoints[0].ignored_mediatypes, ("application/octet-stream",)),
+    ("notifications.endpoints.0.ignore.actions.0", "pull", IMPLEMENTED,
+     lambda c: c.notifications.endpoints[0].ignored_actions, ("pull",)),
     ("redis.tls.certificate", "/path/to/cert.crt", REFUSED, None, None),
     ("redis.tls.key", "/path/to/key.pem", REFUSED, None, None),
     ("redis.tls.rootcas.0", "/path/to/ca.pem", REFUSED, None, None),
@@ -217,6 +223,9 @@ NEEDS: list[tuple[str, dict[str, Any]]] = [
     ("health.file.0", {"health": {"file": [{"file": "/path/to/checked/file"}]}}),
     ("health.http.0", {"health": {"http": [{"uri": "http://server.to.check/"}]}}),
     ("health.tcp.0", {"health": {"tcp": [{"addr": "redis-server.domain.com:6379"}]}}),
+    # an enabled endpoint needs both a name and a url
+    ("notifications.endpoints.0", {"notifications": {"endpoints": [{"name": "alistener",
+                                                                    "url": "https://my.listener.com/event"}]}}),
 ]
 
 
@@ -303,15 +312,10 @@ def test_documented_key(tmp_path, caplog, key, value, disposition, getter, expec
     assert read == expected
 
 
-def test_disabled_endpoints_are_cosmetic(tmp_path, caplog):
-    caplog.set_level(logging.WARNING)
+def test_an_enabled_endpoint_without_a_url_is_refused_naming_it(tmp_path):
     path = tmp_path / "config.yml"
-    path.write_text("notifications:\n  endpoints:\n    - name: a\n      url: http://a\n      disabled: true\n"
-                    "    - name: b\n      disabled: true\n")
-    load_config(str(path), environ={})
-    assert [r.getMessage().split()[2] for r in caplog.records] == ["notifications.endpoints"]
-    path.write_text("notifications:\n  endpoints:\n    - name: a\n      disabled: true\n    - name: b\n")
-    with pytest.raises(ConfigError, match=r"^notifications\.endpoints\.0\.name: not supported"):
+    path.write_text("notifications:\n  endpoints:\n    - name: a\n      url: http://a\n    - name: b\n")
+    with pytest.raises(ConfigError, match=r"^notifications\.endpoints\.1\.url: "):
         load_config(str(path), environ={})
 
 
