@@ -117,12 +117,15 @@ def test_the_zip_carries_the_sdk_set_pinned_together(built: Path) -> None:
     assert not any(n.startswith(("tests/", "bench/", ".venv/")) for n in names)
 
 
-def test_the_template_schedules_the_upload_purge(built: Path) -> None:
+def test_the_template_schedules_the_maintenance(built: Path) -> None:
     resources = json.loads((built / "sam.json").read_text())["Resources"]
-    purge = next(r["Properties"] for r in resources.values()
-                 if r["Type"] == "AWS::Serverless::Function" and r["Properties"]["Handler"] == "app.purge_uploads")
+    functions = {r["Properties"]["Handler"]: r["Properties"] for r in resources.values()
+                 if r["Type"] == "AWS::Serverless::Function"}
+    purge, gc = functions["app.purge_uploads"], functions["app.collect_garbage"]
     assert [e["Properties"]["Schedule"] for e in purge["Events"].values()] == ["cron(17 3 * * ? *)"]
-    assert purge["Timeout"] == 900
+    assert [e["Properties"]["Schedule"] for e in gc["Events"].values()] == ["rate(15 minutes)"]
+    assert purge["Timeout"] == gc["Timeout"] == 900
+    assert gc["ReservedConcurrentExecutions"] == 1  # one collector at a time
 
 
 def test_a_clean_interpreter_takes_app_and_the_sdk_from_the_package(unpacked: Path, runtime: Path) -> None:

@@ -388,6 +388,11 @@ def test_apply_creates_the_functions_with_their_environment(applied: Applied, mo
     assert (purge["Handler"], purge["Timeout"]) == ("app.purge_uploads", 900)
     assert purge["Environment"]["Variables"] == env
     assert purge["VpcConfig"]["SubnetIds"] == vpc["SubnetIds"]
+    gc = function(moto_s3, f"{applied.name}-collect-garbage")
+    assert (gc["Handler"], gc["Timeout"]) == ("app.collect_garbage", 900)
+    assert gc["Environment"]["Variables"] == env
+    concurrency = moto_s3.client("lambda").get_function_concurrency(FunctionName=gc["FunctionName"])
+    assert concurrency["ReservedConcurrentExecutions"] == 1  # one collector at a time
 
 
 @needs_aws_provider
@@ -449,17 +454,23 @@ def test_apply_creates_redis_with_tls_and_auth(applied: Applied, moto_s3: MotoS3
 
 
 @needs_aws_provider
-def test_apply_schedules_the_upload_purge(applied: Applied, moto_s3: MotoS3) -> None:
+@pytest.mark.parametrize(("rule", "handler", "expression"), [
+    ("purge-uploads", "app.purge_uploads", "cron(17 3 * * ? *)"),
+    ("collect-garbage", "app.collect_garbage", "rate(15 minutes)"),
+])
+def test_apply_schedules_the_maintenance(applied: Applied, moto_s3: MotoS3, rule: str, handler: str,
+                                         expression: str) -> None:
     events = moto_s3.client("events")
-    rule = events.describe_rule(Name=f"{applied.name}-purge-uploads")
-    assert rule["ScheduleExpression"] == "cron(17 3 * * ? *)" and rule["State"] == "ENABLED"
-    purge = function(moto_s3, f"{applied.name}-purge-uploads")
-    targets = events.list_targets_by_rule(Rule=rule["Name"])["Targets"]
-    assert [t["Arn"] for t in targets] == [purge["FunctionArn"]]
-    policy = json.loads(moto_s3.client("lambda").get_policy(FunctionName=purge["FunctionName"])["Policy"])
+    found = events.describe_rule(Name=f"{applied.name}-{rule}")
+    assert found["ScheduleExpression"] == expression and found["State"] == "ENABLED"
+    target = function(moto_s3, f"{applied.name}-{rule}")
+    assert target["Handler"] == handler
+    targets = events.list_targets_by_rule(Rule=found["Name"])["Targets"]
+    assert [t["Arn"] for t in targets] == [target["FunctionArn"]]
+    policy = json.loads(moto_s3.client("lambda").get_policy(FunctionName=target["FunctionName"])["Policy"])
     (statement,) = policy["Statement"]
     assert statement["Principal"]["Service"] == "events.amazonaws.com"
-    assert statement["Condition"]["ArnLike"]["AWS:SourceArn"] == rule["Arn"]
+    assert statement["Condition"]["ArnLike"]["AWS:SourceArn"] == found["Arn"]
 
 
 @needs_aws_provider
@@ -522,6 +533,7 @@ def test_a_second_plan_keeps_the_redis_token_and_grants_a_secrets_manager_secret
     assert changes["aws_ssm_parameter.redis_auth_token[0]"]["actions"] == ["no-op"]
     assert changes["aws_elasticache_replication_group.redis[0]"]["after"]["auth_token"] == token
     for address in ("aws_cloudwatch_event_rule.purge_uploads[0]", "aws_cloudwatch_event_target.purge_uploads[0]",
+                    "aws_cloudwatch_event_rule.collect_garbage[0]",
                     "aws_vpc_endpoint.s3[0]", "aws_s3_bucket_lifecycle_configuration.registry"):
         assert changes[address]["actions"] == ["no-op"], (address, changes[address])
 

@@ -133,9 +133,10 @@ resource "aws_iam_role" "function" {
 
 data "aws_iam_policy_document" "function" {
   statement {
-    sid       = "Logs"
-    actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
-    resources = ["${aws_cloudwatch_log_group.function.arn}:*", "${aws_cloudwatch_log_group.maintenance.arn}:*"]
+    sid     = "Logs"
+    actions = ["logs:CreateLogStream", "logs:PutLogEvents"]
+    resources = [for group in [aws_cloudwatch_log_group.function, aws_cloudwatch_log_group.maintenance,
+    aws_cloudwatch_log_group.gc] : "${group.arn}:*"]
   }
   statement {
     sid = "RegistryObjects"

@@ -21,6 +21,11 @@ output "purge_function_name" {
   value       = local.schedule ? aws_lambda_function.purge_uploads[0].function_name : ""
 }
 
+output "gc_function_name" {
+  description = "The scheduled garbage collection (empty without gc_schedule)."
+  value       = local.gc_schedule ? aws_lambda_function.collect_garbage[0].function_name : ""
+}
+
 output "http_secret_parameter" {
   description = "Where the functions read http.secret from."
   value       = local.secret_parameter

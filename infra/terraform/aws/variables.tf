@@ -166,6 +166,12 @@ variable "purge_schedule" {
   default     = "cron(17 3 * * ? *)"
 }
 
+variable "gc_schedule" {
+  description = "EventBridge schedule of garbage collection steps (app.collect_garbage, as `chalice deploy` schedules it); empty: none."
+  type        = string
+  default     = "rate(15 minutes)"
+}
+
 variable "extra_environment" {
   description = "More REGISTRY_* variables for the functions."
   type        = map(string)
