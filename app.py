@@ -47,12 +47,147 @@ app.api.binary_types = ["*/*"]
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 
 
-@app.route("/v2", methods=["GET", "HEAD"], content_types=["*/*"])
+# -- the auth challenge through a REST API -----------------------------------------------------
+# A REST API renames a Lambda proxy response's WWW-Authenticate to
+# x-amzn-Remapped-WWW-Authenticate, so docker never sees the registry's challenge. With
+# STRATUS_GATEWAY_AUTHORIZER=true in the stage's environment_variables (chalice deploy
+# imports this module with them, as each function does), the /v2 routes get a TOKEN
+# authorizer, and API Gateway answers every refusal itself, from gateway responses that
+# carry the challenge (gateway_responses(), put on the API after each deploy by
+# scripts/gateway_responses.py): a request without Authorization gets UNAUTHORIZED
+# without any function running, one the registry's access controller refuses gets
+# ACCESS_DENIED, made a 401. HTTP APIs pass the header through and need none of this.
+GATEWAY_AUTHORIZER = os.environ.get("STRATUS_GATEWAY_AUTHORIZER", "").strip().lower() == "true"
+
+
+class GatewayAccess:
+    """The registry's access controller, built once per authorizer instance (no storage)."""
+
+    _controller: Any = None
+    _built = False
+
+    @classmethod
+    def controller(cls) -> Any:
+        if not cls._built:
+            from chalicelib.auth import create_access_controller
+            from chalicelib.config import load_config
+
+            cls._controller, cls._built = create_access_controller(load_config().auth), True
+        return cls._controller
+
+
+def method_and_path(method_arn: str) -> tuple[str, str]:
+    """(method, path) of `arn:aws:execute-api:<region>:<account>:<api>/<stage>/<METHOD>/<path>`
+    (a digest's colon stays in the path: only the ARN's first five colons separate)."""
+    resource = method_arn.split(":", 5)[5]
+    parts = resource.split("/", 3)
+    return parts[2], "/" + (parts[3] if len(parts) > 3 else "")
+
+
+def needed_access(request: Any) -> list:
+    """The access the api would ask of the controller for this request; [] for what it
+    answers without asking (an unknown path or method: 404 or 405 from the function)."""
+    from chalicelib.api import base, blobs, catalog, manifests, referrers, tags, uploads
+    from chalicelib.api.app import Scope, match_route
+    from chalicelib.context import Context
+
+    route, params = match_route(request.path)
+    modules = {"base": base, "catalog": catalog, "tags": tags, "manifest": manifests, "uploads": uploads,
+               "upload": uploads, "blob": blobs, "referrers": referrers}
+    if route is None:
+        return []
+    return modules[route].access(Scope(None, request, Context(), params))  # type: ignore[arg-type]
+
+
+def gateway_authorize(event: dict, context: Any = None) -> dict:
+    """A TOKEN authorizer's answer (an IAM policy for the methodArn, caching off): the
+    registry's own controller decides, as the function will again. The query string is
+    not in a TOKEN event, so a mount's optional pull on `from` is left to the function."""
+    from chalicelib.api.http import Request
+
+    token, method_arn = event.get("authorizationToken") or "", event["methodArn"]
+    method, path = method_and_path(method_arn)
+    request = Request.from_bytes(method, path, headers={"Authorization": token})
+    controller = GatewayAccess.controller()
+    refusal = None if controller is None else controller.authorize(request, needed_access(request))
+    result: dict = {
+        "principalId": _principal(token),
+        "policyDocument": {"Version": "2012-10-17", "Statement": [
+            {"Action": "execute-api:Invoke", "Effect": "Deny" if refusal else "Allow", "Resource": method_arn}]},
+    }
+    if refusal is not None:
+        import json
+
+        errors = json.loads(refusal.body_bytes()).get("errors") or [{}]
+        result["context"] = {"code": str(errors[0].get("code", "UNAUTHORIZED")),
+                             "message": str(errors[0].get("message", "authentication required"))}
+    return result
+
+
+def _principal(token: str) -> str:
+    """The Basic user name, or the kind of credentials (never a secret)."""
+    import base64
+    import binascii
+
+    scheme, _, value = token.strip().partition(" ")
+    if scheme.lower() == "basic":
+        try:
+            user = base64.b64decode(value, validate=True).decode("utf-8").partition(":")[0]
+        except (binascii.Error, UnicodeDecodeError):
+            user = ""
+        if user and user.isprintable() and len(user) <= 128:
+            return user
+    return scheme.lower()[:16] or "anonymous"
+
+
+def gateway_responses(auth: Any) -> dict[str, dict]:
+    """The REST API's UNAUTHORIZED and ACCESS_DENIED gateway responses (PutGatewayResponse's
+    shape) for an `auth` config: 401, the registry's challenge for GET /v2/ as a static
+    WWW-Authenticate (gateway response headers are not remapped), and the spec's error
+    body; ACCESS_DENIED's message is the registry's, through $context.authorizer."""
+    from chalicelib.auth.challenge import basic_challenge, bearer_challenge
+
+    params = auth.parameters
+    if auth.name == "htpasswd":
+        challenge = basic_challenge(params.get("realm", "Stratus Registry"))
+    elif auth.name in ("token", "silly"):
+        challenge = bearer_challenge(params["realm"], params["service"], [])
+    else:
+        raise ValueError(f"auth {auth.name!r}: the gateway authorizer needs htpasswd, token or silly auth")
+    if "'" in challenge:
+        raise ValueError("a static gateway response header cannot hold a single quote: change the realm")
+    headers = {"gatewayresponse.header.WWW-Authenticate": f"'{challenge}'",
+               "gatewayresponse.header.Docker-Distribution-API-Version": "'registry/2.0'"}
+
+    def body(message: str) -> dict[str, str]:
+        return {"application/json": '{"errors":[{"code":"UNAUTHORIZED","message":"%s"}]}' % message}
+
+    return {
+        "UNAUTHORIZED": {"statusCode": "401", "responseParameters": headers,
+                         "responseTemplates": body("authentication required")},
+        "ACCESS_DENIED": {"statusCode": "401", "responseParameters": headers,
+                          "responseTemplates": body("$context.authorizer.message")},
+    }
+
+
+def registry_auth(auth_request: Any) -> dict:
+    """The authorizer function (handler app.registry_auth): Chalice hands it an AuthRequest."""
+    return gateway_authorize({"authorizationToken": auth_request.token, "methodArn": auth_request.method_arn})
+
+
+route_authorizer = None
+if GATEWAY_AUTHORIZER:
+    # ttl 0: a policy covers one methodArn, so a cached one would refuse the client's next
+    # request; Chalice's TOKEN authorizer takes the token from the Authorization header
+    registry_auth = route_authorizer = app.authorizer(ttl_seconds=0)(registry_auth)
+
+
+@app.route("/v2", methods=["GET", "HEAD"], content_types=["*/*"], authorizer=route_authorizer)
 def v2_base() -> None:  # pragma: no cover - RegistryChalice.__call__ answers
     raise NotImplementedError
 
 
-@app.route("/v2/{proxy+}", methods=ALL_METHODS, content_types=["*/*"])
+@app.route("/v2/{proxy+}", methods=ALL_METHODS, content_types=["*/*"], authorizer=route_authorizer)
 def v2_proxy(proxy: Optional[str] = None) -> None:  # pragma: no cover
     raise NotImplementedError
 

@@ -22,6 +22,10 @@ Lambda proxy integration:
   the stage can sit in the path (`/api/v2/...`) as `chalice deploy` gives it;
 * invocations run in one warm instance, or on a fresh registry each ("cold"), or on
   instances that scale as Lambda's do, a process each ("isolated");
+* in REST mode, a route that app.py gives a Lambda authorizer (`@app.authorizer`, as
+  `chalice deploy` attaches it: a TOKEN authorizer on the Authorization header) is
+  authorized first, and the gateway's own refusals are rendered from the API's gateway
+  responses (`gateway_responses=`, PutGatewayResponse's shape) - see `TokenAuthorizer`;
 * every request is recorded, one JSON line each, so tests can assert what reached
   the function (`LambdaGateway.records()`).
 
@@ -36,6 +40,7 @@ import http.client
 import itertools
 import json
 import os
+import re
 import secrets
 import sys
 import threading
@@ -117,8 +122,11 @@ class Record:
     response_bytes: Optional[int]    # the function's serialized result
     response_base64: Optional[bool]  # the result's isBase64Encoded
     outcome: str                     # "ok", "request-too-long", "timeout", "response-too-large",
-                                     # "function-error", "malformed-response", "missing-route"
+                                     # "function-error", "malformed-response", "missing-route",
+                                     # "gateway-response" (the gateway refused: an authorizer)
     instance: Optional[int] = None   # pid of the process that ran the invocation
+    authorizer: Optional[str] = None  # REST route with an authorizer: "missing-token" (not
+                                      # invoked), "allow", "deny", "unauthorized", "error"
 
 
 @dataclass(frozen=True)
@@ -166,6 +174,7 @@ def lambda_gateway(
     instances: str = "warm",
     head_content_length: str = "function",
     workdir: Optional[Path] = None,
+    gateway_responses: Optional[Mapping[str, Mapping[str, Any]]] = None,
 ) -> Iterator[LambdaGateway]:
     """The gateway in front of app.py imported with env (plus the variables the Lambda
     runtime sets, which env may override), until the block ends; stopped by pid.
@@ -177,7 +186,9 @@ def lambda_gateway(
     started (cold) when none is idle.
     head_content_length="body" answers a HEAD with the Content-Length of its empty body
     (the function's in x-amzn-Remapped-Content-Length on a REST API) instead of the
-    function's: what a REST API does there is undocumented, this shows what depends on it."""
+    function's: what a REST API does there is undocumented, this shows what depends on it.
+    gateway_responses: a REST API's customized gateway responses by type (statusCode,
+    responseParameters, responseTemplates), as PutGatewayResponse takes them."""
     import tempfile
 
     from .servers import ROOT, free_port, process
@@ -199,6 +210,12 @@ def lambda_gateway(
             "--head-content-length", head_content_length]
     if stage_in_path:
         argv.append("--stage-in-path")
+    if gateway_responses:
+        if mode != "rest":
+            raise ValueError("gateway responses are a REST API's")
+        responses_path = workdir / f"gateway-responses-{port}.json"
+        responses_path.write_text(json.dumps(gateway_responses))
+        argv += ["--gateway-responses", str(responses_path)]
     full_env = {**runtime_environment(), "PYTHONPATH": str(ROOT), **env}
     with process(argv, port, full_env, log_path=workdir / f"gateway-{port}.log", cwd=ROOT,
                  timeout=60, inherit_env=False) as proc:
@@ -323,6 +340,7 @@ class Settings:
     record: Path
     port: int
     head_length: str = "function"
+    gateway_responses: Optional[dict] = None
 
 
 class _Body:
@@ -411,7 +429,7 @@ class IncomingRequest:
 
 
 def rest_event(request: IncomingRequest, resource_path: str, route: str, proxy: Optional[str],
-               stage: str, request_id: str) -> dict[str, Any]:
+               stage: str, request_id: str, authorizer: Optional[Mapping[str, str]] = None) -> dict[str, Any]:
     """A REST API (payload format 1.0) Lambda proxy event; every body base64-encoded,
     as with app.py's binary media types `*/*`."""
     single: dict[str, str] = {}
@@ -454,6 +472,7 @@ def rest_event(request: IncomingRequest, resource_path: str, route: str, proxy: 
                          "userAgent": single.get("User-Agent", ""), "user": None},
             "domainName": f"127.0.0.1:{request.port}",
             "apiId": API_ID,
+            **({"authorizer": dict(authorizer)} if authorizer is not None else {}),
         },
         "body": base64.b64encode(request.body).decode("ascii") if request.body else None,
         "isBase64Encoded": bool(request.body),
@@ -659,11 +678,180 @@ class IsolatedFunction:
         return "ok", json.loads(payload), process.pid
 
 
+# -- Lambda authorizers and gateway responses (REST APIs) ------------------------------------
+#
+# What API Gateway does, from the Developer Guide (docs.aws.amazon.com/apigateway/latest/
+# developerguide/...):
+# * apigateway-use-lambda-authorizer.html, api-gateway-lambda-authorizer-input.html: a TOKEN
+#   authorizer gets {"type": "TOKEN", "authorizationToken": <the identity source header>,
+#   "methodArn": "arn:aws:execute-api:<region>:<account>:<api>/<stage>/<METHOD>/<path>"}.
+#   A missing or empty token is answered 401 without invoking it (the knowledge-center
+#   article "api-gateway-401-error-lambda-authorizer").
+# * api-gateway-lambda-authorizer-output.html: it answers {principalId, policyDocument,
+#   context}; an explicit Deny for the methodArn, or no Allow, is 403 ACCESS_DENIED; a
+#   function error "Unauthorized" is 401 UNAUTHORIZED; any other error or a malformed answer
+#   is 500 AUTHORIZER_CONFIGURATION_ERROR. The context's values reach the integration as
+#   requestContext.authorizer (with principalId) and gateway response templates as
+#   $context.authorizer.<key>.
+# * The Authorizer resource (API reference, API_Authorizer.html): authorizerResultTtlInSeconds
+#   0 disables caching; only that is emulated (an authorizer with a TTL is refused here).
+# * api-gateway-gatewayResponse-definition.html, supported-gateway-response-types.html and
+#   the x-amazon-apigateway-gateway-responses extension pages: a gateway response per type
+#   (statusCode, responseParameters `gatewayresponse.header.<name>` from a static 'value' or
+#   method.request.header|querystring|path.<name>, responseTemplates not run through VTL
+#   but with $context variables substituted), DEFAULT_4XX / DEFAULT_5XX standing in for
+#   types not set; the defaults' body is {"message":$context.error.messageString}. Headers a
+#   gateway response sets are the gateway's own, so none is remapped.
+
+GATEWAY_RESPONSE_DEFAULTS = {
+    # type: (status, x-amzn-ErrorType)
+    "UNAUTHORIZED": (401, "UnauthorizedException"),
+    "ACCESS_DENIED": (403, "AccessDeniedException"),
+    "AUTHORIZER_CONFIGURATION_ERROR": (500, "AuthorizerConfigurationException"),
+}
+_STATIC = re.compile(r"^'(.*)'$", re.S)
+_REQUEST_SOURCE = re.compile(r"^method\.request\.(header|querystring|path)\.(.+)$")
+_TEMPLATE_VARIABLE = re.compile(r"\$context\.(authorizer\.\w+|error\.messageString|error\.message|requestId)")
+
+
+def check_gateway_responses(responses: Mapping[str, Any]) -> None:
+    """Refuses what this stand-in does not emulate, so no test passes on a mapping AWS
+    would read differently."""
+    for kind, response in responses.items():
+        for key, source in (response.get("responseParameters") or {}).items():
+            if not key.startswith("gatewayresponse.header."):
+                raise ValueError(f"{kind}: only header parameters are emulated, not {key}")
+            if not (_STATIC.match(source) or _REQUEST_SOURCE.match(source)):
+                raise ValueError(f"{kind}: {key} from {source!r} is not emulated")
+
+
+class TokenAuthorizer:
+    """A route's Lambda TOKEN authorizer as a REST API runs it, with caching off."""
+
+    def __init__(self, handler: Any, header: str, ttl: Optional[int]):
+        if ttl != 0:
+            raise ValueError(f"authorizer caching (ttl {ttl}) is not emulated: set ttl_seconds=0")
+        self.handler, self.header = handler, header
+
+    def authorize(self, request: IncomingRequest, method_arn: str, request_id: str
+                  ) -> tuple[str, Optional[str], dict[str, str]]:
+        """(outcome, gateway response type or None to go on, context for the integration
+        or the gateway response)."""
+        token = next((v for n, v in request.headers if n.lower() == self.header.lower()), "")
+        if not token.strip():
+            return "missing-token", "UNAUTHORIZED", {"error.message": "Unauthorized"}
+        event = {"type": "TOKEN", "authorizationToken": token, "methodArn": method_arn}
+        try:
+            result = json.loads(json.dumps(self.handler(event, LambdaContext(request_id, time.monotonic() + 30))))
+        except Exception as exc:  # noqa: BLE001 - the runtime reports any error alike
+            if str(exc) == "Unauthorized":
+                return "unauthorized", "UNAUTHORIZED", {"error.message": "Unauthorized"}
+            traceback.print_exc()
+            return "error", "AUTHORIZER_CONFIGURATION_ERROR", {"error.message": None}
+        try:
+            principal = result["principalId"]
+            effect = _policy_effect(result["policyDocument"], method_arn)
+            context = {k: str(v) for k, v in (result.get("context") or {}).items()}
+        except (KeyError, TypeError, AttributeError):
+            return "error", "AUTHORIZER_CONFIGURATION_ERROR", {"error.message": None}
+        scoped = {f"authorizer.{k}": v for k, v in context.items()}
+        if effect == "Allow":
+            return "allow", None, {"principalId": str(principal), **context}
+        message = ("User is not authorized to access this resource with an explicit deny" if effect == "Deny"
+                   else "User is not authorized to access this resource")
+        return "deny", "ACCESS_DENIED", {**scoped, "authorizer.principalId": str(principal),
+                                         "error.message": message}
+
+
+def _policy_effect(policy: Mapping[str, Any], method_arn: str) -> Optional[str]:
+    """"Deny" if a statement denies execute-api:Invoke on the ARN, else "Allow" if one
+    allows it, else None (IAM's evaluation: an explicit deny wins)."""
+    import fnmatch
+
+    statements = policy["Statement"]
+    effects = set()
+    for statement in [statements] if isinstance(statements, dict) else statements:
+        actions = statement.get("Action", [])
+        resources = statement.get("Resource", [])
+        actions = [actions] if isinstance(actions, str) else actions
+        resources = [resources] if isinstance(resources, str) else resources
+        if any(a in ("*", "execute-api:*", "execute-api:Invoke") for a in actions) and \
+                any(fnmatch.fnmatchcase(method_arn, r) for r in resources):
+            effects.add(statement["Effect"])
+    return "Deny" if "Deny" in effects else ("Allow" if "Allow" in effects else None)
+
+
+def render_gateway_response(kind: str, configured: Mapping[str, Any], request: IncomingRequest,
+                            proxy: Optional[str], variables: Mapping[str, Any], request_id: str
+                            ) -> tuple[int, list[tuple[str, str]], bytes]:
+    """The response API Gateway sends for a gateway response type."""
+    status, error_type = GATEWAY_RESPONSE_DEFAULTS[kind]
+    fallback = "DEFAULT_4XX" if status < 500 else "DEFAULT_5XX"
+    response = configured.get(kind) or configured.get(fallback) or {}
+    status = int(response.get("statusCode") or status)
+    headers: list[tuple[str, str]] = []
+    query = dict(parse_qsl(request.query, keep_blank_values=True))
+    for key, source in (response.get("responseParameters") or {}).items():
+        name = key[len("gatewayresponse.header."):]
+        static = _STATIC.match(source)
+        if static:
+            headers.append((name, static.group(1)))
+            continue
+        where, what = _REQUEST_SOURCE.match(source).groups()
+        value = {"header": next((v for n, v in request.headers if n.lower() == what.lower()), None),
+                 "querystring": query.get(what), "path": proxy if what == "proxy" else None}[where]
+        if value is not None:
+            headers.append((name, value))
+    template = (response.get("responseTemplates") or {}).get("application/json")
+    if template is None:
+        template = '{"message":$context.error.messageString}'
+    message = variables.get("error.message")
+
+    def substitute(match: "re.Match[str]") -> str:
+        name = match.group(1)
+        if name == "requestId":
+            return request_id
+        if name == "error.messageString":
+            return json.dumps(message)
+        value = variables.get(name)
+        return "" if value is None else str(value)
+
+    body = _TEMPLATE_VARIABLE.sub(substitute, template).encode("utf-8")
+    headers += [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+                ("x-amzn-RequestId", request_id), ("x-amzn-ErrorType", error_type),
+                ("x-amz-apigw-id", base64.b64encode(secrets.token_bytes(10)).decode())]
+    return status, headers, body
+
+
+class RouteAuthorizers:
+    """The authorizers app.py's routes carry, as `chalice deploy` attaches them (imported
+    in the gateway's process: an authorizer is a function of its own on Lambda)."""
+
+    def __init__(self) -> None:
+        import app
+
+        self.routes = app.app.routes
+        self._authorizers: dict[str, TokenAuthorizer] = {}
+
+    def for_route(self, route: str, method: str) -> Optional[TokenAuthorizer]:
+        entry = self.routes.get(route, {}).get(method)
+        authorizer = getattr(entry, "authorizer", None)
+        if authorizer is None:
+            return None
+        if authorizer.name not in self._authorizers:
+            config = authorizer.config
+            self._authorizers[authorizer.name] = TokenAuthorizer(authorizer, config.header, config.ttl_seconds)
+        return self._authorizers[authorizer.name]
+
+
 class Gateway:
     def __init__(self, settings: Settings, function: Union[Function, IsolatedFunction]):
         self.settings = settings
         self.function = function
         self._record_lock = threading.Lock()
+        self.authorizers = RouteAuthorizers() if settings.mode == "rest" else None
+        self.gateway_responses = settings.gateway_responses or {}
+        check_gateway_responses(self.gateway_responses)
 
     def record(self, **values: Any) -> None:
         line = json.dumps({f.name: values.get(f.name) for f in fields(Record)})
@@ -695,8 +883,21 @@ class Gateway:
                 text = "Forbidden"
             return (*self.message(status, text), {**base, "status": status, "outcome": "missing-route"})
         route, proxy = matched
+        authorized: Optional[dict[str, str]] = None
+        authorizer = self.authorizers.for_route(route, request.method) if self.authorizers else None
+        if authorizer is not None:
+            region = os.environ.get("AWS_REGION", "us-east-1")
+            method_arn = f"arn:aws:execute-api:{region}:{ACCOUNT}:{API_ID}/{self.settings.stage}/" \
+                         f"{request.method}{resource_path}"
+            outcome, refusal, context = authorizer.authorize(request, method_arn, request_id)
+            base["authorizer"] = outcome
+            if refusal is not None:
+                status, headers, body = render_gateway_response(refusal, self.gateway_responses, request, proxy,
+                                                                context, request_id)
+                return status, headers, body, {**base, "status": status, "outcome": "gateway-response"}
+            authorized = context
         if self.settings.mode == "rest":
-            event = rest_event(request, resource_path, route, proxy, self.settings.stage, request_id)
+            event = rest_event(request, resource_path, route, proxy, self.settings.stage, request_id, authorized)
         else:
             event = http_event(request, route, proxy, self.settings.stage, request_id)
         # API Gateway serializes compactly; Lambda counts the bytes it receives
@@ -823,9 +1024,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--instances", choices=INSTANCES, default="warm")
     parser.add_argument("--record", type=Path, required=True)
     parser.add_argument("--head-content-length", choices=("function", "body"), default="function")
+    parser.add_argument("--gateway-responses", type=Path, default=None)
     args = parser.parse_args(argv)
     settings = Settings(args.mode, args.stage, args.stage_in_path, args.timeout, args.event_limit,
-                        args.response_limit, args.instances, args.record, args.port, args.head_content_length)
+                        args.response_limit, args.instances, args.record, args.port, args.head_content_length,
+                        json.loads(args.gateway_responses.read_text()) if args.gateway_responses else None)
     # imported before listening (ready means initialised), or by each instance as it starts
     function = IsolatedFunction() if settings.instances == "isolated" else Function(settings.instances)
     server = ThreadingHTTPServer(("127.0.0.1", settings.port), _handler_class(Gateway(settings, function)))
