@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import requests
@@ -93,7 +92,7 @@ def push_image(registry: Registry, name: str, tag, layers: list[bytes], **extra)
     doc = {
         "schemaVersion": 2, "mediaType": OCI_MANIFEST,
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": str(Digest.from_bytes(config)), "size": len(config)},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": str(Digest.from_bytes(l)), "size": len(l)} for l in layers],
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": str(Digest.from_bytes(layer)), "size": len(layer)} for layer in layers],
         **extra,
     }
     body = canonical(doc)
@@ -233,7 +232,7 @@ def test_dry_run_prints_the_plan_and_deletes_nothing(tmp_path):
     assert run.returncode == 0, run.stderr
     planned = {Digest.parse(line.rsplit(" ", 1)[1]) for line in run.stdout.splitlines() if line.startswith("blob would delete")}
     assert planned == expected["garbage"] | expected["untagged"]
-    assert len([l for l in run.stdout.splitlines() if l.startswith("manifest would delete")]) == 3
+    assert len([line for line in run.stdout.splitlines() if line.startswith("manifest would delete")]) == 3
     assert_present(driver, expected["live"] | expected["garbage"] | expected["untagged"])
     real = collect_garbage(CTX, driver, remove_untagged=True, grace=0)
     assert set(real.deleted) == planned

@@ -14,7 +14,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 import requests
 
 from chalicelib.context import Context

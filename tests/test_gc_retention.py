@@ -153,7 +153,7 @@ def test_retention_through_stratus_gc_and_the_http_api(tmp_path):
         return run
 
     dry = gc("--dry-run")
-    assert sorted(l for l in dry.stdout.splitlines() if l.startswith("tag ")) == [
+    assert sorted(line for line in dry.stdout.splitlines() if line.startswith("tag ")) == [
         f"tag would delete: team/app:t{i}" for i in (1, 2, 3)]
     assert gc("--dry-run", "--no-retention").stdout == ""
     real = gc()
