@@ -24,7 +24,7 @@ from chalicelib.config import AuthConfig
 from .docker_daemon import docker_daemon_fixture  # noqa: F401  (the fixture `docker_daemon`)
 from .docker_daemon import DockerDaemon
 from .lambda_gateway import LambdaGateway, lambda_gateway
-from .moto_server import MotoS3
+from .moto_server import ACCESS_KEY, REGION, SECRET_KEY, MotoS3
 from .test_auth_htpasswd import PASSWORD
 from .test_clients_docker import REFUSED, push_then_pull_back, registry_host, stored_auth
 from .token_issuer import SERVICE, TokenIssuer
@@ -220,3 +220,48 @@ def test_docker_login_fails_through_a_rest_api_without_the_authorizer(docker_dae
                                  config_dir=config)
         assert done.returncode != 0, done.stdout
         assert stored_auth(config, host) is None
+
+
+# -- the post-deploy step ------------------------------------------------------------------------
+
+
+def test_the_post_deploy_step_puts_the_gateway_responses_on_the_rest_api(moto_s3, tmp_path) -> None:
+    """scripts/gateway_responses.py against moto's API Gateway: the responses the stand-in
+    was given above are the ones the API ends up with, and the stage is redeployed."""
+    import json
+    import subprocess
+    import sys
+
+    import app
+    from tests.servers import ROOT
+
+    client = moto_s3.client("apigateway")
+    api_id = client.create_rest_api(name="stratus")["id"]
+    root_id = client.get_resources(restApiId=api_id)["items"][0]["id"]
+    client.put_method(restApiId=api_id, resourceId=root_id, httpMethod="GET", authorizationType="NONE")
+    client.put_integration(restApiId=api_id, resourceId=root_id, httpMethod="GET", type="MOCK")
+    client.create_deployment(restApiId=api_id, stageName="api")
+    before = len(client.get_deployments(restApiId=api_id)["items"])
+    project = tmp_path / "project"
+    (project / ".chalice" / "deployed").mkdir(parents=True)
+    env = {"REGISTRY_AUTH": "htpasswd", "REGISTRY_AUTH_HTPASSWD_REALM": REALM,
+           "REGISTRY_AUTH_HTPASSWD_ENV": "STRATUS_HTPASSWD", "STRATUS_GATEWAY_AUTHORIZER": "true"}
+    (project / ".chalice" / "config.json").write_text(json.dumps(
+        {"version": "2.0", "app_name": "stratus",
+         "stages": {"dev": {"api_gateway_stage": "api", "environment_variables": env}}}))
+    (project / ".chalice" / "deployed" / "dev.json").write_text(json.dumps(
+        {"resources": [{"name": "rest_api", "resource_type": "rest_api", "rest_api_id": api_id}]}))
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gateway_responses.py"), "--stage", "dev",
+         "--project-dir", str(project)],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={"PATH": "/usr/bin:/bin", "AWS_ENDPOINT_URL": moto_s3.endpoint, "AWS_DEFAULT_REGION": REGION,
+             "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY})
+    assert done.returncode == 0, done.stderr
+    expected = app.gateway_responses(AuthConfig("htpasswd", {"realm": REALM, "env": "STRATUS_HTPASSWD"}))
+    for kind, response in expected.items():
+        put = client.get_gateway_response(restApiId=api_id, responseType=kind)
+        assert (put["statusCode"], put["responseParameters"], put["responseTemplates"]) == \
+            (response["statusCode"], response["responseParameters"], response["responseTemplates"])
+    assert put["responseParameters"]["gatewayresponse.header.WWW-Authenticate"] == f"'Basic realm=\"{REALM}\"'"
+    assert len(client.get_deployments(restApiId=api_id)["items"]) == before + 1
