@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -27,7 +28,7 @@ from chalicelib.context import Context
 from chalicelib.digest import Digest
 from chalicelib.registry import Registry
 from chalicelib.registry.blobs import QUARANTINE, blob_path, gc_state, is_sweeping
-from chalicelib.registry.maintenance import CHECKPOINT
+from chalicelib.registry.maintenance import CHECKPOINT, invocation_budget
 from chalicelib.registry.manifest_types import OCI_MANIFEST
 from chalicelib.storage import PathNotFoundError, create_driver
 
@@ -333,3 +334,36 @@ def test_gc_disabled_or_read_only_does_nothing(platform) -> None:
         if result is not None:
             assert result["skipped"] in ("disabled", "readonly")
         assert build_keys <= stored(before)
+
+
+def test_stratus_gc_stops_while_a_scheduled_invocation_holds_the_lease(platform) -> None:
+    """The checkpoint as an invocation still working leaves it (its lease renewed on each
+    save): `stratus gc` beside it changes nothing and says who holds it."""
+    scheduled = platform(**SETTINGS, **TINY)
+    build(scheduled)
+    scheduled.invoke()
+    saved = scheduled.checkpoint()
+    assert saved is not None and saved["lease_until"] is None  # released at the end of the invocation
+    saved["lease_until"] = (datetime.now(timezone.utc) + timedelta(minutes=5)).isoformat()
+    saved["holder"] = "a-running-invocation"
+    scheduled.driver.put_content(CTX, CHECKPOINT, json.dumps(saved).encode())
+    before = scheduled.keys()
+    run_env = {**{k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}, **scheduled.env,
+               "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "chalicelib", "gc", "-m", "--grace", "0s"],
+                          cwd=ROOT, env=run_env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "a-running-invocation" in done.stderr, done.stderr
+    assert scheduled.keys() == before
+    assert scheduled.checkpoint() == saved
+
+
+@pytest.mark.parametrize("configured, remaining, expected", [
+    (None, None, None),  # stratus gc: no budget
+    (None, 900.0, 720.0),  # Lambda, 900 s left: a fifth kept back
+    (None, 100.0, 70.0),  # at least 30 s kept back
+    (None, 20.0, 1.0),  # always at least one step
+    (60.0, 900.0, 60.0),  # storage.maintenance.gc.budget caps it
+    (600.0, 100.0, 70.0),  # but never past the invocation's end
+])
+def test_invocation_budget(configured, remaining, expected) -> None:
+    assert invocation_budget(configured, remaining) == expected

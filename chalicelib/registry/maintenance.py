@@ -844,12 +844,6 @@ class _Sweep:
         sweep.relisted = list(doc["relisted"])
         return sweep
 
-    def run(self, doomed: list, candidates: list, expired: Sequence = ()) -> None:
-        """The whole sweep at once."""
-        self.plan(doomed, candidates, expired)
-        while not self.done:
-            self.step()
-
     def step(self) -> None:
         """One step; on a failure, what was moved aside is put back and the state
         says "idle" again (or the error says why not), then GCError."""
