@@ -265,3 +265,34 @@ def test_the_post_deploy_step_puts_the_gateway_responses_on_the_rest_api(moto_s3
             (response["statusCode"], response["responseParameters"], response["responseTemplates"])
     assert put["responseParameters"]["gatewayresponse.header.WWW-Authenticate"] == f"'Basic realm=\"{REALM}\"'"
     assert len(client.get_deployments(restApiId=api_id)["items"]) == before + 1
+
+
+def test_chalice_deploys_what_the_stand_in_emulates(tmp_path) -> None:
+    """The API definition `chalice deploy` sends (its swagger) gives every /v2 method the
+    TOKEN authorizer on Authorization with caching off, which is what the stand-in runs;
+    without STRATUS_GATEWAY_AUTHORIZER no method has one."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.servers import ROOT
+
+    script = ("import json, app\nfrom chalice.deploy.swagger import CFNSwaggerGenerator\n"
+              "print(json.dumps(CFNSwaggerGenerator().generate_swagger(app.app)))")
+    swaggers = {}
+    for flag in ("true", ""):
+        done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                              env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "STRATUS_GATEWAY_AUTHORIZER": flag},
+                              check=False)
+        assert done.returncode == 0, done.stderr
+        swaggers[flag] = json.loads(done.stdout)
+    methods = [(path, method, spec) for path, item in swaggers["true"]["paths"].items()
+               for method, spec in item.items() if path.startswith("/v2")]
+    assert {m for _, m, _ in methods} >= {"get", "head", "put", "post", "patch", "delete"}
+    assert all(spec.get("security") == [{"registry_auth": []}] for _, _, spec in methods)
+    definition = swaggers["true"]["securityDefinitions"]["registry_auth"]
+    assert (definition["in"], definition["name"]) == ("header", "Authorization")
+    assert definition["x-amazon-apigateway-authorizer"]["type"] == "token"
+    assert definition["x-amazon-apigateway-authorizer"]["authorizerResultTtlInSeconds"] == 0
+    assert "securityDefinitions" not in swaggers[""]
+    assert not any("security" in spec for item in swaggers[""]["paths"].values() for spec in item.values())
