@@ -13,14 +13,14 @@ from typing import Optional, Sequence
 
 from . import client as registry_client
 from . import availability, coldstart, descriptor_cache, hashing, loadgen, machine, rados, report, servers, token_auth
-from . import lambda_cold
+from . import cost, lambda_cold
 from . import relay as relay_bench
 from .memory import PeakRSS, available_memory, tree_rss, warm_guest_memory
 
 MiB = 1 << 20
 MB = 1e6
 MEASURES = ("push", "pull", "rates", "token", "rss", "import", "hash", "cache", "rados", "avail", "relay",
-            "lambda")
+            "lambda", "cost")
 # the first pull after each push, then this many more (the blob is cached by then on
 # both registries: see "Pull, first after push" in docs/benchmarks.md)
 PULLS_PER_REP = 3
@@ -92,7 +92,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> tuple[Settings, argparse.Namesp
     # --quick leaves out the Lambda cold starts unless named: building the package
     # (`make package`, wheels from PyPI) takes longer than the rest of a quick run
     measures = tuple(m.strip() for m in args.only.split(",")) if args.only else (
-        tuple(m for m in MEASURES if m != "lambda") if quick else MEASURES)
+        tuple(m for m in MEASURES if m not in ("lambda", "cost")) if quick else MEASURES)
     unknown = set(measures) - set(MEASURES)
     if unknown:
         p.error(f"unknown measure(s): {', '.join(sorted(unknown))}")
@@ -171,6 +171,7 @@ def rows_template() -> dict[str, report.Row]:
         **availability_rows(),
         **relay_rows(),
         **lambda_cold_rows(),
+        **cost.rows(),
     }
 
 
@@ -448,6 +449,8 @@ class Bench:
             self.measure_relay()
         if "lambda" in s.measures:
             self.measure_lambda_cold()
+        if "cost" in s.measures:  # issue 13, item 5 (bench/cost.py)
+            cost.measure(self.workdir, s.blob < 64 * MiB, self.record, self.rows.__getitem__)
 
     def measure_lambda_cold(self) -> None:
         found = lambda_cold.measure(self.workdir, self.settings.reps, log=log)

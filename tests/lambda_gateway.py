@@ -127,6 +127,8 @@ class Record:
     instance: Optional[int] = None   # pid of the process that ran the invocation
     authorizer: Optional[str] = None  # REST route with an authorizer: "missing-token" (not
                                       # invoked), "allow", "deny", "unauthorized", "error"
+    duration_ms: Optional[float] = None  # the function's invocation as the gateway waited for it
+                                         # (what Lambda bills, rounded up to 1 ms)
 
 
 @dataclass(frozen=True)
@@ -906,7 +908,9 @@ class Gateway:
         if len(event_bytes) > self.settings.event_limit:
             return (*self.message(*TOO_LONG), {**base, "status": 413, "outcome": "request-too-long"})
         base["reached_function"] = True
+        started = time.perf_counter()
         outcome, result, base["instance"] = self.function.invoke(event_bytes, request_id, self.settings.timeout)
+        base["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
         if outcome == "timeout":
             return (*self.message(*TIMED_OUT), {**base, "status": 504, "outcome": "timeout"})
         if outcome != "ok":
