@@ -20,9 +20,10 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import queue
+import threading
 import logging
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -176,6 +177,68 @@ class _Body:
             self._buffered = 0
 
 
+class Pool:
+    """A bounded set of threads running blocking calls for the event loop.
+
+    Like a ThreadPoolExecutor with loop.run_in_executor, minus a concurrent Future
+    per call and the chaining of it to an asyncio one: the result is set on the loop's
+    future with one call_soon_threadsafe. Measured on manifest GETs (wrk -c16,
+    6 runs interleaved): 179-211 µs of server CPU per request against 205-268, and
+    more requests per second. Threads start as calls need them, up to `size`.
+    """
+
+    def __init__(self, size: int, name: str):
+        self._size = size
+        self._name = name
+        self._calls: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads = 0
+        self._idle = 0  # threads waiting for a call
+        self._waiting = 0  # calls waiting for a thread
+        self._lock = threading.Lock()
+
+    def run(self, loop: asyncio.AbstractEventLoop, fn: Callable, *args: Any) -> asyncio.Future:
+        """fn(*args) on a pool thread; a future of the loop's for its result."""
+        future = loop.create_future()
+        with self._lock:
+            # a thread more whenever calls wait beyond the idle threads: an idle thread
+            # may be about to take an earlier call, and calls here can block for long
+            # (an upload waiting for its body)
+            self._waiting += 1
+            start = self._waiting > self._idle and self._threads < self._size
+            if start:
+                self._threads += 1
+            number = self._threads
+        self._calls.put((fn, args, future, loop))
+        if start:
+            threading.Thread(target=self._work, name=f"{self._name}-{number}", daemon=True).start()
+        return future
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                self._idle += 1
+            fn, args, future, loop = self._calls.get()
+            with self._lock:
+                self._idle -= 1
+                self._waiting -= 1
+            result = error = None
+            try:
+                result = fn(*args)
+            except BaseException as exc:
+                error = exc
+            loop.call_soon_threadsafe(_settle, future, result, error)
+            del fn, args, future, loop, result, error  # hold nothing while idle
+
+
+def _settle(future: asyncio.Future, result: Any, exc: Optional[BaseException]) -> None:
+    if future.done():  # the awaiting task was cancelled
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
+
+
 def _request(scope: dict, body: Any, content_length: Optional[int]) -> Request:
     headers = Headers((k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"])
     host = headers.get("host")
@@ -223,19 +286,19 @@ class ASGIApp:
     def __init__(self, api: RegistryAPI, limits: Limits = Limits()):
         self.api = api
         self.limits = limits
-        self._pool: Optional[ThreadPoolExecutor] = None
-        self._upload_pool: Optional[ThreadPoolExecutor] = None
-        self._read_pool: Optional[ThreadPoolExecutor] = None
+        self._pool: Optional[Pool] = None
+        self._upload_pool: Optional[Pool] = None
+        self._read_pool: Optional[Pool] = None
         self.uploads = 0  # requests with a body being handled now (read on the loop only)
 
-    def _pools(self) -> tuple[ThreadPoolExecutor, ThreadPoolExecutor, ThreadPoolExecutor]:
+    def _pools(self) -> tuple[Pool, Pool, Pool]:
         """Handlers of requests without a body, of requests with one, and the reads of
         response bodies: 200 downloads starting at once kept GET /v2/ waiting over 2 s
         behind their reads when these shared the first pool."""
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.limits.threads, thread_name_prefix="stratus")
-            self._upload_pool = ThreadPoolExecutor(self.limits.max_uploads, thread_name_prefix="stratus-upload")
-            self._read_pool = ThreadPoolExecutor(self.limits.threads, thread_name_prefix="stratus-read")
+            self._pool = Pool(self.limits.threads, "stratus")
+            self._upload_pool = Pool(self.limits.max_uploads, "stratus-upload")
+            self._read_pool = Pool(self.limits.threads, "stratus-read")
         return self._pool, self._upload_pool, self._read_pool  # type: ignore[return-value]
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
@@ -258,7 +321,7 @@ class ASGIApp:
             return
         if not has_body:
             request = _request(scope, io.BytesIO(), length)
-            response = await loop.run_in_executor(handler_pool, self.api.handle, request)
+            response = await handler_pool.run(loop, self.api.handle, request)
             await _send(loop, pool, send, scope, response, close=False, transport=transport)
             return
         # the first bytes are awaited here, holding neither a thread nor an upload slot
@@ -285,7 +348,7 @@ class ASGIApp:
         self.uploads += 1
         try:
             request = _request(scope, body, length)
-            response = await loop.run_in_executor(upload_pool, self.api.handle, request)
+            response = await upload_pool.run(loop, self.api.handle, request)
             await body.drain(_DRAIN_LIMIT)
         finally:
             self.uploads -= 1
@@ -307,7 +370,7 @@ def _gone(transport: Any) -> bool:
 
 
 async def _send(
-    loop: asyncio.AbstractEventLoop, pool: ThreadPoolExecutor, send: Callable, scope: dict,
+    loop: asyncio.AbstractEventLoop, pool: Pool, send: Callable, scope: dict,
     response: Response, close: bool, transport: Any,
 ) -> None:
     headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]
@@ -318,7 +381,7 @@ async def _send(
     if scope["method"].upper() == "HEAD":
         # a HEAD keeps the GET's headers (Content-Length) but never a body, even an error's
         if isinstance(body, FileBody):
-            await loop.run_in_executor(pool, body.close)
+            await pool.run(loop, body.close)
         await send({"type": "http.response.body", "body": b""})
         return
     if isinstance(body, (bytes, bytearray)):
@@ -334,7 +397,7 @@ async def _send(
     pieces = iter(body)
     try:
         while not _gone(transport):
-            piece = await loop.run_in_executor(pool, next, pieces, None)
+            piece = await pool.run(loop, next, pieces, None)
             if piece is None:
                 await send({"type": "http.response.body", "body": b""})
                 return
@@ -343,12 +406,12 @@ async def _send(
     finally:
         close_pieces = getattr(pieces, "close", None)
         if close_pieces is not None:
-            await loop.run_in_executor(pool, close_pieces)
+            await pool.run(loop, close_pieces)
 
 
 
 async def _send_file(
-    loop: asyncio.AbstractEventLoop, pool: ThreadPoolExecutor, send: Callable, body: FileBody,
+    loop: asyncio.AbstractEventLoop, pool: Pool, send: Callable, body: FileBody,
     transport: Any, flow: Any,
 ) -> None:
     """A blob, read on the pool a piece at a time, the next only once the client took
@@ -363,7 +426,7 @@ async def _send_file(
             if flow is not None and flow.write_paused:
                 await flow.drain()  # ends when the client reads, or the write timeout cuts it
                 continue
-            piece = await loop.run_in_executor(pool, body.file.read, min(_PIECE, remaining))
+            piece = await pool.run(loop, body.file.read, min(_PIECE, remaining))
             if not piece:
                 return  # storage ended early: uvicorn closes the connection, the client sees it short
             remaining -= len(piece)
@@ -371,7 +434,7 @@ async def _send_file(
         if remaining == 0:
             await send({"type": "http.response.body", "body": b""})
     finally:
-        await loop.run_in_executor(pool, body.close)
+        await pool.run(loop, body.close)
 
 
 def _fd(file: Any) -> Optional[int]:
@@ -383,7 +446,7 @@ def _fd(file: Any) -> Optional[int]:
 
 
 async def _sendfile(
-    loop: asyncio.AbstractEventLoop, pool: ThreadPoolExecutor, send: Callable, body: FileBody,
+    loop: asyncio.AbstractEventLoop, pool: Pool, send: Callable, body: FileBody,
     transport: Any, flow: Any, sendfile: Callable,
 ) -> None:
     """A blob on disk, sent with os.sendfile from a pool thread while the socket takes
@@ -396,7 +459,7 @@ async def _sendfile(
     fd = _fd(body.file)
     remaining = body.length
     try:
-        offset = await loop.run_in_executor(pool, body.file.tell)
+        offset = await pool.run(loop, body.file.tell)
         while remaining > 0 and not _gone(transport):
             if flow is not None and flow.write_paused:
                 await flow.drain()  # ends when the client reads, or the write timeout cuts it
@@ -405,7 +468,7 @@ async def _sendfile(
             if sent < 0:
                 return
             if sent == 0:  # the socket is full: a piece through the transport, which pauses us
-                piece = await loop.run_in_executor(pool, os.pread, fd, min(remaining, _STALL_PIECE), offset)
+                piece = await pool.run(loop, os.pread, fd, min(remaining, _STALL_PIECE), offset)
                 if not piece:
                     return  # storage ended early: uvicorn closes the connection
                 await send({"type": "http.response.body", "body": piece, "more_body": True})
@@ -415,4 +478,4 @@ async def _sendfile(
         if remaining == 0:
             await send({"type": "http.response.body", "body": b""})
     finally:
-        await loop.run_in_executor(pool, body.close)
+        await pool.run(loop, body.close)

@@ -225,7 +225,7 @@ class TimeoutProtocol(HttpToolsProtocol):
             return -1
         own = os.dup(sock.fileno())
         try:
-            sent = await self.loop.run_in_executor(pool, _sendfile, own, fd, offset, count)
+            sent = await pool.run(self.loop, _sendfile, own, fd, offset, count)
         finally:
             os.close(own)
         if sent < 0:
