@@ -1,7 +1,11 @@
 """Upload purging and garbage collection over the storage layout.
 
 Both walk repositories by listing, so they work on every driver and on trees
-written by registry:2. Garbage collection runs online: see the protocol below.
+written by registry:2. Garbage collection runs online: see the protocol below. It
+runs in small steps checkpointed in storage, so a scheduled function (Lambda,
+Azure timer) does one run over as many invocations as it needs: see "checkpointing"
+below for why that is as safe as one run. Retention policies are planned with it,
+and leave immutable tags (storage.tag.immutable) alone.
 """
 from __future__ import annotations
 
