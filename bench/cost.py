@@ -128,7 +128,7 @@ class CountingProxy:
                     length = response.getheader("Content-Length") if self.command == "HEAD" else str(len(data))
                 finally:
                     upstream.close()
-                presigned = "X-Amz-Signature=" in query
+                presigned = re.search(r"(^|&)(X-Amz-)?Signature=", query) is not None  # SigV4 or V2
                 proxy.count(s3_class(self.command, path, query),
                             len(data) if presigned and self.command == "GET" and response.status < 300 else 0)
                 self.send_response_only(response.status)
