@@ -35,6 +35,8 @@ locals {
     REGISTRY_STORAGE_REDIRECT_EXPIRY      = var.redirect_expiry
     REGISTRY_STORAGE_CACHE_BLOBDESCRIPTOR = local.redis_addr == "" ? "inmemory" : "redis"
     STRATUS_HTTP_SECRET_PARAMETER         = local.secret_parameter
+    # a direct upload's completion PUT answers 202 after this and the client repeats it
+    REGISTRY_STORAGE_DIRECTUPLOAD_VERIFYTIME = var.direct_upload_verify_time
     }, local.redis_addr == "" ? {} : {
     REGISTRY_REDIS_ADDR     = local.redis_addr
     REGISTRY_REDIS_TLS      = "true"
@@ -231,6 +233,15 @@ resource "aws_lambda_function" "registry" {
 
   depends_on = [aws_iam_role_policy.function, aws_cloudwatch_log_group.function]
   tags       = var.tags
+}
+
+# -- optionally a function URL: requests may run for the function's whole timeout --------------
+
+resource "aws_lambda_function_url" "registry" {
+  count              = var.function_url ? 1 : 0
+  function_name      = aws_lambda_function.registry.function_name
+  authorization_type = "NONE" # the registry checks credentials itself (auth.htpasswd / auth.token)
+  invoke_mode        = "BUFFERED"
 }
 
 # -- the HTTP API: its $default stage serves /v2/ at the root of its host -------------------------

@@ -40,3 +40,8 @@ output "redis_addr" {
   description = "The descriptor cache's host:port (empty: in-memory)."
   value       = local.redis_addr
 }
+
+output "function_url" {
+  description = "The registry at its Lambda function URL (empty without function_url): requests may run for the function's timeout."
+  value       = var.function_url ? trimsuffix(aws_lambda_function_url.registry[0].function_url, "/") : ""
+}

@@ -189,3 +189,25 @@ variable "tags" {
   type        = map(string)
   default     = {}
 }
+
+variable "function_url" {
+  description = <<-EOT
+    Also serve the registry at a Lambda function URL, whose requests may run for the function's
+    whole `timeout` (up to 900 s) instead of API Gateway's 30 s: for direct-upload verifications
+    and moves of very large layers. Raise `timeout` and `direct_upload_verify_time` with it, and
+    point clients (or `stratus relay --upstream`) at the `function_url` output. The registry
+    does its own authentication, so the URL's auth type is NONE.
+  EOT
+  type        = bool
+  default     = false
+}
+
+variable "direct_upload_verify_time" {
+  description = <<-EOT
+    How long one completion PUT of a direct upload verifies before answering 202 (the client
+    repeats it): within API Gateway's 30 s by default. Only with `function_url`, and clients sent
+    there, may it approach the function's `timeout` (e.g. "10m" with timeout = 900).
+  EOT
+  type        = string
+  default     = "20s"
+}
