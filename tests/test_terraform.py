@@ -380,6 +380,7 @@ def test_apply_creates_the_functions_with_their_environment(applied: Applied, mo
     assert env["REGISTRY_REDIS_TLS"] == "true"
     assert env["REGISTRY_REDIS_PASSWORD"] == token["Parameter"]["Value"] and len(token["Parameter"]["Value"]) == 64
     assert "REGISTRY_STORAGE_S3_ROOTDIRECTORY" not in env  # empty values are left out
+    assert env["REGISTRY_STORAGE_DIRECTUPLOAD_VERIFYTIME"] == "20s"  # within API Gateway's 30 s
     vpc = registry["VpcConfig"]
     assert sorted(vpc["SubnetIds"]) == sorted(applied.network.subnet_ids)
     assert vpc["SecurityGroupIds"] == [applied.outputs["function_security_group_id"]]
