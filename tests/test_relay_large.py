@@ -159,8 +159,8 @@ def file_digest(path: Path) -> str:
 
 
 def assert_pulled_identical(image: BigImage, copy: Path) -> None:
-    """The copy's tag names the pushed manifest, and each of its blobs hashes to its name
-    and is the same file as the pushed one."""
+    """The copy's tag names the pushed manifest, and its manifest, config and layer hash
+    to the pushed ones' digests (so they are the same bytes) with the same sizes."""
     index = json.loads((copy / "index.json").read_text())
     assert [m["digest"] for m in index["manifests"]] == [image.manifest_digest]
     for digest in (image.manifest_digest, image.config_digest, image.layer_digest):
@@ -278,6 +278,8 @@ def test_skopeo_pushes_1_gib_through_the_relay_into_functions_and_pulls_it_from_
     assert_blob_gets_redirected(records, "large/skopeo", image.layer_digest)
     assert not [r for r in records if r.body_bytes > host.body_limit and r.reached_function]
     assert max(r.body_bytes for r in records) < 100 * 1024 * 1024
+    shutil.rmtree(image.layout)  # 2 GiB between them; pytest keeps its last temp dirs
+    shutil.rmtree(copy)
 
 
 # -- podman -> Lambda ---------------------------------------------------------------------------
