@@ -131,13 +131,16 @@ class CountingProxy:
                 presigned = re.search(r"(^|&)(X-Amz-)?Signature=", query) is not None  # SigV4 or V2
                 proxy.count(s3_class(self.command, path, query),
                             len(data) if presigned and self.command == "GET" and response.status < 300 else 0)
-                self.send_response_only(response.status)
-                for name, value in reply:
-                    self.send_header(name, value)
-                self.send_header("Content-Length", length or "0")
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
+                try:
+                    self.send_response_only(response.status)
+                    for name, value in reply:
+                        self.send_header(name, value)
+                    self.send_header("Content-Length", length or "0")
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(data)
+                except ConnectionError:  # a client that gave up (the relay after a gateway timeout)
+                    self.close_connection = True
 
             do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _forward
 
