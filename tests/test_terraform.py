@@ -334,7 +334,7 @@ def applied(moto_s3: MotoS3, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     (workdir / "terraform.tfvars.json").write_text(json.dumps({
         "name": name, "region": REGION, "bucket_name": bucket,
         "package_path": str(lambda_zip(workdir / "deployment.zip")),
-        "subnet_ids": network.subnet_ids, "create_redis": True,
+        "subnet_ids": network.subnet_ids, "create_redis": True, "notifications_eventbridge": True,
     }))
     init(workdir, AWS_PLUGINS)
     # the validation plans need no state: they run beside the apply, which spends most
@@ -411,12 +411,28 @@ def test_apply_grants_exactly_what_the_functions_use(applied: Applied, moto_s3: 
     doc = iam.get_role_policy(RoleName=f"{applied.name}-function", PolicyName=f"{applied.name}-registry")["PolicyDocument"]
     doc = json.loads(doc) if isinstance(doc, str) else doc
     statements = {s["Sid"]: s for s in doc["Statement"]}
-    assert set(statements) == {"Logs", "RegistryObjects", "RegistryBucket", "HttpSecret", "VpcNetworkInterfaces", "Tracing"}
+    assert set(statements) == {"Logs", "RegistryObjects", "RegistryBucket", "HttpSecret", "VpcNetworkInterfaces", "Tracing",
+                               "Notifications"}
     secret = statements["HttpSecret"]
     assert secret["Action"] == "ssm:GetParameter"
     assert secret["Resource"] == f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/{applied.name}/http-secret"
     assert statements["RegistryBucket"]["Resource"] == f"arn:aws:s3:::{applied.bucket}"
     assert "ec2:CreateNetworkInterface" in statements["VpcNetworkInterfaces"]["Action"]
+
+
+@needs_aws_provider
+def test_apply_creates_the_notifications_bus_and_grants_put_events_on_it(applied: Applied, moto_s3: MotoS3) -> None:
+    bus = moto_s3.client("events").describe_event_bus(Name=f"{applied.name}-registry-events")
+    assert applied.outputs["eventbridge_bus_arn"] == bus["Arn"]
+    doc = moto_s3.client("iam").get_role_policy(RoleName=f"{applied.name}-function",
+                                                PolicyName=f"{applied.name}-registry")["PolicyDocument"]
+    statements = {s["Sid"]: s for s in (json.loads(doc) if isinstance(doc, str) else doc)["Statement"]}
+    assert (statements["Notifications"]["Action"], statements["Notifications"]["Resource"]) == ("events:PutEvents", bus["Arn"])
+    env = function(moto_s3, applied.name)["Environment"]["Variables"]
+    assert (env["REGISTRY_NOTIFICATIONS_EVENTBRIDGE_BUS"], env["REGISTRY_NOTIFICATIONS_EVENTBRIDGE_REGION"]) == (bus["Name"], REGION)
+    endpoints = moto_s3.client("ec2").describe_vpc_endpoints(
+        Filters=[{"Name": "vpc-id", "Values": [applied.network.vpc_id]}])["VpcEndpoints"]
+    assert f"com.amazonaws.{REGION}.events" in {e["ServiceName"] for e in endpoints}  # PutEvents without a NAT
 
 
 @needs_aws_provider
@@ -565,6 +581,7 @@ def test_the_function_serves_with_exactly_the_environment_terraform_gave_it(
         supplied = {
             "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
             "AWS_ENDPOINT_URL_S3": moto_s3.endpoint, "AWS_ENDPOINT_URL_SSM": moto_s3.endpoint,
+            "AWS_ENDPOINT_URL_EVENTBRIDGE": moto_s3.endpoint,  # notifications_eventbridge's PutEvents
             "SSL_CERT_FILE": str(tls.ca),  # the local server's certificate, as ElastiCache's CA is trusted
         }
         with lambda_gateway({**env, "REGISTRY_REDIS_ADDR": redis.addr, **supplied}, mode="http") as gateway:

@@ -41,7 +41,11 @@ locals {
     REGISTRY_REDIS_ADDR     = local.redis_addr
     REGISTRY_REDIS_TLS      = "true"
     REGISTRY_REDIS_PASSWORD = local.redis_password
-  }, var.extra_environment)
+    }, var.notifications_eventbridge ? {
+    # notifications.eventbridge: the bus notifications.tf creates
+    REGISTRY_NOTIFICATIONS_EVENTBRIDGE_BUS    = aws_cloudwatch_event_bus.notifications[0].name
+    REGISTRY_NOTIFICATIONS_EVENTBRIDGE_REGION = var.region
+  } : {}, var.extra_environment)
   # empty values are dropped: an unset key keeps its default
   function_environment = { for k, v in local.environment : k => v if v != "" }
 }
@@ -177,6 +181,14 @@ data "aws_iam_policy_document" "function" {
         "ec2:DeleteNetworkInterface", "ec2:AssignPrivateIpAddresses", "ec2:UnassignPrivateIpAddresses",
       ]
       resources = ["*"]
+    }
+  }
+  dynamic "statement" {
+    for_each = var.notifications_eventbridge ? [1] : []
+    content {
+      sid       = "Notifications"
+      actions   = ["events:PutEvents"]
+      resources = [aws_cloudwatch_event_bus.notifications[0].arn]
     }
   }
   dynamic "statement" {

@@ -45,3 +45,13 @@ output "function_url" {
   description = "The registry at its Lambda function URL (empty without function_url): requests may run for the function's timeout."
   value       = var.function_url ? trimsuffix(aws_lambda_function_url.registry[0].function_url, "/") : ""
 }
+
+output "eventbridge_bus_name" {
+  description = "The bus the registry's events go to (empty without notifications_eventbridge)."
+  value       = var.notifications_eventbridge ? aws_cloudwatch_event_bus.notifications[0].name : ""
+}
+
+output "eventbridge_bus_arn" {
+  description = "Its ARN, for rules and cross-account targets (empty without notifications_eventbridge)."
+  value       = var.notifications_eventbridge ? aws_cloudwatch_event_bus.notifications[0].arn : ""
+}

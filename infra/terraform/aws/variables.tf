@@ -211,3 +211,22 @@ variable "direct_upload_verify_time" {
   type        = string
   default     = "20s"
 }
+
+# -- notifications ------------------------------------------------------------------------------
+
+variable "notifications_eventbridge" {
+  description = <<-EOT
+    Send the registry's events (push, pull, delete, mount: docs/notifications.md) to an
+    EventBridge bus the module creates: the registry function may then call events:PutEvents on
+    that bus alone, and its environment names the bus (REGISTRY_NOTIFICATIONS_EVENTBRIDGE_BUS,
+    _REGION). In a VPC with `vpc_endpoints`, an interface endpoint for EventBridge is created too.
+  EOT
+  type        = bool
+  default     = false
+}
+
+variable "eventbridge_bus_name" {
+  description = "Name of the bus `notifications_eventbridge` creates; empty: <name>-registry-events."
+  type        = string
+  default     = ""
+}

@@ -106,7 +106,11 @@ locals {
     REGISTRY_STORAGE_CACHE_BLOBDESCRIPTOR = "inmemory"
     REGISTRY_HTTP_SECRET                  = local.http_secret_reference
     REGISTRY_LOG_LEVEL                    = "info"
-  }, var.extra_app_settings)
+    }, var.notifications_eventgrid ? {
+    # notifications.eventgrid: the topic below, no key (the app's identity sends)
+    REGISTRY_NOTIFICATIONS_EVENTGRID_ENDPOINT = azurerm_eventgrid_topic.notifications[0].endpoint
+    REGISTRY_NOTIFICATIONS_EVENTGRID_SCHEMA   = var.eventgrid_schema
+  } : {}, var.extra_app_settings)
 }
 
 resource "azurerm_linux_function_app" "stratus" {
@@ -139,6 +143,7 @@ resource "azurerm_linux_function_app" "stratus" {
     SCM_DO_BUILD_DURING_DEPLOYMENT    = "true" # installs requirements.txt on deployment
     ENABLE_ORYX_BUILD                 = "true"
     AzureWebJobsFeatureFlags          = "EnableWorkerIndexing"
+    PYTHON_ENABLE_INIT_INDEXING       = "1" # HTTP streaming (README, Azure Functions)
   })
 }
 
@@ -159,5 +164,26 @@ resource "azurerm_role_assignment" "host_queues" {
 resource "azurerm_role_assignment" "host_account" {
   scope                = azurerm_storage_account.registry.id
   role_definition_name = "Storage Account Contributor"
+  principal_id         = azurerm_linux_function_app.stratus.identity[0].principal_id
+}
+
+# -- notifications on Event Grid (notifications_eventgrid) -------------------------------------
+
+# A custom topic of the registry's own. Its access keys are disabled: the Function App's
+# identity sends with "EventGrid Data Sender", so no key sits in the app settings.
+resource "azurerm_eventgrid_topic" "notifications" {
+  count               = var.notifications_eventgrid ? 1 : 0
+  name                = var.eventgrid_topic_name != "" ? var.eventgrid_topic_name : "${var.name}-registry-events"
+  resource_group_name = azurerm_resource_group.stratus.name
+  location            = azurerm_resource_group.stratus.location
+  input_schema        = var.eventgrid_schema == "cloudevents" ? "CloudEventSchemaV1_0" : "EventGridSchema"
+  local_auth_enabled  = false
+  tags                = var.tags
+}
+
+resource "azurerm_role_assignment" "app_eventgrid" {
+  count                = var.notifications_eventgrid ? 1 : 0
+  scope                = azurerm_eventgrid_topic.notifications[0].id
+  role_definition_name = "EventGrid Data Sender"
   principal_id         = azurerm_linux_function_app.stratus.identity[0].principal_id
 }

@@ -19,3 +19,13 @@ output "http_secret_id" {
   description = "The Key Vault secret holding http.secret (read it with `az keyvault secret show --id`)."
   value       = azurerm_key_vault_secret.http_secret.versionless_id
 }
+
+output "eventgrid_topic_endpoint" {
+  description = "The topic the registry's events go to (empty without notifications_eventgrid)."
+  value       = var.notifications_eventgrid ? azurerm_eventgrid_topic.notifications[0].endpoint : ""
+}
+
+output "eventgrid_topic_id" {
+  description = "Its resource id, for event subscriptions (empty without notifications_eventgrid)."
+  value       = var.notifications_eventgrid ? azurerm_eventgrid_topic.notifications[0].id : ""
+}

@@ -74,3 +74,25 @@ variable "tags" {
   type    = map(string)
   default = {}
 }
+
+variable "notifications_eventgrid" {
+  description = "Send the registry's events (docs/notifications.md) to an Event Grid custom topic the module creates; the Function App's identity is its \"EventGrid Data Sender\" and the topic's keys are disabled."
+  type        = bool
+  default     = false
+}
+
+variable "eventgrid_topic_name" {
+  description = "Name of the topic `notifications_eventgrid` creates; empty: <name>-registry-events."
+  type        = string
+  default     = ""
+}
+
+variable "eventgrid_schema" {
+  description = "The topic's input schema and what the registry sends: eventgrid or cloudevents (notifications.eventgrid.schema)."
+  type        = string
+  default     = "eventgrid"
+  validation {
+    condition     = contains(["eventgrid", "cloudevents"], var.eventgrid_schema)
+    error_message = "eventgrid_schema: eventgrid or cloudevents."
+  }
+}
