@@ -71,7 +71,7 @@ def expected_challenge(kind: str, realm: str) -> str:
 
 @contextmanager
 def registry(mode: str, kind: str, moto_s3: MotoS3, bucket: str, issuer: TokenIssuer, realm: str,
-             directory: Path) -> Iterator[LambdaGateway]:
+             directory: Path, stage_in_path: bool = False) -> Iterator[LambdaGateway]:
     """The registry as each AWS path deploys it: REST with the gateway authorizer and its
     gateway responses, the HTTP API with neither. No stage in the path: a custom domain's
     base path mapping at the root (REST), or the $default stage (HTTP API)."""
@@ -84,7 +84,8 @@ def registry(mode: str, kind: str, moto_s3: MotoS3, bucket: str, issuer: TokenIs
 
         env["STRATUS_GATEWAY_AUTHORIZER"] = "true"
         responses = app.gateway_responses(auth)
-    with lambda_gateway(env, mode, workdir=directory, gateway_responses=responses) as gw:
+    with lambda_gateway(env, mode, workdir=directory, gateway_responses=responses,
+                        stage_in_path=stage_in_path) as gw:
         yield gw
 
 
@@ -126,13 +127,21 @@ def test_rest_api_answers_refused_credentials_with_the_challenge(
         assert (record.authorizer, record.reached_function) == ("deny", False)
 
 
-def test_rest_api_lets_valid_credentials_through_to_the_function(moto_s3, bucket, issuer, realm,
-                                                                 tmp_path) -> None:
-    with registry("rest", "htpasswd", moto_s3, bucket, issuer, realm, tmp_path) as gw:
-        reply = gw.client()("GET", "/v2/", headers=basic("alice", PASSWORD))
+@pytest.mark.parametrize("stage_in_path", [False, True], ids=["custom-domain", "execute-api-url"])
+def test_rest_api_lets_valid_credentials_through_to_the_function(moto_s3, bucket, issuer, realm, tmp_path,
+                                                                 stage_in_path) -> None:
+    """Through a custom domain's root mapping or the execute-api URL with its /api stage
+    (the methodArn names the stage apart from the path in both)."""
+    with registry("rest", "htpasswd", moto_s3, bucket, issuer, realm, tmp_path, stage_in_path) as gw:
+        client = gw.client()
+        reply = client("GET", "/v2/", headers=basic("alice", PASSWORD))
         assert reply.status == 200, reply.body
-        [record] = gw.records()
-        assert (record.authorizer, record.reached_function, record.function_status) == ("allow", True, 200)
+        started = client("POST", "/v2/team/app/blobs/uploads/", headers=basic("alice", PASSWORD))
+        assert started.status == 202, started.body
+        refused = client("POST", "/v2/team/app/blobs/uploads/", headers=basic("alice", "nope"))
+        assert refused.status == 401 and refused.header("WWW-Authenticate") == expected_challenge("htpasswd", realm)
+        assert [(r.authorizer, r.reached_function, r.function_status) for r in gw.records()] == \
+            [("allow", True, 200), ("allow", True, 202), ("deny", False, None)]
 
 
 def test_rest_api_authorizes_each_request_on_its_own(moto_s3, bucket, issuer, realm, tmp_path) -> None:
