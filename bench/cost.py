@@ -184,10 +184,12 @@ class Work:
     def gb_seconds(self) -> float:
         return self.billed_ms / 1000 * self.memory_mb / 1024
 
-    def requests_usd(self) -> float:
-        """Lambda requests and duration, HTTP API requests, S3 requests."""
-        return (usd("lambda_request", self.invocations) + usd("lambda_gb_second", self.gb_seconds)
-                + usd("http_api_request", self.api_units)
+    def requests_usd(self, api: str = "http") -> float:
+        """Lambda requests and duration, API Gateway requests (an HTTP API's in 512 KB
+        increments, a REST API's whole), S3 requests."""
+        gateway = usd("http_api_request", self.api_units) if api == "http" else usd("rest_api_request",
+                                                                                 self.api_requests)
+        return (usd("lambda_request", self.invocations) + usd("lambda_gb_second", self.gb_seconds) + gateway
                 + usd("s3_tier1", self.s3.tier1) + usd("s3_tier2", self.s3.tier2))
 
     @property
@@ -337,6 +339,8 @@ def rows() -> dict[str, Any]:
     unit = f"USD, {prices.REGION} prices of {prices.AS_OF}"
     return {
         "cost_pull": Row("Cost vs ECR: 1,000 pulls of a 5-layer image, requests and compute", unit, fmt="{:.4f}"),
+        "cost_pull_rest": Row("Cost vs ECR: the same 1,000 pulls through a REST API (chalice deploy), requests "
+                              "and compute", unit, fmt="{:.4f}"),
         "cost_pull_transfer": Row("Cost vs ECR: 1,000 pulls of a 5-layer image, transfer out", unit, fmt="{:.4f}"),
         "cost_push_direct": Row("Cost vs ECR: push via stratus relay, direct uploads, requests and compute "
                                 "(transfer in free)", unit, fmt="{:.4f}"),
@@ -353,6 +357,10 @@ def measure(workdir: Path, quick: bool, record: Any, row_of: Any) -> None:
     thousand = pull.scaled(PULLS)
     record("cost_pull", "stratus", thousand.requests_usd())
     record("cost_pull", "reference", 0.0)
+    # the same work priced as a REST API's requests; an auth'd registry's gateway
+    # authorizer (README) adds one invocation per request with credentials, not counted
+    record("cost_pull_rest", "stratus", thousand.requests_usd(api="rest"))
+    record("cost_pull_rest", "reference", 0.0)
     record("cost_pull_transfer", "stratus", thousand.transfer_usd())
     record("cost_pull_transfer", "reference", usd("transfer_out", image_bytes * PULLS / GB))
     size = f"{image_bytes / MiB:.0f} MiB"
