@@ -14,6 +14,11 @@ are off, from_config returns None and bootstrap wraps nothing: no call pays for 
   with the dimensions {Route, Method} and {Driver}. prometheus_client is never
   imported on Lambda.
 
+Notifications (chalicelib.notifications), when an endpoint is enabled: MetricsAPI hands
+the notifier to the recorder, which reads its counters (events sent, failed tries,
+events lost or dropped, by endpoint) without touching the delivery path: Prometheus
+at each scrape, EMF after each request (a line per endpoint whose counts moved).
+
 The request's latency is the handler's: the time from the request reaching the api
 to its response being ready (a streamed blob's sending is not part of it). Bytes in
 are the request's Content-Length (a body sent without one is counted as it is read);
@@ -79,6 +84,27 @@ class Recorder:
     def bytes_read(self, route: str, method: str, count: int) -> None:
         """Body bytes of a request without Content-Length, as they are read."""
 
+    def watch_notifications(self, notifier: Any) -> None:
+        """The notifier (chalicelib.notifications.delivery.Notifier) whose counts to report."""
+
+
+# What a notifier counts per endpoint (Endpoint.counts) and what the metrics call it:
+# events sent; tries that failed (each retry counts); events a function's single try did
+# not deliver; events refused by a full queue. "queued" is the background's intake.
+NOTIFICATION_COUNTS = (("sent", "sent"), ("failures", "failed"), ("lost", "lost"), ("dropped", "dropped"),
+                       ("queued", "queued"))
+
+
+def notification_counts(notifier: Any) -> tuple[list[tuple[str, str, dict[str, int]]], int]:
+    """[(endpoint, kind, {count: value})] and the events dropped before any endpoint's queue
+    (the intake's bound), from Notifier.stats() and the endpoints' kinds."""
+    stats = notifier.stats()
+    kinds = {e.config.name: e.config.kind for e in list(notifier.endpoints)}
+    endpoints = [(name, kinds.get(name, ""), {count: int(counts.get(count, 0)) for count, _ in NOTIFICATION_COUNTS}
+                  | {"pending": int(counts.get("pending", 0))})
+                 for name, counts in stats["endpoints"].items()]
+    return endpoints, int(stats.get("dropped", 0))
+
 
 # ------------------------------------------------------------------------ Prometheus
 
@@ -128,11 +154,57 @@ class PrometheusRecorder(Recorder):
     def cache_lookup(self, outcome: str) -> None:
         self.cache.labels(outcome).inc()
 
+    def watch_notifications(self, notifier: Any) -> None:
+        self.registry.register(_NotificationsCollector(notifier))
+
     def exposition(self) -> tuple[bytes, str]:
         """The text format and its content type, for GET /metrics."""
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _NotificationsCollector:
+    """The notifier's counters, read at each scrape: nothing runs on the delivery path."""
+
+    def __init__(self, notifier: Any):
+        self._notifier = notifier
+
+    def describe(self) -> list:
+        return []  # families appear with the endpoints; nothing to check at registration
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        labels = ("endpoint", "kind")
+        families = {
+            "sent": CounterMetricFamily("stratus_notifications_sent", "Events delivered, by endpoint", labels=labels),
+            "failures": CounterMetricFamily("stratus_notifications_failures", "Sends that failed (each retry "
+                                            "counts), by endpoint", labels=labels),
+            "lost": CounterMetricFamily("stratus_notifications_lost", "Events a function's single try did not "
+                                        "deliver, by endpoint", labels=labels),
+            "dropped": CounterMetricFamily("stratus_notifications_dropped", "Events dropped because the endpoint's "
+                                           "queue was full, by endpoint", labels=labels),
+            "queued": CounterMetricFamily("stratus_notifications_queued", "Events put on the endpoint's queue "
+                                          "(background delivery), by endpoint", labels=labels),
+        }
+        pending = GaugeMetricFamily("stratus_notifications_pending", "Events queued and not yet delivered, "
+                                    "by endpoint", labels=labels)
+        intake = CounterMetricFamily("stratus_notifications_intake_dropped", "Events dropped before reaching any "
+                                     "endpoint's queue (the intake queue was full)")
+        try:
+            endpoints, intake_dropped = notification_counts(self._notifier)
+        except Exception:  # a spool that cannot say its length (Redis down): the scrape still answers
+            log.warning("metrics: notification counts unavailable", exc_info=True)
+            return
+        for name, kind, counts in endpoints:
+            for count, family in families.items():
+                family.add_metric((name, kind), counts[count])
+            pending.add_metric((name, kind), counts["pending"])
+        intake.add_metric((), intake_dropped)
+        yield from families.values()
+        yield pending
+        yield intake
 
 
 # ------------------------------------------------------------------------------- EMF
@@ -148,6 +220,8 @@ class EMFRecorder(Recorder):
         self.driver = driver
         self._stream = stream
         self._lock = threading.Lock()
+        self._notifier: Any = None
+        self._reported: dict[str, dict[str, int]] = {}  # the notifier's counts at the last line
         self._reset()
 
     def _reset(self) -> None:
@@ -211,9 +285,54 @@ class EMFRecorder(Recorder):
             "Status": status,
             **{name: value for name, (value, _) in values.items()},
         }
+        lines = [line] + self._notification_lines(line["_aws"]["Timestamp"])
         stream = self._stream or sys.stdout
-        stream.write(json.dumps(line, separators=(",", ":")) + "\n")
+        stream.write("".join(json.dumps(one, separators=(",", ":")) + "\n" for one in lines))
         stream.flush()
+
+    def watch_notifications(self, notifier: Any) -> None:
+        self._notifier = notifier
+
+    # EMF names of the counts, as in NOTIFICATION_COUNTS
+    _EMF_NOTIFICATIONS = (("sent", "NotificationsSent"), ("failures", "NotificationsFailed"),
+                          ("lost", "NotificationsLost"), ("dropped", "NotificationsDropped"))
+
+    def _notification_lines(self, timestamp: int) -> list[dict[str, Any]]:
+        """What each endpoint's counts gained since the last line (on a function: this
+        request's synchronous sends), one line per endpoint that moved, dimension {Endpoint}."""
+        if self._notifier is None:
+            return []
+        try:
+            endpoints, intake_dropped = notification_counts(self._notifier)
+        except Exception:
+            log.warning("metrics: notification counts unavailable", exc_info=True)
+            return []
+        lines = []
+        with self._lock:
+            for name, kind, counts in endpoints + [("", "intake", {"dropped": intake_dropped})]:
+                before = self._reported.get(name, {})
+                gained = {metric: counts.get(count, 0) - before.get(count, 0) for count, metric in self._EMF_NOTIFICATIONS}
+                # a forked worker starts its counts over: what it has is all new
+                if any(v < 0 for v in gained.values()):
+                    gained = {metric: counts.get(count, 0) for count, metric in self._EMF_NOTIFICATIONS}
+                self._reported[name] = dict(counts)
+                if not any(gained.values()):
+                    continue
+                if not name:  # dropped before any endpoint's queue: no Endpoint dimension
+                    gained = {"NotificationsIntakeDropped": gained["NotificationsDropped"]}
+                lines.append({
+                    "_aws": {
+                        "Timestamp": timestamp,
+                        "CloudWatchMetrics": [{
+                            "Namespace": self.namespace,
+                            "Dimensions": [["Endpoint"]] if name else [[]],
+                            "Metrics": [{"Name": metric, "Unit": "Count"} for metric in gained],
+                        }],
+                    },
+                    **({"Endpoint": name, "Kind": kind} if name else {}),
+                    **gained,
+                })
+        return lines
 
 
 # -------------------------------------------------------------------------- wrappers
@@ -355,6 +474,9 @@ class MetricsAPI:
     def __init__(self, api: Any, recorder: Recorder):
         self._api = api
         self.metrics = recorder
+        notifier = getattr(api, "notifier", None)  # chalicelib.notifications' NotifyingAPI, if wrapped
+        if notifier is not None:
+            recorder.watch_notifications(notifier)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._api, name)
