@@ -11,7 +11,7 @@ from typing import Callable, Optional, Union
 
 from . import aws_runtime
 from .api import APISettings, RegistryAPI
-from .config import Config, load_config
+from .config import Config, DIRECT_READ_BUDGET, load_config
 from .registry import Registry, RegistryOptions
 from .storage import create_driver
 
@@ -86,7 +86,10 @@ def direct_upload_options(config: Config):
     enabled = direct.enabled if direct.enabled is not None else aws_runtime.on_lambda()
     if not enabled:
         return None
-    return DirectUploadOptions(part_size=direct.partsize, expiry=int(direct.expiry), verify_time=direct.verifytime)
+    # ranged reads in flight: 8, fewer when each is larger, so memory stays within the budget
+    readers = max(1, min(8, DIRECT_READ_BUDGET // direct.readsize))
+    return DirectUploadOptions(part_size=direct.partsize, expiry=int(direct.expiry), verify_time=direct.verifytime,
+                               read_size=direct.readsize, readers=readers)
 
 
 def build_api(config: Optional[Config] = None) -> RegistryAPI:

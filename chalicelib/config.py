@@ -117,6 +117,8 @@ MiB = 1 << 20
 # (all parts but the last); an Azure block is at most 4000 MiB.
 DIRECT_PART_SIZE_LIMITS = {"s3": (5 * MiB, 5 << 30), "azure": (1, 4000 * MiB)}
 DIRECT_EXPIRY_MAX = 7 * 24 * 3600.0  # the longest an S3 presigned URL may live
+# What a read-back holds in memory at most: readers x readsize (a function has ~1 GiB)
+DIRECT_READ_BUDGET = 128 * MiB
 
 
 @dataclass
@@ -127,6 +129,7 @@ class DirectUploadConfig:
     partsize: int = 16 * MiB  # part size when the client proposes none
     expiry: float = 20 * 60.0  # seconds each part URL stays valid
     verifytime: float = 20.0  # seconds one PUT may spend verifying before it answers 202
+    readsize: int = 16 * MiB  # bytes per ranged read of the read-back
 
 
 @dataclass(frozen=True)
@@ -899,7 +902,10 @@ def _direct_upload(section: _Section, driver: str) -> DirectUploadConfig:
         partsize=partsize,
         expiry=expiry,
         verifytime=section.duration("verifytime", DirectUploadConfig.verifytime, positive=True),
+        readsize=section.size("readsize", DirectUploadConfig.readsize, positive=True),
     )
+    if config.readsize > DIRECT_READ_BUDGET:
+        raise section.fail("readsize", f"a size of at most {DIRECT_READ_BUDGET} bytes", section.value("readsize"))
     section.warn_unknown()
     return config
 

@@ -757,6 +757,19 @@ def test_directupload_from_file_and_environment(tmp_path):
     assert (direct.enabled, direct.partsize, direct.expiry, direct.verifytime) == (True, 64 << 20, 3600, 25)
 
 
+def test_directupload_readsize_bounds_the_read_back_memory(tmp_path):
+    from chalicelib.bootstrap import direct_upload_options
+
+    path = tmp_path / "config.yml"
+    path.write_text("storage:\n  s3:\n    bucket: b\n  directupload:\n    enabled: true\n    readsize: 64MiB\n")
+    options = direct_upload_options(load_config(str(path), environ={}))
+    assert (options.read_size, options.readers) == (64 << 20, 2)  # 128 MiB in flight at most
+    assert direct_upload_options(load_config(environ={"REGISTRY_STORAGE_DIRECTUPLOAD_ENABLED": "true"})).readers == 8
+    path.write_text("storage:\n  s3:\n    bucket: b\n  directupload:\n    readsize: 256MiB\n")
+    with pytest.raises(ConfigError, match=r"^storage\.directupload\.readsize: "):
+        load_config(str(path), environ={})
+
+
 def test_env_storage_keeps_the_directupload_section(tmp_path):
     path = tmp_path / "config.yml"
     path.write_text("storage:\n  filesystem: {}\n  directupload:\n    partsize: 32MiB\n")
