@@ -29,9 +29,10 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import ExitStack, closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 import pytest
 
@@ -63,57 +64,65 @@ class Store:
     invocation of the platform's scheduled gc function with extra settings."""
 
     env: dict
+    driver: object
     keys: Callable[[], set]
     invoke: Callable[..., Optional[dict]]
 
-    def checkpoint(self, driver) -> Optional[dict]:
+    def checkpoint(self) -> Optional[dict]:
         try:
-            return json.loads(driver.get_content(CTX, CHECKPOINT))
+            return json.loads(self.driver.get_content(CTX, CHECKPOINT))
         except PathNotFoundError:
             return None
 
 
 @pytest.fixture(params=["s3", "azure"])
-def store(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Store, object]]:
+def new_store(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Callable[[], Store]:
+    """A factory of fresh stores on the parametrized platform."""
     if request.param == "s3":
         moto = request.getfixturevalue("moto_s3")
-        bucket = moto.create_bucket()
-        s3 = moto.client()
 
-        def keys() -> set:
-            pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=PREFIX)
-            return {o["Key"][len(PREFIX):] for page in pages for o in page.get("Contents", [])}
+        def make() -> Store:
+            bucket = moto.create_bucket()
+            s3 = moto.client()
 
-        def invoke(**settings: str) -> Optional[dict]:
-            with moto.lambda_function(monkeypatch, bucket, **SETTINGS, **settings):
-                import app
+            def keys() -> set:
+                pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=PREFIX)
+                return {o["Key"][len(PREFIX):] for page in pages for o in page.get("Contents", [])}
 
-                return app.collect_garbage(scheduled_event("stratus-dev-collect_garbage-event"), LambdaContext())
+            def invoke(**settings: str) -> Optional[dict]:
+                with moto.lambda_function(monkeypatch, bucket, **SETTINGS, **settings):
+                    import app
 
-        env = moto.environment(bucket, **SETTINGS)
-        yield Store(env, keys, invoke), create_driver("s3", moto.parameters(bucket))
-        return
+                    return app.collect_garbage(scheduled_event("stratus-dev-collect_garbage-event"), LambdaContext())
+
+            return Store(moto.environment(bucket, **SETTINGS), create_driver("s3", moto.parameters(bucket)),
+                         keys, invoke)
+
+        return make
 
     azurite = request.getfixturevalue("azurite")
     from .test_azure_functions import load_function_app
 
-    container = azurite.new_container()
-    client = azurite.service_client().get_container_client(container)
-    env = azurite.environment(container, **SETTINGS)
+    def make_azure() -> Store:
+        container = azurite.new_container()
+        client = azurite.service_client().get_container_client(container)
+        env = azurite.environment(container, **SETTINGS)
 
-    def azure_keys() -> set:
-        return {b.name[len(PREFIX):] for b in client.list_blobs(name_starts_with=PREFIX)}
+        def keys() -> set:
+            return {b.name[len(PREFIX):] for b in client.list_blobs(name_starts_with=PREFIX)}
 
-    def azure_invoke(**settings: str) -> None:
-        for name in [n for n in os.environ if n.startswith("REGISTRY_")]:
-            monkeypatch.delenv(name)
-        for name, value in {**env, **settings}.items():
-            monkeypatch.setenv(name, value)
-        module = load_function_app()  # a worker as the host starts it for the tick
-        (timer,) = [f for f in module.app.get_functions() if f.get_function_name() == "collect_garbage"]
-        timer.get_user_function()(None)
+        def invoke(**settings: str) -> None:
+            for name in [n for n in os.environ if n.startswith("REGISTRY_")]:
+                monkeypatch.delenv(name)
+            for name, value in {**env, **settings}.items():
+                monkeypatch.setenv(name, value)
+            module = load_function_app()  # a worker as the host starts it for the tick
+            (timer,) = [f for f in module.app.get_functions() if f.get_function_name() == "collect_garbage"]
+            timer.get_user_function()(None)
 
-    yield Store(env, azure_keys, azure_invoke), create_driver("azure", azurite.driver_parameters(container))
+        return Store(env, create_driver("azure", azurite.driver_parameters(container)), keys, invoke)
+
+    return make_azure
 
 
 def stored(keys: set) -> set:
@@ -124,26 +133,33 @@ def blobs_of(image: Image) -> set:
     return {image.digest, image.config_digest, *image.layer_digests}
 
 
-def build(oci: Registry) -> dict:
-    """team/app: an old untagged manifest; tag b, then c, then a, a second apart (push
+def build(clients: list) -> list:
+    """In each registry (pushed to all of them together, to share the waits):
+    team/app: an old untagged manifest; tag b, then c, then a, a second apart (push
     times in whole seconds), then b moved to a new image: by push time c < a < b, so
     keeptags 2 expires c (by name it would be a, by first push b). other/app (no policy):
-    the same shapes, all kept. Returns once the untagged manifests of team/app (old, b's
-    first image, c's) are older than untaggedage."""
-    images: dict = {}  # label -> Image
-    images["old"] = oci.push_image("team/app")
-    images["other-old"] = oci.push_image("other/app")
+    an old untagged manifest and the same tags, all kept. Returns, label -> Image for
+    each registry, once the untagged manifests of team/app (old, b's first image, c's)
+    are older than untaggedage."""
+    found: list = [{} for _ in clients]
+
+    def push(label: str, repo: str, tag: Optional[str] = None) -> None:
+        for images, oci in zip(found, clients):
+            images[label] = oci.push_image(repo, tag)
+
+    push("old", "team/app")
+    push("other-old", "other/app")
     for tag in ("b", "c", "a"):
-        images[tag] = oci.push_image("team/app", tag)
+        push(tag, "team/app", tag)
         if tag == "c":
             c_pushed = time.time()
         time.sleep(1.1)
-    images["b2"] = oci.push_image("team/app", "b")  # moves b: its first image is untagged now
+    push("b2", "team/app", "b")  # moves b: its first image is untagged now
     for tag in ("b", "c", "a"):  # other/app: tags b, c, a, and b moved
-        images[f"other-{tag}"] = oci.push_image("other/app", tag)
-    images["other-b2"] = oci.push_image("other/app", "b")
+        push(f"other-{tag}", "other/app", tag)
+    push("other-b2", "other/app", "b")
     time.sleep(max(0.0, c_pushed + UNTAGGED_AGE + 1.5 - time.time()))
-    return images
+    return found
 
 
 def expected_deletions(images: dict) -> dict[str, set]:
@@ -155,16 +171,24 @@ def expected_deletions(images: dict) -> dict[str, set]:
     }
 
 
-def check_through_http(oci: Registry, images: dict, new: Image) -> None:
-    """What the server (running through the gc, its caches warm) answers afterwards."""
+def check_through_http(store: Store, oci: Registry, images: dict, new: Image) -> None:
+    """What the server (running through the gc, its caches warm) answers afterwards, and
+    that the store still holds every blob of what is kept."""
     assert oci.tags("team/app").json()["tags"] == ["a", "b"]
     assert oci.tags("other/app").json()["tags"] == ["a", "b", "c"]
-    for label in ("a", "b2", "other-old", "other-b", "other-c", "other-a", "other-b2"):
+    kept = ("a", "b2", "other-old", "other-b", "other-c", "other-a", "other-b2")
+    for label in kept:
         image = images[label]
         got = oci.manifest(image.repo, image.digest)
         assert got.status_code == 200 and got.content == image.body, label
-        for digest in (image.config_digest, *image.layer_digests):
-            assert oci.blob(image.repo, digest).status_code == 200, (label, digest)
+        if image.repo == "team/app":
+            for digest in (image.config_digest, *image.layer_digests):
+                assert oci.blob(image.repo, digest).status_code == 200, (label, digest)
+    keys = store.keys()
+    for image in [images[label] for label in kept] + [new]:
+        for digest in blobs_of(image):
+            hex_ = digest.split(":")[1]
+            assert f"blobs/sha256/{hex_[:2]}/{hex_}/data" in keys, (image.repo, digest)
     assert oci.manifest("team/app", "b").headers["Docker-Content-Digest"] == images["b2"].digest
     got = oci.manifest("team/app", new.digest)  # untagged, younger than untaggedage
     assert got.status_code == 200 and got.content == new.body
@@ -195,44 +219,29 @@ def stratus_gc(env: dict, *flags: str) -> dict[str, set]:
     return found
 
 
-@pytest.fixture
-def served(store, tmp_path: Path) -> Iterator[tuple[Store, object, Registry]]:
-    platform, driver = store
-    env = {**platform.env, "REGISTRY_STORAGE_REDIRECT_DISABLE": "true"}
-    with stratus_server(tmp_path / "server", env) as url:
-        oci = Registry(url)
-        yield platform, driver, oci
-        oci.close()
-
-
-def test_retention_through_stratus_gc(served) -> None:
-    platform, driver, oci = served
-    images = build(oci)
-    before = stored(platform.keys())
-
-    plan = stratus_gc(platform.env, "--dry-run")
-    assert stored(platform.keys()) == before
+def through_stratus_gc(store: Store, oci: Registry, images: dict) -> None:
+    before = stored(store.keys())
+    plan = stratus_gc(store.env, "--dry-run")
+    assert stored(store.keys()) == before
     new = oci.push_image("team/app")  # untagged, just before the run: younger than untaggedage
-    before = stored(platform.keys())
-    done = stratus_gc(platform.env)
+    before = stored(store.keys())
+    done = stratus_gc(store.env)
 
     expected = expected_deletions(images)
     assert done == plan == expected
-    after = stored(platform.keys())
+    after = stored(store.keys())
     assert after < before
     assert not any(k.startswith("repositories/team/app/_manifests/tags/c/") for k in after)
-    check_through_http(oci, images, new)
+    check_through_http(store, oci, images, new)
 
 
-def test_retention_through_the_scheduled_function(served) -> None:
-    platform, driver, oci = served
-    images = build(oci)
+def through_the_scheduled_function(store: Store, oci: Registry, images: dict) -> None:
     expected = expected_deletions(images)
-    before = stored(platform.keys())
+    before = stored(store.keys())
 
     # storage.maintenance.gc.dryrun: the schedule's run reports its plan and changes nothing
-    plan = platform.invoke(REGISTRY_STORAGE_MAINTENANCE_GC_DRYRUN="true")
-    assert stored(platform.keys()) == before and platform.checkpoint(driver) is None
+    plan = store.invoke(REGISTRY_STORAGE_MAINTENANCE_GC_DRYRUN="true")
+    assert stored(store.keys()) == before and store.checkpoint() is None
     if plan is not None:  # the Lambda returns its summary; the timer function returns nothing
         assert plan["dryrun"] is True and plan["finished"] is True
         assert set(plan["tags_deleted"]) == expected["tag"]
@@ -240,11 +249,11 @@ def test_retention_through_the_scheduled_function(served) -> None:
         assert set(plan["blobs_deleted"]) == expected["blob"]
 
     new = oci.push_image("team/app")  # untagged, just before the run: younger than untaggedage
-    before = stored(platform.keys())
+    before = stored(store.keys())
     results, phases = [], set()
     for _ in range(500):
-        results.append(platform.invoke(**TINY))
-        saved = platform.checkpoint(driver)
+        results.append(store.invoke(**TINY))
+        saved = store.checkpoint()
         if saved is None:
             break
         phases.add(saved["phase"])
@@ -260,11 +269,26 @@ def test_retention_through_the_scheduled_function(served) -> None:
         assert set(final["tags_deleted"]) == expected["tag"]
         assert sorted(final["manifests_deleted"]) == sorted(expected["manifest"])
         assert sorted(final["blobs_deleted"]) == sorted(expected["blob"])
-    after = stored(platform.keys())
+    after = stored(store.keys())
     assert after < before
     for image in (images["old"], images["b"], images["c"]):
+        hexes = {d.split(":")[1] for d in blobs_of(image)}
         assert not any(k.endswith(f"/_manifests/revisions/sha256/{image.digest.split(':')[1]}/link") for k in after)
-        assert not any(k.startswith(f"blobs/sha256/{d.split(':')[1][:2]}/{d.split(':')[1]}/") for d in blobs_of(image)
-                       for k in after)
-    check_through_http(oci, images, new)
-    assert not any(k.startswith("_gc/quarantine/") for k in platform.keys())
+        assert not any(k.startswith(f"blobs/sha256/{h[:2]}/{h}/") for h in hexes for k in after)
+    check_through_http(store, oci, images, new)
+    assert not any(k.startswith("_gc/quarantine/") for k in store.keys())
+
+
+def test_retention_through_stratus_gc_and_the_scheduled_function(new_store, tmp_path: Path) -> None:
+    """Two stores built side by side (the waits shared): one collected by `stratus gc`, the
+    other by the platform's scheduled function; both served the whole time."""
+    stores = [new_store(), new_store()]
+    with ExitStack() as stack:
+        clients = []
+        for i, store in enumerate(stores):
+            env = {**store.env, "REGISTRY_STORAGE_REDIRECT_DISABLE": "true"}
+            url = stack.enter_context(stratus_server(tmp_path / f"server{i}", env))
+            clients.append(stack.enter_context(closing(Registry(url))))
+        by_gc, by_schedule = build(clients)
+        through_stratus_gc(stores[0], clients[0], by_gc)
+        through_the_scheduled_function(stores[1], clients[1], by_schedule)
