@@ -48,7 +48,7 @@ from .test_lambda_schedule import scheduled_event
 CTX = Context()
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "docker/registry/v2/"
-UNTAGGED_AGE = 5  # seconds: untaggedage of the policy
+UNTAGGED_AGE = 8  # seconds: untaggedage of the policy (room for a slow start of gc after the fresh push)
 POLICY = json.dumps([{"repositories": "team/*", "keeptags": 2, "untaggedage": f"{UNTAGGED_AGE}s"}])
 SETTINGS = {
     "REGISTRY_HTTP_SECRET": "gc-backends-secret",
