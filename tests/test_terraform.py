@@ -566,8 +566,9 @@ def test_the_function_serves_with_exactly_the_environment_terraform_gave_it(
     the VPC supply is added: the role's credentials, the AWS endpoints (here moto, there
     the VPC endpoints), and the ElastiCache name resolving to a local redis-server with
     TLS that requires the AUTH token Terraform generated. A push and a pull then go
-    through, with the descriptor cache filled over TLS + AUTH."""
+    through, with the descriptor cache filled over TLS + AUTH, then the OCI conformance suite."""
     from tests.lambda_gateway import lambda_gateway
+    from tests.oci_conformance import run_oci_conformance
     from tests.redis_server import HAVE_REDIS, NO_REDIS, RedisServer, make_tls_files
 
     require("redis-server", None if HAVE_REDIS else NO_REDIS)
@@ -597,6 +598,10 @@ def test_the_function_serves_with_exactly_the_environment_terraform_gave_it(
 
             with urllib.request.urlopen(blob.header("Location"), timeout=60) as response:
                 assert response.read() == layer
+            # and the whole OCI conformance suite, through the function as Terraform configured it
+            suite = tmp_path / "suite"
+            suite.mkdir()
+            run_oci_conformance(gateway.url, suite, label="[s3] the function terraform applied, behind the API Gateway stand-in")
         assert redis.client().exists(f"blobs::{digest}")  # the cache was reached, over TLS with the token
     finally:
         redis.stop()
