@@ -181,3 +181,33 @@ def test_gc_during_twenty_pushes_loses_nothing(tmp_path):
                 response = check.blob(repo, sha256(blob))
                 assert response.status_code == 200 and sha256(response.content) == sha256(blob), repo
         assert requests.get(f"{url}/v2/", timeout=10).status_code == 200
+
+
+def test_a_blob_the_sweep_puts_back_while_a_manifest_put_takes_it_back_is_found(tmp_path):
+    """A manifest PUT finds its blob missing (moved aside) and moves it back from
+    quarantine, while the sweep, which has seen the PUT's reference, puts it back itself:
+    one move wins, and the other must then find the blob in place, not report it unknown."""
+    from chalicelib.registry.blobs import BlobStore, blob_path, quarantine_path
+    from chalicelib.storage.base import PathNotFoundError
+
+    driver = filesystem({"rootdirectory": str(tmp_path)})
+    ctx = Context()
+    data = b"a layer the sweep moved aside"
+    digest = Digest.from_bytes(data)
+    driver.put_content(ctx, quarantine_path(digest), data)
+
+    class SweepPutsItBackFirst:
+        """The driver, with the sweep's put-back landing just before the PUT's move."""
+
+        def __getattr__(self, name):
+            return getattr(driver, name)
+
+        def move(self, ctx, source, dest):
+            if source == quarantine_path(digest):
+                driver.move(ctx, source, dest)  # the sweep's move
+                raise PathNotFoundError("filesystem", source)  # so the PUT's finds nothing
+            driver.move(ctx, source, dest)
+
+    store = BlobStore(SweepPutsItBackFirst(), statter=None)
+    assert store.stat_stored(ctx, digest).size == len(data)
+    assert driver.get_content(ctx, blob_path(digest)) == data

@@ -107,7 +107,10 @@ class BlobStore:
             try:
                 self.driver.move(ctx, quarantine_path(digest), blob_path(digest))
             except PathNotFoundError:
-                raise BlobUnknownError(str(digest)) from None
+                # not in quarantine either: gone, or the sweep put it back itself between
+                # our stat and this move (it re-lists references, ours among them); the
+                # stat below tells which, raising BlobUnknownError when it is gone
+                pass
             return statter.stat(ctx, digest)
 
     def stat_now(self, ctx: Context, digest: Digest) -> BlobDescriptor:
