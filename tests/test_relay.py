@@ -943,7 +943,11 @@ def test_a_completion_the_gateway_gave_up_on_is_asked_again(moto_s3: MotoS3, tmp
 
     env = {**moto_s3.environment(moto_s3.create_bucket()), "REGISTRY_HTTP_SECRET": "relay-timeout",
            # one completion PUT may verify for longer than the gateway waits
-           "REGISTRY_STORAGE_DIRECTUPLOAD_VERIFYTIME": "60s"}
+           "REGISTRY_STORAGE_DIRECTUPLOAD_VERIFYTIME": "60s",
+           # and surely does: moto reads the whole 64 MiB object for each ranged GET, so a
+           # read-back in 256 KiB reads takes seconds on any machine (in 16 MiB ones it took
+           # under the 2 s below on an idle one, and nothing timed out)
+           "REGISTRY_STORAGE_DIRECTUPLOAD_READSIZE": str(256 << 10)}
     data = os.urandom(64 * MIB)
     with lambda_gateway(env, "http", timeout=2.0, workdir=tmp_path) as gw, \
             relay(gw.url, tmp_path / "state", "--part-size", "8") as running:
