@@ -9,11 +9,12 @@ PEP 3333 asks, where the registry's other adapters keep only the last.
 from __future__ import annotations
 
 import logging
-import os
 import socket
-from typing import Callable, Iterable
+from typing import Callable
 
-from ..server import wsgi_app
+# server's own guard: granian starts each environ from os.environ, so an HTTP_PROXY of the
+# relay's environment would otherwise be forwarded upstream as a request header
+from ..server import _without_process_headers, wsgi_app
 
 log = logging.getLogger("stratus.relay")
 
@@ -22,22 +23,6 @@ _APP = None
 
 def _loader(target: str) -> Callable:
     return _APP  # built before granian forks its worker
-
-
-def _without_process_headers(app: Callable) -> Callable:
-    """granian starts each environ from os.environ: an HTTP_PROXY variable of the relay's
-    own environment would read as a request header and be forwarded upstream."""
-    inherited = {k: v for k, v in os.environ.items() if k.startswith("HTTP_")}
-    if not inherited:
-        return app
-
-    def application(environ: dict, start_response: Callable) -> Iterable[bytes]:
-        for key, value in inherited.items():
-            if environ.get(key) == value:
-                del environ[key]
-        return app(environ, start_response)
-
-    return application
 
 
 def _check_free(host: str, port: int) -> None:
