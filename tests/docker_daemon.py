@@ -45,6 +45,8 @@ from pathlib import Path
 
 import pytest
 
+from .servers import stop
+
 DOCKERD = "/usr/sbin/dockerd"
 CONTAINERD = "/usr/bin/containerd"
 # The CLI of the docker.io package, not whatever `docker` comes first on PATH
@@ -106,21 +108,10 @@ def _kill(pids: Sequence[int], sig: int) -> None:
 
 
 def _stop(proc: subprocess.Popen, timeout: float = 20.0) -> None:
-    """SIGTERM the process group (a clean shutdown), SIGKILL it and any descendants if it lingers."""
+    """servers.stop (SIGTERM the process group, SIGKILL if it lingers), then SIGKILL any
+    descendants that left the group."""
     descendants = _children(proc.pid)
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait(timeout)
+    stop(proc, timeout)
     _kill([pid for pid in descendants if Path(f"/proc/{pid}").exists()], signal.SIGKILL)
 
 
