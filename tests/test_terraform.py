@@ -549,8 +549,9 @@ def test_a_second_plan_keeps_the_redis_token_and_grants_a_secrets_manager_secret
 
     assert changes["aws_ssm_parameter.redis_auth_token[0]"]["actions"] == ["no-op"]
     assert changes["aws_elasticache_replication_group.redis[0]"]["after"]["auth_token"] == token
-    for address in ("aws_cloudwatch_event_rule.purge_uploads[0]", "aws_cloudwatch_event_target.purge_uploads[0]",
-                    "aws_cloudwatch_event_rule.collect_garbage[0]",
+    for address in ('aws_cloudwatch_event_rule.maintenance["purge-uploads"]',
+                    'aws_cloudwatch_event_target.maintenance["purge-uploads"]',
+                    'aws_cloudwatch_event_rule.maintenance["collect-garbage"]',
                     "aws_vpc_endpoint.s3[0]", "aws_s3_bucket_lifecycle_configuration.registry"):
         assert changes[address]["actions"] == ["no-op"], (address, changes[address])
 

@@ -141,8 +141,8 @@ data "aws_iam_policy_document" "function" {
   statement {
     sid     = "Logs"
     actions = ["logs:CreateLogStream", "logs:PutLogEvents"]
-    resources = [for group in [aws_cloudwatch_log_group.function, aws_cloudwatch_log_group.maintenance,
-    aws_cloudwatch_log_group.gc] : "${group.arn}:*"]
+    resources = [for group in concat([aws_cloudwatch_log_group.function], values(aws_cloudwatch_log_group.maintenance)) :
+    "${group.arn}:*"]
   }
   statement {
     sid = "RegistryObjects"

@@ -18,12 +18,12 @@ output "function_name" {
 
 output "purge_function_name" {
   description = "The scheduled upload purge (empty without purge_schedule)."
-  value       = local.schedule ? aws_lambda_function.purge_uploads[0].function_name : ""
+  value       = try(aws_lambda_function.maintenance["purge-uploads"].function_name, "")
 }
 
 output "gc_function_name" {
   description = "The scheduled garbage collection (empty without gc_schedule)."
-  value       = local.gc_schedule ? aws_lambda_function.collect_garbage[0].function_name : ""
+  value       = try(aws_lambda_function.maintenance["collect-garbage"].function_name, "")
 }
 
 output "http_secret_parameter" {
