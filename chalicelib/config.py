@@ -72,12 +72,12 @@ DEFAULT_ROOTDIRECTORY = "/var/lib/registry"
 # accepts without acting on them (kept in `raw`, warned about).
 _SECTIONS = (
     "version", "log", "loglevel", "storage", "auth", "http", "redis",
-    "notifications", "health", "catalog", "tracing", "metrics", "tags",
+    "notifications", "health", "catalog", "tracing", "metrics", "tags", "proxy",
 )
 # Sections of the reference (current or former) that Stratus does not implement:
 # each is refused or warned about by _account_for_unimplemented below.
 _REFERENCE_ONLY_SECTIONS = (
-    "middleware", "reporting", "proxy", "compatibility", "validation", "policy",
+    "middleware", "reporting", "compatibility", "validation", "policy",
 )
 
 
@@ -358,6 +358,29 @@ class MetricsConfig:
     namespace: str = "Stratus"  # metrics.emf.namespace
 
 
+@dataclass(frozen=True)
+class ProxyUpstream:
+    """One mirrored registry (docs/proxy.md): repositories named `prefix` + <name> are
+    pulled from `remoteurl` as <name>; the reference's `proxy.remoteurl` is the one
+    upstream with the empty prefix, so it mirrors every repository."""
+
+    remoteurl: str
+    prefix: str = ""
+    username: str | None = None
+    password: str | None = None
+    ttl: float = 300.0  # seconds a cached tag is served before it is re-validated upstream
+
+
+@dataclass
+class ProxyConfig:
+    """proxy: the pull-through cache; no upstreams means it is off."""
+
+    upstreams: list[ProxyUpstream] = field(default_factory=list)
+    # On a function: an uncached blob up to this size is copied into storage within the
+    # request; a larger one is sent to the upstream's own URL while a copy runs (docs/proxy.md).
+    inlinelimit: int = 256 * MiB
+
+
 @dataclass
 class Config:
     version: str = "0.1"
@@ -371,6 +394,7 @@ class Config:
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
     tracing: TracingConfig = field(default_factory=TracingConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
     raw: dict[str, Any] = field(default_factory=dict)  # file + environment, before defaults
 
 
@@ -723,6 +747,7 @@ def _build(tree: dict[str, Any], origins: Origins) -> Config:
         catalog=_catalog(root.section("catalog")),
         tracing=_tracing(root),
         metrics=_metrics(root.section("metrics")),
+        proxy=_proxy(root.section("proxy")),
         raw=tree,
     )
     _account_for_unimplemented(tree, config, origins)
@@ -1164,6 +1189,52 @@ def _notifications(section: _Section) -> NotificationsConfig:
     return parse(section)
 
 
+# ------------------------------------------------------------------------- proxy
+
+
+def _proxy(section: _Section) -> ProxyConfig:
+    """The reference's single upstream (remoteurl ...), or Stratus's `upstreams` list."""
+    upstreams = [_upstream(item, prefixed=True) for item in _check_list(section, "upstreams")]
+    single = [k for k in ("remoteurl", "username", "password", "ttl") if section.value(k) is not _MISSING]
+    if single:
+        if upstreams:
+            raise section.fail("remoteurl", "either remoteurl (one upstream for every repository) or "
+                               "upstreams (one per prefix), not both")
+        upstreams = [_upstream(section, prefixed=False)]
+    prefixes = [u.prefix for u in upstreams]
+    for prefix in prefixes:
+        if prefixes.count(prefix) > 1:
+            raise section.fail("upstreams", "a distinct prefix per upstream", prefix)
+    config = ProxyConfig(upstreams=upstreams, inlinelimit=section.size("inlinelimit", 256 * MiB, positive=True))
+    # exec (a credential helper): refused by _account_for_unimplemented
+    section.warn_unknown(known=("exec", "remoteurl", "username", "password", "ttl"))
+    return config
+
+
+def _upstream(section: _Section, prefixed: bool) -> ProxyUpstream:
+    url = _required_string(section, "remoteurl", "the upstream registry's http(s) URL")
+    if not _is_absolute_url(url):
+        raise section.fail("remoteurl", "an absolute http(s) URL, e.g. https://registry-1.docker.io", url)
+    prefix = ""
+    if prefixed:
+        prefix = _required_string(section, "prefix", "a repository name prefix ending in '/', e.g. 'docker.io/'")
+        if not prefix.endswith("/") or prefix.startswith("/") or "//" in prefix:
+            raise section.fail("prefix", "a repository name prefix ending in '/', e.g. 'docker.io/'", prefix)
+    upstream = ProxyUpstream(
+        remoteurl=url.rstrip("/"),
+        prefix=prefix,
+        username=section.string("username", None) or None,
+        password=section.string("password", None) or None,
+        ttl=section.duration("ttl", 300.0),
+    )
+    if (upstream.username is None) != (upstream.password is None):
+        raise section.fail("password" if upstream.username else "username",
+                           "username and password set together (or neither)")
+    if prefixed:
+        section.warn_unknown()
+    return upstream
+
+
 # ------------------------------------------------------------------------ health
 
 
@@ -1280,7 +1351,8 @@ REFUSED_KEYS: dict[str, tuple[str, Callable[[Any, Config], bool] | None]] = {
     "redis.tls.key": ("client certificates for Redis are not supported", None),
     "redis.tls.rootcas": ("custom CAs for Redis are not supported (the system's CAs verify the server)", None),
     "middleware": ("registry, repository and storage middleware (cloudfront, redirect ...) is not supported", None),
-    "proxy": ("pull-through cache mode is not supported", None),
+    "proxy.exec": ("credential helpers for the upstream are not supported; set proxy.username and "
+                   "proxy.password", None),
     "validation.manifests": ("manifest URL rules and index validation settings are not supported", None),
     "policy": ("repository class policies are not supported", None),
     "storage.gcs": ("the gcs storage driver is not available (filesystem, inmemory, s3, azure, rados are)", None),

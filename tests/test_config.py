@@ -238,7 +238,7 @@ def test_reference_registry_config_file_loads(tmp_path, caplog):
         ("http:\n  tls:\n    certificate: /c.pem\n    key: /k.pem", "http.tls.certificate"),
         ("http:\n  prefix: /my/nested/registry/", "http.prefix"),
         ("http:\n  net: unix\n  addr: /run/stratus.sock", "http.net"),
-        ("proxy:\n  remoteurl: https://registry-1.docker.io", "proxy.remoteurl"),
+        ("proxy:\n  remoteurl: https://registry-1.docker.io\n  exec:\n    command: helper", "proxy.exec.command"),
         ("validation:\n  manifests:\n    urls:\n      allow: ['^https://']", "validation.manifests.urls"),
     ],
 )

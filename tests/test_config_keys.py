@@ -201,12 +201,13 @@ KEYS: list[tuple[str, Any, str, Getter, Any]] = [
     ("health.tcp.0.timeout", "4s", IMPLEMENTED, lambda c: c.health.tcp[0].timeout, 4),
     ("health.tcp.0.interval", "20s", IMPLEMENTED, lambda c: c.health.tcp[0].interval, 20),
     ("health.tcp.0.threshold", 3, IMPLEMENTED, lambda c: c.health.tcp[0].threshold, 3),
-    ("proxy.remoteurl", "https://registry-1.docker.io", REFUSED, None, None),
-    ("proxy.username", "username", REFUSED, None, None),
-    ("proxy.password", "password", REFUSED, None, None),
+    ("proxy.remoteurl", "https://registry-1.docker.io", IMPLEMENTED, lambda c: c.proxy.upstreams[0].remoteurl,
+     "https://registry-1.docker.io"),
+    ("proxy.username", "username", IMPLEMENTED, lambda c: c.proxy.upstreams[0].username, "username"),
+    ("proxy.password", "password", IMPLEMENTED, lambda c: c.proxy.upstreams[0].password, "password"),
     ("proxy.exec.command", "docker-credential-helper", REFUSED, None, None),
     ("proxy.exec.lifetime", "1h", REFUSED, None, None),
-    ("proxy.ttl", "168h", REFUSED, None, None),
+    ("proxy.ttl", "168h", IMPLEMENTED, lambda c: c.proxy.upstreams[0].ttl, 168 * 3600),
     ("validation.disabled", False, COSMETIC, None, None),
     ("validation.manifests.urls.allow.0", "^https?://([^/]+\\.)*example\\.com/", REFUSED, None, None),
     ("validation.manifests.urls.deny.0", "^https?://www\\.example\\.com/", REFUSED, None, None),
@@ -223,6 +224,10 @@ NEEDS: list[tuple[str, dict[str, Any]]] = [
     ("health.file.0", {"health": {"file": [{"file": "/path/to/checked/file"}]}}),
     ("health.http.0", {"health": {"http": [{"uri": "http://server.to.check/"}]}}),
     ("health.tcp.0", {"health": {"tcp": [{"addr": "redis-server.domain.com:6379"}]}}),
+    # an upstream needs its URL, and credentials come in pairs
+    ("proxy.", {"proxy": {"remoteurl": "https://registry-1.docker.io"}}),
+    ("proxy.username", {"proxy": {"password": "password"}}),
+    ("proxy.password", {"proxy": {"username": "username"}}),
     # an enabled endpoint needs both a name and a url
     ("notifications.endpoints.0", {"notifications": {"endpoints": [{"name": "alistener",
                                                                     "url": "https://my.listener.com/event"}]}}),
@@ -343,7 +348,8 @@ def test_token_redirect_settings_are_one_warning_at_start_up(tmp_path, caplog, k
     [
         ({"REGISTRY_HTTP_TLS_CERTIFICATE": "/c.pem", "REGISTRY_HTTP_TLS_KEY": "/k.pem"}, "http.tls.certificate"),
         ({"REGISTRY_HTTP_PREFIX": "/nested/"}, "http.prefix"),
-        ({"REGISTRY_PROXY_REMOTEURL": "https://registry-1.docker.io"}, "proxy.remoteurl"),
+        ({"REGISTRY_PROXY_REMOTEURL": "https://registry-1.docker.io", "REGISTRY_PROXY_EXEC_COMMAND": "helper"},
+         "proxy.exec.command"),
     ],
 )
 def test_stratus_serve_refuses_to_start(tmp_path, variables, key):
