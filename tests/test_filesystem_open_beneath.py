@@ -10,8 +10,7 @@ import pytest
 
 from chalicelib.context import Context
 from chalicelib.storage import InvalidPathError, PathNotFoundError
-from chalicelib.storage import filesystem
-from chalicelib.storage.filesystem import FilesystemDriver
+from chalicelib.storage.filesystem import FilesystemDriver, beneath
 
 
 @pytest.fixture(params=["openat2", "realpath"])
@@ -19,14 +18,14 @@ def driver(request, tmp_path: Path, monkeypatch) -> Iterator[FilesystemDriver]:
     root = tmp_path / "root"
     root.mkdir()
     if request.param == "realpath":
-        monkeypatch.setattr(filesystem, "_openat2", False)
+        monkeypatch.setattr(beneath, "_openat2", False)
         yield FilesystemDriver(str(root))
         return
     # Probed here by a real call, and checked after the test, so that this half cannot
     # quietly test the realpath() route twice: the driver turns openat2 off for good at
     # the first ENOSYS/EPERM (an old kernel, a seccomp filter), and loading the wrapper
     # does not call the system call.
-    openat2 = filesystem._load_openat2()
+    openat2 = beneath.load_openat2()
     if openat2 is False:
         pytest.skip("openat2 is not available here")
     root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -36,9 +35,9 @@ def driver(request, tmp_path: Path, monkeypatch) -> Iterator[FilesystemDriver]:
         pytest.skip(f"openat2 is refused here: {exc}")
     finally:
         os.close(root_fd)
-    monkeypatch.setattr(filesystem, "_openat2", openat2)
+    monkeypatch.setattr(beneath, "_openat2", openat2)
     yield FilesystemDriver(str(root))
-    assert filesystem._openat2 is openat2, "openat2 was turned off during the test"
+    assert beneath._openat2 is openat2, "openat2 was turned off during the test"
 
 
 def test_reads_agree(driver: FilesystemDriver) -> None:

@@ -17,11 +17,12 @@ import pytest
 
 from chalicelib.context import Context
 from chalicelib.storage import StorageError
-from chalicelib.storage import filesystem
-from chalicelib.storage.filesystem import FilesystemDriver, from_parameters
+from chalicelib.storage.filesystem import FilesystemDriver, from_parameters, staging
+from chalicelib.storage.filesystem.direct import DIRECT_ALIGN, DirectFileWriter
+from chalicelib.storage.filesystem.writer import CachedFileWriter
 
-ALIGN = filesystem._DIRECT_ALIGN
-PIECE = filesystem._DIRECT_PIECE
+ALIGN = DIRECT_ALIGN
+PIECE = staging.PIECE
 
 
 @pytest.fixture
@@ -64,7 +65,7 @@ def test_unaligned_appends_by_many_writers_keep_every_byte(driver, ctx, root: Pa
     driver.writer(ctx, "/up/data").close()
     for size in sizes:
         writer = driver.writer(ctx, "/up/data", append=True)
-        assert isinstance(writer, filesystem._DirectFileWriter) and has_direct(writer)
+        assert isinstance(writer, DirectFileWriter) and has_direct(writer)
         assert writer.size == len(expected)
         # written in uneven pieces, as request bodies arrive
         data = rng.randbytes(size)
@@ -136,13 +137,13 @@ def test_a_filesystem_refusing_o_direct_falls_back_to_the_page_cache(driver, ctx
 
     monkeypatch.setattr(fcntl, "fcntl", refuse_direct)
     writer = driver.writer(ctx, "/f")
-    assert type(writer) is filesystem._FileWriter
+    assert type(writer) is CachedFileWriter
     assert real_fcntl(writer._fd, fcntl.F_GETFL) & os.O_APPEND
     writer.write(b"abc")
     writer.close()
     assert driver.direct_writes is False  # remembered: later writers do not ask again
     writer = driver.writer(ctx, "/f", append=True)
-    assert type(writer) is filesystem._FileWriter
+    assert type(writer) is CachedFileWriter
     writer.write(b"def")
     writer.close()
     assert (root / "f").read_bytes() == b"abcdef"
@@ -215,18 +216,18 @@ def test_one_writer_per_file(root: Path, ctx, direct: bool) -> None:
 
 
 def test_a_cancelled_writer_removes_the_file_and_returns_its_buffer(driver, ctx, root: Path) -> None:
-    filesystem._staging_pool.clear()
+    staging.pool.clear()
     writer = driver.writer(ctx, "/f")
     writer.write(b"z" * 10)
     writer.cancel()
     assert not (root / "f").exists()
-    assert len(filesystem._staging_pool) == 1
-    writers = [driver.writer(ctx, f"/g{i}") for i in range(filesystem._STAGING_POOL_MAX + 3)]
+    assert len(staging.pool) == 1
+    writers = [driver.writer(ctx, f"/g{i}") for i in range(staging.POOL_MAX + 3)]
     for w in writers:
         w.write(b"q")
     for w in writers:
         w.close()
-    assert len(filesystem._staging_pool) == filesystem._STAGING_POOL_MAX  # bounded
+    assert len(staging.pool) == staging.POOL_MAX  # bounded
 
 
 @pytest.mark.parametrize("direct", [True, False], ids=["direct", "cached"])
@@ -273,4 +274,4 @@ def test_concurrent_writers_on_threads_keep_their_own_bytes(driver, ctx, root: P
     assert not failures
     for path, data in expected.items():
         assert (root / path.lstrip("/")).read_bytes() == data
-    assert len(filesystem._staging_pool) <= filesystem._STAGING_POOL_MAX
+    assert len(staging.pool) <= staging.POOL_MAX
