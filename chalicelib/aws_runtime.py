@@ -11,18 +11,26 @@
   once per process, with the function's role, when upload state is first signed or
   checked (bootstrap hands the api a callable), so a cold start that only answers
   ``GET /v2/`` or pulls imports no boto3 for it.
+* redis.password: ``STRATUS_REDIS_PASSWORD_PARAMETER`` names the ElastiCache AUTH
+  token the same way (an SSM SecureString, or a Secrets Manager secret); the Redis
+  cache reads it when it builds its client, on its first call, never at start-up.
+  ``redis.password`` (``REGISTRY_REDIS_PASSWORD``), when set, wins.
 """
 from __future__ import annotations
 
 import logging
 import os
 import threading
-from typing import Any, Mapping, Optional
+from typing import TYPE_CHECKING, Mapping, Optional
+
+if TYPE_CHECKING:
+    from .config import Config
 
 log = logging.getLogger("stratus")
 
 LAMBDA_CHUNK_MAX_LENGTH = 4 << 20
 SECRET_PARAMETER_ENV = "STRATUS_HTTP_SECRET_PARAMETER"
+REDIS_PASSWORD_PARAMETER_ENV = "STRATUS_REDIS_PASSWORD_PARAMETER"
 TRACE_HEADER_ENV = "_X_AMZN_TRACE_ID"
 
 _secrets: dict[str, str] = {}
@@ -46,13 +54,16 @@ def lambda_trace_sampled(environ: Optional[Mapping[str, str]] = None) -> bool:
     return any(part.strip() == "Sampled=1" for part in header.split(";"))
 
 
-def secret_parameter(raw_config: Mapping[str, Any], environ: Optional[Mapping[str, str]] = None) -> Optional[str]:
+def secret_parameter(config: "Config", environ: Optional[Mapping[str, str]] = None) -> Optional[str]:
+    """Where http.secret is kept: STRATUS_HTTP_SECRET_PARAMETER, else http.secretparameter."""
     environ = os.environ if environ is None else environ
-    name = environ.get(SECRET_PARAMETER_ENV)
-    if not name:
-        http = raw_config.get("http") if isinstance(raw_config, Mapping) else None
-        name = http.get("secretparameter") if isinstance(http, Mapping) else None
-    return str(name) if name else None
+    return environ.get(SECRET_PARAMETER_ENV) or config.http.secretparameter or None
+
+
+def redis_password_parameter(environ: Optional[Mapping[str, str]] = None) -> Optional[str]:
+    """Where the Redis AUTH token is kept (STRATUS_REDIS_PASSWORD_PARAMETER), if anywhere."""
+    environ = os.environ if environ is None else environ
+    return environ.get(REDIS_PASSWORD_PARAMETER_ENV) or None
 
 
 def fetch_secret(name: str) -> str:
@@ -63,7 +74,8 @@ def fetch_secret(name: str) -> str:
     with _secrets_lock:
         if name not in _secrets:
             _secrets[name] = _fetch(name)
-            log.info("http.secret read from %s", name.split(":", 1)[0] if name.startswith("arn:") else name)
+            # the name, never the value; an ARN's account is left out
+            log.info("secret read from %s", name.split(":", 1)[0] if name.startswith("arn:") else name)
     return _secrets[name]
 
 
@@ -83,5 +95,5 @@ def _fetch(name: str) -> str:
             name = name[4:]
         value = session.client("ssm").get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"]
     if not value:
-        raise ValueError(f"{SECRET_PARAMETER_ENV}: the secret {name!r} is empty")
+        raise ValueError(f"the secret {name!r} is empty")
     return value

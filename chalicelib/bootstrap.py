@@ -43,7 +43,7 @@ def http_secret(config: Config) -> Union[bytes, Callable[[], bytes]]:
     """The key of upload `_state` tokens, or a callable fetching it on first use."""
     if config.http.secret:
         return config.http.secret.encode()
-    parameter = aws_runtime.secret_parameter(config.raw)
+    parameter = aws_runtime.secret_parameter(config)
     if parameter:  # SSM Parameter Store or Secrets Manager, read once per process
         # ...and only when a token is signed or checked: a cold GET /v2/ or a pull
         # imports no boto3 and makes no SSM call for it

@@ -231,6 +231,9 @@ class HTTPConfig:
     host: str | None = None  # external base URL for Location headers
     prefix: str = "/"  # always starts and ends with "/"
     secret: str | None = None  # None: the server generates one and warns
+    # http.secretparameter: an SSM parameter or Secrets Manager secret holding http.secret
+    # (aws_runtime; STRATUS_HTTP_SECRET_PARAMETER wins)
+    secretparameter: str | None = None
     relativeurls: bool = False
     headers: dict[str, list[str]] = field(default_factory=dict)
     chunk_min_length: int = 0  # http.chunkminlength, bytes
@@ -1010,6 +1013,7 @@ def _http(section: _Section) -> HTTPConfig:
         host=host,
         prefix=prefix,
         secret=section.string("secret", None) or None,
+        secretparameter=section.string("secretparameter", None) or None,
         relativeurls=section.boolean("relativeurls", False),
         headers=_headers(section),
         chunk_min_length=chunk_min,
@@ -1021,9 +1025,8 @@ def _http(section: _Section) -> HTTPConfig:
         max_concurrent_uploads=section.integer("maxconcurrentuploads", HTTPConfig.max_concurrent_uploads, minimum=1),
         debug=_debug(section.section("debug")),
     )
-    # secretparameter: read by bootstrap (an SSM or Secrets Manager name for http.secret);
     # http2 and h2c: accounted for by _account_for_unimplemented
-    section.warn_unknown(known=("http2", "h2c", "secretparameter"))
+    section.warn_unknown(known=("http2", "h2c"))
     return config
 
 

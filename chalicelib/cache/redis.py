@@ -18,6 +18,14 @@ been replayed into Redis (before any other command, once Redis answers), stats o
 that digest miss here. Other processes cannot see the tombstone; for them the
 entry's TTL (base.REPOSITORY_TTL, GLOBAL_TTL) bounds how long it is believed.
 
+Nothing is imported or fetched until the first cache call: a Lambda instance whose
+first request is `GET /v2/` pays neither for redis-py (tens of milliseconds of
+imports) nor for the AUTH token's SSM or Secrets Manager read
+(``STRATUS_REDIS_PASSWORD_PARAMETER``, see aws_runtime). Building the client is
+part of the first call, so a failure there (the parameter unreadable, say) is an
+outage like any other: storage answers, and the client is built again after the
+cooldown.
+
 Calls are not traced here: with X-Ray on, tracing.TracingCache wraps every
 provider and records each call as a `cache.*` subsegment.
 """
@@ -27,12 +35,9 @@ import dataclasses
 import logging
 import threading
 import time
-from typing import Any, Callable, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
 
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
-
+from .. import aws_runtime
 from ..config import RedisConfig
 from ..context import Context
 from ..descriptor import OCTET_STREAM, BlobDescriptor
@@ -45,6 +50,9 @@ from .base import (
     validate_descriptor,
 )
 from .ratelimit import RateLimitedLog
+
+if TYPE_CHECKING:  # redis-py is imported when the first call needs a client
+    import redis
 
 log = logging.getLogger("stratus.cache")
 
@@ -87,8 +95,32 @@ def split_address(addr: str) -> tuple[str, int, bool]:
     return host.strip("[]") or "localhost", int(port or 6379), tls
 
 
+def address(config: RedisConfig) -> str:
+    """host:port of the configuration, for logs and errors (no client needed)."""
+    if not config.addr:
+        raise ValueError("redis.addr is not set")
+    host, port, _ = split_address(config.addr)
+    return f"{host}:{port}"
+
+
+def password(config: RedisConfig) -> Optional[str]:
+    """redis.password, else the AUTH token named by STRATUS_REDIS_PASSWORD_PARAMETER
+    (read once per process, with the function's role)."""
+    if config.password:
+        return config.password
+    parameter = aws_runtime.redis_password_parameter()
+    return aws_runtime.fetch_secret(parameter) if parameter else None
+
+
 def connect(config: RedisConfig) -> redis.Redis:
-    """A client over its own connection pool; connections are made on first use."""
+    """A client over its own connection pool; connections are made on first use.
+
+    Imports redis-py and, with a password parameter, reads it: call it when the
+    cache is first used, not at start-up."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
     if not config.addr:
         raise ValueError("redis.addr is not set")
     host, port, url_tls = split_address(config.addr)
@@ -99,7 +131,7 @@ def connect(config: RedisConfig) -> redis.Redis:
         port=port,
         db=config.db,
         username=config.username,
-        password=config.password,
+        password=password(config),
         socket_connect_timeout=config.dialtimeout or DEFAULT_DIAL_TIMEOUT,
         # redis-py has one timeout for both directions
         socket_timeout=max(read, write),
@@ -128,7 +160,7 @@ _shared: dict[tuple, "RedisBlobDescriptorCache"] = {}
 _shared_lock = threading.Lock()
 
 
-def _descriptor(digest: Digest, fields: list[Optional[str]]) -> BlobDescriptor:
+def _descriptor(digest: Digest, fields: list[Any]) -> BlobDescriptor:
     stored_digest, size, media_type = fields
     # "size" was once "length": an entry without it is a miss, which migrates it
     if stored_digest is None or size is None:
@@ -144,25 +176,48 @@ class RedisBlobDescriptorCache:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: Optional[redis.Redis] = None,
         global_ttl: float = GLOBAL_TTL,
         repository_ttl: float = REPOSITORY_TTL,
         cooldown: float = COOLDOWN,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        connector: Optional[Callable[[], redis.Redis]] = None,
+        address: Optional[str] = None,
     ):
-        self.client = client
+        """A client, or a connector building one on the first call (then `address`
+        names the server in logs until the client exists)."""
+        if (client is None) == (connector is None):
+            raise ValueError("give a client or a connector")
+        self._client = client
+        self._connector = connector
         self.global_ttl = global_ttl
         self.repository_ttl = repository_ttl
         self._cooldown = cooldown
         self._clock = clock
         self._lock = threading.Lock()
+        self._connect_lock = threading.Lock()  # the connector may wait on SSM: not under _lock
         self._down_until = 0.0
         self._down = False
         self._tombstones: dict[tuple[str, str], list[_Op]] = {}
         self._distrust_until = 0.0
         self._recovered_log = RateLimitedLog(log, logging.INFO)
-        kwargs = client.connection_pool.connection_kwargs
-        self.address = f"{kwargs.get('host')}:{kwargs.get('port')}"
+        if client is not None:
+            kwargs = client.connection_pool.connection_kwargs
+            address = f"{kwargs.get('host')}:{kwargs.get('port')}"
+        self.address = address or "redis"
+
+    @property
+    def client(self) -> redis.Redis:
+        """The client, built by the connector on first use (one per provider)."""
+        client = self._client
+        if client is None:
+            with self._connect_lock:
+                if self._client is None:
+                    assert self._connector is not None
+                    self._client = self._connector()
+                client = self._client
+        return client
 
     @classmethod
     def from_config(cls, config: RedisConfig) -> "RedisBlobDescriptorCache":
@@ -175,7 +230,7 @@ class RedisBlobDescriptorCache:
         with _shared_lock:
             cache = _shared.get(key)
             if cache is None:
-                cache = _shared[key] = cls(connect(config))
+                cache = _shared[key] = cls(connector=lambda: connect(config), address=address(config))
                 log.info(
                     "blob descriptor cache: redis at %s (db %d, tls %s)", cache.address, config.db, config.tls
                 )
@@ -206,7 +261,8 @@ class RedisBlobDescriptorCache:
         return RepositoryScopedRedisCache(self, name)
 
     def close(self) -> None:
-        self.client.connection_pool.disconnect()
+        if self._client is not None:  # never built: nothing to close
+            self._client.connection_pool.disconnect()
 
     # -- internals shared with the repository scope --------------------------------------
 
@@ -223,14 +279,19 @@ class RedisBlobDescriptorCache:
                 raise CacheUnavailableError(f"redis at {self.address} is unavailable (retrying shortly)")
             tombstones = dict(self._tombstones)
         try:
+            client = self.client
+        except Exception as exc:  # redis-py missing, the AUTH token's parameter unreadable
+            self._mark_down()
+            raise CacheUnavailableError(f"redis at {self.address}: no client: {exc}") from exc
+        import redis  # in sys.modules once a client exists: a dictionary lookup
+
+        try:
             if tombstones:
-                self._replay(tombstones)
-            result = operation(self.client)
+                self._replay(client, tombstones)
+            result = operation(client)
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             if not str(exc).startswith("No connection available"):  # a busy pool is not an outage
-                with self._lock:
-                    self._down_until = self._clock() + self._cooldown
-                    self._down = True
+                self._mark_down()
             raise CacheUnavailableError(f"redis at {self.address}: {exc}") from exc
         except redis.RedisError as exc:  # OOM, READONLY, LOADING, a key of the wrong type
             raise CacheUnavailableError(f"redis at {self.address}: {exc}") from exc
@@ -240,6 +301,11 @@ class RedisBlobDescriptorCache:
             if was_down:
                 self._recovered_log("redis at %s reachable again; descriptors served from it", self.address)
         return result
+
+    def _mark_down(self) -> None:
+        with self._lock:
+            self._down_until = self._clock() + self._cooldown
+            self._down = True
 
     def _invalidate(self, scope: tuple[str, str], ops: list[_Op]) -> None:
         def run(r: redis.Redis) -> None:
@@ -264,8 +330,8 @@ class RedisBlobDescriptorCache:
                 return
             self._tombstones[scope] = ops
 
-    def _replay(self, tombstones: dict[tuple[str, str], list[_Op]]) -> None:
-        pipe = self.client.pipeline(transaction=True)
+    def _replay(self, client: redis.Redis, tombstones: dict[tuple[str, str], list[_Op]]) -> None:
+        pipe = client.pipeline(transaction=True)
         for ops in tombstones.values():
             _queue(pipe, ops)
         # a key of the wrong type must not wedge the replay (and with it every call);
