@@ -554,10 +554,10 @@ def test_unreachable_pool_is_a_storage_error(ceph, ctx) -> None:
 
 
 def test_missing_binding_says_how_to_install_it(monkeypatch, tmp_path: Path) -> None:
-    from chalicelib.storage import rados as module
+    from chalicelib.storage.rados import binding as module
 
     monkeypatch.setitem(sys.modules, "rados", None)  # `import rados` now fails
-    monkeypatch.setattr(module, "rados", None)
+    monkeypatch.setattr(module, "_module", None)
     monkeypatch.setattr(module, "DEBIAN_DIST_PACKAGES", (tmp_path,))
     with pytest.raises(module.RadosUnavailableError, match=r"apt-get install python3-rados"):
         create_driver("rados", {"poolname": "p"})
