@@ -21,6 +21,7 @@ from .base import (
     StorageError,
     check_path,
 )
+from .writer_state import WriterState
 
 NAME = "inmemory"
 
@@ -147,10 +148,9 @@ class InMemoryDriver:
     def writer(self, ctx: Context, path: str, append: bool = False) -> FileWriter:
         check_path(NAME, path)
         with self._lock:
-            node = self._find(path)
-            if append and not isinstance(node, _File):
-                raise PathNotFoundError(NAME, path)
-            if not append:
+            if append:
+                node = self._file(path)
+            else:
                 node = _File()
                 self._attach(path, node)
         return _MemoryWriter(self, path, node)
@@ -224,34 +224,27 @@ class _MemoryWriter:
         self._driver = driver
         self._path = path
         self._node = node
-        self._state = "open"  # -> committed | closed | cancelled
+        self._state = WriterState(NAME, path)
 
     @property
     def size(self) -> int:
         return len(self._node.data)
 
-    def _require_open(self) -> None:
-        if self._state != "open":
-            raise StorageError(NAME, self._path, f"writer already {self._state}")
-
     def write(self, data: bytes) -> int:
-        self._require_open()
+        self._state.require_open()
         with self._driver._lock:
             self._node.data += data
             self._node.mod_time = _now()
         return len(data)
 
     def commit(self) -> None:
-        self._require_open()
-        self._state = "committed"
+        self._state.commit()  # every byte is in the node already
 
     def close(self) -> None:
-        if self._state == "open":
-            self._state = "closed"
+        self._state.close()  # nothing to make durable
 
     def cancel(self) -> None:
-        self._require_open()
-        self._state = "cancelled"
+        self._state.cancel()
         driver = self._driver
         with driver._lock:
             if driver._find(self._path) is self._node:
