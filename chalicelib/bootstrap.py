@@ -66,6 +66,7 @@ def build_registry(config: Config, tracer=None, recorder=None) -> Registry:
         read_only=storage.readonly,
         stat_retries=3 if eventual else 0,
         immutable_tags=storage.tag_immutable,
+        proxy=config.proxy,
     )
     cache = build_cache(config)
     if recorder is not None:  # chalicelib.metrics, inside the tracer: a subsegment times the call as counted

@@ -14,6 +14,7 @@ from ..context import Context
 from ..registry import Registry, RegistryError
 from ..registry.direct_uploads import DirectUploadOptions, kind as direct_kind
 from ..registry.errors import PaginationNumberInvalidError, RangeInvalidError
+from ..registry.proxy import PushToMirrorError, UpstreamContentError, UpstreamUnavailableError
 from ..storage import StorageError
 from .errors import HTTPError, error_response, from_registry_error
 from .http import Request, Response
@@ -96,6 +97,16 @@ ROUTES: list[tuple[re.Pattern, str]] = [
 ]
 
 
+# The methods of each route that change a repository (an upload's GET reads only its own
+# session, but no session can exist in a mirrored repository).
+_WRITES = {
+    "manifest": ("PUT", "DELETE"),
+    "uploads": ("POST",),
+    "upload": ("GET", "PATCH", "PUT", "POST", "DELETE"),
+    "blob": ("DELETE",),
+}
+
+
 def match_route(path: str) -> tuple[Optional[str], dict]:
     for pattern, route in ROUTES:
         m = pattern.match(path)
@@ -141,6 +152,17 @@ class RegistryAPI:
             return True
         return self.access_controller.authorize(scope.request, [Access("repository", source, "pull")]) is None
 
+    def _refuse_writes_to_mirrors(self, route: str, method: str, params: dict) -> None:
+        """A mirrored repository holds the upstream's content only: like the reference's
+        proxy, every push or delete there is UNSUPPORTED (uploads, manifests, blobs)."""
+        proxies = self.registry.proxies
+        if proxies is None or route not in _WRITES or method not in _WRITES[route]:
+            return
+        mirror = proxies.mirror_for(params.get("name", ""))
+        if mirror is not None:
+            raise PushToMirrorError({"name": params.get("name", "")[:200],
+                                     "reason": f"a pull-through cache of {mirror.config.remoteurl}"})
+
     def handle(self, request: Request) -> Response:
         response = self._dispatch(request)
         response.headers.append(API_VERSION_HEADER)
@@ -166,6 +188,7 @@ class RegistryAPI:
                 denied = self.access_controller.authorize(request, access(scope))
                 if denied is not None:
                     return denied
+            self._refuse_writes_to_mirrors(route, method, params)
             return handler(scope)
         except HTTPError as exc:
             return exc.response
@@ -186,4 +209,8 @@ def status_of(exc: RegistryError) -> Optional[int]:
         return 416
     if isinstance(exc, PaginationNumberInvalidError):  # a bad query, not a bad method
         return 400
+    if isinstance(exc, UpstreamUnavailableError):
+        return 503
+    if isinstance(exc, UpstreamContentError):  # the upstream's fault, not the client's
+        return 502
     return None

@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import re
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from ..descriptor import BlobDescriptor
 from .app import Access, Scope
 from .errors import HTTPError
 from .http import FileBody, Response
 from .params import check_deletable, parse_digest, repository
+
+if TYPE_CHECKING:
+    from ..registry.proxy.mirror import Fetched
 
 # Blobs are content-addressed: a digest's bytes never change.
 IMMUTABLE = "max-age=31536000"
@@ -63,8 +66,14 @@ def head(scope: Scope) -> Response:
 def _serve(scope: Scope, head: bool) -> Response:
     repo = repository(scope)
     digest = parse_digest(scope.params["digest"])
-    descriptor = repo.blobs.stat(scope.ctx, digest)
     etag = f'"{digest}"'
+    if repo.proxy is not None:
+        if etag_matches(scope.request.headers.get("If-None-Match"), etag):
+            return Response(304, [("Docker-Content-Digest", str(digest)), ("ETag", etag)])
+        fetched = repo.proxy.blob(scope.ctx, digest, head)
+        if fetched is not None:  # not in our storage: the upstream's bytes, stored on the way
+            return _serve_fetched(fetched, etag)
+    descriptor = repo.blobs.stat(scope.ctx, digest)
     headers = _headers(descriptor, etag)
     if etag_matches(scope.request.headers.get("If-None-Match"), etag):
         return Response(304, headers)
@@ -86,6 +95,15 @@ def _serve(scope: Scope, head: bool) -> Response:
     if head:
         return Response(status, headers)
     return Response(status, headers, FileBody(repo.blobs.open(scope.ctx, digest, start), length))
+
+
+def _serve_fetched(fetched: "Fetched", etag: str) -> Response:
+    """A blob as the upstream sends it: whole, since a Range cannot be cut from a
+    stream being verified (RFC 9110 lets a server answer a Range with 200)."""
+    headers = _headers(fetched.descriptor, etag)[:-1] + [("Content-Type", "application/octet-stream")]
+    if fetched.descriptor.size >= 0:
+        headers.append(("Content-Length", str(fetched.descriptor.size)))
+    return Response(200, headers, fetched.body if fetched.body is not None else b"")
 
 
 def delete(scope: Scope) -> Response:

@@ -26,6 +26,11 @@ def _reference(scope: Scope) -> tuple[str | None, Digest | None]:
 
 def _resolve(scope: Scope, repo: Repository) -> tuple[Digest, bool]:
     tag, digest = _reference(scope)
+    if repo.proxy is not None:  # a mirrored repository: filled from its upstream first
+        if tag is not None:
+            return repo.proxy.resolve_tag(scope.ctx, tag), False
+        repo.proxy.ensure_manifest(scope.ctx, digest)
+        return digest, True
     if tag is not None:
         return repo.tags.get(scope.ctx, tag), False
     return digest, True

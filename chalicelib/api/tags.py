@@ -9,7 +9,10 @@ from .params import repository
 
 def get(scope: Scope) -> Response:
     repo = repository(scope)
-    tags, headers = paginate(scope, repo.tags.all(scope.ctx), f"/v2/{repo.name}/tags/list")
+    # a mirror lists the upstream's tags, or the ones it has cached when the upstream cannot say
+    upstream = repo.proxy.tags(scope.ctx) if repo.proxy is not None else None
+    listed = upstream if upstream is not None else repo.tags.all(scope.ctx)
+    tags, headers = paginate(scope, listed, f"/v2/{repo.name}/tags/list")
     return json_response({"name": repo.name, "tags": tags}, headers, head=scope.request.method == "HEAD")
 
 

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from ..cache.base import BlobDescriptorCacheProvider, BlobDescriptorService
 from ..cache.statter import CachedBlobStatter
+from ..config import ProxyConfig
 from ..context import Context
 from ..storage import StorageDriver, paths
 from . import catalog
@@ -17,6 +18,9 @@ from .referrers import ReferrersIndex
 from .tags import TagStore
 from .uploads import BlobUploads
 
+if TYPE_CHECKING:
+    from .proxy.mirror import Proxies
+
 
 @dataclass(frozen=True)
 class RegistryOptions:
@@ -27,6 +31,7 @@ class RegistryOptions:
     # re-stats of a just-written blob on eventually consistent stores
     stat_retries: int = 0
     immutable_tags: tuple = ()  # storage.tag.immutable: ImmutableTagRule, checked by TagStore
+    proxy: Optional[ProxyConfig] = None  # the pull-through cache's upstreams (registry.proxy)
 
 
 class Repository:
@@ -44,6 +49,8 @@ class Repository:
             registry.blobs, self.revisions, self.blobs, self.tags, self.referrers, registry.manifest_bodies
         )
         self.uploads = BlobUploads(driver, name, registry.blobs, self.blobs)
+        # set when an upstream mirrors this repository: pulls fill it, pushes are refused
+        self.proxy = registry.proxies.repository(self) if registry.proxies is not None else None
 
 
 class Registry:
@@ -63,6 +70,11 @@ class Registry:
         self.blobs = BlobStore(driver, statter, statter_now)
         # immutable by digest, so safe in every process; membership is still read per request
         self.manifest_bodies = ManifestBodyCache()
+        self.proxies: Optional[Proxies] = None
+        if options.proxy is not None and options.proxy.upstreams:
+            from .proxy import mirror  # urllib3 is imported only where a proxy is configured
+
+            self.proxies = mirror.Proxies(options.proxy.upstreams)
 
     def repository(self, name: str) -> Repository:
         return Repository(self, validate_name(name))

@@ -1,0 +1,386 @@
+"""The pull-through cache: repositories whose name falls under a mirrored prefix are
+filled from their upstream on first pull and served from our storage afterwards.
+
+What is stored is exactly what a push would store (manifest blobs, revision links, tag
+links, layer links, blob data), so a cached repository is an ordinary one to every
+other part of Stratus, to garbage collection and to registry:2 reading the same tree.
+Beside it, `_proxy/tags/<tag>/validated` records when a tag was last checked upstream
+(registry:2 ignores `_` folders it does not know).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterator, Optional, Union
+from urllib.parse import urlsplit
+
+from ...config import ProxyUpstream
+from ...context import Context
+from ...descriptor import BlobDescriptor
+from ...digest import Digest, DigestError
+from ...storage import PathNotFoundError, StorageError, paths
+from ..errors import BlobUnknownError, ManifestInvalidError, ManifestUnknownError
+from ..manifest_types import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST, parse_manifest
+from ..uploads import now_rfc3339
+from .errors import PushToMirrorError, UpstreamContentError, UpstreamUnavailableError
+from .upstream import Upstream, UpstreamStatusError, UpstreamUnavailable, pull_scope
+
+if TYPE_CHECKING:
+    from ..registry import Repository
+
+log = logging.getLogger("stratus.proxy")
+
+ACCEPT = ", ".join((OCI_INDEX, OCI_MANIFEST, DOCKER_MANIFEST_LIST, DOCKER_MANIFEST))
+MAX_MANIFEST = 4 << 20
+# A blob up to this size is read whole and verified before the client gets a byte, so
+# a corrupt one is refused with an OCI error; a larger one is streamed (below).
+BUFFERED_BLOB = 4 << 20
+PIECE = 1 << 20
+# How long a pull waits for another pull of the same blob in this process to store it.
+FOLLOW_TIMEOUT = 600.0
+DOCKER_HUB_HOSTS = ("registry-1.docker.io", "index.docker.io", "docker.io", "registry.hub.docker.com")
+
+
+@dataclass
+class Fetched:
+    """An uncached blob as fetched: its descriptor, and the bytes for a GET (None for HEAD)."""
+
+    descriptor: BlobDescriptor
+    body: Union[None, bytes, Iterator[bytes]]
+
+
+class Flights:
+    """One fetch per blob at a time in this process: the first caller fetches, the
+    others wait for it to finish and then read what it stored."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._active: dict[str, threading.Event] = {}
+
+    def begin(self, key: str) -> tuple[threading.Event, bool]:
+        with self._lock:
+            event = self._active.get(key)
+            if event is not None:
+                return event, False
+            event = self._active[key] = threading.Event()
+            return event, True
+
+    def end(self, key: str, event: threading.Event) -> None:
+        with self._lock:
+            if self._active.get(key) is event:
+                del self._active[key]
+        event.set()
+
+
+class Mirror:
+    """One upstream and the repositories it serves."""
+
+    def __init__(self, config: ProxyUpstream):
+        self.config = config
+        self.prefix = config.prefix
+        self.ttl = config.ttl
+        self.upstream = Upstream(config.remoteurl, config.username, config.password)
+        self.docker_hub = (urlsplit(config.remoteurl).hostname or "") in DOCKER_HUB_HOSTS
+
+    def covers(self, name: str) -> bool:
+        return name.startswith(self.prefix)
+
+    def remote_name(self, name: str) -> str:
+        """The upstream's name for our repository: the prefix dropped, and Docker Hub's
+        official images under library/ as docker itself asks for them."""
+        remote = name[len(self.prefix):]
+        if self.docker_hub and "/" not in remote:
+            remote = "library/" + remote
+        return remote
+
+
+class Proxies:
+    """Every configured upstream; a repository is mirrored by the longest prefix it matches."""
+
+    def __init__(self, upstreams: list[ProxyUpstream]):
+        self.mirrors = sorted((Mirror(u) for u in upstreams), key=lambda m: len(m.prefix), reverse=True)
+        self.flights = Flights()
+
+    def mirror_for(self, name: str) -> Optional[Mirror]:
+        for mirror in self.mirrors:
+            if mirror.covers(name):
+                return mirror
+        return None
+
+    def repository(self, repo: "Repository") -> Optional["ProxiedRepository"]:
+        mirror = self.mirror_for(repo.name)
+        return ProxiedRepository(repo, mirror, self.flights) if mirror is not None else None
+
+
+class ProxiedRepository:
+    """The pull side of a mirrored repository: tags, manifests and blobs filled from upstream."""
+
+    def __init__(self, repo: "Repository", mirror: Mirror, flights: Flights):
+        self.repo = repo
+        self.mirror = mirror
+        self.flights = flights
+        self.remote = mirror.remote_name(repo.name)
+        self.scope = pull_scope(self.remote)
+        self.driver = repo.registry.driver
+
+    def refuse_writes(self) -> PushToMirrorError:
+        return PushToMirrorError({"name": self.repo.name, "reason": "a pull-through cache of "
+                                  f"{self.mirror.config.remoteurl}; push to the upstream instead"})
+
+    # -- tags ------------------------------------------------------------------------------
+
+    def _validated_path(self, tag: str) -> str:
+        return f"{paths.repository(self.repo.name)}/_proxy/tags/{tag}/validated"
+
+    def _fresh(self, ctx: Context, tag: str) -> bool:
+        if self.mirror.ttl <= 0:
+            return False
+        try:
+            validated = float(self.driver.get_content(ctx, self._validated_path(tag)).decode())
+        except (PathNotFoundError, ValueError, UnicodeDecodeError):
+            return False
+        return 0 <= time.time() - validated < self.mirror.ttl
+
+    def _mark_validated(self, ctx: Context, tag: str) -> None:
+        try:
+            self.driver.put_content(ctx, self._validated_path(tag), f"{time.time():.3f}".encode())
+        except StorageError as exc:  # only costs an early re-validation
+            log.warning("could not record the validation of %s:%s: %s", self.repo.name, tag, exc)
+
+    def resolve_tag(self, ctx: Context, tag: str) -> Digest:
+        """The digest the tag names: ours while fresh, else as the upstream says now,
+        asked with a conditional HEAD; ours again when the upstream cannot be asked."""
+        try:
+            local: Optional[Digest] = self.repo.tags.get(ctx, tag)
+        except ManifestUnknownError:
+            local = None
+        if local is not None and self._fresh(ctx, tag):
+            return local
+        headers = {"Accept": ACCEPT}
+        if local is not None:
+            headers["If-None-Match"] = f'"{local}"'
+        path = f"/v2/{self.remote}/manifests/{tag}"
+        try:
+            response = self.mirror.upstream.request("HEAD", path, self.scope, headers)
+        except (UpstreamUnavailable, UpstreamStatusError) as exc:
+            return self._stale(local, f"{self.repo.name}:{tag}", exc)
+        if response.status == 304 and local is not None:
+            self._mark_validated(ctx, tag)
+            return local
+        if response.status in (401, 403, 404):
+            raise ManifestUnknownError({"tag": tag, "upstream": response.status})
+        if response.status != 200:
+            return self._stale(local, f"{self.repo.name}:{tag}", UpstreamStatusError(response.status, path))
+        digest = self._digest_header(response.headers.get("Docker-Content-Digest"))
+        try:
+            if digest is None:  # some registries name it only on GET
+                digest = self._fetch_manifest(ctx, path)
+            elif not self.repo.manifests.exists(ctx, digest):
+                self._fetch_manifest(ctx, f"/v2/{self.remote}/manifests/{digest}", digest)
+        except (UpstreamUnavailable, UpstreamStatusError) as exc:
+            return self._stale(local, f"{self.repo.name}:{tag}", exc)
+        if digest != local:
+            self.repo.tags.tag(ctx, tag, digest)
+        self._mark_validated(ctx, tag)
+        return digest
+
+    @staticmethod
+    def _stale(local: Optional[Digest], what: str, exc: Exception) -> Digest:
+        if local is None:
+            raise UpstreamUnavailableError({"reason": str(exc)[:300]}) from None
+        log.warning("serving cached %s: the upstream could not be asked (%s)", what, exc)
+        return local
+
+    @staticmethod
+    def _digest_header(value: Optional[str]) -> Optional[Digest]:
+        try:
+            return Digest.parse(value) if value else None
+        except DigestError:
+            return None
+
+    def tags(self, ctx: Context) -> Optional[list[str]]:
+        """The upstream's tags, or None when it cannot say (the caller lists ours)."""
+        try:
+            response = self.mirror.upstream.request("GET", f"/v2/{self.remote}/tags/list", self.scope)
+        except (UpstreamUnavailable, UpstreamStatusError):
+            return None
+        if response.status != 200:
+            return None
+        try:
+            tags = json.loads(response.data).get("tags") or []
+        except (ValueError, AttributeError):
+            return None
+        return sorted({t for t in tags if isinstance(t, str)})
+
+    # -- manifests ---------------------------------------------------------------------------
+
+    def ensure_manifest(self, ctx: Context, digest: Digest) -> None:
+        """The manifest `digest` stored here, fetched from upstream unless it already is."""
+        if self.repo.manifests.exists(ctx, digest):
+            return
+        try:
+            self._fetch_manifest(ctx, f"/v2/{self.remote}/manifests/{digest}", digest)
+        except (UpstreamUnavailable, UpstreamStatusError) as exc:
+            raise UpstreamUnavailableError({"reason": str(exc)[:300]}) from None
+
+    def _fetch_manifest(self, ctx: Context, path: str, expected: Optional[Digest] = None) -> Digest:
+        response = self.mirror.upstream.request("GET", path, self.scope, {"Accept": ACCEPT})
+        if response.status in (401, 403, 404):
+            raise ManifestUnknownError({"upstream": response.status})
+        if response.status != 200:
+            raise UpstreamStatusError(response.status, path)
+        body = response.data
+        if len(body) > MAX_MANIFEST:
+            raise ManifestInvalidError(f"the upstream's manifest exceeds {MAX_MANIFEST} bytes")
+        if expected is None:
+            named = self._digest_header(response.headers.get("Docker-Content-Digest"))
+            expected = named or Digest.from_bytes(body)
+        if expected.algorithm.from_bytes(body) != expected:
+            raise UpstreamContentError({"digest": str(expected)})
+        manifest = parse_manifest(body, response.headers.get("Content-Type"))
+        descriptor = BlobDescriptor(digest=expected, size=len(body), media_type=manifest.media_type)
+        self.repo.registry.blobs.put(ctx, expected, body, manifest.media_type)
+        self.repo.revisions.link(ctx, descriptor, verify=False)
+        if manifest.subject is not None:
+            self.repo.referrers.add(ctx, manifest.subject.digest, expected, manifest)
+        return expected
+
+    # -- blobs --------------------------------------------------------------------------------
+
+    def _linked_here(self, ctx: Context, digest: Digest) -> bool:
+        try:
+            self.repo.blobs.stat(ctx, digest)
+            return True
+        except BlobUnknownError:
+            return False
+
+    def blob(self, ctx: Context, digest: Digest, head: bool) -> Optional[Fetched]:
+        """None when the blob is (now) in our storage, linked here; else what the
+        upstream gave. Concurrent GETs of one blob in this process fetch it once."""
+        if self._linked_here(ctx, digest):
+            return None
+        path = f"/v2/{self.remote}/blobs/{digest}"
+        if head:
+            return Fetched(self._upstream_descriptor(ctx, digest, path), None)
+        key = str(digest)
+        for _ in range(2):  # a second turn leads if the first fetch failed
+            if self._link_stored(ctx, digest, path):
+                return None
+            event, leader = self.flights.begin(key)
+            if leader:
+                return self._fetch(ctx, digest, path, key, event)
+            event.wait(FOLLOW_TIMEOUT)
+            if self._linked_here(ctx, digest):
+                return None
+        raise UpstreamUnavailableError({"digest": key, "reason": "the fetch of this blob did not finish"})
+
+    def _upstream_descriptor(self, ctx: Context, digest: Digest, path: str) -> BlobDescriptor:
+        try:
+            response = self.mirror.upstream.request("HEAD", path, self.scope)
+        except (UpstreamUnavailable, UpstreamStatusError) as exc:
+            raise UpstreamUnavailableError({"reason": str(exc)[:300]}) from None
+        if response.status != 200:
+            raise BlobUnknownError({"digest": str(digest), "upstream": response.status})
+        length = response.headers.get("Content-Length")
+        return BlobDescriptor(digest=digest, size=int(length) if length and length.isdigit() else 0)
+
+    def _link_stored(self, ctx: Context, digest: Digest, path: str) -> bool:
+        """A blob another repository already brought in is linked here, once the
+        upstream confirms this repository has it (a digest alone opens nothing)."""
+        try:
+            descriptor = self.repo.registry.blobs.stat_now(ctx, digest)
+        except BlobUnknownError:
+            return False
+        try:
+            self._upstream_descriptor(ctx, digest, path)
+        except UpstreamUnavailableError:
+            return False
+        self.repo.blobs.link(ctx, descriptor)
+        return True
+
+    def _fetch(self, ctx: Context, digest: Digest, path: str, key: str, event: threading.Event) -> Fetched:
+        try:
+            response = self.mirror.upstream.request("GET", path, self.scope, stream=True)
+        except (UpstreamUnavailable, UpstreamStatusError) as exc:
+            self.flights.end(key, event)
+            raise UpstreamUnavailableError({"reason": str(exc)[:300]}) from None
+        if response.status != 200:
+            response.drain_conn()
+            response.release_conn()
+            self.flights.end(key, event)
+            raise BlobUnknownError({"digest": key, "upstream": response.status})
+        length_text = response.headers.get("Content-Length")
+        length = int(length_text) if length_text and length_text.isdigit() else None
+        if length is not None and length <= BUFFERED_BLOB:
+            try:
+                body = response.read(length + 1)
+                response.release_conn()
+                descriptor = BlobDescriptor(digest=digest, size=len(body))
+                if len(body) != length or digest.algorithm.from_bytes(body) != digest:
+                    raise UpstreamContentError({"digest": key})
+                self.repo.registry.blobs.put(ctx, digest, body, "application/octet-stream")
+                self.repo.blobs.link(ctx, descriptor)
+                log.info("proxy: cached %s for %s (%d bytes)", key, self.repo.name, len(body))
+                return Fetched(descriptor, body)
+            finally:
+                self.flights.end(key, event)
+        descriptor = BlobDescriptor(digest=digest, size=length if length is not None else -1)
+        return Fetched(descriptor, self._stream(ctx, digest, response, length, key, event))
+
+    def _stream(self, ctx: Context, digest: Digest, response, length: Optional[int], key: str,
+                event: threading.Event) -> Iterator[bytes]:
+        """The upstream's bytes to the client as they arrive, written to a staging file
+        and hashed on the way; moved to the blob's path only if they match. The last
+        piece is held back until then: a client never receives a whole corrupt blob,
+        its connection breaks instead."""
+        name = self.repo.name
+        staging = uuid.uuid4().hex
+        data_path = paths.upload_data(name, staging)
+        stored = False
+        writer = None
+        try:
+            # startedat lets upload purging remove a staging file a crash left behind
+            self.driver.put_content(ctx, paths.upload_started_at(name, staging), now_rfc3339().encode())
+            writer = self.driver.writer(ctx, data_path)
+            hasher = hashlib.new(digest.algorithm.value)
+            received = 0
+            held: Optional[bytes] = None
+            for piece in response.stream(PIECE):
+                hasher.update(piece)
+                writer.write(piece)
+                received += len(piece)
+                if held is not None:
+                    yield held
+                held = piece
+            if hasher.hexdigest() != digest.hex or (length is not None and received != length):
+                log.error("proxy: upstream sent %d bytes for %s that do not match it; not stored", received, key)
+                raise UpstreamContentError({"digest": key})
+            writer.commit()
+            writer.close()
+            writer = None
+            descriptor = BlobDescriptor(digest=digest, size=received)
+            self.repo.registry.blobs.move_into_place(ctx, data_path, descriptor)
+            self.repo.blobs.link(ctx, descriptor)
+            stored = True
+            log.info("proxy: cached %s for %s (%d bytes)", key, name, received)
+            if held is not None:
+                yield held
+        finally:
+            if writer is not None:
+                writer.cancel()
+            response.release_conn()
+            self.flights.end(key, event)
+            self._remove_staging(ctx, staging, stored)
+
+    def _remove_staging(self, ctx: Context, staging: str, stored: bool) -> None:
+        try:
+            self.driver.delete(ctx, paths.upload_dir(self.repo.name, staging))
+        except PathNotFoundError:
+            pass
+        except StorageError as exc:
+            log.warning("proxy: staging %s left for upload purging (stored=%s): %s", staging, stored, exc)
