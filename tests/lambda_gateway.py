@@ -43,6 +43,7 @@ import os
 import re
 import secrets
 import sys
+import sysconfig
 import threading
 import time
 import traceback
@@ -230,20 +231,42 @@ def lambda_gateway(
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def runtime_environment(function_name: str = "stratus-dev", memory_mb: int = 1024) -> dict[str, str]:
-    """What the Lambda runtime sets in every function's environment."""
+def runtime_environment(function_name: str = "stratus-dev", memory_mb: int = 1024,
+                        task_root: Optional[Path] = None) -> dict[str, str]:
+    """What the Lambda runtime sets in every function's environment (the developer guide's
+    "Defined runtime environment variables"), as a managed Python runtime sets it.
+
+    Libraries decide where they run from these: aws-xray-sdk takes LAMBDA_TASK_ROOT as
+    "on Lambda" (without it its global recorder loads a sampler that imports botocore),
+    botocore reads AWS_EXECUTION_ENV and AWS_LAMBDA_FUNCTION_NAME. `task_root` is the
+    function's code (/var/task; here the repository, or an unpacked deployment package);
+    LAMBDA_RUNTIME_DIR is where the runtime's own SDK lives (/var/runtime; here the site
+    directory that holds boto3). Left out: LD_LIBRARY_PATH (pointing the dynamic loader
+    at the task root could shadow this machine's libraries), PYTHONPATH (callers choose
+    the import path), credentials (the caller's role: moto's), and the X-Ray variables
+    (_X_AMZN_TRACE_ID, AWS_XRAY_DAEMON_ADDRESS, AWS_XRAY_CONTEXT_MISSING), which Lambda
+    sets only on a function with active tracing - tests that trace add them.
+    """
+    from .servers import ROOT
+
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
     return {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
         "LANG": "en_US.UTF-8",
         "TZ": ":UTC",
         "PYTHONUNBUFFERED": "1",
+        "_HANDLER": "app.app",
         "AWS_REGION": "us-east-1",
         "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EXECUTION_ENV": f"AWS_Lambda_python{version}",
         "AWS_LAMBDA_FUNCTION_NAME": function_name,
         "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
         "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(memory_mb),
+        "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
         "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{function_name}",
-        "AWS_EXECUTION_ENV": "AWS_Lambda_python3.11",
+        "AWS_LAMBDA_LOG_STREAM_NAME": f"{time.strftime('%Y/%m/%d', time.gmtime())}/[$LATEST]{secrets.token_hex(16)}",
+        "LAMBDA_TASK_ROOT": str(task_root or ROOT),
+        "LAMBDA_RUNTIME_DIR": sysconfig.get_paths()["purelib"],
     }
 
 
