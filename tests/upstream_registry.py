@@ -18,7 +18,7 @@ from .clients_servers import REFERENCE_REGISTRY, clean_env, isolated_process
 from .servers import free_port
 
 USER, PASSWORD = "mirror", "mirror-secret"
-_REQUEST_LINE = re.compile(r'"(GET|HEAD|PUT|POST|PATCH|DELETE) (/v2/[^ ?"]*)')
+_REQUEST_LINE = re.compile(r'"(GET|HEAD|PUT|POST|PATCH|DELETE) (/v2/[^ ?"]*)[^"]*" (\d{3})')
 
 
 @dataclass
@@ -34,6 +34,11 @@ class Upstream:
         """Paths of the requests with this method (containing path_part) it has served."""
         text = self.log_path.read_text(errors="replace")
         return [m.group(2) for m in _REQUEST_LINE.finditer(text) if m.group(1) == method and path_part in m.group(2)]
+
+    def statuses(self, status: int) -> int:
+        """How many requests it answered with this status."""
+        text = self.log_path.read_text(errors="replace")
+        return sum(1 for m in _REQUEST_LINE.finditer(text) if m.group(3) == str(status))
 
     def blob_gets(self, digest: str) -> int:
         return len(self.requests("GET", f"/blobs/{digest}"))

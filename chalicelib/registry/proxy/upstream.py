@@ -83,7 +83,9 @@ class Upstream:
         """The upstream's response to method path, authenticated for scope.
 
         UpstreamUnavailable when it cannot be reached or answers 5xx/429; any other
-        status is the caller's to read. With stream the body is left unread."""
+        status (a 401 no credentials of ours answer among them: Docker Hub says 401 for
+        a repository that does not exist) is the caller's to read. With stream the body
+        is left unread."""
         for attempt in range(2):
             sent = dict(headers or {})
             authorization = self._authorization(scope)
@@ -93,10 +95,10 @@ class Upstream:
             if response.status != 401 or attempt == 1:
                 break
             challenge = parse_challenge(response.headers.get("WWW-Authenticate"))
+            if challenge is None or not self._answer(challenge, scope):
+                break  # the caller reads a refusal we cannot answer like a 404
             response.drain_conn()
             response.release_conn()
-            if challenge is None or not self._answer(challenge, scope):
-                raise UpstreamStatusError(401, f"{method} {path} (no usable credentials)")
         if response.status >= 500 or response.status == 429:
             response.drain_conn()
             response.release_conn()
