@@ -13,10 +13,21 @@ redis-server, warmed beforehand by another instance:
 
 Each number is import + handler, network calls to the loopback moto and Redis
 included; the modules imported are listed in the log.
+
+As deployed: the environment is what the Lambda runtime sets
+(tests.lambda_gateway.runtime_environment) plus active X-Ray tracing, which both
+Chalice stages and the Terraform module turn on (the trace header says Sampled=1, as
+for an instance's first request; documents go to the discard port). Interpreters run
+with -B: /var/task is read-only on Lambda, so a module the zip carries no .pyc for is
+compiled from source by every new instance, and no instance may leave bytecode
+behind for the next one here either. Logged beside the rows (not in them): the same
+requests untraced, and with the package's modules compiled to .pyc beforehand
+(what `python -m compileall` in `make package` would give).
 """
 from __future__ import annotations
 
 import base64
+import compileall
 import json
 import os
 import shutil
@@ -98,24 +109,45 @@ class ColdRequest:
     total_ms: list[float] = field(default_factory=list)
     import_ms: list[float] = field(default_factory=list)
     sdks: list[str] = field(default_factory=list)
+    modules: list[str] = field(default_factory=list)  # top-level packages in sys.modules after it
 
     @property
     def median_ms(self) -> float:
         return statistics.median(self.total_ms)
 
 
-def package(workdir: Path) -> Path:
-    """`make package` into workdir, unpacked: the task root (Lambda's /var/task)."""
-    out = workdir / "lambda-package"
-    run = subprocess.run(["make", "-s", "-o", ".venv/.installed-stamp", "package", f"PACKAGE_DIR={out}"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=900)
+XRAY_ENV = {  # what Lambda adds for a function with active tracing
+    "AWS_XRAY_DAEMON_ADDRESS": "127.0.0.1:9",  # UDP to the discard port
+    "AWS_XRAY_CONTEXT_MISSING": "LOG_ERROR",
+    "_X_AMZN_TRACE_ID": "Root=1-65f1c2a0-0123456789abcdef01234567;Parent=53995c3f42cd8ad8;Sampled=1",
+}
+
+
+def package(workdir: Path, root: Path = ROOT, name: str = "lambda") -> Path:
+    """`make package` of the tree at root into workdir, unpacked: the task root (Lambda's
+    /var/task), as the zip has it (no bytecode but what the wheels carry)."""
+    out = workdir / f"{name}-package"
+    run = subprocess.run(["make", "-s", "-o", f"{ROOT / '.venv'}/.installed-stamp", "package", f"PACKAGE_DIR={out}",
+                          f"VENV={ROOT / '.venv'}"],
+                         cwd=root, capture_output=True, text=True, timeout=900)
     if run.returncode != 0:
         raise RuntimeError(f"make package failed:\n{run.stderr[-3000:]}")
-    task = workdir / "lambda-task"
+    task = workdir / f"{name}-task"
     shutil.rmtree(task, ignore_errors=True)
     with zipfile.ZipFile(out / "deployment.zip") as zf:
         zf.extractall(task)
     return task
+
+
+def compiled_copy(task: Path) -> Path:
+    """The task root with every module compiled to .pyc (unchecked hashes: the package
+    never changes under a running function, so no source is read to validate them)."""
+    copy = task.with_name(task.name + "-pyc")
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(task, copy, symlinks=True)
+    compileall.compile_dir(str(copy), quiet=1, workers=1,
+                           invalidation_mode=compileall.py_compile.PycInvalidationMode.UNCHECKED_HASH)
+    return copy
 
 
 def runtime_dir(workdir: Path) -> Path:
@@ -129,14 +161,17 @@ def runtime_dir(workdir: Path) -> Path:
 
 
 def _run(script: str, task: Path, runtime: Path, env: dict[str, str], *args: str) -> str:
-    out = subprocess.run([sys.executable, "-I", "-S", "-c", script, str(task), str(runtime), *args],
+    # -B: a read-only /var/task; nothing compiled here is reused by the next instance
+    out = subprocess.run([sys.executable, "-I", "-S", "-B", "-c", script, str(task), str(runtime), *args],
                          cwd=str(task), env=env, capture_output=True, text=True, timeout=120)
     if out.returncode != 0:
         raise RuntimeError(f"cold instance failed:\n{out.stderr[-3000:]}")
     return out.stdout.strip().splitlines()[-1]
 
 
-def measure(workdir: Path, reps: int, log=print) -> Optional[dict[str, ColdRequest]]:
+def measure(workdir: Path, reps: int, log=print, baseline: Optional[Path] = None) -> Optional[dict[str, ColdRequest]]:
+    """The rows (as deployed); the variants are logged. `baseline`: another checkout,
+    packaged and measured in the same run, interleaved, for a before/after."""
     from tests.lambda_gateway import runtime_environment
     from tests.moto_server import ACCESS_KEY, SECRET_KEY, moto_s3_server
     from tests.redis_server import HAVE_REDIS, redis_server
@@ -145,18 +180,28 @@ def measure(workdir: Path, reps: int, log=print) -> Optional[dict[str, ColdReque
         log("lambda cold start: needs redis-server and make; skipped")
         return None
     task, runtime = package(workdir), runtime_dir(workdir)
+    variants = {"as deployed": (task, True), "untraced": (task, False), "pyc in package": (compiled_copy(task), True)}
+    if baseline is not None:
+        base_task = package(workdir, baseline, "baseline")
+        variants["baseline, as deployed"] = (base_task, True)
+        variants["baseline, untraced"] = (base_task, False)
     with moto_s3_server(workdir / "moto-cold.log") as s3, redis_server(workdir / "redis-cold") as redis:
         parameter = "/stratus/bench/http-secret"
         s3.client("ssm").put_parameter(Name=parameter, Value=base64.b16encode(os.urandom(24)).decode(),
                                        Type="SecureString", Overwrite=True)
-        env = {
-            **runtime_environment("stratus-bench"), "LAMBDA_TASK_ROOT": str(task),
+        common = {
             **s3.environment(s3.create_bucket()),
             "REGISTRY_STORAGE_CACHE_BLOBDESCRIPTOR": "redis", "REGISTRY_REDIS_ADDR": redis.addr,
             "STRATUS_HTTP_SECRET_PARAMETER": parameter, "AWS_ACCESS_KEY_ID": ACCESS_KEY,
             "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_ENDPOINT_URL_SSM": s3.endpoint,
         }
-        digests = json.loads(_run(_SEED, task, runtime, env))
+
+        def environment(task: Path, xray: bool) -> dict[str, str]:
+            env = {**runtime_environment("stratus-bench", task_root=task), **common,
+                   "LAMBDA_RUNTIME_DIR": str(runtime)}
+            return {**env, **XRAY_ENV} if xray else env
+
+        digests = json.loads(_run(_SEED, task, runtime, environment(task, False)))
         media = "application/vnd.oci.image.manifest.v1+json"
         specs = {
             "base": ("First GET /v2/", {"method": "GET", "path": "/v2/"}, 200),
@@ -166,18 +211,22 @@ def measure(workdir: Path, reps: int, log=print) -> Optional[dict[str, ColdReque
             "blob": ("First blob GET (307), warm Redis",
                      {"method": "GET", "path": f"/v2/bench/cold/blobs/{digests['layer']}"}, 307),
         }
-        found = {key: ColdRequest(label) for key, (label, _, _) in specs.items()}
-        for _ in range(reps):
+        found = {v: {key: ColdRequest(label) for key, (label, _, _) in specs.items()} for v in variants}
+        for _ in range(reps):  # interleaved, so load on the machine falls on every variant alike
             for key, (_, spec, expected) in specs.items():
-                doc = json.loads(_run(_PROBE, task, runtime, env, json.dumps(spec)))
-                if doc["status"] != expected:
-                    raise RuntimeError(f"{key}: {doc['status']}, expected {expected}")
-                cold = found[key]
-                cold.status = doc["status"]
-                cold.total_ms.append(doc["total_ms"])
-                cold.import_ms.append(doc["import_ms"])
-                cold.sdks = [m for m in doc["modules"] if m in SDKS]
-        for cold in found.values():
-            log(f"lambda cold: {cold.label}: {cold.median_ms:.0f} ms (import app.py "
-                f"{statistics.median(cold.import_ms):.0f} ms); imported: {', '.join(cold.sdks) or 'no SDK'}")
-        return found
+                for variant, (root, xray) in variants.items():
+                    doc = json.loads(_run(_PROBE, root, runtime, environment(root, xray), json.dumps(spec)))
+                    if doc["status"] != expected:
+                        raise RuntimeError(f"{variant}, {key}: {doc['status']}, expected {expected}")
+                    cold = found[variant][key]
+                    cold.status = doc["status"]
+                    cold.total_ms.append(doc["total_ms"])
+                    cold.import_ms.append(doc["import_ms"])
+                    cold.sdks = [m for m in doc["modules"] if m in SDKS]
+                    cold.modules = doc["modules"]
+        for variant, requests in found.items():
+            for cold in requests.values():
+                log(f"lambda cold ({variant}): {cold.label}: median {cold.median_ms:.0f} ms, range "
+                    f"{min(cold.total_ms):.0f}-{max(cold.total_ms):.0f} (import app.py "
+                    f"{statistics.median(cold.import_ms):.0f} ms); imported: {', '.join(cold.sdks) or 'no SDK'}")
+        return found["as deployed"]
