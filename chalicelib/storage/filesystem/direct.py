@@ -72,7 +72,7 @@ class DirectFileWriter(CachedFileWriter):
         return taken
 
     def write(self, data: bytes) -> int:
-        self._require_open()
+        self._state.require_open()
         view = memoryview(data).cast("B")
         with os_errors(self._path):
             while view:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from ..base import StorageError
+from ..writer_state import WriterState
 from .errors import NAME, os_errors
 from .writeback import WRITEBACK_EVERY, start_writeback
 
@@ -18,18 +18,14 @@ class CachedFileWriter:
         self._fd = fd
         self._size = size
         self._written_back = size  # writeback started up to here
-        self._state = "open"  # -> committed | closed | cancelled
+        self._state = WriterState(NAME, path)
 
     @property
     def size(self) -> int:
         return self._size
 
-    def _require_open(self) -> None:
-        if self._state != "open":
-            raise StorageError(NAME, self._path, f"writer already {self._state}")
-
     def write(self, data: bytes) -> int:
-        self._require_open()
+        self._state.require_open()
         view = memoryview(data)
         with os_errors(self._path):
             while view:
@@ -48,11 +44,9 @@ class CachedFileWriter:
         """Free what the writer holds besides its fd."""
 
     def commit(self) -> None:
-        self._require_open()
-        with os_errors(self._path):
+        with self._state.committing(), os_errors(self._path):
             self._flush()
             os.fsync(self._fd)
-        self._state = "committed"
 
     def close(self) -> None:
         if self._fd < 0:
@@ -60,8 +54,7 @@ class CachedFileWriter:
         fd = self._fd
         try:
             with os_errors(self._path):
-                if self._state == "open":
-                    self._state = "closed"
+                if self._state.close():
                     self._flush()
                     os.fsync(fd)
         finally:
@@ -70,8 +63,7 @@ class CachedFileWriter:
             self._release()
 
     def cancel(self) -> None:
-        self._require_open()
-        self._state = "cancelled"
+        self._state.cancel()
         fd, self._fd = self._fd, -1
         os.close(fd)
         self._release()
