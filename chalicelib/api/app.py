@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
-from typing import Callable, Optional, Protocol
+from typing import Callable, Mapping, Optional, Protocol
 
 from ..context import Context
 from ..registry import Registry, RegistryError
@@ -133,7 +133,7 @@ class RegistryAPI:
         # what the discovery header says, when the extension is on and the driver can presign
         self.direct_kind = direct_kind(registry.driver) if settings.direct_upload is not None else None
         # route -> (method -> handler, the access a request of that route needs)
-        self.routes: dict[str, tuple[dict[str, Handler], Callable[[Scope], list[Access]]]] = {
+        self.routes: dict[str, tuple[Mapping[str, Handler], Callable[[Scope], list[Access]]]] = {
             "base": (base.HANDLERS, base.access),
             "catalog": (catalog.HANDLERS, catalog.access),
             "tags": (tags.HANDLERS, tags.access),

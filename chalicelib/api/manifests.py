@@ -14,26 +14,26 @@ from .http import Response
 from .params import check_deletable, check_writable, parse_digest, repository
 
 
-def _reference(scope: Scope) -> tuple[str | None, Digest | None]:
-    """(tag, None) or (None, digest) from the path's reference."""
+def _reference(scope: Scope) -> str | Digest:
+    """The path's reference: a tag (str) or a digest."""
     reference = scope.params["reference"]
     if ":" in reference:
-        return None, parse_digest(reference)
+        return parse_digest(reference)
     if not is_tag(reference):
         raise TagInvalidError(f"invalid tag {reference[:200]!r}")
-    return reference, None
+    return reference
 
 
 def _resolve(scope: Scope, repo: Repository) -> tuple[Digest, bool]:
-    tag, digest = _reference(scope)
+    reference = _reference(scope)
     if repo.proxy is not None:  # a mirrored repository: filled from its upstream first
-        if tag is not None:
-            return repo.proxy.resolve_tag(scope.ctx, tag), False
-        repo.proxy.ensure_manifest(scope.ctx, digest)
-        return digest, True
-    if tag is not None:
-        return repo.tags.get(scope.ctx, tag), False
-    return digest, True
+        if isinstance(reference, str):
+            return repo.proxy.resolve_tag(scope.ctx, reference), False
+        repo.proxy.ensure_manifest(scope.ctx, reference)
+        return reference, True
+    if isinstance(reference, str):
+        return repo.tags.get(scope.ctx, reference), False
+    return reference, True
 
 
 def get(scope: Scope) -> Response:
@@ -72,7 +72,8 @@ def _too_large() -> HTTPError:
 def put(scope: Scope) -> Response:
     check_writable(scope)
     repo = repository(scope)
-    tag, digest = _reference(scope)
+    reference = _reference(scope)
+    tag, digest = (reference, None) if isinstance(reference, str) else (None, reference)
     request = scope.request
     length = request.content_length
     if length is not None and length > MAX_MANIFEST_SIZE:
@@ -107,13 +108,13 @@ def put(scope: Scope) -> Response:
 def delete(scope: Scope) -> Response:
     check_deletable(scope, "manifest")
     repo = repository(scope)
-    tag, digest = _reference(scope)
-    if tag is not None:
-        repo.tags.check_untag(scope.ctx, tag)
-        repo.tags.untag(scope.ctx, tag)
+    reference = _reference(scope)
+    if isinstance(reference, str):
+        repo.tags.check_untag(scope.ctx, reference)
+        repo.tags.untag(scope.ctx, reference)
     else:
-        repo.tags.check_delete_manifest(scope.ctx, digest)
-        repo.manifests.delete(scope.ctx, digest)
+        repo.tags.check_delete_manifest(scope.ctx, reference)
+        repo.manifests.delete(scope.ctx, reference)
     return Response(202, [("Content-Length", "0")])
 
 

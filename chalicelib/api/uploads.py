@@ -1,7 +1,7 @@
 """Upload endpoints: POST (plain, monolithic, mount), PATCH, PUT, GET status, DELETE."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import BinaryIO, Optional, cast
 
 from ..registry import Repository
 from ..registry.errors import (
@@ -87,7 +87,8 @@ def _check_chunk_size(scope: Scope) -> None:
     if limit and length is not None and length > limit:
         raise _too_large(length, limit)
     if limit and length is None:
-        scope.request.body = _BoundedBody(scope.request.body, limit)
+        # the handlers only read() the body, which is all _BoundedBody offers
+        scope.request.body = cast(BinaryIO, _BoundedBody(scope.request.body, limit))
 
 
 def start(scope: Scope) -> Response:

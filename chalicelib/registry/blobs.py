@@ -8,7 +8,7 @@ one stat, and both are what the descriptor cache saves.
 from __future__ import annotations
 
 import time
-from typing import BinaryIO, Callable, Optional
+from typing import BinaryIO, Callable, Optional, Protocol
 
 from ..cache.base import BlobDescriptorService
 from ..cache.statter import CachedBlobStatter
@@ -157,10 +157,16 @@ class BlobStore:
         return self.driver.redirect_url(ctx, "GET", blob_path(digest), expiry_seconds)
 
 
+class BlobStat(Protocol):
+    """What a linked statter asks of the store behind the links: only a stat."""
+
+    def stat(self, ctx: Context, digest: Digest) -> BlobDescriptor: ...
+
+
 class LinkedBlobStatter:
     """Stat through a repository's link files: present only if linked here."""
 
-    def __init__(self, driver: StorageDriver, name: str, link_path: LinkPath, blobs: BlobDescriptorService):
+    def __init__(self, driver: StorageDriver, name: str, link_path: LinkPath, blobs: BlobStat):
         self.driver = driver
         self.name = name
         self.link_path = link_path

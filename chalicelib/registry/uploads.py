@@ -109,12 +109,12 @@ def copy_body(body: BinaryIO, length: Optional[int], writer: FileWriter, hasher:
     """
     if hasher is None or (length is not None and length < HASH_BEHIND_MIN):
 
-        def sink(piece: bytes) -> None:
+        def write_and_hash(piece: bytes) -> None:
             writer.write(piece)
             if hasher is not None:
                 hasher.update(piece)
 
-        return read_body(body, length, sink)
+        return read_body(body, length, write_and_hash)
 
     stages = [_Behind(writer.write, "write-behind"), _Behind(hasher.update, "hash-behind")]
 
@@ -352,8 +352,7 @@ class BlobUploads:
             raise
         if not keep_writer:
             writer.close()
-            writer = None
-        return BlobUpload(self, upload_id, started_at, 0, writer)
+        return BlobUpload(self, upload_id, started_at, 0, writer if keep_writer else None)
 
     def get(
         self, ctx: Context, upload_id: str, started_at: Optional[str] = None, stat: bool = True
