@@ -23,6 +23,7 @@ import os
 import queue
 import threading
 import logging
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -283,9 +284,10 @@ def _too_long(scope: dict) -> bool:
 class ASGIApp:
     """The api behind ASGI 3, with its own bounded pools (made lazily: safe to fork)."""
 
-    def __init__(self, api: RegistryAPI, limits: Limits = Limits()):
+    def __init__(self, api: RegistryAPI, limits: Limits = Limits(), access_log: Any = None):
         self.api = api
         self.limits = limits
+        self.access_log = access_log  # logs.AccessLog, or None: no line, no clock read
         self._pool: Optional[Pool] = None
         self._upload_pool: Optional[Pool] = None
         self._read_pool: Optional[Pool] = None
@@ -305,7 +307,27 @@ class ASGIApp:
         if scope["type"] == "lifespan":
             await _lifespan(receive, send)
         elif scope["type"] == "http":
-            await self._http(scope, receive, send)
+            if self.access_log is None:
+                await self._http(scope, receive, send)
+            else:
+                await self._logged(scope, receive, send)
+
+    async def _logged(self, scope: dict, receive: Callable, send: Callable) -> None:
+        """_http, then one access line once the response's last byte went to the transport
+        (none when the client left before an answer)."""
+        started = time.perf_counter()
+        answer: list = []
+
+        async def watched(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                answer.append(message)
+            await send(message)
+
+        try:
+            await self._http(scope, receive, watched)
+        finally:
+            if answer:
+                _log_access(self.access_log, scope, answer[0], time.perf_counter() - started)
 
     async def _http(self, scope: dict, receive: Callable, send: Callable) -> None:
         loop = asyncio.get_running_loop()
@@ -363,6 +385,22 @@ async def _lifespan(receive: Callable, send: Callable) -> None:
         elif message["type"] == "lifespan.shutdown":
             await send({"type": "lifespan.shutdown.complete"})
             return
+
+
+def _log_access(access_log: Any, scope: dict, start: dict, seconds: float) -> None:
+    size: Optional[int] = None
+    agent = ""
+    if scope["method"].upper() != "HEAD":
+        for key, value in start["headers"]:
+            if key.lower() == b"content-length":
+                size = int(value)
+    for key, value in scope["headers"]:
+        if key == b"user-agent":
+            agent = value.decode("latin-1")
+    client = scope.get("client")
+    access_log.log(client[0] if client else "", scope["method"], scope.get("raw_path", b"").decode("latin-1")
+                   or scope["path"], scope.get("query_string", b"").decode("latin-1"), scope.get("http_version", "1.1"),
+                   start["status"], size, seconds, agent)
 
 
 def _gone(transport: Any) -> bool:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from typing import Callable, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 from . import aws_runtime
 from .api import APISettings, RegistryAPI
@@ -93,12 +93,21 @@ def direct_upload_options(config: Config):
                                read_size=direct.readsize, readers=readers)
 
 
-def build_api(config: Optional[Config] = None) -> RegistryAPI:
+def build_api(config: Optional[Config] = None) -> Any:
+    """The api the adapters serve: a RegistryAPI, or one wrapped (notifications, metrics,
+    X-Ray, http.prefix) that handles requests the same way."""
+    from .prefix import with_prefix
+
     config = config or load_config()
+    return with_prefix(_build_api(config), config.http.prefix)
+
+
+def _build_api(config: Config) -> Any:
     http = config.http
     settings = APISettings(
         secret=http_secret(config),
-        base_url=http.host,
+        # http.host names the server; the api's URLs are under http.prefix on it
+        base_url=http.host.rstrip("/") + http.prefix.rstrip("/") if http.host else None,
         relative_urls=http.relativeurls,
         chunk_min_length=http.chunk_min_length,
         # a Lambda request carries ~4.4 MiB of binary body: 4 MiB unless configured

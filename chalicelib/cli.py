@@ -31,7 +31,12 @@ def cmd_serve(args: argparse.Namespace) -> None:
     purging = config.storage.upload_purging
     if purging.enabled and not config.storage.readonly:
         start_upload_purger(api.registry.driver, purging.age, purging.interval, purging.dryrun)
-    serve(api, addr, workers=args.workers, http=config.http)
+    try:
+        serve(api, addr, workers=args.workers, http=config.http, accesslog_disabled=config.log.accesslog_disabled)
+    except ValueError as exc:  # http.tls files that do not load, a TLS setting the server cannot apply
+        sys.exit(f"stratus: configuration error: {exc}")
+    except OSError as exc:  # the address is taken, the socket's directory is missing ...
+        sys.exit(f"stratus: cannot listen on {addr}: {exc.strerror or exc}")
 
 
 def _driver(config):
@@ -129,7 +134,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve the registry over HTTP")
     serve.add_argument("--config", "-c", help="YAML configuration (default: $REGISTRY_CONFIGURATION_PATH)")
-    serve.add_argument("--addr", help="host:port to listen on (overrides http.addr)")
+    serve.add_argument("--addr", help="host:port to listen on, a socket path with http.net unix (overrides http.addr)")
     serve.add_argument("--workers", type=int, help="worker processes (default: $STRATUS_WORKERS, else 1 for granian, 2 for gunicorn)")
     serve.set_defaults(func=cmd_serve)
     purge = commands.add_parser("purge-uploads", help="remove uploads older than an age")

@@ -47,6 +47,7 @@ __all__ = [
     "DebugConfig",
     "HealthConfig",
     "MetricsConfig",
+    "TLSConfig",
     "TracingConfig",
     "UploadPurgingConfig",
     "config_from_mapping",
@@ -239,12 +240,25 @@ class HTTPConfig:
     chunk_min_length: int = 0  # http.chunkminlength, bytes
     chunk_max_length: int | None = None  # http.chunkmaxlength, bytes; None = no limit
     net: str = "tcp"  # tcp | unix
-    draintimeout: float = 0.0  # seconds to drain connections on shutdown
-    tls: dict[str, Any] = field(default_factory=dict)  # raw http.tls (certificate, key, ...)
+    # seconds in-flight requests get to finish after SIGTERM; None: as long as they take
+    draintimeout: float | None = None
+    tls: "TLSConfig | None" = None  # http.tls; None: plain HTTP
     timeouts: "HTTPTimeouts" = field(default_factory=lambda: HTTPTimeouts())  # http.timeout
     # http.maxconcurrentuploads: requests with a body served at once; more get 503 + Retry-After
     max_concurrent_uploads: int = 64
     debug: "DebugConfig" = field(default_factory=lambda: DebugConfig())  # http.debug
+
+
+@dataclass
+class TLSConfig:
+    """http.tls for `stratus serve` (chalicelib/tls.py builds the context)."""
+
+    certificate: str
+    key: str
+    clientcas: list[str] = field(default_factory=list)  # CA files: mutual TLS when set
+    clientauth: str = "require-and-verify-client-cert"  # or verify-client-cert-if-given
+    minimumtls: str = "tls1.2"  # tls1.2 | tls1.3
+    ciphersuites: list[str] = field(default_factory=list)  # Go's names; empty: OpenSSL's defaults
 
 
 @dataclass
@@ -1007,7 +1021,6 @@ def _http(section: _Section) -> HTTPConfig:
             f"{section.label('chunkminlength')}: {chunk_min} is larger than http.chunkmaxlength {chunk_max}",
             key="http.chunkminlength",
         )
-    tls = section.section("tls")
     config = HTTPConfig(
         addr=addr,
         host=host,
@@ -1019,14 +1032,63 @@ def _http(section: _Section) -> HTTPConfig:
         chunk_min_length=chunk_min,
         chunk_max_length=chunk_max,
         net=net,
-        draintimeout=section.duration("draintimeout", 0.0),
-        tls=copy.deepcopy(dict(tls.mapping)),
+        draintimeout=section.duration("draintimeout", None),
+        tls=_tls(section.section("tls")),
         timeouts=_http_timeouts(section.section("timeout")),
         max_concurrent_uploads=section.integer("maxconcurrentuploads", HTTPConfig.max_concurrent_uploads, minimum=1),
         debug=_debug(section.section("debug")),
     )
     # http2 and h2c: accounted for by _account_for_unimplemented
     section.warn_unknown(known=("http2", "h2c"))
+    return config
+
+
+def _strings(section: _Section, key: str) -> list[str]:
+    value = section.value(key)
+    if value is _MISSING:
+        return []
+    values = value if isinstance(value, list) else [value]
+    if not all(isinstance(v, str) and v for v in values):
+        raise section.fail(key, "a list of strings", value)
+    return list(values)
+
+
+def _tls(section: _Section) -> TLSConfig | None:
+    from .tls import (CIPHER_SUITES, CLIENT_AUTH, MINIMUM_TLS, REFUSED_CLIENT_AUTH, REFUSED_MINIMUM_TLS,
+                      TLS13_SUITES)
+
+    if not section.mapping:
+        return None
+    section.read.add("letsencrypt")  # refused by _account_for_unimplemented, naming its key
+    certificate, key = section.string("certificate", None), section.string("key", None)
+    if not certificate or not key:
+        if section.value("letsencrypt") is not _MISSING and not certificate and not key:
+            return None  # letsencrypt alone: refused below with its own reason
+        missing = "key" if certificate else "certificate"
+        raise section.fail(missing, "a PEM file path (http.tls needs both certificate and key)", _MISSING)
+    minimum = section.string("minimumtls", "tls1.2").lower()
+    if minimum in REFUSED_MINIMUM_TLS:
+        raise ConfigError(f"{section.label('minimumtls')}: not supported by Stratus: {minimum} is not served; "
+                          "use tls1.2 or tls1.3", key=section.key_path("minimumtls"))
+    if minimum not in MINIMUM_TLS:
+        raise section.fail("minimumtls", "one of 'tls1.2', 'tls1.3'", minimum)
+    clientauth = section.string("clientauth", CLIENT_AUTH[0]).lower()
+    if clientauth in REFUSED_CLIENT_AUTH:
+        raise ConfigError(f"{section.label('clientauth')}: not supported by Stratus: {clientauth} accepts a client "
+                          "certificate without verifying it; use require-and-verify-client-cert",
+                          key=section.key_path("clientauth"))
+    if clientauth not in CLIENT_AUTH:
+        raise section.fail("clientauth", "one of " + ", ".join(repr(c) for c in CLIENT_AUTH), clientauth)
+    suites = _strings(section, "ciphersuites")
+    for index, name in enumerate(suites):
+        if name not in CIPHER_SUITES and name not in TLS13_SUITES:
+            raise ConfigError(f"{section.label('ciphersuites')}: item {index} is not a cipher suite Stratus "
+                              "serves (Go's TLS 1.2 names such as TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256), "
+                              f"got {name!r}",
+                              key=f"{section.key_path('ciphersuites')}.{index}")
+    config = TLSConfig(certificate=certificate, key=key, clientcas=_strings(section, "clientcas"),
+                       clientauth=clientauth, minimumtls=minimum, ciphersuites=suites)
+    section.warn_unknown()
     return config
 
 
@@ -1340,12 +1402,8 @@ def _is_true(value: Any, config: Config) -> bool:
 
 # key path -> (why it is refused, refused only when this holds, else always)
 REFUSED_KEYS: dict[str, tuple[str, Callable[[Any, Config], bool] | None]] = {
-    "http.tls": ("TLS is not served by stratus serve yet; terminate TLS in front of it "
-                 "(a load balancer, a reverse proxy, API Gateway) and remove http.tls", None),
-    "http.net": ("unix sockets are not served by stratus serve yet; use tcp",
-                 lambda value, config: config.http.net == "unix"),
-    "http.prefix": ("stratus serve answers at the root path only; strip the prefix in a proxy in front of it",
-                    lambda value, config: config.http.prefix != "/"),
+    "http.tls.letsencrypt": ("certificates are not obtained over ACME; let a tool made for it (certbot, a "
+                             "reverse proxy) renew them and name its files in http.tls.certificate and key", None),
     "log.hooks": ("log hooks (mail on error) are not supported; mark every hook disabled: true or remove them",
                   _enabled_entries),
     "auth.token.autoredirect": ("the token realm is always auth.token.realm; autoredirect is not supported",
@@ -1363,8 +1421,6 @@ REFUSED_KEYS: dict[str, tuple[str, Callable[[Any, Config], bool] | None]] = {
 
 # key path -> what the operator should know (one warning line when the key is set)
 COSMETIC_KEYS: dict[str, str] = {
-    "http.draintimeout": "not applied yet: on SIGTERM stratus serve (uvicorn) finishes the requests in flight "
-                         "without a time limit",
     "http.http2": "stratus serve speaks HTTP/1.1",
     "http.h2c": "stratus serve speaks HTTP/1.1",
     "log.hooks": "log hooks are not supported (every hook here is disabled)",

@@ -22,15 +22,18 @@ import logging
 import time
 from typing import Any, Mapping, Optional
 
-__all__ = ["JSONFormatter", "TextFormatter", "AccessLogFilter", "ACCESS_LOGGERS", "formatter_for"]
+__all__ = ["JSONFormatter", "TextFormatter", "AccessLogFilter", "AccessLog", "ACCESS_LOGGERS", "formatter_for",
+           "redact_target"]
 
 # What a LogRecord carries by itself; anything else was added by the caller or a filter.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
 _RESERVED = ("time", "level", "logger", "msg")
 _LEVELS = {"WARNING": "warning", "CRITICAL": "fatal"}
 
-# The servers' access loggers: log.accesslog.disabled drops their records.
-ACCESS_LOGGERS = ("uvicorn.access", "granian.access", "gunicorn.access")
+# The servers' access loggers: log.accesslog.disabled drops their records. stratus.access
+# is the one `stratus serve` writes (AccessLog); the servers' own are kept off.
+ACCESS_LOGGER = "stratus.access"
+ACCESS_LOGGERS = (ACCESS_LOGGER, "uvicorn.access", "granian.access", "gunicorn.access")
 
 
 def _timestamp(created: float) -> str:
@@ -56,7 +59,9 @@ class JSONFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        for source in (self.fields, _extra(record)):
+        # an access line's request and response fields (AccessLog), structured only here:
+        # the text line already says them
+        for source in (self.fields, _extra(record), getattr(record, "_fields", {})):
             for key, value in source.items():
                 line[f"fields.{key}" if key in _RESERVED else key] = value
         if record.exc_info and record.exc_info[1] is not None:
@@ -103,3 +108,80 @@ class AccessLogFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return False
+
+
+# Query parameters whose value is a credential: the upload `_state` token (an HMAC
+# the next request of the upload presents; whoever reads it may continue the upload).
+_REDACTED_PARAMS = ("_state",)
+REDACTED = "REDACTED"
+
+
+def redact_target(path: str, query: str) -> str:
+    """path?query as the access log writes it, each redacted parameter's value replaced."""
+    if not query:
+        return path
+    if "_state" in query:
+        parts = []
+        for part in query.split("&"):
+            name, equals, _ = part.partition("=")
+            parts.append(f"{name}={REDACTED}" if equals and name in _REDACTED_PARAMS else part)
+        query = "&".join(parts)
+    return f"{path}?{query}"
+
+
+class AccessLog:
+    """One line per request answered, on the ``stratus.access`` logger: who, what (with
+    the query string: ``?mount=&from=``, ``?digest=``, ``?n=&last=``; ``_state`` redacted),
+    the status, the response's declared size and how long the request took, from its
+    head arriving to its response's last byte handed to the socket.
+
+    Text: ``<addr> - "<METHOD> <target> HTTP/<v>" <status> <size> <ms>ms "<user agent>"``.
+    JSON (log.formatter: json): the same message, plus the fields ``http.request.*`` /
+    ``http.response.*`` the reference registry logs, duration in seconds."""
+
+    def __init__(self, logger: Optional[logging.Logger] = None):
+        self.logger = logger or logging.getLogger(ACCESS_LOGGER)
+
+    def log(self, remote: str, method: str, path: str, query: str, version: str, status: int,
+            size: Optional[int], seconds: float, user_agent: str) -> None:
+        if not self.logger.isEnabledFor(logging.INFO):
+            return
+        target = redact_target(path, query)
+        fields = {
+            "http.request.remoteaddr": remote,
+            "http.request.method": method,
+            "http.request.uri": target,
+            "http.request.proto": f"HTTP/{version}",
+            "http.request.useragent": user_agent,
+            "http.response.status": status,
+            "http.response.contentlength": size,
+            "http.response.duration": round(seconds, 6),
+        }
+        self.logger.info('%s - "%s %s HTTP/%s" %d %s %.1fms "%s"', remote or "-", method, target, version, status,
+                         "-" if size is None else size, seconds * 1000, user_agent or "-",
+                         extra={"_fields": fields})
+
+
+def access_log_handler(destination: str) -> Optional[logging.Handler]:
+    """STRATUS_ACCESS_LOG's destination: "-" is the root logger's handlers (None here),
+    else a file of its own, formatted like the rest (the root handlers' formatter)."""
+    if destination == "-":
+        return None
+    handler = logging.FileHandler(destination)
+    for root_handler in logging.getLogger().handlers:
+        if root_handler.formatter is not None:
+            handler.setFormatter(root_handler.formatter)
+            break
+    return handler
+
+
+def enable_access_log(destination: str) -> AccessLog:
+    """The access logger writing at INFO whatever log.level says (an access log is asked
+    for apart from the level), to stderr through the root's handlers or to a file."""
+    logger = logging.getLogger(ACCESS_LOGGER)
+    logger.setLevel(logging.INFO)
+    handler = access_log_handler(destination)
+    if handler is not None:
+        logger.addHandler(handler)
+        logger.propagate = False
+    return AccessLog(logger)

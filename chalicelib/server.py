@@ -10,9 +10,11 @@ through wsgi.file_wrapper; under granian a blob is sent in 1 MiB pieces.
 from __future__ import annotations
 
 import logging
+import math
 import os
+import time
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 from .api import FileBody, Headers, RegistryAPI, Request, Response
 from .api.http import parse_query
@@ -158,28 +160,108 @@ def _has_fd(file) -> bool:
     return True
 
 
-def wsgi_app(api: RegistryAPI) -> Callable:
+def wsgi_app(api: RegistryAPI, access_log: Any = None) -> Callable:
+    """The api as a WSGI app; with access_log (logs.AccessLog), one line per request
+    once its response body is done (the server closes the iterable)."""
+
     def application(environ: dict, start_response: Callable) -> Iterable[bytes]:
         response: Response = api.handle(_request_from_environ(environ))
         _drain(environ)
         start_response(f"{response.status} {_REASONS.get(response.status, '')}", response.headers)
-        body = response.body
-        if environ.get("REQUEST_METHOD", "").upper() == "HEAD":
-            # a HEAD keeps the GET's headers (Content-Length) but never a body, even an error's
-            if isinstance(body, FileBody):
-                body.close()
-            return []
-        if isinstance(body, FileBody):
-            wrapper = environ.get("wsgi.file_wrapper")
-            # sendfile sends to the file's end; the server stops at Content-Length
-            if wrapper is not None and _has_fd(body.file):
-                return wrapper(body.file, _SENDFILE_BLOCK)
-            return body.pieces(_STREAM_PIECE)
-        if isinstance(body, (bytes, bytearray)):
-            return [bytes(body)]
-        return body
+        return _body(environ, response)
 
-    return application
+    if access_log is None:
+        return application
+
+    def logged(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        started = time.perf_counter()
+        answer: list = []
+
+        def watched(status: str, headers: list, exc_info: Any = None) -> Any:
+            answer.append((status, headers))
+            return start_response(status, headers, exc_info)
+
+        def done() -> None:
+            if answer:
+                _log_access(access_log, environ, answer[0], time.perf_counter() - started)
+
+        body = application(environ, watched)
+        wrapper = environ.get("wsgi.file_wrapper")
+        if isinstance(wrapper, type) and isinstance(body, wrapper):  # keep gunicorn's sendfile
+            body.filelike = _ClosingFile(body.filelike, done)
+            body.close = body.filelike.close
+            return body
+        return _ClosingBody(body, done)
+
+    return logged
+
+
+def _body(environ: dict, response: Response) -> Iterable[bytes]:
+    body = response.body
+    if environ.get("REQUEST_METHOD", "").upper() == "HEAD":
+        # a HEAD keeps the GET's headers (Content-Length) but never a body, even an error's
+        if isinstance(body, FileBody):
+            body.close()
+        return []
+    if isinstance(body, FileBody):
+        wrapper = environ.get("wsgi.file_wrapper")
+        # sendfile sends to the file's end; the server stops at Content-Length
+        if wrapper is not None and _has_fd(body.file):
+            return wrapper(body.file, _SENDFILE_BLOCK)
+        return body.pieces(_STREAM_PIECE)
+    if isinstance(body, (bytes, bytearray)):
+        return [bytes(body)]
+    return body
+
+
+class _ClosingBody:
+    """A response body whose close() (the server's, once the body went out) also calls done."""
+
+    def __init__(self, body: Iterable[bytes], done: Callable[[], None]):
+        self._body = body
+        self._done = done
+
+    def __iter__(self) -> Any:
+        return iter(self._body)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._done()
+
+
+class _ClosingFile:
+    """A file handed to gunicorn's sendfile, whose close() also calls done."""
+
+    def __init__(self, file: Any, done: Callable[[], None]):
+        self._file = file
+        self._done = done
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._file, name)
+
+    def close(self) -> None:
+        try:
+            self._file.close()
+        finally:
+            self._done()
+
+
+def _log_access(access_log: Any, environ: dict, answer: tuple, seconds: float) -> None:
+    status, headers = answer
+    size: Optional[int] = None
+    if environ.get("REQUEST_METHOD", "").upper() != "HEAD":
+        for key, value in headers:
+            if key.lower() == "content-length":
+                size = int(value)
+    path = environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8", "replace")
+    protocol = environ.get("SERVER_PROTOCOL", "HTTP/1.1")
+    access_log.log(environ.get("REMOTE_ADDR", ""), environ.get("REQUEST_METHOD", ""), path,
+                   environ.get("QUERY_STRING", ""), protocol.partition("/")[2] or "1.1", int(status.split()[0]),
+                   size, seconds, environ.get("HTTP_USER_AGENT", ""))
 
 
 SERVERS = ("uvicorn", "granian", "gunicorn")
@@ -190,22 +272,27 @@ DEFAULT_WORKERS = {"uvicorn": 1, "granian": 1, "gunicorn": 2}
 
 def serve(
     api: RegistryAPI, addr: str, workers: Optional[int] = None, threads: int = 8, http: Optional[HTTPConfig] = None,
+    accesslog_disabled: bool = False,
 ) -> None:
     """Serve the api (already built) on addr with the server STRATUS_SERVER names.
 
-    `http` brings http.timeout and http.maxconcurrentuploads (read from the
-    environment's configuration when not given)."""
+    `http` brings http.net, http.tls, http.draintimeout, http.timeout and
+    http.maxconcurrentuploads (read from the environment's configuration when not
+    given); addr is host:port, or a socket path when http.net is unix. Raises
+    ConfigError for a TLS setting the chosen server cannot apply, or TLS files that
+    do not load."""
     name = (os.environ.get("STRATUS_SERVER") or SERVERS[0]).strip().lower()
     if name not in SERVERS:
         raise SystemExit(f"STRATUS_SERVER: expected one of {', '.join(SERVERS)}, got {name!r}")
     workers = workers or int(os.environ.get("STRATUS_WORKERS") or DEFAULT_WORKERS[name])
     http = http or _http_config()
+    access = None if accesslog_disabled else _access_log()
     if name == "uvicorn":
-        _serve_uvicorn(api, addr, workers, threads, http)
+        _serve_uvicorn(api, addr, workers, threads, http, access)
     elif name == "granian":
-        _serve_granian(api, addr, workers, threads, http)
+        _serve_granian(api, addr, workers, threads, http, access)
     else:
-        _serve_gunicorn(api, addr, workers, threads, http)
+        _serve_gunicorn(api, addr, workers, threads, http, access)
 
 
 def _http_config() -> HTTPConfig:
@@ -214,23 +301,56 @@ def _http_config() -> HTTPConfig:
     return load_config().http
 
 
-def _serve_uvicorn(api: RegistryAPI, addr: str, workers: int, threads: int, http: HTTPConfig) -> None:
+def _ssl_context(http: HTTPConfig) -> Any:
+    if http.tls is None:
+        return None
+    from .tls import server_context
+
+    return server_context(http.tls)
+
+
+def _where(http: HTTPConfig, addr: str) -> str:
+    from .tls import describe
+
+    return f"{describe(http.tls)} on {'unix:' + addr if http.net == 'unix' else addr}"
+
+
+def _serve_uvicorn(api: RegistryAPI, addr: str, workers: int, threads: int, http: HTTPConfig,
+                   access: Optional[str]) -> None:
     """The api as an ASGI app (asgi.py) on uvicorn with timeouts (server_uvicorn.py):
     no thread waits on a client's socket, see docs/benchmarks.md for the measurements."""
     from . import server_uvicorn
     from .asgi import ASGIApp, Limits
+    from .logs import enable_access_log
 
-    host, port = _split_addr(addr)
     timeouts = http.timeouts
-    app = ASGIApp(api, Limits(read_timeout=timeouts.read, max_uploads=http.max_concurrent_uploads, threads=threads))
-    sock = server_uvicorn.listen(host, port)
-    log.info("stratus listening on %s:%d (uvicorn, %d worker(s) x %d threads, %d uploads)",
-             host, port, workers, threads, http.max_concurrent_uploads)
-    server_uvicorn.run(app, sock, workers, timeouts, _access_log())
+    context = _ssl_context(http)
+    app = ASGIApp(api, Limits(read_timeout=timeouts.read, max_uploads=http.max_concurrent_uploads, threads=threads),
+                  access_log=None if access is None else enable_access_log(access))
+    if http.net == "unix":
+        sock = server_uvicorn.listen_unix(addr)
+    else:
+        host, port = _split_addr(addr)
+        sock = server_uvicorn.listen(host, port)
+    log.info("stratus listening, %s (uvicorn, %d worker(s) x %d threads, %d uploads)",
+             _where(http, addr), workers, threads, http.max_concurrent_uploads)
+    try:
+        server_uvicorn.run(app, sock, workers, timeouts, ssl_context=context, drain=http.draintimeout)
+    finally:
+        if http.net == "unix":
+            _unlink(addr)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _access_log() -> Optional[str]:
-    """STRATUS_ACCESS_LOG: unset or 0 is off, 1 logs to stderr, else gunicorn's log file."""
+    """STRATUS_ACCESS_LOG: unset or 0 is off, 1 logs to stderr (through the root logger's
+    handlers, formatted by log.formatter), else the path of a file."""
     value = os.environ.get("STRATUS_ACCESS_LOG", "").strip()
     if value in ("", "0"):
         return None
@@ -271,39 +391,98 @@ def _without_process_headers(app: Callable) -> Callable:
     return application
 
 
-def _serve_granian(api: RegistryAPI, addr: str, workers: int, threads: int, http: HTTPConfig) -> None:
+def _granian_tls(http: HTTPConfig) -> dict[str, Any]:
+    """granian's TLS options for http.tls, or ConfigError naming what granian cannot do."""
+    from pathlib import Path
+
+    from .config import ConfigError
+
+    tls = http.tls
+    if tls is None:
+        return {}
+    if tls.ciphersuites:
+        raise ConfigError("http.tls.ciphersuites: not supported by STRATUS_SERVER=granian (it uses its own "
+                          "suites); remove it or serve with uvicorn or gunicorn", key="http.tls.ciphersuites")
+    if tls.clientcas and tls.clientauth == "verify-client-cert-if-given":
+        raise ConfigError("http.tls.clientauth: verify-client-cert-if-given is not supported by "
+                          "STRATUS_SERVER=granian; serve with uvicorn or gunicorn", key="http.tls.clientauth")
+    _ssl_context(http)  # the files load, or the error names the key, before granian starts
+    options: dict[str, Any] = {"ssl_cert": Path(tls.certificate), "ssl_key": Path(tls.key)}
+    from granian.constants import SSLProtocols
+
+    options["ssl_protocol_min"] = SSLProtocols.tls13 if tls.minimumtls == "tls1.3" else SSLProtocols.tls12
+    if tls.clientcas:
+        options["ssl_ca"] = Path(_ca_bundle(tls.clientcas))
+        options["ssl_client_verify"] = True
+    return options
+
+
+def _ca_bundle(paths: list[str]) -> str:
+    """One file of the CAs (granian takes one): written beside nothing else, removed at exit."""
+    import atexit
+    import tempfile
+
+    handle, bundle = tempfile.mkstemp(prefix="stratus-clientcas-", suffix=".pem")
+    with os.fdopen(handle, "wb") as out:
+        for path in paths:
+            with open(path, "rb") as ca:
+                out.write(ca.read().rstrip(b"\n") + b"\n")
+    atexit.register(_unlink, bundle)
+    return bundle
+
+
+def _serve_granian(api: RegistryAPI, addr: str, workers: int, threads: int, http: HTTPConfig,
+                   access: Optional[str]) -> None:
     global _APP
     from granian import Granian
     from granian.constants import HTTPModes, Interfaces
     from granian.http import HTTP1Settings
     from granian.log import LogLevels
 
-    host, port = _split_addr(addr)
-    _APP = _without_process_headers(wsgi_app(api))
-    access_log = _access_log()
+    from .logs import enable_access_log
+
+    tls = _granian_tls(http)
+    where: dict[str, Any] = {}
+    if http.net == "unix":
+        from pathlib import Path
+
+        where["uds"] = Path(addr)
+    else:
+        host, port = _split_addr(addr)
+        where.update(address=host, port=port)
+    _APP = _without_process_headers(wsgi_app(api, None if access is None else enable_access_log(access)))
     server = Granian(
         "stratus",
-        address=host,
-        port=port,
         interface=Interfaces.WSGI,
         http=HTTPModes.http1,
         http1_settings=HTTP1Settings(header_read_timeout=int(http.timeouts.readheader * 1000)),
         workers=workers,
         blocking_threads=threads,
         log_level=LogLevels.warning,
-        log_access=bool(access_log),
+        log_access=False,  # ours (wsgi_app): with the query string redacted, and the duration
+        # http.draintimeout: how long a stopping worker gets before granian kills it
+        workers_kill_timeout=None if http.draintimeout is None else max(1, math.ceil(http.draintimeout)),
+        **where,
+        **tls,
     )
-    log.info("stratus listening on %s:%d (granian, %d worker(s) x %d threads)", host, port, workers, threads)
+    log.info("stratus listening, %s (granian, %d worker(s) x %d threads)", _where(http, addr), workers, threads)
     server.serve(target_loader=_granian_app)
 
 
-def _serve_gunicorn(api: RegistryAPI, addr: str, workers: int, threads: int, http: HTTPConfig) -> None:
+def _serve_gunicorn(api: RegistryAPI, addr: str, workers: int, threads: int, http: HTTPConfig,
+                    access: Optional[str]) -> None:
     """Run gunicorn in this process with the api already built (preloaded)."""
     from gunicorn.app.base import BaseApplication
 
-    host, port = _split_addr(addr)
-    bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    app = wsgi_app(api)
+    from .logs import enable_access_log
+
+    if http.net == "unix":
+        bind = f"unix:{addr}"
+    else:
+        host, port = _split_addr(addr)
+        bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    context = _ssl_context(http)
+    app = wsgi_app(api, None if access is None else enable_access_log(access))
     options = {
         "bind": bind,
         "workers": workers,
@@ -312,10 +491,18 @@ def _serve_gunicorn(api: RegistryAPI, addr: str, workers: int, threads: int, htt
         "keepalive": max(1, round(http.timeouts.idle)),
         # large pushes stream for minutes; a stalled client is cut by the OS, not a timer
         "timeout": 0,
-        "accesslog": _access_log(),
+        # http.draintimeout: how long stopping workers finish their requests (unset: a day)
+        "graceful_timeout": 86400 if http.draintimeout is None else http.draintimeout,
+        "accesslog": None,  # ours (wsgi_app)
         "loglevel": "warning",
         "preload_app": True,
     }
+    if context is not None:
+        # gunicorn wraps its sockets only when certfile is set; the context it then asks
+        # for is ours, so clientcas, minimumtls and the suites are applied whole
+        options["certfile"] = http.tls.certificate  # type: ignore[union-attr]
+        options["keyfile"] = http.tls.key  # type: ignore[union-attr]
+        options["ssl_context"] = lambda config, default: context
 
     class _Server(BaseApplication):
         def load_config(self) -> None:
@@ -325,7 +512,7 @@ def _serve_gunicorn(api: RegistryAPI, addr: str, workers: int, threads: int, htt
         def load(self) -> Callable:
             return app
 
-    log.info("stratus listening on %s", bind)
+    log.info("stratus listening, %s (gunicorn, %d worker(s) x %d threads)", _where(http, addr), workers, threads)
     _Server().run()
 
 

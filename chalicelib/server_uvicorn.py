@@ -200,7 +200,10 @@ class TimeoutProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         self.cycle.stratus_body = BodyChannel(self, self.cycle)  # type: ignore[attr-defined]
         self.scope["stratus.body"] = self.cycle.stratus_body  # type: ignore[typeddict-unknown-key]
-        self.scope["stratus.sendfile"] = functools.partial(self.sendfile, self.cycle)  # type: ignore[typeddict-unknown-key]
+        if self.transport.get_extra_info("sslcontext") is None:
+            # os.sendfile writes to the socket beneath TLS: bytes would leave unencrypted
+            self.scope["stratus.sendfile"] = functools.partial(  # type: ignore[typeddict-unknown-key]
+                self.sendfile, self.cycle)
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -269,6 +272,10 @@ def _sendfile(out_fd: int, in_fd: int, offset: int, count: int) -> int:
         return -1
 
 
+def _exit_on_signal(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 def protocol_class(header_timeout: float, write_timeout: float) -> type:
     return type("StratusHTTPProtocol", (TimeoutProtocol,),
                 {"header_timeout": header_timeout, "write_timeout": write_timeout})
@@ -284,13 +291,44 @@ def listen(host: str, port: int, backlog: int = 2048) -> socket.socket:
     return sock
 
 
+def listen_unix(path: str, backlog: int = 2048) -> socket.socket:
+    """A listening unix socket at path (http.net: unix). A socket file left by a server
+    that is gone is replaced; one a live server listens on is not taken over."""
+    import stat
+
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(path)
+            except ConnectionRefusedError:  # nobody listens: stale
+                os.unlink(path)
+            else:
+                raise OSError(f"a server already listens on {path}")
+            finally:
+                probe.close()
+    except FileNotFoundError:
+        pass
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    sock.listen(backlog)
+    sock.set_inheritable(True)
+    return sock
+
+
 def _loop() -> str:
     """asyncio's loop; STRATUS_LOOP=uvloop (installed separately) measured no clear gain."""
     return "uvloop" if os.environ.get("STRATUS_LOOP", "").strip().lower() == "uvloop" else "asyncio"
 
 
-def run(app: Any, sock: socket.socket, workers: int, timeouts: Any, access_log: Optional[str]) -> None:
-    """Serve app on sock in `workers` processes forked from this one (the api built once)."""
+def run(app: Any, sock: socket.socket, workers: int, timeouts: Any, ssl_context: Any = None,
+        drain: Optional[float] = None) -> None:
+    """Serve app on sock in `workers` processes forked from this one (the api built once).
+
+    On SIGTERM (or SIGINT) each worker stops accepting, closes its idle connections and
+    lets the requests in flight finish, for at most `drain` seconds (http.draintimeout;
+    None: as long as they take), then cancels what is left and exits. The access log is
+    the app's (asgi.py), not uvicorn's, which leaves out the duration."""
     import uvicorn
 
     config = uvicorn.Config(
@@ -301,20 +339,20 @@ def run(app: Any, sock: socket.socket, workers: int, timeouts: Any, access_log: 
         interface="asgi3",
         loop=_loop(),
         timeout_keep_alive=max(1, round(timeouts.idle)),
-        access_log=bool(access_log),
+        timeout_graceful_shutdown=drain,
+        access_log=False,
         log_config=None,
         log_level="warning",
         server_header=False,
         backlog=2048,
+        ssl_context_factory=None if ssl_context is None else (lambda config, default: ssl_context),
     )
-    if access_log and access_log != "-":
-        handler = logging.FileHandler(access_log)
-        access = logging.getLogger("uvicorn.access")
-        access.addHandler(handler)
-        access.propagate = False
-    if access_log:
-        logging.getLogger("uvicorn.access").setLevel(logging.INFO)
     if workers <= 1:
+        # uvicorn raises the signal that stopped it again once it is done, with the
+        # handlers it found: this one turns that into SystemExit, so the caller's
+        # clean-up (a unix socket's file) runs and the exit status still says SIGTERM
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, _exit_on_signal)
         uvicorn.Server(config).run(sockets=[sock])
         return
     children = []
@@ -330,6 +368,9 @@ def run(app: Any, sock: socket.socket, workers: int, timeouts: Any, access_log: 
             finally:
                 os._exit(code)
         children.append(pid)
+    # the workers listen; were the parent's copy left open, the kernel would go on
+    # queueing connections on it after they stopped accepting at SIGTERM
+    sock.close()
 
     def forward(signum: int, frame: Any) -> None:
         for child in children:

@@ -227,7 +227,7 @@ def test_reference_registry_config_file_loads(tmp_path, caplog):
     # nothing else in a documented config is "unknown".
     warned = sorted(r.getMessage().split()[2] for r in caplog.records)
     assert warned == [
-        "compatibility", "http.draintimeout", "http.http2",
+        "compatibility", "http.http2",
         "storage.tag.concurrencylimit", "validation.disabled",
     ], warned
 
@@ -235,9 +235,9 @@ def test_reference_registry_config_file_loads(tmp_path, caplog):
 @pytest.mark.parametrize(
     "text, key",
     [
-        ("http:\n  tls:\n    certificate: /c.pem\n    key: /k.pem", "http.tls.certificate"),
-        ("http:\n  prefix: /my/nested/registry/", "http.prefix"),
-        ("http:\n  net: unix\n  addr: /run/stratus.sock", "http.net"),
+        ("http:\n  tls:\n    letsencrypt:\n      email: ops@example.com", "http.tls.letsencrypt.email"),
+        ("http:\n  tls:\n    certificate: /c.pem\n    key: /k.pem\n    clientauth: require-any-client-cert",
+         "http.tls.clientauth"),
         ("proxy:\n  remoteurl: https://registry-1.docker.io\n  exec:\n    command: helper", "proxy.exec.command"),
         ("validation:\n  manifests:\n    urls:\n      allow: ['^https://']", "validation.manifests.urls"),
     ],

@@ -127,20 +127,24 @@ KEYS: list[tuple[str, Any, str, Getter, Any]] = [
     ("catalog.maxentries", 1000, IMPLEMENTED, lambda c: c.catalog.maxentries, 1000),
     ("tags.maxtags", 1000, COSMETIC, None, None),
     ("http.addr", "localhost:5000", IMPLEMENTED, lambda c: c.http.addr, "localhost:5000"),
-    ("http.net", "unix", REFUSED, None, None),  # documented in the http section
-    ("http.prefix", "/my/nested/registry/", REFUSED, None, None),
+    ("http.net", "unix", IMPLEMENTED, lambda c: (c.http.net, c.http.addr), ("unix", "/run/registry.sock")),
+    ("http.prefix", "/my/nested/registry/", IMPLEMENTED, lambda c: c.http.prefix, "/my/nested/registry/"),
     ("http.host", "https://myregistryaddress.org:5000", IMPLEMENTED, lambda c: c.http.host,
      "https://myregistryaddress.org:5000"),
     ("http.secret", "asecretforlocaldevelopment", IMPLEMENTED, lambda c: c.http.secret, "asecretforlocaldevelopment"),
     ("http.relativeurls", True, IMPLEMENTED, lambda c: c.http.relativeurls, True),
-    ("http.draintimeout", "60s", COSMETIC, None, None),
-    ("http.tls.certificate", "/path/to/x509/public", REFUSED, None, None),
-    ("http.tls.key", "/path/to/x509/private", REFUSED, None, None),
-    ("http.tls.clientcas.0", "/path/to/ca.pem", REFUSED, None, None),
-    ("http.tls.clientcas.1", "/path/to/another/ca.pem", REFUSED, None, None),
-    ("http.tls.clientauth", "require-and-verify-client-cert", REFUSED, None, None),
-    ("http.tls.minimumtls", "tls1.2", REFUSED, None, None),  # documented in the http section
-    ("http.tls.ciphersuites.0", "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256", REFUSED, None, None),
+    ("http.draintimeout", "60s", IMPLEMENTED, lambda c: c.http.draintimeout, 60),
+    ("http.tls.certificate", "/path/to/x509/public", IMPLEMENTED, lambda c: c.http.tls.certificate,
+     "/path/to/x509/public"),
+    ("http.tls.key", "/path/to/x509/private", IMPLEMENTED, lambda c: c.http.tls.key, "/path/to/x509/private"),
+    ("http.tls.clientcas.0", "/path/to/ca.pem", IMPLEMENTED, lambda c: c.http.tls.clientcas[0], "/path/to/ca.pem"),
+    ("http.tls.clientcas.1", "/path/to/another/ca.pem", IMPLEMENTED, lambda c: c.http.tls.clientcas[1],
+     "/path/to/another/ca.pem"),
+    ("http.tls.clientauth", "require-and-verify-client-cert", IMPLEMENTED, lambda c: c.http.tls.clientauth,
+     "require-and-verify-client-cert"),
+    ("http.tls.minimumtls", "tls1.2", IMPLEMENTED, lambda c: c.http.tls.minimumtls, "tls1.2"),
+    ("http.tls.ciphersuites.0", "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256", IMPLEMENTED,
+     lambda c: c.http.tls.ciphersuites[0], "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"),
     ("http.tls.letsencrypt.cachefile", "/path/to/cache-file", REFUSED, None, None),
     ("http.tls.letsencrypt.email", "emailused@letsencrypt.com", REFUSED, None, None),
     ("http.tls.letsencrypt.hosts.0", "myregistryaddress.org", REFUSED, None, None),
@@ -220,6 +224,8 @@ KEYS: list[tuple[str, Any, str, Getter, Any]] = [
 NEEDS: list[tuple[str, dict[str, Any]]] = [
     ("storage.cache.blobdescriptor", {"redis": {"addr": "localhost:6379"}}),
     ("http.net", {"http": {"addr": "/run/registry.sock"}}),
+    # a certificate needs its key and the other way round; clientcas and the rest need both
+    ("http.tls", {"http": {"tls": {"certificate": "/path/to/x509/public", "key": "/path/to/x509/private"}}}),
     ("http.debug.prometheus", {"http": {"debug": {"addr": "localhost:5001"}}}),
     ("health.file.0", {"health": {"file": [{"file": "/path/to/checked/file"}]}}),
     ("health.http.0", {"health": {"http": [{"uri": "http://server.to.check/"}]}}),
@@ -346,14 +352,16 @@ def test_token_redirect_settings_are_one_warning_at_start_up(tmp_path, caplog, k
 @pytest.mark.parametrize(
     "variables, key",
     [
-        ({"REGISTRY_HTTP_TLS_CERTIFICATE": "/c.pem", "REGISTRY_HTTP_TLS_KEY": "/k.pem"}, "http.tls.certificate"),
-        ({"REGISTRY_HTTP_PREFIX": "/nested/"}, "http.prefix"),
+        ({"REGISTRY_HTTP_TLS_LETSENCRYPT_EMAIL": "ops@example.com"}, "http.tls.letsencrypt.email"),
+        ({"REGISTRY_HTTP_TLS_CERTIFICATE": "/c.pem", "REGISTRY_HTTP_TLS_KEY": "/k.pem",
+          "REGISTRY_HTTP_TLS_MINIMUMTLS": "tls1.1"}, "http.tls.minimumtls"),
         ({"REGISTRY_PROXY_REMOTEURL": "https://registry-1.docker.io", "REGISTRY_PROXY_EXEC_COMMAND": "helper"},
          "proxy.exec.command"),
     ],
 )
 def test_stratus_serve_refuses_to_start(tmp_path, variables, key):
-    """The acceptance: REGISTRY_HTTP_TLS_* never leaves a plain-HTTP server running silently."""
+    """The acceptance: REGISTRY_HTTP_TLS_* never leaves a plain-HTTP server running silently
+    (HTTPS itself: tests/test_server_tls.py)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
     env.update(variables, REGISTRY_STORAGE="inmemory", REGISTRY_HTTP_ADDR="127.0.0.1:0")
     done = subprocess.run([sys.executable, "-m", "chalicelib", "serve"], cwd=REPO, env=env,

@@ -125,7 +125,7 @@ def test_stratus_serve_writes_json_lines_that_parse(tmp_path):
     for doc in docs:
         assert {"time", "level", "logger", "msg"} <= doc.keys(), doc
         assert (doc["service"], doc["environment"]) == ("registry", "staging")
-    access = [d for d in docs if d["logger"] == "uvicorn.access"]
+    access = [d for d in docs if d["logger"] == "stratus.access"]
     assert any(f"/v2/{repo}/tags/list?n=5" in d["msg"] for d in access), access
     assert any(d["logger"].startswith("stratus") for d in docs)  # the server's own lines too
 
