@@ -2,9 +2,17 @@
 from __future__ import annotations
 
 import pytest
+from botocore.exceptions import ClientError
 
-from chalicelib.storage import StorageError
+from chalicelib.context import Context
+from chalicelib.storage import PathNotFoundError, StorageError
+from chalicelib.storage.s3 import from_parameters as s3_from_parameters
+from chalicelib.storage.s3.bucket import Bucket
 from chalicelib.storage.writer_state import WriterNotOpenError, WriterState
+from tests.moto_server import MotoS3
+from tests.storage_suite import payload
+
+MiB = 1 << 20
 
 
 def _ended(how: str) -> WriterState:
@@ -76,3 +84,54 @@ def test_cancel_ends_the_writer_before_the_file_is_removed() -> None:
     state.cancel()
     assert state.state == "cancelled"
     assert state.close() is False
+
+
+# -- a driver's writer after a commit that failed ----------------------------------------------
+
+
+@pytest.fixture
+def s3_driver(moto_s3: MotoS3):
+    return s3_from_parameters(moto_s3.parameters(moto_s3.create_bucket()))
+
+
+def _failing_complete(*args: object, **kwargs: object) -> None:
+    raise ClientError({"Error": {"Code": "InternalError", "Message": "injected"}}, "CompleteMultipartUpload")
+
+
+def test_s3_writer_closed_after_a_failed_commit_stays_appendable(s3_driver, monkeypatch) -> None:
+    ctx, path = Context(), "/u/data"
+    first, second, third = payload(6 * MiB, seed=1), payload(1 * MiB, seed=2), payload(5 * MiB, seed=3)
+    writer = s3_driver.writer(ctx, path)
+    writer.write(first)
+    writer.close()  # one 6 MiB part
+    writer = s3_driver.writer(ctx, path, append=True)
+    writer.write(second)
+    with monkeypatch.context() as patch:
+        patch.setattr(Bucket, "complete", _failing_complete)
+        with pytest.raises(StorageError, match="injected"):
+            writer.commit()
+    # Still open: its short last part must not be recorded as a middle part, or the
+    # next writer's upload could never complete (S3 refuses parts under 5 MiB).
+    writer.close()
+    writer = s3_driver.writer(ctx, path, append=True)
+    assert writer.size == len(first) + len(second)
+    writer.write(third)
+    writer.commit()
+    writer.close()
+    assert s3_driver.get_content(ctx, path) == first + second + third
+
+
+def test_s3_writer_cancelled_after_a_failed_commit_leaves_nothing(s3_driver, monkeypatch) -> None:
+    # what the pull-through cache does when storing a blob fails
+    ctx, path = Context(), "/u/data"
+    writer = s3_driver.writer(ctx, path)
+    writer.write(payload(6 * MiB))
+    writer.close()  # a multipart upload with one part
+    writer = s3_driver.writer(ctx, path, append=True)
+    writer.write(payload(1 * MiB))
+    monkeypatch.setattr(Bucket, "complete", _failing_complete)
+    with pytest.raises(StorageError):
+        writer.commit()
+    writer.cancel()
+    with pytest.raises(PathNotFoundError):
+        s3_driver.stat(ctx, path)

@@ -84,13 +84,13 @@ class S3Driver(S3DirectWrites):
                     raise
                 # past the end, or exactly at the end (S3 has no empty ranges)
                 if offset == int(self.bucket.head(key)["ContentLength"]):
-                    return _ObjectStream(None)
+                    return _ObjectStream(None)  # type: ignore[return-value]
                 raise InvalidOffsetError(NAME, path, offset) from None
         pending = Pending.from_metadata(response.get("Metadata"))
         if pending is not None and pending.parts:
             response["Body"].close()
             raise UnsupportedMethodError(NAME, path, "file is still being written; its parts cannot be read yet")
-        return _ObjectStream(response["Body"], path)
+        return _ObjectStream(response["Body"], path)  # type: ignore[return-value]
 
     def writer(self, ctx: Context, path: str, append: bool = False) -> FileWriter:
         key = self._key(path)

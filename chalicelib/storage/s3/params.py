@@ -86,7 +86,7 @@ class S3Parameters:
     def may_be_eventually_consistent(self) -> bool:
         """AWS S3 reads its writes; an S3-compatible store at another endpoint may not."""
         endpoint = self.connection.endpoint
-        return bool(endpoint) and "amazonaws.com" not in endpoint
+        return bool(endpoint and "amazonaws.com" not in endpoint)
 
 
 def _label(key: str) -> str:

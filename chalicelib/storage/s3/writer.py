@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Optional
 
 from ..base import DirectFileError, StorageError
+from ..writer_state import WriterState
 from .bucket import Bucket, Pending, copy_ranges
 from .direct import direct_info
 from .errors import NAME, is_not_found, s3_errors
@@ -46,18 +47,14 @@ class S3FileWriter:
         self._base_size = base_size
         self._dirty = dirty  # whether close() has something to make durable
         self._finished = finished  # opened over a file that was already committed
-        self._state = "open"  # -> committed | closed | cancelled
+        self._state = WriterState(NAME, path)
 
     @property
     def size(self) -> int:
         return self._parts_size + self._base_size + len(self._buffer)
 
-    def _require_open(self) -> None:
-        if self._state != "open":
-            raise StorageError(NAME, self._path, f"writer already {self._state}")
-
     def write(self, data: bytes) -> int:
-        self._require_open()
+        self._state.require_open()
         if not data:
             return 0
         self._buffer += data
@@ -71,10 +68,7 @@ class S3FileWriter:
         return len(data)
 
     def close(self) -> None:
-        if self._state != "open":
-            return  # closing twice, or after commit/cancel, is harmless
-        self._state = "closed"
-        if not self._dirty:
+        if not self._state.close() or not self._dirty:
             return
         with s3_errors(self._path):
             if len(self._buffer) >= MIN_PART_SIZE:
@@ -85,22 +79,25 @@ class S3FileWriter:
             self._bucket.put(self._key, bytes(self._buffer), self._pending().metadata())
 
     def commit(self) -> None:
-        self._require_open()
-        self._state = "committed"
-        with s3_errors(self._path):
+        # Committed only once S3 has the whole file. The last part, which may be short,
+        # is recorded nowhere before that, so a close() after a failed commit stores
+        # the tail as it was and the file stays appendable (that part is overwritten).
+        with self._state.committing(), s3_errors(self._path):
             if self._finished and not self._dirty:
                 return  # appended nothing to a finished file: it is as it was
             if self._upload_id is None and not self._base_size:
                 self._bucket.put(self._key, bytes(self._buffer))  # never reached a part: one PUT
                 return
+            upload_id = self._start_upload()
+            parts = self._completed_parts(upload_id)
             if self._buffer or self._parts == 0:
-                self._upload_part(bytes(self._buffer))  # the last part may be short
-                self._buffer.clear()
-            self._bucket.complete(self._key, self._upload_id, self._completed_parts())
+                number = self._parts + 1
+                etag = self._bucket.upload_part(self._key, upload_id, number, bytes(self._buffer))
+                parts.append({"PartNumber": number, "ETag": etag})
+            self._bucket.complete(self._key, upload_id, parts)
 
     def cancel(self) -> None:
-        self._require_open()
-        self._state = "cancelled"
+        self._state.cancel()
         with s3_errors(self._path):
             if self._upload_id is not None:
                 self._bucket.abort(self._key, self._upload_id)
@@ -111,27 +108,29 @@ class S3FileWriter:
     def _pending(self) -> Pending:
         return Pending(self._upload_id, self._parts, self._parts_size)
 
-    def _start_upload(self) -> None:
+    def _start_upload(self) -> str:
+        """The multipart upload's id, created on first use."""
         if self._upload_id is not None:
-            return
-        self._upload_id = self._bucket.create_upload(self._key)
+            return self._upload_id
+        upload_id = self._upload_id = self._bucket.create_upload(self._key)
         if self._base_size:
             ranges = copy_ranges(self._base_size, self._bucket.params.copy_chunk_size, last_may_be_short=False)
-            copied = self._bucket.copy_parts(self._key, self._key, self._upload_id, ranges, 1)
+            copied = self._bucket.copy_parts(self._key, self._key, upload_id, ranges, 1)
             self._etags.update((p["PartNumber"], p["ETag"]) for p in copied)
             self._parts, self._parts_size, self._base_size = len(copied), self._base_size, 0
+        return upload_id
 
     def _upload_part(self, body: bytes) -> None:
-        self._start_upload()
+        upload_id = self._start_upload()
         number = self._parts + 1
-        self._etags[number] = self._bucket.upload_part(self._key, self._upload_id, number, body)
+        self._etags[number] = self._bucket.upload_part(self._key, upload_id, number, body)
         self._parts, self._parts_size = number, self._parts_size + len(body)
 
-    def _completed_parts(self) -> list[dict]:
+    def _completed_parts(self, upload_id: str) -> list[dict]:
         numbers = range(1, self._parts + 1)
         etags = dict(self._etags)
         if len(etags) < self._parts:  # parts of earlier writers: ask S3 for their ETags
-            listed = self._bucket.list_parts(self._key, self._upload_id)
+            listed = self._bucket.list_parts(self._key, upload_id)
             missing = [n for n in numbers if n not in listed]
             if missing:
                 raise StorageError(NAME, self._path, f"multipart upload lost parts {missing[:5]}")
