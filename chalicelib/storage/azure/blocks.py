@@ -24,6 +24,8 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from ..writer_state import WriterState
+
 STAGED = "stratus_staged"  # metadata key of a blob with (possibly) uncommitted blocks
 STAGED_METADATA = {STAGED: "1"}
 # A file written through Put Block SAS URLs (direct.py): its part size, in metadata,
@@ -70,7 +72,7 @@ def writer_nonce() -> str:
 
 
 def is_staged(metadata: Optional[dict]) -> bool:
-    return bool(metadata) and STAGED in {k.lower() for k in metadata}
+    return metadata is not None and STAGED in {k.lower() for k in metadata}
 
 
 def direct_part_size(metadata: Optional[dict]) -> Optional[int]:
@@ -153,31 +155,24 @@ def commit_blocks(blob: Any, ids: list[str], metadata: Optional[dict] = None) ->
 
 
 class _Writer:
-    """What both writers share: open -> closed | committed | cancelled, and cancel()."""
+    """What both writers share: their state, a buffer, close() and cancel()."""
 
     def __init__(self, driver: Any, path: str, blob: Any):
         self._driver = driver
         self._path = path
         self._blob = blob
         self._buffer = bytearray()
-        self._state = "open"  # -> closed | committed | cancelled
-
-    def _require_open(self) -> None:
-        if self._state != "open":
-            raise self._driver.error(self._path, f"writer already {self._state}")
+        self._state = WriterState(driver.name, path)
 
     def _flush(self) -> None:
         raise NotImplementedError
 
     def close(self) -> None:
-        if self._state != "open":
-            return  # closing twice, or after commit/cancel, is harmless
-        self._state = "closed"
-        self._flush()
+        if self._state.close():
+            self._flush()
 
     def cancel(self) -> None:
-        self._require_open()
-        self._state = "cancelled"
+        self._state.cancel()
         self._buffer.clear()
         self._driver.discard_blob(self._path, self._blob)
 
@@ -197,7 +192,7 @@ class BlockBlobWriter(_Writer):
         return self._stored + len(self._buffer)
 
     def write(self, data: bytes) -> int:
-        self._require_open()
+        self._state.require_open()
         view = memoryview(data)
         while view:
             room = BLOCK_SIZE - len(self._buffer)
@@ -219,11 +214,10 @@ class BlockBlobWriter(_Writer):
         self._buffer.clear()
 
     def commit(self) -> None:
-        self._require_open()
-        self._flush()
-        with self._driver.errors(self._path):
-            commit_blocks(self._blob, self._ids)  # no metadata: clears the staged mark
-        self._state = "committed"
+        with self._state.committing():
+            self._flush()
+            with self._driver.errors(self._path):
+                commit_blocks(self._blob, self._ids)  # no metadata: clears the staged mark
 
 
 class AppendBlobWriter(_Writer):
@@ -239,7 +233,7 @@ class AppendBlobWriter(_Writer):
         return self._size
 
     def write(self, data: bytes) -> int:
-        self._require_open()
+        self._state.require_open()
         self._buffer += data
         self._size += len(data)
         while len(self._buffer) >= APPEND_BLOCK_SIZE:
@@ -257,6 +251,5 @@ class AppendBlobWriter(_Writer):
             self._append(APPEND_BLOCK_SIZE)
 
     def commit(self) -> None:
-        self._require_open()
-        self._flush()
-        self._state = "committed"
+        with self._state.committing():
+            self._flush()

@@ -56,17 +56,18 @@ def _new_service_client(params: AzureParameters) -> Any:
     if http_log.level == logging.NOTSET and not logging.getLogger().isEnabledFor(logging.DEBUG):
         http_log.setLevel(logging.WARNING)
 
-    options = dict(
-        _CLIENT_OPTIONS,
-        retry_total=params.max_retries,
-        retry_backoff_factor=params.retry_delay,
-        retry_backoff_max=params.max_retry_delay,
-    )
+    options: dict[str, Any] = {
+        **_CLIENT_OPTIONS,
+        "retry_total": params.max_retries,
+        "retry_backoff_factor": params.retry_delay,
+        "retry_backoff_max": params.max_retry_delay,
+    }
     if params.connection_string:
         client = BlobServiceClient.from_connection_string(params.connection_string, **options)
         if params.service_url:
             client = BlobServiceClient(params.service_url, credential=client.credential, **options)
         return client
+    assert params.service_url is not None  # parse_parameters derives one when no connection string names it
     return BlobServiceClient(params.service_url, credential=_credential(params), **options)
 
 
@@ -77,6 +78,8 @@ def _credential(params: AzureParameters) -> Any:
     import azure.identity as identity  # only deployments on Entra credentials load it
 
     if creds.type == "client_secret":
+        # parse_parameters refuses a client_secret credential without any of the three
+        assert creds.tenant_id is not None and creds.client_id is not None and creds.secret is not None
         return identity.ClientSecretCredential(creds.tenant_id, creds.client_id, creds.secret)
     if creds.type == "managed_identity":
         return identity.ManagedIdentityCredential(client_id=creds.client_id)

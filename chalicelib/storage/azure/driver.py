@@ -15,7 +15,7 @@ import itertools
 import logging
 import time
 from contextlib import contextmanager
-from typing import Any, BinaryIO, Iterator, Optional
+from typing import Any, BinaryIO, Iterator, Optional, Sequence
 
 from ...context import Context
 from ..base import (
@@ -161,7 +161,7 @@ class AzureDriver(AzureDirectWrites):
             raise InvalidOffsetError(NAME, path, offset) from None
         if blocks.is_staged(downloader.properties.metadata) and not materialized:
             return None
-        return _DownloadStream(downloader, path, self)
+        return _DownloadStream(downloader, path, self)  # type: ignore[return-value]
 
     def _materialize(self, path: str, blob: Any) -> None:
         """Commit a file's staged blocks so they can be read or copied; it stays marked
@@ -391,7 +391,7 @@ class AzureDriver(AzureDirectWrites):
                 raise PathNotFoundError(NAME, path)
             self._delete_all(path, names)
 
-    def _delete_all(self, path: str, names: list[str]) -> None:
+    def _delete_all(self, path: str, names: Sequence[str]) -> None:
         for start in range(0, len(names), _DELETE_BATCH):
             batch = names[start:start + _DELETE_BATCH]
             responses = []
