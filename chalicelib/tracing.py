@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 from typing import Any, BinaryIO, Iterator, Mapping, Optional
 
 from . import aws_runtime
@@ -53,11 +54,30 @@ def from_config(config: Any, environ: Optional[Mapping[str, str]] = None) -> Opt
 
 class XRayTracer:
     def __init__(self, environ: Optional[Mapping[str, str]] = None, service: str = "stratus"):
+        environ = os.environ if environ is None else environ
+        self.on_lambda = aws_runtime.on_lambda(environ)
+        self._environ = dict(environ)
+        self.service = environ.get("AWS_XRAY_TRACING_NAME") or service
+        self._recorder: Any = None
+        self._recorder_lock = threading.Lock()
+
+    @property
+    def recorder(self) -> Any:
+        """The SDK's recorder, built when the first subsegment or segment needs it:
+        aws-xray-sdk (with wrapt, asyncio, importlib.metadata) costs a cold start tens
+        of milliseconds, which a request that calls neither storage nor a cache (GET /v2/)
+        need not pay."""
+        if self._recorder is None:
+            with self._recorder_lock:
+                if self._recorder is None:
+                    self._recorder = self._build_recorder()
+        return self._recorder
+
+    def _build_recorder(self) -> Any:
         from aws_xray_sdk.core.recorder import AWSXRayRecorder
         from aws_xray_sdk.core.sampling.local.sampler import LocalSampler
 
-        environ = os.environ if environ is None else environ
-        self.on_lambda = aws_runtime.on_lambda(environ)
+        environ = self._environ
         # A recorder of our own (not the SDK's global one), configured for where we
         # run: it picks Lambda's context when LAMBDA_TASK_ROOT is set. Local rules,
         # so no thread polls X-Ray for sampling rules.
@@ -65,14 +85,13 @@ class XRayTracer:
         rate = float(environ.get(SAMPLING_RATE_ENV, "0.05"))
         rules = {"version": 2, "rules": [], "default": {"fixed_target": 1 if rate < 1 else 0, "rate": rate}}
         recorder.configure(
-            service=environ.get("AWS_XRAY_TRACING_NAME") or service,
+            service=self.service,
             sampler=LocalSampler(rules),
             context_missing="LOG_ERROR",
             daemon_address=environ.get("AWS_XRAY_DAEMON_ADDRESS") or "127.0.0.1:2000",
             plugins=(),
         )
-        self.recorder = recorder
-        self.service = recorder.service
+        return recorder
 
     # -- request contexts --------------------------------------------------------------
 

@@ -415,3 +415,99 @@ def test_a_key_of_the_wrong_type_does_not_wedge_the_replay(server):
     cache.repository_scoped("b").set_descriptor(CTX, other, BlobDescriptor(other, 1))
     assert not cache._tombstones
     assert cache.repository_scoped("b").stat(CTX, other).size == 1
+
+
+# -- the AUTH token from SSM or Secrets Manager ----------------------------------------
+# STRATUS_REDIS_PASSWORD_PARAMETER, as the Terraform module sets it: read with the
+# function's role (here moto's server) when the cache first needs a client.
+
+
+@pytest.fixture
+def aws_role(moto_s3, monkeypatch):
+    from chalicelib import aws_runtime
+    from tests.moto_server import ACCESS_KEY, SECRET_KEY
+
+    for name, value in (("AWS_ACCESS_KEY_ID", ACCESS_KEY), ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
+                        ("AWS_REGION", "us-east-1"), ("AWS_ENDPOINT_URL_SSM", moto_s3.endpoint),
+                        ("AWS_ENDPOINT_URL_SECRETS_MANAGER", moto_s3.endpoint)):
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(aws_runtime, "_secrets", {})  # what this process has read: nothing yet
+    return moto_s3
+
+
+@pytest.fixture
+def auth_server(tmp_path) -> Iterator[RedisServer]:
+    with redis_server(tmp_path / "redis", password=f"tok-{time.time_ns()}") as srv:
+        yield srv
+
+
+def lazy_provider(config: RedisConfig, **kwargs) -> RedisBlobDescriptorCache:
+    """As from_config builds it (a connector, nothing connected), but not shared."""
+    from chalicelib.cache.redis import address
+
+    return RedisBlobDescriptorCache(connector=lambda: connect(config), address=address(config), **kwargs)
+
+
+@pytest.mark.parametrize("store", ["ssm", "secretsmanager"])
+def test_auth_token_from_a_parameter_is_read_on_first_use(aws_role, auth_server, monkeypatch, store):
+    from chalicelib import aws_runtime
+
+    if store == "ssm":
+        name = f"/stratus/test/redis-auth-token-{time.time_ns()}"
+        aws_role.client("ssm").put_parameter(Name=name, Value=auth_server.password, Type="SecureString")
+    else:
+        secret = aws_role.client("secretsmanager").create_secret(
+            Name=f"stratus-redis-auth-{time.time_ns()}", SecretString=auth_server.password)
+        name = f"secretsmanager:{secret['Name']}"
+    monkeypatch.setenv("STRATUS_REDIS_PASSWORD_PARAMETER", name)
+    before = int(auth_server.client().info("stats")["total_connections_received"])
+    cache = lazy_provider(RedisConfig(addr=auth_server.addr))
+    # built, and neither the parameter read nor Redis reached
+    assert aws_runtime._secrets == {} and cache._client is None
+    assert int(auth_server.client().info("stats")["total_connections_received"]) == before + 1  # the INFO
+    blob = d("token")
+    cache.repository_scoped("a").set_descriptor(CTX, blob, BlobDescriptor(blob, 7))
+    assert cache.repository_scoped("a").stat(CTX, blob).size == 7
+    assert auth_server.client().hgetall(blob_key(blob))["size"] == "7"
+    assert list(aws_runtime._secrets) == [name]
+
+
+def test_an_unreadable_auth_token_is_an_outage_not_an_error(aws_role, auth_server, monkeypatch):
+    name = f"/stratus/test/redis-auth-token-missing-{time.time_ns()}"
+    monkeypatch.setenv("STRATUS_REDIS_PASSWORD_PARAMETER", name)
+    clock = ManualClock()
+    cache = lazy_provider(RedisConfig(addr=auth_server.addr), cooldown=0.5, clock=clock)
+    blob = d("no token yet")
+    with pytest.raises(CacheUnavailableError) as refused:
+        cache.stat(CTX, blob)
+    assert "ParameterNotFound" in str(refused.value)
+    # cooling down: SSM is not asked again on every request
+    aws_role.client("ssm").put_parameter(Name=name, Value=auth_server.password, Type="SecureString")
+    with pytest.raises(CacheUnavailableError, match="retrying shortly"):
+        cache.stat(CTX, blob)
+    clock.advance(0.6)  # after the cooldown the client is built, with the token now there
+    with pytest.raises(DescriptorNotCachedError):
+        cache.stat(CTX, blob)
+    cache.set_descriptor(CTX, blob, BlobDescriptor(blob, 3))
+    assert cache.stat(CTX, blob).size == 3
+
+
+def test_a_wrong_auth_token_degrades_to_storage(aws_role, auth_server, monkeypatch):
+    name = f"/stratus/test/redis-auth-token-wrong-{time.time_ns()}"
+    aws_role.client("ssm").put_parameter(Name=name, Value="not-the-token", Type="SecureString")
+    monkeypatch.setenv("STRATUS_REDIS_PASSWORD_PARAMETER", name)
+    cache = lazy_provider(RedisConfig(addr=auth_server.addr))
+    with pytest.raises(CacheUnavailableError):
+        cache.stat(CTX, d("wrong"))
+
+
+def test_a_configured_password_wins_over_the_parameter(aws_role, auth_server, monkeypatch):
+    from chalicelib import aws_runtime
+
+    # a parameter that does not exist: reading it would fail
+    monkeypatch.setenv("STRATUS_REDIS_PASSWORD_PARAMETER", f"/stratus/test/absent-{time.time_ns()}")
+    cache = lazy_provider(RedisConfig(addr=auth_server.addr, password=auth_server.password))
+    blob = d("configured")
+    cache.set_descriptor(CTX, blob, BlobDescriptor(blob, 5))
+    assert cache.stat(CTX, blob).size == 5
+    assert aws_runtime._secrets == {}

@@ -1,14 +1,18 @@
 """What a cold Lambda instance imports and fetches, request by request (issue 13, item 2).
 
 Each test starts a fresh interpreter, as a new function instance is, with a
-deployment's environment: S3 storage (moto server) and the secret in an SSM
-parameter (`STRATUS_HTTP_SECRET_PARAMETER`, as both Chalice stages set it). The
-interpreter invokes app.py's handler with API Gateway events and reports, after
-each request, which SDKs are in `sys.modules` and whether the secret was fetched:
+deployment's environment: S3 storage (moto server), the secret in an SSM parameter
+(`STRATUS_HTTP_SECRET_PARAMETER`, as both Chalice stages set it) and, like the prod
+stage, the descriptor cache in Redis (a real redis-server) whose AUTH token is in
+another parameter (`STRATUS_REDIS_PASSWORD_PARAMETER`). The interpreter invokes
+app.py's handler with API Gateway events and reports, after each request, which
+SDKs are in `sys.modules` and which secrets were fetched:
 
-* `GET /v2/` touches neither S3 nor SSM, so it imports neither boto3 nor botocore;
-* a blob HEAD touches S3 (boto3 now) but not the secret;
-* starting an upload signs its state, so only then is the parameter read.
+* `GET /v2/` touches neither S3, SSM, Redis nor (traced) X-Ray, so it imports none
+  of boto3, botocore, redis, cryptography or aws_xray_sdk;
+* a blob HEAD asks Redis (redis-py now, and the AUTH token), then S3 (boto3 now), but
+  not the http secret;
+* starting an upload signs its state, so only then is that parameter read.
 """
 from __future__ import annotations
 
@@ -16,15 +20,18 @@ import json
 import os
 import subprocess
 import sys
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
 from tests.lambda_gateway import runtime_environment
 from tests.moto_server import ACCESS_KEY, SECRET_KEY, MotoS3
+from tests.redis_server import RedisServer, redis_server, requires_redis
 from tests.servers import ROOT
 
 SDKS = ("boto3", "botocore", "s3transfer", "aws_xray_sdk", "redis", "bcrypt", "jwt", "cryptography")
+# what a request that calls no AWS service and no cache must not import
+NOT_ON_GET_BASE = {"boto3", "botocore", "s3transfer", "redis", "cryptography", "aws_xray_sdk"}
 
 _PROBE = """\
 import json, sys, time
@@ -58,25 +65,34 @@ def run_cold_instance(env: dict[str, str]) -> dict[str, dict[str, Any]]:
 
 
 @pytest.fixture()
-def deployment(moto_s3: MotoS3) -> dict[str, str]:
+def redis_with_auth(tmp_path) -> Iterator[RedisServer]:
+    with redis_server(tmp_path / "redis", password=os.urandom(12).hex()) as server:
+        yield server
+
+
+@pytest.fixture()
+def deployment(moto_s3: MotoS3, redis_with_auth: RedisServer) -> dict[str, str]:
     bucket = moto_s3.create_bucket()
+    ssm = moto_s3.client("ssm")
     parameter = f"/stratus/dev/http-secret-{os.urandom(4).hex()}"
-    moto_s3.client("ssm").put_parameter(Name=parameter, Value=os.urandom(16).hex(), Type="SecureString")
+    ssm.put_parameter(Name=parameter, Value=os.urandom(16).hex(), Type="SecureString")
+    token = f"/stratus/dev/redis-auth-token-{os.urandom(4).hex()}"
+    ssm.put_parameter(Name=token, Value=str(redis_with_auth.password), Type="SecureString")
     return {
-        **runtime_environment(),
-        # Lambda sets it to the package's directory; aws-xray-sdk takes it as "on Lambda"
-        # (without it the SDK's global recorder loads a sampler that imports botocore)
-        "LAMBDA_TASK_ROOT": str(ROOT),
+        **runtime_environment(),  # LAMBDA_TASK_ROOT included: aws-xray-sdk's "on Lambda"
         **moto_s3.environment(bucket),
         "STRATUS_HTTP_SECRET_PARAMETER": parameter,
+        "REGISTRY_STORAGE_CACHE_BLOBDESCRIPTOR": "redis", "REGISTRY_REDIS_ADDR": redis_with_auth.addr,
+        "STRATUS_REDIS_PASSWORD_PARAMETER": token,
         # the function's role, here moto's: SSM at the moto server
         "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
         "AWS_ENDPOINT_URL_SSM": moto_s3.endpoint,
     }
 
 
+@requires_redis
 @pytest.mark.parametrize("xray", [False, True], ids=["untraced", "xray"])
-def test_cold_base_request_imports_no_aws_sdk_and_reads_no_secret(deployment, xray) -> None:
+def test_cold_base_request_imports_no_sdk_and_reads_no_secret(deployment, redis_with_auth, xray) -> None:
     env = dict(deployment)
     if xray:  # what Lambda sets on a function with active tracing (both Chalice stages)
         env["AWS_XRAY_DAEMON_ADDRESS"] = "127.0.0.1:9"  # UDP to the discard port: documents go nowhere
@@ -88,15 +104,19 @@ def test_cold_base_request_imports_no_aws_sdk_and_reads_no_secret(deployment, xr
           f"{[m for m in head['modules'] if m in SDKS]}")
 
     assert base["status"] == 200
-    assert not {"boto3", "botocore", "s3transfer"} & set(base["modules"]), base["modules"]
+    assert not NOT_ON_GET_BASE & set(base["modules"]), sorted(NOT_ON_GET_BASE & set(base["modules"]))
     assert base["secrets"] == []
-    assert ("aws_xray_sdk" in base["modules"]) == xray
 
-    # a request that reads S3 pays for boto3, and still not for the secret
+    # a request that asks the cache pays for redis-py and the AUTH token, one that reads
+    # S3 for boto3; neither for the http secret
     assert head["status"] == 404
-    assert "boto3" in head["modules"]
-    assert head["secrets"] == []
+    assert {"boto3", "redis"} <= set(head["modules"])
+    assert ("aws_xray_sdk" in head["modules"]) == xray
+    assert head["secrets"] == [env["STRATUS_REDIS_PASSWORD_PARAMETER"]]
+    # ...and the token from SSM let it in: its lookups reached the keys (a refused AUTH
+    # would have left Redis unread and storage answering alone)
+    assert int(redis_with_auth.client().info("stats")["keyspace_misses"]) > 0
 
     # the first request that signs upload state reads the parameter, once
     assert upload["status"] == 202
-    assert upload["secrets"] == [env["STRATUS_HTTP_SECRET_PARAMETER"]]
+    assert upload["secrets"] == sorted([env["STRATUS_HTTP_SECRET_PARAMETER"], env["STRATUS_REDIS_PASSWORD_PARAMETER"]])
