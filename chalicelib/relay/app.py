@@ -21,7 +21,7 @@ from ..api.params import parse_content_range, parse_digest
 from ..registry.errors import BlobUploadUnknownError, RangeInvalidError, RegistryError
 from ..registry.names import validate_name
 from .senders import DIRECT_HEADER, Target, UpstreamAnswer, answer
-from .upstream import REQUEST_DROP, Upstream, UpstreamError, response_headers
+from .upstream import REQUEST_DROP, Body, Upstream, UpstreamError, response_headers
 from .uploads import Session, Uploads
 
 log = logging.getLogger("stratus.relay")
@@ -88,7 +88,8 @@ class Relay:
 
     def forward(self, request: Request, query: Optional[dict] = None) -> Response:
         headers = self._headers(request)
-        body, chunked = None, False
+        body: Body = None
+        chunked = False
         if request.content_length:
             headers["Content-Length"] = str(request.content_length)
             body = request.body
@@ -100,12 +101,12 @@ class Relay:
             headers["Content-Length"] = "0"
         response = self.upstream.request(request.method, self._url(request, query), headers, body,
                                          stream=True, chunked=chunked)
-        headers = self._client_headers(request, response)
+        client_headers = self._client_headers(request, response)
         if request.method.upper() == "HEAD" or response.status in (204, 304):
             response.drain_conn()  # no body: the connection goes back to the pool now
             response.release_conn()
-            return Response(response.status, headers, b"")
-        return Response(response.status, headers, _stream(response))
+            return Response(response.status, client_headers, b"")
+        return Response(response.status, client_headers, _stream(response))
 
     def _client_headers(self, request: Request, response, drop: frozenset = frozenset()) -> list[tuple[str, str]]:
         headers = response_headers(response, drop)
@@ -164,7 +165,7 @@ class Relay:
         location = response.headers["Location"]
         client_path = self.upstream.relay_path(location)
         route, params = match_route((client_path or "").split("?", 1)[0])
-        if route != "upload":
+        if client_path is None or route != "upload":
             raise UpstreamAnswer(502, [], _bad_upstream(f"upload Location {location[:200]!r} is not an upload"))
         target = Target.from_session(self.upstream, name, params["upload_id"], response)
         return self.uploads.open(name, client_path, target)
@@ -212,15 +213,14 @@ class Relay:
             try:
                 session.check_start(content_range, request.content_length)
             except RangeInvalidError as exc:
-                response = from_registry_error(exc, 416)
-                response.headers += [h for h in self._session_response(request, session, 416).headers
-                                     if h[0] != "Content-Length"]
-                return response
+                refusal = from_registry_error(exc, 416)
+                refusal.headers += [h for h in self._session_response(request, session, 416).headers
+                                    if h[0] != "Content-Length"]
+                return refusal
             session.absorb(request.body, request.content_length, auth)
             session.end_of_chunk(auth)
             return self._session_response(request, session, 202)
-        digest = request.arg("digest")
-        parse_digest(digest)
+        digest = str(parse_digest(request.arg("digest")))  # the same text, known to be there
         if content_range is not None:
             session.check_start(content_range, request.content_length)
         return self._carry(request, session, digest)

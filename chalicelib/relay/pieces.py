@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, BinaryIO, Iterator, Optional
 
 from ..registry.errors import BlobUploadInvalidError
 
@@ -85,7 +85,7 @@ class Spooler:
         self.hasher = hashlib.sha256() if hashing else None
         self.wanted: set[int] = set()
         self.marks: dict[int, str] = {}
-        self._file: Optional[Any] = None
+        self._file: Optional[BinaryIO] = None
         self._piece_start = start
         self._count = 0
 
@@ -102,42 +102,42 @@ class Spooler:
         later = [m for m in self.wanted if m > self.offset]
         return min([end, *later])
 
-    def _open(self) -> None:
+    def _open(self) -> BinaryIO:
         self._count += 1
         self._path = self.directory / f"{self.tag}-{self._count}"
         self._file = open(self._path, "wb")  # buffered: a raw write may be partial
+        return self._file
 
     def feed(self, body: Any, length: Optional[int]) -> Iterator[Piece]:
         """Read body (length bytes, or to its end) and yield each piece as it fills."""
-        left = length
-        while left is None or left > 0:
+        received = 0
+        while length is None or received < length:
             want = min(READ_SIZE, self._next_stop() - self.offset)
-            if left is not None:
-                want = min(want, left)
+            if length is not None:
+                want = min(want, length - received)
             data = body.read(want)
             if not data:
-                if left is not None:
+                if length is not None:
                     raise BlobUploadInvalidError(
-                        {"expected": length, "received": length - left},
+                        {"expected": length, "received": received},
                         message="request body ended before its Content-Length",
                     )
                 return
             n = len(data)
-            if left is not None:
-                left -= n
-            if self._file is None:
-                self._open()
-            self._file.write(data)
+            received += n
+            file = self._file if self._file is not None else self._open()
+            file.write(data)
             if self.hasher is not None:
                 self.hasher.update(data)
             self.offset += n
             if self.offset in self.wanted and self.hasher is not None:
                 self.marks[self.offset] = self.hasher.hexdigest()
             if self.offset % self.piece_size == 0:
-                yield self._close()
+                yield self._close(file)
 
-    def _close(self) -> Piece:
-        self._file.close()
+    def _close(self, file: BinaryIO) -> Piece:
+        """Cut the piece being written to `file` (self._file)."""
+        file.close()
         self._file = None
         piece = Piece(self._piece_start, self.offset - self._piece_start, self._path, self.prefix_hash())
         self._piece_start = self.offset
@@ -147,7 +147,7 @@ class Spooler:
         """The bytes after the last full piece, as a (short) piece of their own."""
         if self._file is None:
             return None
-        return self._close()
+        return self._close(self._file)
 
     def close(self) -> None:
         """Drop a partial piece (the upload is abandoned)."""

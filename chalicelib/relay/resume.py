@@ -48,7 +48,7 @@ class Candidate:
     @property
     def saved(self) -> int:
         """Bytes that will not be sent again if this one is continued."""
-        if self.target.direct:
+        if self.target.part_size is not None:  # direct
             return len(self.target.have_parts) * self.target.part_size
         return self.target.offset
 

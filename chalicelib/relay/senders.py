@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 from urllib.parse import quote
 
 from .pieces import Piece
@@ -103,7 +103,8 @@ class ChunkedSender:
         self.upstream = upstream
         self.target = target
         self.chunk_size = min(chunk_size, target.chunk_max or chunk_size)
-        self.on_location = None  # called with each new Location (the journal keeps it)
+        # called with each new Location (the journal keeps it)
+        self.on_location: Optional[Callable[[str], None]] = None
 
     def describe(self) -> str:
         return f"in chunked PATCHes of up to {self.chunk_size / (1 << 20):g} MiB"

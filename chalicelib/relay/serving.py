@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from typing import Callable
+from typing import Callable, Optional
 
 # server's own guard: granian starts each environ from os.environ, so an HTTP_PROXY of the
 # relay's environment would otherwise be forwarded upstream as a request header
@@ -18,10 +18,12 @@ from ..server import _without_process_headers, wsgi_app
 
 log = logging.getLogger("stratus.relay")
 
-_APP = None
+_APP: Optional[Callable] = None
 
 
 def _loader(target: str) -> Callable:
+    if _APP is None:
+        raise RuntimeError("serve() builds the relay's app before granian loads it")
     return _APP  # built before granian forks its worker
 
 

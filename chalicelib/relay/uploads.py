@@ -25,7 +25,7 @@ from ..registry.errors import RangeInvalidError
 from .journal import Entry, Journal
 from .pieces import Piece, Spooler
 from .progress import Progress
-from .resume import Matcher, candidates
+from .resume import Candidate, Matcher, candidates
 from .senders import ChunkedSender, DirectSender, Target, UpstreamAnswer
 from .upstream import Upstream, UpstreamError
 
@@ -153,7 +153,7 @@ class Session:
             # got every byte but not the PUT) is judged before the rest are let go
             self.matcher.update(self.spooler.marks, self.spooler.offset)
             self.matcher.finish(self.spooler.offset)
-            self._decide(auth)
+            self._decide(self.matcher, auth)
         partial = self.spooler.take_partial()
         if partial is not None:
             self._send(partial, auth)
@@ -209,7 +209,7 @@ class Session:
         self._held.append(piece)
         self.matcher.update(self.spooler.marks, self.spooler.offset)
         if self.matcher.decided:
-            self._decide(auth)
+            self._decide(self.matcher, auth)
 
     def _sender_for(self, piece: Piece, auth: dict[str, str]):
         if self.sender is None:
@@ -273,8 +273,9 @@ class Session:
             self.matcher = Matcher(found)
             self.spooler.wanted = self.matcher.marks()
 
-    def _decide(self, auth: dict[str, str]) -> None:
-        matcher, self.matcher = self.matcher, None
+    def _decide(self, matcher: Matcher, auth: dict[str, str]) -> None:
+        """`matcher` (self.matcher) has decided: from now on pieces are sent, not held."""
+        self.matcher = None
         for candidate in matcher.ranked():
             entry = self.uploads.journal.claim(candidate.record)
             if entry is not None:  # else another session took it meanwhile
@@ -289,12 +290,12 @@ class Session:
                     rest.discard()
                 raise
 
-    def _continue(self, candidate, entry: Entry, auth: dict[str, str]) -> None:
+    def _continue(self, candidate: Candidate, entry: Entry, auth: dict[str, str]) -> None:
         """Send to the interrupted upload from now on; drop the one opened for this client."""
         own = self.target
         self.target = candidate.target
-        if candidate.target.direct:
-            self.sender = DirectSender(self.upstream, self.target, self.target.part_size)
+        if candidate.target.part_size is not None:  # direct
+            self.sender = DirectSender(self.upstream, self.target, candidate.target.part_size)
         else:
             self.sender = ChunkedSender(self.upstream, self.target, self.settings.chunk_size)
         self.entry = entry
