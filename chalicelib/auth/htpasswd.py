@@ -21,7 +21,7 @@ import re
 import secrets
 import threading
 import time
-from typing import Optional, Protocol
+from typing import Any, Optional, Protocol
 
 import bcrypt
 
@@ -52,7 +52,7 @@ class Htpasswd:
 
     def __init__(self, entries: dict[str, bytes]):
         self.entries = entries
-        costs = collections.Counter(int(_BCRYPT.match(h).group(1)) for h in entries.values())
+        costs = collections.Counter(_cost(h) for h in entries.values())
         cost = costs.most_common(1)[0][0] if costs else _DEFAULT_COST
         # An unknown user is checked against this, so it takes as long as a known one.
         self._dummy = bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(rounds=cost))
@@ -95,6 +95,14 @@ class Htpasswd:
         except ValueError:  # e.g. a NUL byte in the password: never a match
             matched = False
         return matched and entry is not None
+
+
+def _cost(hashed: bytes) -> int:
+    """The cost (log2 rounds) of a bcrypt hash."""
+    m = _BCRYPT.match(hashed)
+    if m is None:
+        raise ValueError("not a bcrypt hash")
+    return int(m.group(1))
 
 
 # ------------------------------------------------------------- where it comes from
@@ -159,7 +167,7 @@ class S3Source:
         self.origin = url
         self._etag: Optional[str] = None
         self._checked = 0.0
-        self._client = None
+        self._client: Any = None  # a boto3 S3 client, made on first use
 
     def poll(self) -> Optional[bytes]:
         now = time.monotonic()
@@ -253,12 +261,14 @@ def from_parameters(params: Parameters) -> HtpasswdAccessController:
     source: Source
     if variable is not None:
         source = EnvironmentSource(variable)
-    elif path.startswith("s3://"):
-        if not re.match(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/.+$", path):
-            raise params.fail("path", "s3://<bucket>/<key>", path)
-        source = S3Source(path, refresh)
     else:
-        source = FileSource(path)
+        assert path is not None  # exactly one of the two, as checked above
+        if path.startswith("s3://"):
+            if not re.match(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/.+$", path):
+                raise params.fail("path", "s3://<bucket>/<key>", path)
+            source = S3Source(path, refresh)
+        else:
+            source = FileSource(path)
     controller = HtpasswdAccessController(realm, source)
     if not isinstance(source, S3Source):  # fail at start-up, not at the first push
         try:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Optional, overload
 
 from ..config import _MISSING, ConfigError, _Section
 
@@ -21,6 +21,13 @@ class Parameters(_Section):
         # keys match case-insensitively: REGISTRY_AUTH_* variables arrive lower-cased
         super().__init__({str(k).lower(): v for k, v in (raw or {}).items()}, f"auth.{method}", {})
         self.method = method
+
+    @overload
+    def string(self, name: str) -> str: ...  # required
+    @overload
+    def string(self, name: str, default: str) -> str: ...
+    @overload
+    def string(self, name: str, default: None) -> Optional[str]: ...
 
     def string(self, name: str, default: Any = _MISSING) -> Optional[str]:
         value = self.value(name)
@@ -50,7 +57,7 @@ class Parameters(_Section):
             raise self.fail(name, f"a number of at least {minimum}", value)
         return float(value)
 
-    def warn_unknown(self, ignored: Iterable[str] = ()) -> None:  # type: ignore[override]
+    def warn_unknown(self, ignored: Iterable[str] = ()) -> None:
         for name in sorted(set(self.mapping) - self.read):
             if name in ignored:
                 log.warning("%s is not supported by Stratus and is ignored", self.key_path(name))

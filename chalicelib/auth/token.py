@@ -72,23 +72,23 @@ def _b64url(data: bytes) -> str:
 def rfc7638_thumbprint(public_key: Any) -> Optional[str]:
     """The JWK thumbprint (RFC 7638) newer registries use as the `kid` of a root certificate's key."""
     if isinstance(public_key, rsa.RSAPublicKey):
-        numbers = public_key.public_numbers()
+        rsa_numbers = public_key.public_numbers()
         members = {
-            "e": _b64url(numbers.e.to_bytes((numbers.e.bit_length() + 7) // 8, "big")),
+            "e": _b64url(rsa_numbers.e.to_bytes((rsa_numbers.e.bit_length() + 7) // 8, "big")),
             "kty": "RSA",
-            "n": _b64url(numbers.n.to_bytes((numbers.n.bit_length() + 7) // 8, "big")),
+            "n": _b64url(rsa_numbers.n.to_bytes((rsa_numbers.n.bit_length() + 7) // 8, "big")),
         }
     elif isinstance(public_key, ec.EllipticCurvePublicKey):
         curve = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}.get(public_key.curve.name)
         if curve is None:
             return None
         size = (public_key.curve.key_size + 7) // 8
-        numbers = public_key.public_numbers()
+        ec_numbers = public_key.public_numbers()
         members = {
             "crv": curve,
             "kty": "EC",
-            "x": _b64url(numbers.x.to_bytes(size, "big")),
-            "y": _b64url(numbers.y.to_bytes(size, "big")),
+            "x": _b64url(ec_numbers.x.to_bytes(size, "big")),
+            "y": _b64url(ec_numbers.y.to_bytes(size, "big")),
         }
     elif isinstance(public_key, ed25519.Ed25519PublicKey):
         raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
