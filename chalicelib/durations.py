@@ -69,6 +69,7 @@ def _go_duration_ns(text: str) -> int:
     total, pos = 0, 0
     while pos < len(rest):
         match = _ELEMENT.match(rest, pos)
+        assert match is not None  # every part of _ELEMENT is optional: it matches anywhere
         whole, fraction, unit = match.groups()
         if not whole and not fraction:
             raise invalid("a number must come before each unit")

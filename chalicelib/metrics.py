@@ -270,9 +270,10 @@ class EMFRecorder(Recorder):
                 "CacheErrors": (self._cache_errors, "Count"),
             }
             self._reset()
+        timestamp = int(time.time() * 1000)
         line = {
             "_aws": {
-                "Timestamp": int(time.time() * 1000),
+                "Timestamp": timestamp,
                 "CloudWatchMetrics": [{
                     "Namespace": self.namespace,
                     "Dimensions": [["Route", "Method"], ["Driver"]],
@@ -285,7 +286,7 @@ class EMFRecorder(Recorder):
             "Status": status,
             **{name: value for name, (value, _) in values.items()},
         }
-        lines = [line] + self._notification_lines(line["_aws"]["Timestamp"])
+        lines = [line] + self._notification_lines(timestamp)
         stream = self._stream or sys.stdout
         stream.write("".join(json.dumps(one, separators=(",", ":")) + "\n" for one in lines))
         stream.flush()

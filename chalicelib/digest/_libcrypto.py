@@ -57,7 +57,9 @@ class _Ops:
 
     __slots__ = ("algorithm", "ctx_type", "init", "update", "final", "raw", "word_bits")
 
-    def __init__(self, algorithm: Algorithm, lib: ctypes.CDLL, prefix: str, ctx_type: type) -> None:
+    def __init__(
+        self, algorithm: Algorithm, lib: ctypes.CDLL, prefix: str, ctx_type: type[ctypes.Structure]
+    ) -> None:
         ptr = ctypes.POINTER(ctx_type)
         self.algorithm = algorithm
         self.ctx_type = ctx_type

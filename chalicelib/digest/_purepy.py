@@ -153,7 +153,7 @@ class Engine:
     __slots__ = ("_algorithm", "_compress", "_h", "_pending", "_length")
     backend = BACKEND
 
-    def __init__(self, algorithm: Algorithm, h: Words, pending: bytes, length: int) -> None:
+    def __init__(self, algorithm: Algorithm, h: Words, pending: bytes | bytearray, length: int) -> None:
         self._algorithm = algorithm
         self._compress: Callable[[Words, object, int], Words] = _COMPRESS[algorithm]
         self._h = tuple(h)
