@@ -307,15 +307,14 @@ class ASGIApp:
         if scope["type"] == "lifespan":
             await _lifespan(receive, send)
         elif scope["type"] == "http":
-            if self.access_log is None:
-                await self._http(scope, receive, send)
-            else:
-                await self._logged(scope, receive, send)
+            await self._answered(scope, receive, send)
 
-    async def _logged(self, scope: dict, receive: Callable, send: Callable) -> None:
-        """_http, then one access line once the response's last byte went to the transport
-        (none when the client left before an answer)."""
-        started = time.perf_counter()
+    async def _answered(self, scope: dict, receive: Callable, send: Callable) -> None:
+        """_http, with one access line once the response's last byte went to the transport
+        (none when the client left before an answer), and a 503 for a request the server
+        cut short: uvicorn cancels what is still running when http.draintimeout ends, and
+        would otherwise log a traceback and answer 500."""
+        started = time.perf_counter() if self.access_log is not None else 0.0
         answer: list = []
 
         async def watched(message: dict) -> None:
@@ -325,8 +324,16 @@ class ASGIApp:
 
         try:
             await self._http(scope, receive, watched)
-        finally:
+        except asyncio.CancelledError:
             if answer:
+                return  # cut mid-response: the connection closes, the client sees it short
+            response = error_response("UNAVAILABLE", "the server is shutting down; retry", status=503,
+                                      headers=[("Retry-After", str(RETRY_AFTER_SECONDS))])
+            loop = asyncio.get_running_loop()
+            await _send(loop, self._pools()[2], watched, scope, response, close=True,
+                        transport=scope.get("stratus.transport"))
+        finally:
+            if answer and self.access_log is not None:
                 _log_access(self.access_log, scope, answer[0], time.perf_counter() - started)
 
     async def _http(self, scope: dict, receive: Callable, send: Callable) -> None:

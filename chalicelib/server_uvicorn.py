@@ -272,10 +272,6 @@ def _sendfile(out_fd: int, in_fd: int, offset: int, count: int) -> int:
         return -1
 
 
-def _exit_on_signal(signum: int, frame: Any) -> None:
-    raise SystemExit(128 + signum)
-
-
 def protocol_class(header_timeout: float, write_timeout: float) -> type:
     return type("StratusHTTPProtocol", (TimeoutProtocol,),
                 {"header_timeout": header_timeout, "write_timeout": write_timeout})
@@ -349,11 +345,15 @@ def run(app: Any, sock: socket.socket, workers: int, timeouts: Any, ssl_context:
     )
     if workers <= 1:
         # uvicorn raises the signal that stopped it again once it is done, with the
-        # handlers it found: this one turns that into SystemExit, so the caller's
-        # clean-up (a unix socket's file) runs and the exit status still says SIGTERM
+        # handlers it found: these note it, and it becomes SystemExit once uvicorn has
+        # returned, so the caller's clean-up (a unix socket's file) runs and the exit
+        # status still says which signal it was
+        received: list[int] = []
         for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, _exit_on_signal)
+            signal.signal(signum, lambda signum, frame: received.append(signum))
         uvicorn.Server(config).run(sockets=[sock])
+        if received:
+            raise SystemExit(128 + received[0])
         return
     children = []
     for _ in range(workers):
