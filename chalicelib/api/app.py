@@ -152,6 +152,13 @@ class RegistryAPI:
             return True
         return self.access_controller.authorize(scope.request, [Access("repository", source, "pull")]) is None
 
+    def _fill_request(self, route: str, scope: Scope) -> bool:
+        if route != "blob" or self.registry.proxies is None:
+            return False
+        from .proxy_blobs import is_fill_request
+
+        return is_fill_request(scope)
+
     def _refuse_writes_to_mirrors(self, route: str, method: str, params: dict) -> None:
         """A mirrored repository holds the upstream's content only: like the reference's
         proxy, every push or delete there is UNSUPPORTED (uploads, manifests, blobs)."""
@@ -184,7 +191,7 @@ class RegistryAPI:
         ctx = self.context_factory(request)
         scope = Scope(self, request, ctx, params)
         try:
-            if self.access_controller is not None:
+            if self.access_controller is not None and not self._fill_request(route, scope):
                 denied = self.access_controller.authorize(request, access(scope))
                 if denied is not None:
                     return denied

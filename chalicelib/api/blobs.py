@@ -2,16 +2,14 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 from ..descriptor import BlobDescriptor
+from . import proxy_blobs
 from .app import Access, Scope
 from .errors import HTTPError
 from .http import FileBody, Response
 from .params import check_deletable, parse_digest, repository
-
-if TYPE_CHECKING:
-    from ..registry.proxy.mirror import Fetched
 
 # Blobs are content-addressed: a digest's bytes never change.
 IMMUTABLE = "max-age=31536000"
@@ -70,9 +68,9 @@ def _serve(scope: Scope, head: bool) -> Response:
     if repo.proxy is not None:
         if etag_matches(scope.request.headers.get("If-None-Match"), etag):
             return Response(304, [("Docker-Content-Digest", str(digest)), ("ETag", etag)])
-        fetched = repo.proxy.blob(scope.ctx, digest, head)
-        if fetched is not None:  # not in our storage: the upstream's bytes, stored on the way
-            return _serve_fetched(fetched, etag)
+        uncached = proxy_blobs.serve(scope, repo, digest, head)
+        if uncached is not None:  # not in our storage yet (api.proxy_blobs)
+            return uncached
     descriptor = repo.blobs.stat(scope.ctx, digest)
     headers = _headers(descriptor, etag)
     if etag_matches(scope.request.headers.get("If-None-Match"), etag):
@@ -95,15 +93,6 @@ def _serve(scope: Scope, head: bool) -> Response:
     if head:
         return Response(status, headers)
     return Response(status, headers, FileBody(repo.blobs.open(scope.ctx, digest, start), length))
-
-
-def _serve_fetched(fetched: "Fetched", etag: str) -> Response:
-    """A blob as the upstream sends it: whole, since a Range cannot be cut from a
-    stream being verified (RFC 9110 lets a server answer a Range with 200)."""
-    headers = _headers(fetched.descriptor, etag)[:-1] + [("Content-Type", "application/octet-stream")]
-    if fetched.descriptor.size >= 0:
-        headers.append(("Content-Length", str(fetched.descriptor.size)))
-    return Response(200, headers, fetched.body if fetched.body is not None else b"")
 
 
 def delete(scope: Scope) -> Response:

@@ -17,7 +17,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator, Optional, Union
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 from ...config import ProxyUpstream
 from ...context import Context
@@ -52,6 +52,16 @@ class Fetched:
 
     descriptor: BlobDescriptor
     body: Union[None, bytes, Iterator[bytes]]
+
+
+@dataclass
+class Handoff:
+    """A blob too large to copy into storage within one function invocation: its size,
+    and where a client can read it meanwhile without our credentials (None when the
+    upstream serves it only to an authenticated caller)."""
+
+    size: int
+    url: Optional[str]
 
 
 class Flights:
@@ -278,6 +288,61 @@ class ProxiedRepository:
             if self._linked_here(ctx, digest):
                 return None
         raise UpstreamUnavailableError({"digest": key, "reason": "the fetch of this blob did not finish"})
+
+    def fill(self, ctx: Context, digest: Digest, max_size: Optional[int] = None) -> Optional[Handoff]:
+        """Store the blob here, sending no byte anywhere else: None once it is stored,
+        a Handoff (nothing stored) when the upstream's copy is larger than max_size."""
+        if self._linked_here(ctx, digest):
+            return None
+        path = f"/v2/{self.remote}/blobs/{digest}"
+        key = str(digest)
+        for _ in range(2):
+            if self._link_stored(ctx, digest, path):
+                return None
+            if max_size is not None:
+                size = self._upstream_descriptor(ctx, digest, path).size
+                if size > max_size:
+                    return Handoff(size, self._handoff_url(path))
+            event, leader = self.flights.begin(key)
+            if leader:
+                fetched = self._fetch(ctx, digest, path, key, event)
+                if not isinstance(fetched.body, bytes) and fetched.body is not None:
+                    for _piece in fetched.body:  # the stream stores the blob as it is read
+                        pass
+                return None
+            event.wait(FOLLOW_TIMEOUT)
+            if self._linked_here(ctx, digest):
+                return None
+        raise UpstreamUnavailableError({"digest": key, "reason": "the fetch of this blob did not finish"})
+
+    def wait_stored(self, ctx: Context, digest: Digest, timeout: float, interval: float = 0.5) -> bool:
+        """Whether the blob is stored here within timeout (a fill elsewhere may be writing it)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._linked_here(ctx, digest):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+
+    def _handoff_url(self, path: str) -> Optional[str]:
+        """Where the upstream's bytes can be read without our credentials: the blob
+        store it redirects to (a CDN or presigned URL, as Docker Hub and GHCR answer),
+        or its own URL when it asks nobody for credentials."""
+        upstream = self.mirror.upstream
+        try:
+            response = upstream.request("GET", path, self.scope, stream=True, follow_redirects=False)
+        except (UpstreamUnavailable, UpstreamStatusError):
+            return None
+        try:
+            location = response.headers.get("Location")
+            if response.status in (301, 302, 303, 307, 308) and location:
+                return urljoin(upstream.url + path, location)
+            if response.status == 200 and upstream.anonymous:
+                return upstream.url + path
+            return None
+        finally:
+            response.close()  # its body is not read: the connection cannot be reused
 
     def _upstream_descriptor(self, ctx: Context, digest: Digest, path: str) -> BlobDescriptor:
         try:

@@ -76,6 +76,11 @@ class Upstream:
         self._challenge: Optional[Challenge] = None  # what the upstream asked for last
         self._tokens: dict[str, tuple[str, float]] = {}  # scope -> (token, renew after)
 
+    @property
+    def anonymous(self) -> bool:
+        """Whether the upstream has asked for no credentials so far: its URLs open to anyone."""
+        return self._challenge is None
+
     # -- requests ----------------------------------------------------------------------
 
     def request(self, method: str, path: str, scope: str, headers: Optional[Mapping[str, str]] = None,
