@@ -282,6 +282,8 @@ class ProxiedRepository:
             if self._link_stored(ctx, digest, path):
                 return None
             event, leader = self.flights.begin(key)
+            if leader and self._stored_meanwhile(ctx, digest, path, key, event):
+                return None
             if leader:
                 return self._fetch(ctx, digest, path, key, event)
             event.wait(FOLLOW_TIMEOUT)
@@ -304,6 +306,8 @@ class ProxiedRepository:
                 if size > max_size:
                     return Handoff(size, self._handoff_url(path))
             event, leader = self.flights.begin(key)
+            if leader and self._stored_meanwhile(ctx, digest, path, key, event):
+                return None
             if leader:
                 fetched = self._fetch(ctx, digest, path, key, event)
                 if not isinstance(fetched.body, bytes) and fetched.body is not None:
@@ -314,6 +318,18 @@ class ProxiedRepository:
             if self._linked_here(ctx, digest):
                 return None
         raise UpstreamUnavailableError({"digest": key, "reason": "the fetch of this blob did not finish"})
+
+    def _stored_meanwhile(self, ctx: Context, digest: Digest, path: str, key: str, event: threading.Event) -> bool:
+        """Checked again once leading: a fetch that ended between our first look and
+        taking the lead has stored the blob already (else every late caller would fetch)."""
+        try:
+            stored = self._link_stored(ctx, digest, path)
+        except BaseException:
+            self.flights.end(key, event)
+            raise
+        if stored:
+            self.flights.end(key, event)
+        return stored
 
     def wait_stored(self, ctx: Context, digest: Digest, timeout: float, interval: float = 0.5) -> bool:
         """Whether the blob is stored here within timeout (a fill elsewhere may be writing it)."""
