@@ -45,7 +45,7 @@ locals {
     # notifications.eventbridge: the bus notifications.tf creates
     REGISTRY_NOTIFICATIONS_EVENTBRIDGE_BUS    = aws_cloudwatch_event_bus.notifications[0].name
     REGISTRY_NOTIFICATIONS_EVENTBRIDGE_REGION = var.region
-  } : {}, var.extra_environment)
+  } : {}, local.proxy_environment, var.extra_environment)
   # empty values are dropped: an unset key keeps its default
   function_environment = { for k, v in local.environment : k => v if v != "" }
 }
