@@ -606,3 +606,31 @@ def test_the_function_serves_with_exactly_the_environment_terraform_gave_it(
         assert redis.client().exists(f"blobs::{digest}")  # the cache was reached, over TLS with the token
     finally:
         redis.stop()
+
+
+# -- offline: the proxy variables as the functions read them ------------------------------------
+
+
+@needs_aws_provider
+def test_proxy_variables_become_a_proxy_config_the_registry_loads(tmp_path: Path) -> None:
+    """proxy_* variables -> the functions' REGISTRY_PROXY_* environment (empty values
+    left out, as main.tf does) -> the proxy section Stratus loads from it."""
+    from chalicelib.config import load_config
+
+    workdir = copy_module("aws", tmp_path / "aws")
+    init(workdir, AWS_PLUGINS)
+    upstreams = ('[{prefix="docker.io/",remoteurl="https://registry-1.docker.io",username="hub",password="0123"},'
+                 '{prefix="ghcr.io/",remoteurl="https://ghcr.io",ttl="1h"}]')
+    expression = "jsonencode({for k, v in nonsensitive(local.proxy_environment) : k => try(nonsensitive(v), v)})"
+    done = subprocess.run(["terraform", "console", "-var=bucket_name=b", "-var=proxy_inlinelimit=64MiB",
+                           f"-var=proxy_upstreams={upstreams}"], input=expression + "\n", capture_output=True,
+                          text=True, cwd=workdir, env=terraform_env(), timeout=120)
+    assert done.returncode == 0, done.stderr
+    environment = {k: v for k, v in json.loads(json.loads(done.stdout)).items() if v != ""}
+    assert environment["REGISTRY_PROXY_UPSTREAMS_1_TTL"] == "1h" and "REGISTRY_PROXY_REMOTEURL" not in environment
+    proxy = load_config(None, environment).proxy
+    assert [(u.prefix, u.remoteurl, u.username, u.password, u.ttl) for u in proxy.upstreams] == [
+        ("docker.io/", "https://registry-1.docker.io", "hub", "0123", 300.0),
+        ("ghcr.io/", "https://ghcr.io", None, None, 3600.0),
+    ]
+    assert proxy.inlinelimit == 64 << 20

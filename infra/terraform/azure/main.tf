@@ -110,7 +110,7 @@ locals {
     # notifications.eventgrid: the topic below, no key (the app's identity sends)
     REGISTRY_NOTIFICATIONS_EVENTGRID_ENDPOINT = azurerm_eventgrid_topic.notifications[0].endpoint
     REGISTRY_NOTIFICATIONS_EVENTGRID_SCHEMA   = var.eventgrid_schema
-  } : {}, var.extra_app_settings)
+  } : {}, local.proxy_settings, var.extra_app_settings)
 }
 
 resource "azurerm_linux_function_app" "stratus" {
