@@ -6,7 +6,8 @@ into, and on a VM whose memory the hypervisor backs on first touch that copy ran
 staging buffer at 1-2 GB/s for ~0.05 s of CPU. A push also no longer evicts blobs
 that pulls are being served from. The price: the first read of a new blob comes
 from disk, not from the cache (storage.filesystem.directwrites: false writes
-through the cache instead).
+through the cache instead), so the writer asks the kernel to read each piece
+back into the cache as soon as it is on disk (see prefetch).
 """
 from __future__ import annotations
 
@@ -22,6 +23,33 @@ from .writer import CachedFileWriter
 
 DIRECT_ALIGN = 4096  # offsets, lengths and buffer addresses; covers 512 B and 4 KiB sectors
 OPEN_FLAGS = os.O_RDWR | getattr(os, "O_CLOEXEC", 0)
+# One POSIX_FADV_WILLNEED reads at most max(the device's readahead, its largest
+# request) into the cache (Linux's force_page_cache_ra), so a 256 MiB range asked in
+# one call got 8 MiB cached here; 512 KiB is at most that on common block devices.
+_PREFETCH_WINDOW = 512 << 10
+
+
+def prefetch(fd: int, offset: int, length: int) -> None:
+    """Start reading [offset, offset+length) of the file into the page cache; returns
+    before the reads finish.
+
+    A blob written with O_DIRECT is not in the cache, and the first pull of it
+    then allocated every page while serving it: 0.35-0.42x the reference's first
+    pull, which found the blob cached by its own write. Read back right after it is
+    written, a 256 MiB blob cost ~50 ms (~40 ms of CPU) and was all cached before
+    the push ended, against 0.3-0.6 s of CPU to write it through the cache. Only an
+    optimization: where the kernel refuses, the first pull reads from disk.
+    """
+    fadvise = getattr(os, "posix_fadvise", None)
+    if fadvise is None:
+        return
+    end = offset + length
+    try:
+        while offset < end:
+            fadvise(fd, offset, min(_PREFETCH_WINDOW, end - offset), os.POSIX_FADV_WILLNEED)
+            offset += _PREFETCH_WINDOW
+    except OSError:
+        pass
 
 
 def enable_direct(fd: int) -> bool:
@@ -66,7 +94,7 @@ class DirectFileWriter(CachedFileWriter):
         """Copy as much of view as fits into staging; returns how much."""
         if self._staging is None:
             self._staging = staging.take()
-        taken = min(len(view), staging.PIECE - self._staged)
+        taken = min(len(view), len(self._staging) - self._staged)
         self._staging[self._staged:self._staged + taken] = view[:taken]
         self._staged += taken
         return taken
@@ -79,15 +107,17 @@ class DirectFileWriter(CachedFileWriter):
                 taken = self._stage(view)
                 view = view[taken:]
                 self._size += taken
-                if self._staged == staging.PIECE:
-                    self._write_staged(staging.PIECE)
-                    self._block += staging.PIECE
+                if self._staging is not None and self._staged == len(self._staging):
+                    self._write_staged(self._staged)
+                    self._block += self._staged
                     self._staged = 0
         return len(data)
 
     def _write_staged(self, end: int, start: int = 0) -> None:
-        """Write staging[start:end] at its place in the file: directly while it can."""
+        """Write staging[start:end] at its place in the file (directly while it can),
+        then have it read back into the page cache for the first pull."""
         assert self._staging is not None
+        first = start
         with memoryview(self._staging) as staged:
             while start < end:
                 try:
@@ -102,6 +132,7 @@ class DirectFileWriter(CachedFileWriter):
                 start += written
                 if self._direct and start % DIRECT_ALIGN:
                     self._through_cache()  # a short write left an unaligned offset
+        prefetch(self._fd, self._block + first, end - first)  # cached parts cost nothing
 
     def _through_cache(self) -> None:
         _disable_direct(self._fd)
