@@ -87,6 +87,12 @@ class Flights:
         event.set()
 
 
+# One for the whole process, not one per registry: an adapter that builds its api lazily
+# may build several under concurrent first requests (all over the same storage), and
+# they must still share fetches. A digest names the same bytes in every storage.
+FLIGHTS = Flights()
+
+
 class Mirror:
     """One upstream and the repositories it serves."""
 
@@ -114,7 +120,7 @@ class Proxies:
 
     def __init__(self, upstreams: list[ProxyUpstream]):
         self.mirrors = sorted((Mirror(u) for u in upstreams), key=lambda m: len(m.prefix), reverse=True)
-        self.flights = Flights()
+        self.flights = FLIGHTS
 
     def mirror_for(self, name: str) -> Optional[Mirror]:
         for mirror in self.mirrors:
