@@ -79,6 +79,12 @@ def fetch_secret(name: str) -> str:
     return _secrets[name]
 
 
+def forget_secret(name: str) -> None:
+    """Read the secret again when next asked (it was found rotated)."""
+    with _secrets_lock:
+        _secrets.pop(name, None)
+
+
 def _fetch(name: str) -> str:
     import boto3  # the Lambda runtime has it; only a configured parameter pays the import
 

@@ -511,3 +511,30 @@ def test_a_configured_password_wins_over_the_parameter(aws_role, auth_server, mo
     cache.set_descriptor(CTX, blob, BlobDescriptor(blob, 5))
     assert cache.stat(CTX, blob).size == 5
     assert aws_runtime._secrets == {}
+
+
+def test_a_rotated_auth_token_is_read_again(aws_role, auth_server, monkeypatch):
+    """The operator rotates the token (SSM first, then Redis, as with ElastiCache's
+    ROTATE then SET): the cached token is refused once, the cache is out for one
+    cooldown, then the parameter is read again and Redis is back."""
+    from chalicelib.cache.redis import address, forget_password
+
+    ssm = aws_role.client("ssm")
+    name = f"/stratus/test/redis-auth-token-rotated-{time.time_ns()}"
+    ssm.put_parameter(Name=name, Value=auth_server.password, Type="SecureString")
+    monkeypatch.setenv("STRATUS_REDIS_PASSWORD_PARAMETER", name)
+    config = RedisConfig(addr=auth_server.addr)
+    clock = ManualClock()
+    cache = RedisBlobDescriptorCache(connector=lambda: connect(config), address=address(config), cooldown=0.5,
+                                     clock=clock, on_auth_failure=lambda: forget_password(config))
+    blob = d("rotated")
+    cache.set_descriptor(CTX, blob, BlobDescriptor(blob, 9))
+    rotated = f"rotated-{time.time_ns()}"
+    ssm.put_parameter(Name=name, Value=rotated, Type="SecureString", Overwrite=True)
+    admin = auth_server.client()
+    admin.config_set("requirepass", rotated)
+    admin.client_kill_filter(_type="normal", skipme=True)  # the pooled connection goes: it reconnects
+    with pytest.raises(CacheUnavailableError, match="(?i)auth|password"):
+        cache.stat(CTX, blob)
+    clock.advance(0.6)
+    assert cache.stat(CTX, blob).size == 9

@@ -112,6 +112,14 @@ def password(config: RedisConfig) -> Optional[str]:
     return aws_runtime.fetch_secret(parameter) if parameter else None
 
 
+def forget_password(config: RedisConfig) -> None:
+    """After Redis refused the token: read the parameter again when next connecting
+    (the token was rotated; a configured redis.password cannot change)."""
+    parameter = aws_runtime.redis_password_parameter()
+    if parameter and not config.password:
+        aws_runtime.forget_secret(parameter)
+
+
 def connect(config: RedisConfig) -> redis.Redis:
     """A client over its own connection pool; connections are made on first use.
 
@@ -184,13 +192,17 @@ class RedisBlobDescriptorCache:
         *,
         connector: Optional[Callable[[], redis.Redis]] = None,
         address: Optional[str] = None,
+        on_auth_failure: Optional[Callable[[], None]] = None,
     ):
         """A client, or a connector building one on the first call (then `address`
-        names the server in logs until the client exists)."""
+        names the server in logs until the client exists). After Redis refuses the
+        connector's credentials, `on_auth_failure` runs and the next call (after the
+        cooldown) builds a new client: a rotated AUTH token is read again."""
         if (client is None) == (connector is None):
             raise ValueError("give a client or a connector")
         self._client = client
         self._connector = connector
+        self._on_auth_failure = on_auth_failure
         self.global_ttl = global_ttl
         self.repository_ttl = repository_ttl
         self._cooldown = cooldown
@@ -230,7 +242,8 @@ class RedisBlobDescriptorCache:
         with _shared_lock:
             cache = _shared.get(key)
             if cache is None:
-                cache = _shared[key] = cls(connector=lambda: connect(config), address=address(config))
+                cache = _shared[key] = cls(connector=lambda: connect(config), address=address(config),
+                                           on_auth_failure=lambda: forget_password(config))
                 log.info(
                     "blob descriptor cache: redis at %s (db %d, tls %s)", cache.address, config.db, config.tls
                 )
@@ -292,6 +305,8 @@ class RedisBlobDescriptorCache:
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             if not str(exc).startswith("No connection available"):  # a busy pool is not an outage
                 self._mark_down()
+            if isinstance(exc, redis.AuthenticationError):
+                self._drop_client(client)
             raise CacheUnavailableError(f"redis at {self.address}: {exc}") from exc
         except redis.RedisError as exc:  # OOM, READONLY, LOADING, a key of the wrong type
             raise CacheUnavailableError(f"redis at {self.address}: {exc}") from exc
@@ -301,6 +316,18 @@ class RedisBlobDescriptorCache:
             if was_down:
                 self._recovered_log("redis at %s reachable again; descriptors served from it", self.address)
         return result
+
+    def _drop_client(self, client: redis.Redis) -> None:
+        """Credentials refused: a client this provider built is built again, with the
+        token read again (a given client is kept: nothing could rebuild it)."""
+        if self._connector is None:
+            return
+        with self._connect_lock:
+            if self._client is client:
+                self._client = None
+                if self._on_auth_failure is not None:
+                    self._on_auth_failure()
+        client.connection_pool.disconnect()
 
     def _mark_down(self) -> None:
         with self._lock:
