@@ -343,3 +343,101 @@ def test_podman_pulls_through_cold_and_with_the_upstream_stopped(images: Path, t
         host = url.split("://", 1)[1]
         podman("pull", "--quiet", "--tls-verify=false", f"{host}/team/app:v1")
         assert manifest in podman("image", "inspect", "--format", "{{.Digest}}", f"{host}/team/app:v1")
+
+
+def test_anonymous_bearer_tokens_when_no_credentials_are_configured(tmp_path: Path) -> None:
+    """As docker meets Docker Hub: a token from the realm without credentials, for pull."""
+    issuer = TokenIssuer(users={USER: (PASSWORD, {"*": ["pull", "push"]}), None: ("", {"*": ["pull"]})})
+    with issuer.serve() as realm:
+        bundle, _ = issuer.write_trust(tmp_path)
+        auth = {"token": {"realm": realm, "service": issuer.service, "issuer": issuer.issuer,
+                          "rootcertbundle": str(bundle)}}
+        with reference_upstream(tmp_path / "upstream", auth) as upstream:
+            digest, body = put_manifest(upstream.url, "public/app", "v1", [b"public layer"],
+                                        auth=TokenAuth(realm, issuer.service, USER, PASSWORD))
+            with mirror(tmp_path, proxy_env(upstream)) as url:
+                assert manifest_digest(url, "public/app", "v1") == digest
+                layer = json.loads(body)["layers"][0]["digest"]
+                assert requests.get(f"{url}/v2/public/app/blobs/{layer}", timeout=30).content == b"public layer"
+
+
+class TokenAuth(requests.auth.AuthBase):
+    """A pusher's bearer token for the whole repository, fetched once from the realm."""
+
+    def __init__(self, realm: str, service: str, user: str, password: str):
+        self.realm, self.service, self.credentials = realm, service, (user, password)
+        self.tokens: dict[str, str] = {}
+
+    def __call__(self, request):
+        name = request.path_url.split("/v2/", 1)[1].split("/blobs/")[0].split("/manifests/")[0]
+        if name not in self.tokens:
+            reply = requests.get(self.realm, params={"service": self.service, "scope": f"repository:{name}:pull,push"},
+                                 auth=self.credentials, timeout=10)
+            self.tokens[name] = reply.json()["token"]
+        request.headers["Authorization"] = f"Bearer {self.tokens[name]}"
+        return request
+
+
+def test_tokens_are_kept_per_scope_until_they_expire(tmp_path: Path, monkeypatch) -> None:
+    from chalicelib.registry.proxy import upstream as upstream_module
+
+    issuer = TokenIssuer(users={USER: (PASSWORD, {"*": ["pull", "push"]})})
+    with issuer.serve() as realm:
+        bundle, _ = issuer.write_trust(tmp_path)
+        auth = {"token": {"realm": realm, "service": issuer.service, "issuer": issuer.issuer,
+                          "rootcertbundle": str(bundle)}}
+        with reference_upstream(tmp_path / "upstream", auth) as upstream:
+            client = upstream_module.Upstream(upstream.url, USER, PASSWORD)
+            challenged = upstream.statuses(401)  # the fixture's own readiness check
+            fetched: list[str] = []
+            real_fetch = client._fetch_token
+
+            def counting(challenge, scope):
+                fetched.append(scope)
+                return real_fetch(challenge, scope)
+
+            monkeypatch.setattr(client, "_fetch_token", counting)
+            a, b = upstream_module.pull_scope("team/a"), upstream_module.pull_scope("team/b")
+            for _ in range(3):
+                assert client.request("GET", "/v2/team/a/tags/list", a).status in (200, 404)
+            assert client.request("GET", "/v2/team/b/tags/list", b).status in (200, 404)
+            assert fetched == [a, b]  # one token per scope, reused
+            assert upstream.statuses(401) == challenged + 1  # only the first request met a challenge
+            # the issuer said expires_in 300: a token is renewed 10 s before that
+            token, renew_at = client._tokens[a]
+            monkeypatch.setattr(upstream_module.time, "monotonic", lambda: renew_at + 1)
+            assert client.request("GET", "/v2/team/a/tags/list", a).status in (200, 404)
+            assert fetched == [a, b, a] and client._tokens[a][0] != token
+
+
+def test_a_blob_cached_for_one_repository_is_linked_to_another_only_if_its_upstream_has_it(
+        tmp_path: Path) -> None:
+    with reference_upstream(tmp_path / "upstream") as upstream:
+        shared = put_blob(upstream.url, "team/a", b"shared layer")
+        put_blob(upstream.url, "team/b", b"shared layer")
+        private = put_blob(upstream.url, "team/a", b"only in a")
+        with mirror(tmp_path, proxy_env(upstream)) as url:
+            for digest in (shared, private):
+                assert requests.get(f"{url}/v2/team/a/blobs/{digest}", timeout=30).status_code == 200
+            # team/b's upstream has `shared`: linked from our copy, not fetched again
+            assert requests.get(f"{url}/v2/team/b/blobs/{shared}", timeout=30).content == b"shared layer"
+            assert upstream.blob_gets(shared) == 1
+            # ...but not `private`: knowing a digest opens nothing
+            response = requests.get(f"{url}/v2/team/c/blobs/{private}", timeout=30)
+            assert response.status_code == 404 and response.json()["errors"][0]["code"] == "BLOB_UNKNOWN"
+            # team/c's upstream was asked (a HEAD) and has nothing: nothing fetched or linked
+            assert len(upstream.requests("HEAD", f"/v2/team/c/blobs/{private}")) == 1
+            assert upstream.blob_gets(private) == 1
+            assert not (tmp_path / "stratus/data/docker/registry/v2/repositories/team/c").exists()
+
+
+def test_head_of_an_uncached_blob_asks_upstream_and_stores_nothing(tmp_path: Path) -> None:
+    with reference_upstream(tmp_path / "upstream") as upstream:
+        digest = put_blob(upstream.url, "team/app", b"x" * 1000)
+        with mirror(tmp_path, proxy_env(upstream)) as url:
+            response = requests.head(f"{url}/v2/team/app/blobs/{digest}", timeout=30)
+            assert response.status_code == 200
+            assert response.headers["Content-Length"] == "1000"
+            assert response.headers["Docker-Content-Digest"] == digest
+            assert upstream.blob_gets(digest) == 0
+            assert not (tmp_path / "stratus/data/docker/registry/v2/blobs/sha256" / digest[7:9]).exists()
