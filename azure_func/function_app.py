@@ -26,7 +26,7 @@ try:
 except ImportError:  # running from a checkout: the library lives one level up
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from chalicelib.azurefunctions import FunctionsRegistry  # noqa: E402
+from chalicelib.adapters.azurefunctions import FunctionsRegistry  # noqa: E402
 
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 

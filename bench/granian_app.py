@@ -5,6 +5,6 @@ Only bench.compare_servers uses it, to measure granian against the server
 """
 from chalicelib.bootstrap import build_api
 from chalicelib.config import load_config
-from chalicelib.server import wsgi_app
+from chalicelib.adapters.server import wsgi_app
 
 app = wsgi_app(build_api(load_config()))

@@ -1,8 +1,8 @@
-"""The Stratus ASGI app (chalicelib/asgi.py) for granian (`granian --interface asgi
+"""The Stratus ASGI app (chalicelib/adapters/asgi.py) for granian (`granian --interface asgi
 bench.granian_asgi_app:app`): only bench.availability uses it, to measure granian
 as the ASGI host against uvicorn; configuration comes from REGISTRY_* as for `stratus serve`.
 """
-from chalicelib.asgi import ASGIApp, Limits
+from chalicelib.adapters.asgi import ASGIApp, Limits
 from chalicelib.bootstrap import build_api
 from chalicelib.config import load_config
 

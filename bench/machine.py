@@ -55,7 +55,7 @@ def _commit() -> str:
 
 def _server() -> str:
     """What `stratus serve` runs on here (STRATUS_SERVER, else the default)."""
-    from chalicelib.server import DEFAULT_WORKERS, SERVERS
+    from chalicelib.adapters.server import DEFAULT_WORKERS, SERVERS
 
     name = (os.environ.get("STRATUS_SERVER") or SERVERS[0]).strip().lower()
     workers = os.environ.get("STRATUS_WORKERS") or DEFAULT_WORKERS.get(name, "?")

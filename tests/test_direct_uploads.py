@@ -608,17 +608,16 @@ def test_filesystem_driver_cannot_offer_it(tmp_path: Path) -> None:
 
 
 def test_on_by_default_on_lambda_and_functions_only(monkeypatch) -> None:
-    from chalicelib.azurefunctions import with_platform_limits
-    from chalicelib.bootstrap import direct_upload_options
+    from chalicelib.bootstrap import direct_upload_options, functions_platform
     from chalicelib.config import config_from_mapping
 
     default = config_from_mapping({})
     off = config_from_mapping({"storage": {"directupload": {"enabled": False}}})
     monkeypatch.delenv("AWS_LAMBDA_FUNCTION_NAME", raising=False)
     assert direct_upload_options(default) is None  # stratus serve
-    functions = direct_upload_options(with_platform_limits(default, {}))
+    functions = direct_upload_options(functions_platform({}).apply(default))
     assert functions is not None and functions.part_size == 16 * MiB
-    assert direct_upload_options(with_platform_limits(off, {})) is None
+    assert direct_upload_options(functions_platform({}).apply(off)) is None
     monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "stratus")
     assert direct_upload_options(default) is not None
     assert direct_upload_options(off) is None

@@ -56,8 +56,8 @@ def last_record(gw: LambdaGateway):
 @pytest.mark.parametrize("mode, stage, in_path", [("rest", "api", False), ("rest", "api", True),
                                                   ("http", "$default", False), ("http", "dev", True)])
 def test_an_event_reads_back_as_the_request_the_client_sent(mode, stage, in_path) -> None:
-    """The app's own adapter (chalicelib.apigateway) finds in the event what was sent."""
-    from chalicelib.apigateway import request_from_event
+    """The app's own adapter (chalicelib.adapters.apigateway) finds in the event what was sent."""
+    from chalicelib.adapters.apigateway import request_from_event
 
     prefix = f"/{stage}" if in_path else ""
     body = bytes(range(256)) * 3

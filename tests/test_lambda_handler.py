@@ -253,7 +253,7 @@ assert not loaded, loaded
 
 @pytest.mark.parametrize("make_event", ["http_api_event", "rest_api_event"])
 def test_the_client_address_comes_from_either_payload_version(make_event: str) -> None:
-    from chalicelib.apigateway import request_from_event
+    from chalicelib.adapters.apigateway import request_from_event
     from tests import lambda_events
 
     request = request_from_event(getattr(lambda_events, make_event)("GET", "/v2/"))

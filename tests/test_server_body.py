@@ -163,7 +163,7 @@ def test_only_files_with_a_descriptor_go_to_the_servers_file_wrapper(tmp_path) -
     import io
 
     from chalicelib.api import FileBody, Response
-    from chalicelib.server import wsgi_app
+    from chalicelib.adapters.server import wsgi_app
 
     class Api:
         def __init__(self, file):

@@ -8,7 +8,7 @@ import pytest
 
 pytest.register_assert_rewrite("tests.storage_suite")
 
-from chalicelib import server  # noqa: E402
+from chalicelib.adapters import server  # noqa: E402
 from chalicelib.context import Context  # noqa: E402
 from chalicelib.storage import create_driver  # noqa: E402
 from chalicelib.storage.s3 import S3Driver, from_parameters  # noqa: E402

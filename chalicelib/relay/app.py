@@ -1,7 +1,7 @@
 """The relay's request handling: validate, forward, and carry blob uploads.
 
 `Relay.handle` has the api's shape (Request in, Response out), so the self-hosted
-server's WSGI adapter and servers (chalicelib/server.py) serve it unchanged.
+server's WSGI adapter and servers (chalicelib/adapters/server.py) serve it unchanged.
 
 Every request goes to the upstream with the client's credentials; what comes back
 goes to the client with Locations into the upstream pointed at the relay. Upload

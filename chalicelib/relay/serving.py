@@ -1,6 +1,6 @@
 """Serving the relay over HTTP: granian running the registry's WSGI adapter.
 
-chalicelib/server.py's `wsgi_app` turns WSGI into the api's Request/Response, which
+chalicelib/adapters/server.py's `wsgi_app` turns WSGI into the api's Request/Response, which
 the relay speaks, so the relay reuses it. The relay picks granian itself rather than
 going through `serve()`: a relay must forward repeated headers (skopeo and docker send
 one Accept line per manifest type) and a WSGI server joins them into one value, as
@@ -14,7 +14,7 @@ from typing import Callable, Optional
 
 # server's own guard: granian starts each environ from os.environ, so an HTTP_PROXY of the
 # relay's environment would otherwise be forwarded upstream as a request header
-from ..server import _without_process_headers, wsgi_app
+from ..adapters.server import _without_process_headers, wsgi_app
 
 log = logging.getLogger("stratus.relay")
 

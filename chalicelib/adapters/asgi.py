@@ -28,9 +28,9 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from .api import FileBody, Headers, RegistryAPI, Request, Response
-from .api.errors import error_response
-from .api.http import parse_query
+from ..api import FileBody, Headers, RegistryAPI, Request, Response
+from ..api.errors import error_response
+from ..api.http import parse_query
 
 log = logging.getLogger("stratus.server")
 

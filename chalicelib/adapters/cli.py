@@ -1,36 +1,44 @@
-"""The `stratus` command: serve, and maintenance tasks over the configured storage."""
+"""The `stratus` command: serve, and maintenance tasks over the configured storage.
+
+Each command loads the process's owner (bootstrap.Stratus) and turns its arguments
+into calls on it; a configuration error ends the command with the key named."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 
-def _load(path: Optional[str]):
-    from .config import ConfigError, load_config
+def _load(path: Optional[str]) -> Any:
+    """The Stratus of the configuration at path (else $REGISTRY_CONFIGURATION_PATH)."""
+    from ..bootstrap import Stratus
+    from ..config import ConfigError
 
     try:
-        return load_config(path)
+        return Stratus.load(path)
     except ConfigError as exc:
         sys.exit(f"stratus: configuration error: {exc}")
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from .bootstrap import build_api, configure_logging
-    from .debug_server import start_debug_server
-    from .server import serve, start_upload_purger
+    from ..config import CONFIG_PATH_ENV
+    from ..debug_server import start_debug_server
+    from .server import serve
 
-    config = _load(args.config)
-    configure_logging(config)
+    if args.config:
+        # a server that spawns its workers (granian under Python 3.14's default start
+        # method) has them load the configuration again: from the same file
+        os.environ[CONFIG_PATH_ENV] = os.path.abspath(args.config)
+    owner = _load(args.config)
+    config = owner.config
     addr = args.addr or config.http.addr
     try:
-        api = build_api(config)
+        api = owner.api
     except ValueError as exc:  # driver and auth parameters are checked here (ConfigError is one)
         sys.exit(f"stratus: configuration error: {exc}")
     api = start_debug_server(config, api)  # health checks, http.debug.addr (/debug/health, /metrics)
-    purging = config.storage.upload_purging
-    if purging.enabled and not config.storage.readonly:
-        start_upload_purger(api.registry.driver, purging.age, purging.interval, purging.dryrun)
+    owner.start_upload_purger()
     try:
         serve(api, addr, workers=args.workers, http=config.http, accesslog_disabled=config.log.accesslog_disabled)
     except ValueError as exc:  # http.tls files that do not load, a TLS setting the server cannot apply
@@ -39,22 +47,16 @@ def cmd_serve(args: argparse.Namespace) -> None:
         sys.exit(f"stratus: cannot listen on {addr}: {exc.strerror or exc}")
 
 
-def _driver(config):
-    from .storage import create_driver
-
-    return create_driver(config.storage.driver, config.storage.parameters)
-
-
 def cmd_purge_uploads(args: argparse.Namespace) -> None:
     from datetime import timedelta
 
-    from .config import parse_duration
-    from .context import background
-    from .registry.maintenance import purge_uploads
+    from ..config import parse_duration
+    from ..context import background
+    from ..registry.maintenance import purge_uploads
 
-    config = _load(args.config)
-    age = parse_duration(args.age) if args.age else config.storage.upload_purging.age
-    removed = purge_uploads(background(), _driver(config), timedelta(seconds=age), dry_run=args.dry_run)
+    owner = _load(args.config)
+    age = parse_duration(args.age) if args.age else owner.config.storage.upload_purging.age
+    removed = purge_uploads(background(), owner.storage()[0], timedelta(seconds=age), dry_run=args.dry_run)
     for path in removed:
         print(path)
     print(f"{len(removed)} upload(s) {'would be ' if args.dry_run else ''}removed", file=sys.stderr)
@@ -62,7 +64,7 @@ def cmd_purge_uploads(args: argparse.Namespace) -> None:
 
 def _gc_grace(args: argparse.Namespace, config) -> float:
     """--grace, else storage.maintenance.gc.graceperiod (default 1h)."""
-    from .config import parse_duration
+    from ..config import parse_duration
 
     if args.grace is None:
         return config.storage.gc_graceperiod
@@ -77,7 +79,7 @@ def _gc_grace(args: argparse.Namespace, config) -> float:
 
 def _gc_budget(args: argparse.Namespace):
     """--budget: stop after this long and save progress (the scheduled functions' way)."""
-    from .config import parse_duration
+    from ..config import parse_duration
 
     if args.budget is None:
         return None
@@ -91,21 +93,22 @@ def _gc_budget(args: argparse.Namespace):
 
 
 def cmd_gc(args: argparse.Namespace) -> None:
-    from .bootstrap import build_cache
-    from .context import background
-    from .registry.maintenance import CHECKPOINT, GCError, collect_garbage, recover
+    from ..context import background
+    from ..registry.maintenance import CHECKPOINT, GCError, collect_garbage, recover
 
-    config = _load(args.config)
+    owner = _load(args.config)
+    config = owner.config
+    driver, cache = owner.storage()
     if args.recover:
-        restored = recover(background(), _driver(config))
+        restored = recover(background(), driver)
         for digest in restored:
             print(f"blob put back: {digest}")
         print(f"{len(restored)} blob(s) put back", file=sys.stderr)
         return
     try:
         report = collect_garbage(
-            background(), _driver(config), dry_run=args.dry_run, remove_untagged=args.delete_untagged,
-            cache=build_cache(config), grace=_gc_grace(args, config),
+            background(), driver, dry_run=args.dry_run, remove_untagged=args.delete_untagged,
+            cache=cache, grace=_gc_grace(args, config),
             retention=() if args.no_retention else config.storage.retention,
             immutable=config.storage.tag_immutable, budget=_gc_budget(args),
         )
@@ -159,7 +162,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         "--no-retention", action="store_true", help="ignore storage.maintenance.retention.policies this run"
     )
     gc.set_defaults(func=cmd_gc)
-    from .relay.cli import add_relay_command
+    from ..relay.cli import add_relay_command
 
     add_relay_command(commands)
     args = parser.parse_args(argv)

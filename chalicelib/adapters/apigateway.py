@@ -10,8 +10,8 @@ import base64
 import io
 from typing import Any, Mapping, Optional
 
-from .api import Headers, Request, Response
-from .api.http import parse_query
+from ..api import Headers, Request, Response
+from ..api.http import parse_query
 
 Event = Mapping[str, Any]
 

@@ -10,12 +10,12 @@ may stream (request_from_stream / response_to_stream), so a layer of up to the
 host's limit passes through in bounded memory.
 The host refuses request bodies over its limit (100 MB unless the app setting
 FUNCTIONS_REQUEST_BODY_SIZE_LIMIT raises it), so the api advertises that as
-OCI-Chunk-Max-Length and answers a longer chunk with SIZE_INVALID.
+OCI-Chunk-Max-Length and answers a longer chunk with SIZE_INVALID (the platform
+policy: bootstrap.functions_platform).
 """
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import io
 import logging
 import os
@@ -23,39 +23,10 @@ import threading
 from typing import Any, AsyncIterator, Iterator, Mapping, Optional
 from urllib.parse import unquote, urlsplit
 
-from .api import Headers, RegistryAPI, Request, Response
-from .api.http import FileBody, parse_query
-from .config import Config
+from ..api import Headers, Request, Response
+from ..api.http import FileBody, parse_query
 
 log = logging.getLogger("stratus.azurefunctions")
-
-DEFAULT_BODY_LIMIT = 104_857_600  # the Functions host's request body limit: 100 MB
-BODY_LIMIT_SETTING = "FUNCTIONS_REQUEST_BODY_SIZE_LIMIT"
-
-
-def body_limit(environ: Mapping[str, str] = os.environ) -> int:
-    """The largest request body the host lets through, as this app is configured."""
-    text = environ.get(BODY_LIMIT_SETTING, "").strip()
-    if text.isdigit() and int(text) > 0:
-        return int(text)
-    return DEFAULT_BODY_LIMIT
-
-
-def with_platform_limits(config: Config, environ: Mapping[str, str] = os.environ) -> Config:
-    """config with http.chunkmaxlength no larger than a request the host accepts, and
-    direct-to-storage uploads on unless storage.directupload.enabled says otherwise."""
-    direct = config.storage.directupload
-    if direct.enabled is None:
-        storage = dataclasses.replace(config.storage, directupload=dataclasses.replace(direct, enabled=True))
-        config = dataclasses.replace(config, storage=storage)
-    limit = body_limit(environ)
-    configured = config.http.chunk_max_length
-    if configured is not None and configured <= limit:
-        return config
-    if configured is not None:
-        log.warning("http.chunkmaxlength %d exceeds the Functions request limit; using %d", configured, limit)
-    http = dataclasses.replace(config.http, chunk_max_length=limit)
-    return dataclasses.replace(config, http=http)
 
 
 def request_from_functions(req: Any) -> Request:
@@ -202,46 +173,38 @@ def response_to_stream(response: Response, method: str) -> Any:
     return out
 
 
-GC_BUDGET = 480.0  # seconds of gc per timer tick: 8 of host.json's 10-minute functionTimeout
-
-
 class FunctionsRegistry:
-    """The registry api for one Functions worker process, built on its first request.
+    """One Functions worker process's registry: a bootstrap.Stratus on the Functions
+    platform, loaded by the first request or timer, and the translation of requests.
 
-    Building lazily keeps the cold start of the worker's indexing short and lets a
+    Loading lazily keeps the cold start of the worker's indexing short and lets a
     configuration error surface as a logged 500 on the request instead of a host
     that will not start.
     """
 
     def __init__(self, environ: Optional[Mapping[str, str]] = None):
         self._environ = environ
-        self._api: Optional[RegistryAPI] = None
-        self._config: Optional[Config] = None
+        self._owner: Any = None
         self._lock = threading.Lock()
 
     @property
-    def api(self) -> RegistryAPI:
-        if self._api is None:
+    def owner(self) -> Any:
+        if self._owner is None:
             with self._lock:
-                if self._api is None:
-                    self._api = self._build()
-        return self._api
+                if self._owner is None:
+                    from ..bootstrap import Stratus, functions_platform
+
+                    environ = os.environ if self._environ is None else self._environ
+                    self._owner = Stratus.load(platform=functions_platform(environ), environ=environ)
+        return self._owner
 
     @property
-    def config(self) -> Config:
-        """The configuration, read once per worker process (the api and the timer share it)."""
-        if self._config is None:
-            from .config import load_config
+    def api(self) -> Any:
+        return self.owner.api
 
-            environ = os.environ if self._environ is None else self._environ
-            self._config = with_platform_limits(load_config(environ=environ), environ)
-        return self._config
-
-    def _build(self) -> RegistryAPI:
-        from .bootstrap import build_api, configure_logging
-
-        configure_logging(self.config)
-        return build_api(self.config)
+    @property
+    def config(self) -> Any:
+        return self.owner.config
 
     def handle(self, req: Any) -> Any:
         """Classic: an azure.functions.HttpRequest in, an HttpResponse out."""
@@ -258,30 +221,10 @@ class FunctionsRegistry:
         return response_to_stream(response, request.method)
 
     def purge_uploads(self) -> list[str]:
-        """Remove uploads older than storage.maintenance.uploadpurging.age (timer trigger)."""
-        from datetime import timedelta
+        """The timer's purge (bootstrap.Stratus.purge_uploads): the paths removed."""
+        return self.owner.purge_uploads()["purged"]
 
-        from .context import background
-        from .registry.maintenance import purge_uploads
-
-        storage = self.config.storage
-        purging = storage.upload_purging
-        if not purging.enabled or storage.readonly:
-            return []
-        driver = self.api.registry.driver
-        return purge_uploads(background(), driver, timedelta(seconds=purging.age), dry_run=purging.dryrun)
-
-    def collect_garbage(self, budget: Optional[float] = None) -> dict:
-        """One scheduled gc invocation (timer trigger): continue the run _gc/checkpoint
-        holds, or start one once storage.maintenance.gc.interval has passed
-        (registry.maintenance.scheduled_gc). It works for `budget` seconds, else
-        storage.maintenance.gc.budget, else GC_BUDGET (host.json's functionTimeout is
-        10 minutes), then saves its progress for the next tick."""
-        from .context import background
-        from .registry.maintenance import scheduled_gc
-
-        storage = self.config.storage
-        if budget is None:
-            budget = storage.gc_budget if storage.gc_budget is not None else GC_BUDGET
-        registry = self.api.registry
-        return scheduled_gc(background(), registry.driver, storage, registry.cache, budget=budget)
+    def collect_garbage(self) -> dict:
+        """The timer's gc invocation: storage.maintenance.gc.budget, else 8 minutes of
+        host.json's 10-minute functionTimeout (bootstrap.Stratus.collect_garbage)."""
+        return self.owner.collect_garbage()

@@ -16,11 +16,11 @@ import time
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
-from .api import FileBody, Headers, RegistryAPI, Request, Response
-from .api.http import parse_query
+from ..api import FileBody, Headers, RegistryAPI, Request, Response
+from ..api.http import parse_query
 
 if TYPE_CHECKING:
-    from .config import HTTPConfig
+    from ..config import HTTPConfig
 
 log = logging.getLogger("stratus.server")
 
@@ -296,7 +296,7 @@ def serve(
 
 
 def _http_config() -> HTTPConfig:
-    from .config import load_config
+    from ..config import load_config
 
     return load_config().http
 
@@ -304,13 +304,13 @@ def _http_config() -> HTTPConfig:
 def _ssl_context(http: HTTPConfig) -> Any:
     if http.tls is None:
         return None
-    from .tls import server_context
+    from ..tls import server_context
 
     return server_context(http.tls)
 
 
 def _where(http: HTTPConfig, addr: str) -> str:
-    from .tls import describe
+    from ..tls import describe
 
     return f"{describe(http.tls)} on {'unix:' + addr if http.net == 'unix' else addr}"
 
@@ -321,7 +321,7 @@ def _serve_uvicorn(api: RegistryAPI, addr: str, workers: int, threads: int, http
     no thread waits on a client's socket, see docs/benchmarks.md for the measurements."""
     from . import server_uvicorn
     from .asgi import ASGIApp, Limits
-    from .logs import enable_access_log
+    from ..logs import enable_access_log
 
     timeouts = http.timeouts
     context = _ssl_context(http)
@@ -366,13 +366,18 @@ _APP: Optional[Callable] = None
 
 
 def _granian_app(target: str) -> Callable:
-    """granian's loader, called in each worker: the app built before forking, or
-    (where workers are spawned rather than forked) one built from the same config."""
+    """granian's loader, called in each worker: the app built before forking, or, where
+    workers are spawned rather than forked, one built again from the same configuration
+    (cli's serve left its path in REGISTRY_CONFIGURATION_PATH; REGISTRY_* and STRATUS_*
+    variables are inherited)."""
     if _APP is not None:
         return _APP
-    from .bootstrap import build_api
+    from ..bootstrap import Stratus
+    from ..logs import enable_access_log
 
-    return _without_process_headers(wsgi_app(build_api()))
+    owner = Stratus.load()
+    access = None if owner.config.log.accesslog_disabled else _access_log()
+    return _without_process_headers(wsgi_app(owner.api, None if access is None else enable_access_log(access)))
 
 
 def _without_process_headers(app: Callable) -> Callable:
@@ -395,7 +400,7 @@ def _granian_tls(http: HTTPConfig) -> dict[str, Any]:
     """granian's TLS options for http.tls, or ConfigError naming what granian cannot do."""
     from pathlib import Path
 
-    from .config import ConfigError
+    from ..config import ConfigError
 
     tls = http.tls
     if tls is None:
@@ -439,7 +444,7 @@ def _serve_granian(api: RegistryAPI, addr: str, workers: int, threads: int, http
     from granian.http import HTTP1Settings
     from granian.log import LogLevels
 
-    from .logs import enable_access_log
+    from ..logs import enable_access_log
 
     tls = _granian_tls(http)
     where: dict[str, Any] = {}
@@ -474,7 +479,7 @@ def _serve_gunicorn(api: RegistryAPI, addr: str, workers: int, threads: int, htt
     """Run gunicorn in this process with the api already built (preloaded)."""
     from gunicorn.app.base import BaseApplication
 
-    from .logs import enable_access_log
+    from ..logs import enable_access_log
 
     if http.net == "unix":
         bind = f"unix:{addr}"
@@ -514,28 +519,3 @@ def _serve_gunicorn(api: RegistryAPI, addr: str, workers: int, threads: int, htt
 
     log.info("stratus listening, %s (gunicorn, %d worker(s) x %d threads)", _where(http, addr), workers, threads)
     _Server().run()
-
-
-def start_upload_purger(driver, age: float, interval: float, dry_run: bool = False) -> None:
-    """Purge abandoned uploads in the background, first after a jittered minute or so.
-
-    The jitter keeps several replicas sharing one bucket from purging in lockstep.
-    """
-    import random
-    import threading
-    from datetime import timedelta
-
-    from .context import background
-    from .registry.maintenance import purge_uploads
-
-    def run() -> None:
-        delay = 60 + random.uniform(0, 60)
-        while True:
-            threading.Event().wait(delay)
-            try:
-                purge_uploads(background(), driver, timedelta(seconds=age), dry_run=dry_run)
-            except Exception:
-                log.exception("upload purging failed")
-            delay = interval
-
-    threading.Thread(target=run, name="upload-purger", daemon=True).start()

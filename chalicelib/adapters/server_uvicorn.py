@@ -29,7 +29,7 @@ from typing import Any, Optional
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from .api.errors import error_body
+from ..api.errors import error_body
 from .asgi import MAX_TARGET
 
 log = logging.getLogger("stratus.server")
