@@ -241,6 +241,8 @@ INCONSISTENT: dict[tuple[str, ...], tuple[str, ...]] = {
     ("redis_addr=cache.example.internal:6379",): ("redis_addr and create_redis exclude each other",),
     ("subnet_ids=[]", "http_secret_parameter=arn:aws:s3:::not-a-secret"): (
         "create_redis needs subnet_ids", "http_secret_parameter: an SSM parameter name"),
+    ("redis_password_parameter=/stratus/redis-token",): (
+        "redis_password_parameter is the token of an existing Redis",),
 }
 
 
@@ -378,7 +380,11 @@ def test_apply_creates_the_functions_with_their_environment(applied: Applied, mo
     assert env["REGISTRY_REDIS_ADDR"] == redis_addr and redis_addr.endswith(":6379")
     token = moto_s3.client("ssm").get_parameter(Name=f"/{applied.name}/redis-auth-token", WithDecryption=True)
     assert env["REGISTRY_REDIS_TLS"] == "true"
-    assert env["REGISTRY_REDIS_PASSWORD"] == token["Parameter"]["Value"] and len(token["Parameter"]["Value"]) == 64
+    # the AUTH token is named, not given: the function reads it with its role on first use
+    assert env["STRATUS_REDIS_PASSWORD_PARAMETER"] == f"/{applied.name}/redis-auth-token"
+    assert token["Parameter"]["Type"] == "SecureString" and len(token["Parameter"]["Value"]) == 64
+    assert "REGISTRY_REDIS_PASSWORD" not in env
+    assert token["Parameter"]["Value"] not in json.dumps(env)
     assert "REGISTRY_STORAGE_S3_ROOTDIRECTORY" not in env  # empty values are left out
     assert env["REGISTRY_STORAGE_DIRECTUPLOAD_VERIFYTIME"] == "20s"  # within API Gateway's 30 s
     vpc = registry["VpcConfig"]
@@ -411,11 +417,14 @@ def test_apply_grants_exactly_what_the_functions_use(applied: Applied, moto_s3: 
     doc = iam.get_role_policy(RoleName=f"{applied.name}-function", PolicyName=f"{applied.name}-registry")["PolicyDocument"]
     doc = json.loads(doc) if isinstance(doc, str) else doc
     statements = {s["Sid"]: s for s in doc["Statement"]}
-    assert set(statements) == {"Logs", "RegistryObjects", "RegistryBucket", "HttpSecret", "VpcNetworkInterfaces", "Tracing",
-                               "Notifications"}
+    assert set(statements) == {"Logs", "RegistryObjects", "RegistryBucket", "HttpSecret", "RedisAuthToken",
+                               "VpcNetworkInterfaces", "Tracing", "Notifications"}
     secret = statements["HttpSecret"]
     assert secret["Action"] == "ssm:GetParameter"
     assert secret["Resource"] == f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/{applied.name}/http-secret"
+    token = statements["RedisAuthToken"]
+    assert token["Action"] == "ssm:GetParameter"
+    assert token["Resource"] == f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/{applied.name}/redis-auth-token"
     assert statements["RegistryBucket"]["Resource"] == f"arn:aws:s3:::{applied.bucket}"
     assert "ec2:CreateNetworkInterface" in statements["VpcNetworkInterfaces"]["Action"]
 
@@ -526,6 +535,7 @@ def test_a_second_plan_keeps_the_redis_token_and_grants_a_secrets_manager_secret
     * the role may now call secretsmanager:GetSecretValue on that secret (any of its
       6-character ARN suffixes), no longer ssm:GetParameter, and the interface
       endpoint is Secrets Manager's;
+    * the Redis token stays in SSM, still granted, so SSM gets an endpoint of its own;
     * the Redis token, which a data source draws anew on every plan, stays the first
       apply's: its parameter is unchanged and the group is planned with that token.
 
@@ -546,6 +556,9 @@ def test_a_second_plan_keeps_the_redis_token_and_grants_a_secrets_manager_secret
     assert statements["HttpSecret"]["Resource"] == f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:stratus/http-??????"
     assert changes["aws_vpc_endpoint.secret[0]"]["after"]["service_name"] == f"com.amazonaws.{REGION}.secretsmanager"
     assert changes["aws_ssm_parameter.http_secret[0]"]["actions"] == ["delete"]  # no longer generated
+    assert statements["RedisAuthToken"]["Action"] == "ssm:GetParameter"
+    assert changes["aws_vpc_endpoint.redis_token[0]"]["actions"] == ["create"]
+    assert changes["aws_vpc_endpoint.redis_token[0]"]["after"]["service_name"] == f"com.amazonaws.{REGION}.ssm"
 
     assert changes["aws_ssm_parameter.redis_auth_token[0]"]["actions"] == ["no-op"]
     assert changes["aws_elasticache_replication_group.redis[0]"]["after"]["auth_token"] == token
@@ -566,8 +579,9 @@ def test_the_function_serves_with_exactly_the_environment_terraform_gave_it(
     API Gateway stand-in (HTTP API mode, as the module deploys it). Only what Lambda and
     the VPC supply is added: the role's credentials, the AWS endpoints (here moto, there
     the VPC endpoints), and the ElastiCache name resolving to a local redis-server with
-    TLS that requires the AUTH token Terraform generated. A push and a pull then go
-    through, with the descriptor cache filled over TLS + AUTH, then the OCI conformance suite."""
+    TLS that requires the AUTH token Terraform generated (which the function reads from the
+    SSM parameter its environment names). A push and a pull then go through, with the
+    descriptor cache filled over TLS + AUTH, then the OCI conformance suite."""
     from tests.lambda_gateway import lambda_gateway
     from tests.oci_conformance import run_oci_conformance
     from tests.redis_server import HAVE_REDIS, NO_REDIS, RedisServer, make_tls_files
@@ -577,7 +591,9 @@ def test_the_function_serves_with_exactly_the_environment_terraform_gave_it(
     host, port = env["REGISTRY_REDIS_ADDR"].rsplit(":", 1)
     assert host.endswith(".cache.amazonaws.com") and port == "6379"
     tls = make_tls_files(tmp_path)
-    redis = RedisServer(tmp_path, password=env["REGISTRY_REDIS_PASSWORD"], tls=tls)
+    token = moto_s3.client("ssm").get_parameter(Name=env["STRATUS_REDIS_PASSWORD_PARAMETER"],
+                                                WithDecryption=True)["Parameter"]["Value"]
+    redis = RedisServer(tmp_path, password=token, tls=tls)
     redis.start()
     try:
         supplied = {

@@ -23,7 +23,23 @@ locals {
   redis_addr = (var.create_redis
     ? "${aws_elasticache_replication_group.redis[0].primary_endpoint_address}:${aws_elasticache_replication_group.redis[0].port}"
   : var.redis_addr)
-  redis_password = var.create_redis ? aws_ssm_parameter.redis_auth_token[0].value : var.redis_password
+  # The Redis AUTH token is never in the functions' environment: they get where it is
+  # (STRATUS_REDIS_PASSWORD_PARAMETER) and read it with their role when the cache is
+  # first used. The created group's token is its SSM SecureString; an existing Redis's
+  # is redis_password_parameter (SSM, or Secrets Manager as the http secret can be).
+  redis_token_parameter = (var.create_redis ? aws_ssm_parameter.redis_auth_token[0].name
+  : var.redis_password_parameter)
+  redis_token_in_secrets_manager = can(regex("^(arn:[^:]+:secretsmanager:|secretsmanager:)", local.redis_token_parameter))
+  redis_token_service            = local.redis_token_in_secrets_manager ? "secretsmanager" : "ssm"
+  redis_token_name               = trimprefix(trimprefix(trimprefix(local.redis_token_parameter, "secretsmanager:"), "ssm:"), "/")
+  redis_token_resource = (
+    startswith(local.redis_token_parameter, "arn:") ? (
+      local.redis_token_in_secrets_manager && !can(regex("-[A-Za-z0-9]{6}$", local.redis_token_parameter))
+      ? "${local.redis_token_parameter}-??????" : local.redis_token_parameter
+    ) :
+    local.redis_token_in_secrets_manager ? "${local.arn_prefix}:secretsmanager:${var.region}:${local.account}:secret:${local.redis_token_name}-??????" :
+    "${local.arn_prefix}:ssm:${var.region}:${local.account}:parameter/${local.redis_token_name}"
+  )
 
   environment = merge({
     REGISTRY_STORAGE                      = "s3"
@@ -38,9 +54,11 @@ locals {
     # a direct upload's completion PUT answers 202 after this and the client repeats it
     REGISTRY_STORAGE_DIRECTUPLOAD_VERIFYTIME = var.direct_upload_verify_time
     }, local.redis_addr == "" ? {} : {
-    REGISTRY_REDIS_ADDR     = local.redis_addr
-    REGISTRY_REDIS_TLS      = "true"
-    REGISTRY_REDIS_PASSWORD = local.redis_password
+    REGISTRY_REDIS_ADDR              = local.redis_addr
+    REGISTRY_REDIS_TLS               = "true"
+    STRATUS_REDIS_PASSWORD_PARAMETER = local.redis_token_parameter
+    # only with an existing Redis whose token was given in plain text (redis_password)
+    REGISTRY_REDIS_PASSWORD = var.create_redis ? "" : var.redis_password
     }, var.notifications_eventbridge ? {
     # notifications.eventbridge: the bus notifications.tf creates
     REGISTRY_NOTIFICATIONS_EVENTBRIDGE_BUS    = aws_cloudwatch_event_bus.notifications[0].name
@@ -161,6 +179,14 @@ data "aws_iam_policy_document" "function" {
     sid       = "HttpSecret"
     actions   = local.secret_in_secrets_manager ? ["secretsmanager:GetSecretValue"] : ["ssm:GetParameter"]
     resources = [local.secret_resource]
+  }
+  dynamic "statement" {
+    for_each = local.redis_token_parameter == "" ? [] : [1]
+    content {
+      sid       = "RedisAuthToken"
+      actions   = local.redis_token_in_secrets_manager ? ["secretsmanager:GetSecretValue"] : ["ssm:GetParameter"]
+      resources = [local.redis_token_resource]
+    }
   }
   dynamic "statement" {
     for_each = var.kms_key_arn == "" ? [] : [var.kms_key_arn]

@@ -8,8 +8,9 @@ locals {
 
 # A token from Secrets Manager's generator (no `random` provider needed), kept in an
 # SSM SecureString: ElastiCache never returns a group's token, so the parameter is
-# where the functions' environment (REGISTRY_REDIS_PASSWORD) and operators read it.
-# Later plans draw a new token, which the parameter and the group both ignore.
+# where the functions (STRATUS_REDIS_PASSWORD_PARAMETER names it; their role may read
+# it, main.tf "RedisAuthToken") and operators read it. Later plans draw a new token,
+# which the parameter and the group both ignore.
 data "aws_secretsmanager_random_password" "redis" {
   count               = var.create_redis ? 1 : 0
   password_length     = 64
@@ -86,4 +87,18 @@ resource "aws_elasticache_replication_group" "redis" {
   lifecycle {
     ignore_changes = [auth_token]
   }
+}
+
+# In a VPC without a NAT the functions read the token through its service's interface
+# endpoint. network.tf makes the http secret's; one more when the token lives in the
+# other service (the created token is in SSM, the http secret may be in Secrets Manager).
+resource "aws_vpc_endpoint" "redis_token" {
+  count               = local.endpoints && local.redis_token_parameter != "" && local.redis_token_service != local.secret_service ? 1 : 0
+  vpc_id              = local.vpc_id
+  service_name        = "com.amazonaws.${var.region}.${local.redis_token_service}"
+  vpc_endpoint_type   = "Interface"
+  subnet_ids          = var.subnet_ids
+  security_group_ids  = [aws_security_group.endpoints[0].id]
+  private_dns_enabled = true
+  tags                = merge(var.tags, { Name = "${var.name}-${local.redis_token_service}" })
 }

@@ -151,11 +151,37 @@ variable "redis_addr" {
   }
 }
 
+variable "redis_password_parameter" {
+  description = <<-EOT
+    Where the AUTH token of the existing Redis at redis_addr is kept, if it has one: an SSM
+    parameter (SecureString) by name or ARN, or a Secrets Manager secret by ARN or as
+    `secretsmanager:<name>`. The functions read it with their role when the cache is first
+    used (STRATUS_REDIS_PASSWORD_PARAMETER); it is never in their environment. With
+    create_redis the generated token's parameter is used.
+  EOT
+  type        = string
+  default     = ""
+  validation {
+    condition = var.redis_password_parameter == "" || can(regex(
+      "^(/[A-Za-z0-9_.\\-/]+|ssm:/?[A-Za-z0-9_.\\-/]+|[A-Za-z0-9_.\\-][A-Za-z0-9_.\\-/]*|arn:[a-z-]+:ssm:[a-z0-9-]+:[0-9]{12}:parameter/.+|arn:[a-z-]+:secretsmanager:[a-z0-9-]+:[0-9]{12}:secret:.+|secretsmanager:[A-Za-z0-9/_+=.@\\-]+)$",
+    var.redis_password_parameter))
+    error_message = "redis_password_parameter: an SSM parameter name or ARN, a Secrets Manager ARN, or secretsmanager:<name>."
+  }
+  validation {
+    condition     = var.redis_password_parameter == "" || (var.redis_addr != "" && !var.create_redis)
+    error_message = "redis_password_parameter is the token of an existing Redis (redis_addr); create_redis makes its own."
+  }
+}
+
 variable "redis_password" {
-  description = "AUTH password of the existing Redis at redis_addr, if it has one."
+  description = "AUTH password of the existing Redis at redis_addr, in plain text in the functions' environment: prefer redis_password_parameter."
   type        = string
   default     = ""
   sensitive   = true
+  validation {
+    condition     = var.redis_password == "" || var.redis_password_parameter == ""
+    error_message = "redis_password and redis_password_parameter exclude each other: give the token one way."
+  }
 }
 
 # -- maintenance -------------------------------------------------------------------------------
