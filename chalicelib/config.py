@@ -314,6 +314,8 @@ class CatalogConfig:
 @dataclass
 class TracingConfig:
     xray: bool = False
+    # whether tracing.xray is set at all: unset, a Lambda function that traces is traced
+    xray_configured: bool = False
 
 
 @dataclass
@@ -1235,7 +1237,7 @@ def _catalog(section: _Section) -> CatalogConfig:
 
 def _tracing(root: _Section) -> TracingConfig:
     section = root.section("tracing")
-    config = TracingConfig(xray=_enabled(section, "xray"))
+    config = TracingConfig(xray=_enabled(section, "xray"), xray_configured=section.value("xray") is not _MISSING)
     section.warn_unknown()
     return config
 

@@ -36,13 +36,10 @@ _EXPECTED = ("PathNotFoundError", "DescriptorNotCachedError", "BlobUnknownError"
 def wanted(config: Any, environ: Optional[Mapping[str, str]] = None) -> bool:
     """Whether to trace: configured, or on a Lambda function that traces."""
     environ = os.environ if environ is None else environ
-    if config.tracing.xray:
-        return True
-    raw = (config.raw or {}).get("tracing")
-    explicitly_off = isinstance(raw, Mapping) and raw.get("xray") is False
+    if config.tracing.xray_configured:
+        return config.tracing.xray
     return (
-        not explicitly_off
-        and aws_runtime.on_lambda(environ)
+        aws_runtime.on_lambda(environ)
         and bool(environ.get("AWS_XRAY_DAEMON_ADDRESS"))
         and aws_runtime.TRACE_HEADER_ENV in environ
     )
