@@ -110,6 +110,10 @@ class ColdRequest:
     import_ms: list[float] = field(default_factory=list)
     sdks: list[str] = field(default_factory=list)
     modules: list[str] = field(default_factory=list)  # top-level packages in sys.modules after it
+    # ms spent importing, by top-level package (-X importtime: the imports not made by
+    # another import, so nothing is counted twice); what is left is the handler's own
+    # work and its network calls
+    imports_ms: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def median_ms(self) -> float:
@@ -160,13 +164,36 @@ def runtime_dir(workdir: Path) -> Path:
     return directory
 
 
-def _run(script: str, task: Path, runtime: Path, env: dict[str, str], *args: str) -> str:
+def _run(script: str, task: Path, runtime: Path, env: dict[str, str], *args: str,
+         importtime: Optional[dict[str, float]] = None) -> str:
+    """The script's last line; with `importtime`, it is filled with the ms each top-level
+    package took to import (the probe's own imports before the clock starts left out)."""
     # -B: a read-only /var/task; nothing compiled here is reused by the next instance
-    out = subprocess.run([sys.executable, "-I", "-S", "-B", "-c", script, str(task), str(runtime), *args],
+    flags = ["-X", "importtime"] if importtime is not None else []
+    out = subprocess.run([sys.executable, "-I", "-S", "-B", *flags, "-c", script, str(task), str(runtime), *args],
                          cwd=str(task), env=env, capture_output=True, text=True, timeout=120)
     if out.returncode != 0:
         raise RuntimeError(f"cold instance failed:\n{out.stderr[-3000:]}")
+    if importtime is not None:
+        counting = False
+        for line in out.stderr.splitlines():
+            if not line.startswith("import time:") or line.count("|") != 2:
+                continue
+            _, cumulative, name = line.split("|")
+            if name.strip() == "app":
+                counting = True  # the probe's clock starts at `import app`, the first top-level import after it
+            if counting and not name.startswith("  ") and cumulative.strip().isdigit():
+                root = name.strip().split(".")[0]
+                importtime[root] = importtime.get(root, 0.0) + int(cumulative) / 1000
     return out.stdout.strip().splitlines()[-1]
+
+
+def import_summary(cold: ColdRequest) -> str:
+    """`app 60, boto3 90, ...; rest 40` (medians, ms): where a cold request's time goes."""
+    medians = {name: statistics.median(values) for name, values in cold.imports_ms.items()}
+    major = sorted(((v, k) for k, v in medians.items() if v >= 2), reverse=True)
+    rest = cold.median_ms - sum(medians.values())
+    return ", ".join(f"{k} {v:.0f}" for v, k in major) + f"; handler and network {rest:.0f}"
 
 
 def measure(workdir: Path, reps: int, log=print, baseline: Optional[Path] = None) -> Optional[dict[str, ColdRequest]]:
@@ -215,7 +242,9 @@ def measure(workdir: Path, reps: int, log=print, baseline: Optional[Path] = None
         for _ in range(reps):  # interleaved, so load on the machine falls on every variant alike
             for key, (_, spec, expected) in specs.items():
                 for variant, (root, xray) in variants.items():
-                    doc = json.loads(_run(_PROBE, root, runtime, environment(root, xray), json.dumps(spec)))
+                    imports: dict[str, float] = {}
+                    doc = json.loads(_run(_PROBE, root, runtime, environment(root, xray), json.dumps(spec),
+                                          importtime=imports))
                     if doc["status"] != expected:
                         raise RuntimeError(f"{variant}, {key}: {doc['status']}, expected {expected}")
                     cold = found[variant][key]
@@ -224,9 +253,13 @@ def measure(workdir: Path, reps: int, log=print, baseline: Optional[Path] = None
                     cold.import_ms.append(doc["import_ms"])
                     cold.sdks = [m for m in doc["modules"] if m in SDKS]
                     cold.modules = doc["modules"]
+                    runs = len(cold.total_ms)  # this one included: a package new now took 0 ms before
+                    for name in set(cold.imports_ms) | set(imports):
+                        cold.imports_ms.setdefault(name, [0.0] * (runs - 1)).append(imports.get(name, 0.0))
         for variant, requests in found.items():
             for cold in requests.values():
                 log(f"lambda cold ({variant}): {cold.label}: median {cold.median_ms:.0f} ms, range "
                     f"{min(cold.total_ms):.0f}-{max(cold.total_ms):.0f} (import app.py "
-                    f"{statistics.median(cold.import_ms):.0f} ms); imported: {', '.join(cold.sdks) or 'no SDK'}")
+                    f"{statistics.median(cold.import_ms):.0f} ms); imported: {', '.join(cold.sdks) or 'no SDK'}; "
+                    f"ms importing: {import_summary(cold)}")
         return found["as deployed"]
