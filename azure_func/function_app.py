@@ -59,7 +59,7 @@ if STREAMING is not None:
 
     @app.function_name("registry")
     @app.route(route="v2/{*path}", methods=METHODS, auth_level=func.AuthLevel.ANONYMOUS)
-    async def registry_http(req: StreamRequest) -> StreamResponse:
+    async def registry_http(req: StreamRequest) -> StreamResponse:  # type: ignore[valid-type]  # runtime types
         return await registry.handle_stream(req)
 
 else:

@@ -177,8 +177,10 @@ def build_api(config: Optional[Config] = None, platform: Optional[Platform] = No
 
 def _build_api(config: Config) -> Any:
     http = config.http
+    # bytes, or a callable read on first use: the api's StateSigner takes either
+    secret: Any = http_secret(config)
     settings = APISettings(
-        secret=http_secret(config),
+        secret=secret,
         # http.host names the server; the api's URLs are under http.prefix on it
         base_url=http.host.rstrip("/") + http.prefix.rstrip("/") if http.host else None,
         relative_urls=http.relativeurls,

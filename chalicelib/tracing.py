@@ -80,7 +80,8 @@ class XRayTracer:
         # so no thread polls X-Ray for sampling rules.
         recorder = AWSXRayRecorder()
         rate = float(environ.get(SAMPLING_RATE_ENV, "0.05"))
-        rules = {"version": 2, "rules": [], "default": {"fixed_target": 1 if rate < 1 else 0, "rate": rate}}
+        # the SDK's stubs call this a _SamplingRule; it reads the documented rules document
+        rules: Any = {"version": 2, "rules": [], "default": {"fixed_target": 1 if rate < 1 else 0, "rate": rate}}
         recorder.configure(
             service=self.service,
             sampler=LocalSampler(rules),

@@ -22,7 +22,7 @@ def _body(event: Event) -> bytes:
         return b""
     if event.get("isBase64Encoded"):
         return base64.b64decode(body)
-    return body if isinstance(body, (bytes, bytearray)) else str(body).encode("utf-8")
+    return bytes(body) if isinstance(body, (bytes, bytearray)) else str(body).encode("utf-8")
 
 
 def _rest_query(event: Event) -> dict[str, list[str]]:
@@ -56,7 +56,7 @@ def request_from_event(event: Event, base_url: Optional[str] = None) -> Request:
             pairs.extend((name, v) for v in values)
         headers = Headers(pairs)
     body = _body(event)
-    host = headers.get("host", "localhost")
+    host = headers.get("host") or "localhost"
     scheme = headers.get("x-forwarded-proto", "https" if "." in host and not host.startswith("127.") else "http")
     return Request(
         method=method.upper(),

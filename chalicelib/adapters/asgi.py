@@ -155,7 +155,7 @@ class _Body:
         """Up to `size` bytes, fewer when that is what arrived (all when negative); b"" at
         the end. Called on a handler thread."""
         if size is None or size < 0:
-            parts = []
+            parts: list[bytes] = []
             while True:
                 piece = self.read(_PIECE)
                 if not piece:

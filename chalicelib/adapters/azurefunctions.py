@@ -20,7 +20,7 @@ import io
 import logging
 import os
 import threading
-from typing import Any, AsyncIterator, Iterator, Mapping, Optional
+from typing import Any, AsyncIterator, BinaryIO, Iterator, Mapping, Optional, cast
 from urllib.parse import unquote, urlsplit
 
 from ..api import Headers, Request, Response
@@ -37,7 +37,7 @@ def request_from_functions(req: Any) -> Request:
     # The front end terminates TLS; X-Forwarded-Proto says what the client used.
     scheme = (headers.get("x-forwarded-proto") or url.scheme or "https").split(",")[0].strip()
     host = url.netloc or headers.get("host", "localhost")
-    forwarded_for = headers.get("x-forwarded-for", "")
+    forwarded_for = headers.get("x-forwarded-for") or ""
     return Request(
         method=req.method.upper(),
         path=unquote(url.path) or "/",
@@ -136,7 +136,7 @@ def request_from_stream(req: Any, loop: asyncio.AbstractEventLoop) -> Request:
         path=req.scope.get("path") or "/",  # the ASGI server decoded it once already
         query=parse_query(req.url.query),
         headers=headers,
-        body=StreamBody(req.stream(), loop),
+        body=cast(BinaryIO, StreamBody(req.stream(), loop)),  # a RawIOBase: read() and readinto()
         content_length=int(length_text) if length_text and length_text.isdigit() else None,
         base_url=f"{scheme}://{host}",
         remote_addr=(headers.get("x-forwarded-for") or "").split(",")[0].strip(),
@@ -159,9 +159,10 @@ def response_to_stream(response: Response, method: str) -> Any:
     headers = list(response.headers)
     body = response.body
     if head or isinstance(body, (bytes, bytearray)):
-        if head and hasattr(body, "close"):
-            body.close()
-        content = b"" if head else bytes(body)
+        close = getattr(body, "close", None)
+        if head and close is not None:
+            close()
+        content = bytes(body) if isinstance(body, (bytes, bytearray)) and not head else b""
         out = PlainResponse(content=content, status_code=response.status)
         if not head:  # the bytes sent are what counts, whatever the api computed
             headers = [(k, v) for k, v in headers if k.lower() != "content-length"]

@@ -19,10 +19,10 @@ class GatewayAccess:
     @classmethod
     def controller(cls) -> Any:
         if not cls._built:
-            from ..auth import create_access_controller
+            from ..bootstrap import build_access_controller
             from ..config import load_config
 
-            cls._controller, cls._built = create_access_controller(load_config().auth), True
+            cls._controller, cls._built = build_access_controller(load_config()), True
         return cls._controller
 
 
@@ -169,10 +169,10 @@ def greedy_local_routes() -> None:
         headers["Content-Length"] = str(len(body))
         return headers, body
 
-    local.RouteMatcher = GreedyRouteMatcher
+    setattr(local, "RouteMatcher", GreedyRouteMatcher)
     # the handler class is bound as a default argument, so patch it in place
-    local.ChaliceRequestHandler._send_http_response_with_body = send_head_length
-    local.ChaliceRequestHandler._parse_payload = parse_chunked_payload
+    setattr(local.ChaliceRequestHandler, "_send_http_response_with_body", send_head_length)
+    setattr(local.ChaliceRequestHandler, "_parse_payload", parse_chunked_payload)
 
 
 def _read_chunked(stream: Any) -> bytes:

@@ -14,7 +14,7 @@ import math
 import os
 import time
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Union
 
 from ..api import FileBody, Headers, RegistryAPI, Request, Response
 from ..api.http import parse_query
@@ -64,7 +64,7 @@ class _SocketBody:
             return body
         return cls(body, reader, unreader, sock)
 
-    def read(self, size: int = -1) -> bytes:
+    def read(self, size: int = -1) -> Union[bytes, bytearray]:
         remaining = self._reader.length
         if size is None or size < 0 or size > remaining:
             size = remaining
@@ -188,9 +188,10 @@ def wsgi_app(api: RegistryAPI, access_log: Any = None) -> Callable:
         body = application(environ, watched)
         wrapper = environ.get("wsgi.file_wrapper")
         if isinstance(wrapper, type) and isinstance(body, wrapper):  # keep gunicorn's sendfile
-            body.filelike = _ClosingFile(body.filelike, done)
-            body.close = body.filelike.close
-            return body
+            wrapped: Any = body
+            wrapped.filelike = _ClosingFile(wrapped.filelike, done)
+            wrapped.close = wrapped.filelike.close
+            return wrapped
         return _ClosingBody(body, done)
 
     return logged

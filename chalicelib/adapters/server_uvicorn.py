@@ -25,7 +25,7 @@ import socket
 from http import HTTPStatus
 from asyncio import TimerHandle
 from collections import deque
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -172,7 +172,7 @@ class TimeoutProtocol(HttpToolsProtocol):
     def send_400_response(self, msg: str) -> None:
         self._refuse(400, msg)
 
-    def eof_received(self) -> Optional[bool]:
+    def eof_received(self) -> Optional[bool]:  # type: ignore[override]  # asyncio's contract: True keeps it open
         """A client that half-closes mid-body (it sent all it will) still gets its answer:
         the body ends short, the handler answers (400 for a short chunk), then the
         connection closes. A half-close between requests closes it now."""
@@ -181,7 +181,7 @@ class TimeoutProtocol(HttpToolsProtocol):
             return None
         cycle.keep_alive = False
         cycle.more_body = False
-        cycle.stratus_body.end()
+        _channel(cycle).end()
         cycle.message_event.set()
         return True
 
@@ -198,8 +198,9 @@ class TimeoutProtocol(HttpToolsProtocol):
             self._refuse(414, "request target too long", {"max_length": MAX_TARGET})
             return
         super().on_headers_complete()
-        self.cycle.stratus_body = BodyChannel(self, self.cycle)  # type: ignore[attr-defined]
-        self.scope["stratus.body"] = self.cycle.stratus_body  # type: ignore[typeddict-unknown-key]
+        channel = BodyChannel(self, self.cycle)
+        self.cycle.stratus_body = channel  # type: ignore[attr-defined]  # uvicorn's cycle carries ours
+        self.scope["stratus.body"] = channel  # type: ignore[typeddict-unknown-key]
         if self.transport.get_extra_info("sslcontext") is None:
             # os.sendfile writes to the socket beneath TLS: bytes would leave unencrypted
             self.scope["stratus.sendfile"] = functools.partial(  # type: ignore[typeddict-unknown-key]
@@ -241,14 +242,14 @@ class TimeoutProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if cycle.response_complete:
             return  # what is left of a body answered already: dropped
-        cycle.stratus_body.feed(body)
+        _channel(cycle).feed(body)
 
     def on_message_complete(self) -> None:
         cycle = self.cycle
         if cycle.response_complete:
             return
         cycle.more_body = False
-        cycle.stratus_body.end()
+        _channel(cycle).end()
         cycle.message_event.set()
 
     def pause_writing(self) -> None:
@@ -261,6 +262,11 @@ class TimeoutProtocol(HttpToolsProtocol):
         if self._write_timer is not None:
             self._write_timer.cancel()
             self._write_timer = None
+
+
+def _channel(cycle: Any) -> BodyChannel:
+    """The body channel on_headers_complete put on uvicorn's request cycle."""
+    return cycle.stratus_body
 
 
 def _sendfile(out_fd: int, in_fd: int, offset: int, count: int) -> int:
@@ -335,7 +341,8 @@ def run(app: Any, sock: socket.socket, workers: int, timeouts: Any, ssl_context:
         interface="asgi3",
         loop=_loop(),
         timeout_keep_alive=max(1, round(timeouts.idle)),
-        timeout_graceful_shutdown=drain,
+        # uvicorn annotates it int; asyncio.timeout, which takes it, counts seconds as a float
+        timeout_graceful_shutdown=cast(Any, drain),
         access_log=False,
         log_config=None,
         log_level="warning",
