@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping, Optional, Union
 
 from . import aws_runtime
 from .api import APISettings, RegistryAPI
-from .config import Config, DIRECT_READ_BUDGET, load_config
+from .config import Config, ConfigError, DIRECT_READ_BUDGET, load_config
 from .registry import Registry, RegistryOptions
 from .storage import create_driver
 
@@ -51,7 +51,18 @@ class Platform:
     gc_budget: Optional[float] = None
 
     def apply(self, config: Config) -> Config:
-        """config with this platform's limits and defaults in place (applying twice changes nothing)."""
+        """config with this platform's limits and defaults in place (applying twice changes nothing).
+        Raises ConfigError for what this platform's front cannot honour."""
+        tls = config.http.tls
+        if tls is not None and self.name != "server":
+            if tls.clientcas:
+                # the front (API Gateway, the Functions host) terminates TLS: client
+                # certificates would be accepted unchecked, never silently
+                raise ConfigError(
+                    f"http.tls.clientcas: not supported by Stratus on {self.name}: TLS ends at the platform's "
+                    "front; require client certificates there (an API Gateway custom domain's truststore, "
+                    "App Service client certificates)", key="http.tls.clientcas")
+            log.warning("http.tls is not applied on %s: the platform's front serves TLS", self.name)
         direct = config.storage.directupload
         if direct.enabled is None:
             storage = dataclasses.replace(config.storage,
