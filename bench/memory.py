@@ -137,3 +137,71 @@ def available_memory() -> int:
     except (OSError, ValueError, IndexError):
         pass
     return 0
+
+
+def concurrent_pushes(url: str, pid: int, pushes: int, size: int, label: str = "p") -> tuple[int, list[str]]:
+    """Peak tree RSS (bytes) of the server `pid` while `pushes` clients each push a new
+    `size`-byte blob in one monolithic PUT at once, and the failures (a refused push,
+    503, is a result too). The blobs share all but their first 16 bytes, so the
+    client's own memory does not grow with `pushes`."""
+    import hashlib
+
+    from . import client as registry_client
+
+    tail = memoryview(os.urandom(size - 16))
+    failures: list[str] = []
+
+    def push(i: int) -> None:
+        head = f"{label}-{i:06d}".encode().ljust(16, b"-")[:16]
+        digest = hashlib.sha256(head)
+        digest.update(tail)
+        try:
+            with registry_client.Client(url) as pusher:
+                pusher.push_monolithic(f"bench/concurrent{i}", [memoryview(head), tail], size,
+                                       "sha256:" + digest.hexdigest())
+        except Exception as exc:
+            failures.append(repr(exc)[:200])
+
+    with PeakRSS(pid) as peak:
+        threads = [threading.Thread(target=push, args=(i,)) for i in range(pushes)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    return peak.peak, failures
+
+
+def main() -> None:
+    """`python -m bench.memory`: peak RSS in concurrent pushes, Stratus beside the
+    reference, without the hostile clients of the availability rows (issue 14)."""
+    import argparse
+    from pathlib import Path
+
+    from . import servers
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("--pushes", type=int, default=32)
+    p.add_argument("--mib", type=int, default=64, help="size of each pushed blob")
+    p.add_argument("--reps", type=int, default=3, help="bursts per server, each of new blobs")
+    p.add_argument("--stratus-tree", help="serve Stratus from another checkout")
+    p.add_argument("--no-reference", action="store_true")
+    args = p.parse_args()
+    tree = Path(args.stratus_tree) if args.stratus_tree else None
+    MB = 1e6
+    with servers.workspace() as work:
+        runs = [("stratus", lambda: servers.stratus(work, tree=tree, name="stratus-memory"))]
+        if not args.no_reference and servers.reference_available():
+            runs.append(("reference", lambda: servers.reference(work, name="reference-memory")))
+        for name, start in runs:
+            with start() as server:
+                time.sleep(0.5)
+                line = [f"{name}: idle {tree_rss(server.pid) / MB:.1f} MB; peak in {args.pushes} x {args.mib} MiB:"]
+                for rep in range(args.reps):
+                    peak, failures = concurrent_pushes(server.url, server.pid, args.pushes, args.mib << 20, f"r{rep}")
+                    line.append(f"{peak / MB:.1f}" + (f" ({len(failures)} failed: {failures[0]})" if failures else ""))
+                line.append(f"; after: {tree_rss(server.pid) / MB:.1f} MB")
+                print(" ".join(line), flush=True)
+
+
+if __name__ == "__main__":
+    main()
