@@ -100,7 +100,9 @@ def test_a_blob_over_the_inline_limit_never_fails_the_client(
         moto_s3: MotoS3, tmp_path: Path, protected: bool) -> None:
     """12 MiB with proxy.inlinelimit 4 MiB: more than an invocation may answer with. An
     open upstream's own URL is handed to the client; behind htpasswd the client waits
-    through self-redirects. Either way another invocation copies it into the bucket."""
+    through self-redirects. Either way another invocation copies it into the bucket. In
+    the htpasswd case Stratus itself asks clients for credentials too: the fill request
+    it sends itself passes on its signed token alone."""
     data = os.urandom(12 * MiB)
     bucket = moto_s3.create_bucket()
     auth = htpasswd_auth(tmp_path) if protected else None
@@ -108,11 +110,22 @@ def test_a_blob_over_the_inline_limit_never_fails_the_client(
     with reference_upstream(tmp_path / "upstream", auth, credentials=credentials) as upstream:
         digest = put_blob(upstream.url, "team/large", data, auth=credentials)
         extra = {"REGISTRY_PROXY_INLINELIMIT": str(4 * MiB)}
+        client_auth = None
         if protected:
-            extra.update(REGISTRY_PROXY_USERNAME=USER, REGISTRY_PROXY_PASSWORD=PASSWORD)
+            extra.update(REGISTRY_PROXY_USERNAME=USER, REGISTRY_PROXY_PASSWORD=PASSWORD, REGISTRY_AUTH="htpasswd",
+                         REGISTRY_AUTH_HTPASSWD_REALM="stratus",
+                         REGISTRY_AUTH_HTPASSWD_PATH=str(tmp_path / "upstream.htpasswd"))
+            client_auth = (USER, PASSWORD)
         with lambda_gateway(gateway_env(moto_s3, bucket, upstream.url, **extra), workdir=tmp_path) as gateway:
             url = f"{gateway.url}/v2/team/large/blobs/{digest}"
-            first = requests.get(url, allow_redirects=False, timeout=60)
+            if protected:
+                assert requests.get(url, allow_redirects=False, timeout=60).status_code == 401
+                # a fill header that is not ours is refused, and starts nothing
+                forged = requests.get(url, headers={"X-Stratus-Proxy-Fill": "forged"}, allow_redirects=False,
+                                      timeout=60)
+                assert forged.status_code in (401, 403)
+                assert upstream.blob_gets(digest) == 0
+            first = requests.get(url, allow_redirects=False, timeout=60, auth=client_auth)
             assert first.status_code == 307, first.text
             location = first.headers["Location"]
             if protected:
@@ -120,16 +133,20 @@ def test_a_blob_over_the_inline_limit_never_fails_the_client(
             else:
                 assert location.startswith(upstream.url + "/v2/team/large/blobs/")
             # what a client does: follow the redirects to the bytes
-            response = requests.get(url, timeout=300)
+            response = requests.get(url, timeout=300, auth=client_auth)
             assert response.status_code == 200 and response.content == data
             # the copy lands in the bucket, after which reads go there
             deadline = time.monotonic() + 60
             while blob_key(digest) not in stored_keys(moto_s3, bucket, "docker/registry/v2/blobs/"):
                 assert time.monotonic() < deadline, "the fill never stored the blob"
                 time.sleep(0.5)
-            cached = requests.get(url, allow_redirects=False, timeout=60)
+            cached = requests.get(url, allow_redirects=False, timeout=60, auth=client_auth)
             assert cached.status_code == 307
             assert cached.headers["Location"].startswith(f"{moto_s3.endpoint}/{bucket}/{blob_key(digest)}")
             assert moto_s3.client().get_object(Bucket=bucket, Key=blob_key(digest))["Body"].read() == data
             gateway.assert_nothing_over_the_limit_reached_the_function()
             assert all(r.status < 500 for r in gateway.records()), [(r.path, r.status) for r in gateway.records()]
+            # the fill's copy; an open upstream's client read its copy too (unless the fill was
+            # done before it followed the redirect); behind htpasswd a GET probed for a redirect
+            # (and probes again if the client's retry comes before the fill is done)
+            assert 1 <= upstream.blob_gets(digest) <= (3 if protected else 2)

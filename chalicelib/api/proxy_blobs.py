@@ -24,6 +24,7 @@ from ..digest import Digest, DigestError
 from ..registry import Repository
 from ..registry.proxy import UpstreamUnavailableError
 from .app import Scope
+from .errors import error_response
 from .http import Response
 from .upload_state import InvalidStateError, UploadState
 
@@ -53,7 +54,11 @@ def serve(scope: Scope, repo: Repository, digest: Digest, head: bool) -> Optiona
     if head or not redirecting:
         fetched = proxy.blob(scope.ctx, digest, head)
         return None if fetched is None else _serve_fetched(fetched, digest)
-    if fill_token_valid(scope, repo.name, digest):
+    if FILL_HEADER in scope.request.headers:
+        if not fill_token_valid(scope, repo.name, digest):
+            # never passed on as a client's GET: one that starts a fill of its own would
+            # chain invocations without end (as with no shared http.secret between them)
+            return error_response("DENIED", "invalid or expired proxy fill token", status=403)
         proxy.fill(scope.ctx, digest)  # the copy another invocation started: no size limit here
         return Response(204, [("Content-Length", "0")])
     waits = scope.request.arg(WAIT_PARAM)
@@ -128,8 +133,9 @@ def start_fill(scope: Scope, name: str, digest: Digest) -> None:
 
     url = _own_url(scope, name, digest)
     try:
-        urllib3.request("GET", url, headers={FILL_HEADER: fill_token(scope, name, digest)}, retries=False,
-                        timeout=urllib3.Timeout(connect=3.0, read=FILL_START_TIMEOUT))
+        urllib3.PoolManager(retries=False).request(
+            "GET", url, headers={FILL_HEADER: fill_token(scope, name, digest)},
+            timeout=urllib3.Timeout(connect=3.0, read=FILL_START_TIMEOUT))
     except urllib3.exceptions.ReadTimeoutError:
         pass  # the fill is running
     except urllib3.exceptions.HTTPError as exc:

@@ -352,19 +352,23 @@ class ProxiedRepository:
         store it redirects to (a CDN or presigned URL, as Docker Hub and GHCR answer),
         or its own URL when it asks nobody for credentials."""
         upstream = self.mirror.upstream
-        try:
-            response = upstream.request("GET", path, self.scope, stream=True, follow_redirects=False)
-        except (UpstreamUnavailable, UpstreamStatusError):
-            return None
-        try:
-            location = response.headers.get("Location")
-            if response.status in (301, 302, 303, 307, 308) and location:
-                return urljoin(upstream.url + path, location)
-            if response.status == 200 and upstream.anonymous:
-                return upstream.url + path
-            return None
-        finally:
-            response.close()  # its body is not read: the connection cannot be reused
+        # a HEAD first: registries redirect it as they redirect a GET, and it moves no bytes
+        for method in ("HEAD", "GET"):
+            try:
+                response = upstream.request(method, path, self.scope, stream=True, follow_redirects=False)
+            except (UpstreamUnavailable, UpstreamStatusError):
+                return None
+            try:
+                location = response.headers.get("Location")
+                if response.status in (301, 302, 303, 307, 308) and location:
+                    return urljoin(upstream.url + path, location)
+                if response.status != 200:
+                    return None
+                if upstream.anonymous:
+                    return upstream.url + path
+            finally:
+                response.close()  # a GET's body is not read: the connection cannot be reused
+        return None
 
     def _upstream_descriptor(self, ctx: Context, digest: Digest, path: str) -> BlobDescriptor:
         try:
@@ -460,7 +464,10 @@ class ProxiedRepository:
         finally:
             if writer is not None:
                 writer.cancel()
-            response.release_conn()
+            if stored:
+                response.release_conn()
+            else:  # cut short: unread bytes would poison the pooled connection
+                response.close()
             self.flights.end(key, event)
             self._remove_staging(ctx, staging, stored)
 
