@@ -93,9 +93,10 @@ def test_pull_through_then_served_with_the_upstream_stopped(images: Path, tmp_pa
     with mirror(tmp_path, proxy_env(stopped_upstream), name="stratus-again") as other:
         response = requests.get(f"{other}/v2/team/app/manifests/v1", headers=OCI_ACCEPT, timeout=10)
         assert response.status_code == 503, response.text  # a second, empty cache has nothing to serve
-    # ...while the first cache (same storage, new process) serves the whole pull
+    # ...while the first cache (same storage, new process) serves the whole pull; ttl 0
+    # makes every tag due for re-validation, which fails: the cached tags are served
     root = tmp_path / "stratus" / "data"
-    with stratus_server(root, env=proxy_env(stopped_upstream)) as url:
+    with stratus_server(root, env=proxy_env(stopped_upstream, ttl="0s")) as url:
         warm = Layout(tmp_path / "warm")
         pull(url, "team/app", "v1", warm.path, "v1")
         assert_same_image(small, "v1", warm, "v1")
