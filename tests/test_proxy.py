@@ -158,6 +158,12 @@ def test_upstream_behind_htpasswd_is_pulled_with_basic_credentials(images: Path,
             response = requests.get(f"{url}/v2/team/app/manifests/v1", headers=OCI_ACCEPT, timeout=30)
             assert response.status_code == 404, response.text
             assert response.json()["errors"][0]["code"] == "MANIFEST_UNKNOWN"
+        # credentials that stopped working refuse re-validation, not what is cached
+        root = tmp_path / "stratus" / "data"
+        with stratus_server(root, env=proxy_env(upstream, ttl="0s", credentials=(USER, "rotated"))) as url:
+            copy = Layout(tmp_path / "stale")
+            pull(url, "team/app", "v1", copy.path, "v1")
+            assert_same_image(small, "v1", copy, "v1")
 
 
 def test_upstream_behind_a_token_server_is_pulled_with_bearer_tokens(images: Path, tmp_path: Path) -> None:

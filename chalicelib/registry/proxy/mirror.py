@@ -27,7 +27,7 @@ from ...storage import PathNotFoundError, StorageError, paths
 from ..errors import BlobUnknownError, ManifestInvalidError, ManifestUnknownError
 from ..manifest_types import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST, parse_manifest
 from ..uploads import now_rfc3339
-from .errors import PushToMirrorError, UpstreamContentError, UpstreamUnavailableError
+from .errors import UpstreamContentError, UpstreamUnavailableError
 from .upstream import Upstream, UpstreamStatusError, UpstreamUnavailable, pull_scope
 
 if TYPE_CHECKING:
@@ -144,10 +144,6 @@ class ProxiedRepository:
         self.scope = pull_scope(self.remote)
         self.driver = repo.registry.driver
 
-    def refuse_writes(self) -> PushToMirrorError:
-        return PushToMirrorError({"name": self.repo.name, "reason": "a pull-through cache of "
-                                  f"{self.mirror.config.remoteurl}; push to the upstream instead"})
-
     # -- tags ------------------------------------------------------------------------------
 
     def _validated_path(self, tag: str) -> str:
@@ -188,9 +184,9 @@ class ProxiedRepository:
         if response.status == 304 and local is not None:
             self._mark_validated(ctx, tag)
             return local
-        if response.status in (401, 403, 404):
+        if response.status == 404 or (response.status in (401, 403) and local is None):
             raise ManifestUnknownError({"tag": tag, "upstream": response.status})
-        if response.status != 200:
+        if response.status != 200:  # a refusal of what we cached (credentials rotated ...) keeps it
             return self._stale(local, f"{self.repo.name}:{tag}", UpstreamStatusError(response.status, path))
         digest = self._digest_header(response.headers.get("Docker-Content-Digest"))
         try:
@@ -245,12 +241,16 @@ class ProxiedRepository:
             raise UpstreamUnavailableError({"reason": str(exc)[:300]}) from None
 
     def _fetch_manifest(self, ctx: Context, path: str, expected: Optional[Digest] = None) -> Digest:
-        response = self.mirror.upstream.request("GET", path, self.scope, {"Accept": ACCEPT})
-        if response.status in (401, 403, 404):
-            raise ManifestUnknownError({"upstream": response.status})
-        if response.status != 200:
-            raise UpstreamStatusError(response.status, path)
-        body = response.data
+        response = self.mirror.upstream.request("GET", path, self.scope, {"Accept": ACCEPT}, stream=True)
+        try:
+            status = response.status
+            body = response.read(MAX_MANIFEST + 1) if status == 200 else b""
+        finally:
+            response.close()
+        if status in (401, 403, 404):
+            raise ManifestUnknownError({"upstream": status})
+        if status != 200:
+            raise UpstreamStatusError(status, path)
         if len(body) > MAX_MANIFEST:
             raise ManifestInvalidError(f"the upstream's manifest exceeds {MAX_MANIFEST} bytes")
         if expected is None:
