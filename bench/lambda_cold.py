@@ -114,6 +114,7 @@ class ColdRequest:
     # another import, so nothing is counted twice); what is left is the handler's own
     # work and its network calls
     imports_ms: dict[str, list[float]] = field(default_factory=dict)
+    rest_ms: list[float] = field(default_factory=list)  # per run: total minus its imports
 
     @property
     def median_ms(self) -> float:
@@ -192,7 +193,7 @@ def import_summary(cold: ColdRequest) -> str:
     """`app 60, boto3 90, ...; rest 40` (medians, ms): where a cold request's time goes."""
     medians = {name: statistics.median(values) for name, values in cold.imports_ms.items()}
     major = sorted(((v, k) for k, v in medians.items() if v >= 2), reverse=True)
-    rest = cold.median_ms - sum(medians.values())
+    rest = statistics.median(cold.rest_ms)
     return ", ".join(f"{k} {v:.0f}" for v, k in major) + f"; handler and network {rest:.0f}"
 
 
@@ -253,6 +254,7 @@ def measure(workdir: Path, reps: int, log=print, baseline: Optional[Path] = None
                     cold.import_ms.append(doc["import_ms"])
                     cold.sdks = [m for m in doc["modules"] if m in SDKS]
                     cold.modules = doc["modules"]
+                    cold.rest_ms.append(doc["total_ms"] - sum(imports.values()))
                     runs = len(cold.total_ms)  # this one included: a package new now took 0 ms before
                     for name in set(cold.imports_ms) | set(imports):
                         cold.imports_ms.setdefault(name, [0.0] * (runs - 1)).append(imports.get(name, 0.0))
