@@ -10,16 +10,17 @@ and leave immutable tags (storage.tag.immutable) alone.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
 import logging
 import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 from ..cache.base import BlobDescriptorService
-from ..config import ImmutableTagRule, RetentionPolicy
+from ..config import ImmutableTagRule, RetentionPolicy, StorageConfig
 from ..context import Context
 from ..digest import Digest, DigestError
 from ..storage import PathNotFoundError, StorageDriver, StorageError, paths
@@ -436,27 +437,33 @@ def collect_garbage(
         raise GCError(f"storage failed: {exc}") from exc
 
 
-def _collect(ctx, driver, dry_run, remove_untagged, cache, grace, now, retention, immutable, budget,
-             clock) -> GCReport:
+def _collect(
+    ctx: Context, driver: StorageDriver, dry_run: bool, remove_untagged: bool,
+    cache: Optional[BlobDescriptorService], grace: float, now: Optional[datetime],
+    retention: Sequence[RetentionPolicy], immutable: Sequence[ImmutableTagRule], budget: Optional[float],
+    clock: Callable[[], float],
+) -> GCReport:
     deadline = None if budget is None else clock() + budget
     options = _Options(remove_untagged, grace, tuple(retention), tuple(immutable))
     if dry_run:
-        run = _Run(ctx, driver, cache, options, now or datetime.now(timezone.utc), dry_run=True)
-        run.advance(None, clock)
-        return run.report
+        plan = _Run(ctx, driver, cache, options, now or datetime.now(timezone.utc), dry_run=True)
+        plan.advance(None, clock)
+        return plan.report
     state = gc_state(ctx, driver)
     saved = _load_checkpoint(ctx, driver)
-    run = None
+    run: Optional[_Run] = None
     if saved is not None:
         run = _Run.restore(ctx, driver, cache, saved)
         holder = run.lease_holder()
         if holder is not None:
             raise GCBusy(f"another gc run holds {CHECKPOINT} until {holder}; it continues that run")
-        sweeping = run.phase == "sweep" and run.sweep.step_name != "begin"
-        if sweeping and (not is_sweeping(state) or _generation(state) != run.sweep.generation):
+        sweep = run.sweep if run.phase == "sweep" else None
+        if sweep is not None and sweep.step_name == "begin":
+            sweep = None  # planned, nothing changed yet
+        if sweep is not None and (not is_sweeping(state) or _generation(state) != sweep.generation):
             log.warning("gc: %s names a sweep that has ended (recovered?); starting a new run", CHECKPOINT)
             run = None
-        elif not sweeping and is_sweeping(state):
+        elif sweep is None and is_sweeping(state):
             raise GCError(
                 f"another gc is sweeping, or one was interrupted ({GC_STATE} says so); "
                 "if none is running, `stratus gc --recover` puts its blobs back"
@@ -581,7 +588,7 @@ def _parse_time(text: Optional[str]) -> Optional[datetime]:
     return None if text is None else datetime.fromisoformat(text)
 
 
-def _digests(items) -> list:
+def _digests(items: Iterable[Digest]) -> list[str]:
     return sorted(str(d) for d in items)
 
 
@@ -635,7 +642,10 @@ def _repo_from_json(doc: dict) -> _Repository:
 class _Run:
     """One garbage collection, as steps that can stop and continue in another process."""
 
-    def __init__(self, ctx, driver, cache, options: _Options, now: datetime, dry_run: bool = False):
+    def __init__(
+        self, ctx: Context, driver: StorageDriver, cache: Optional[BlobDescriptorService], options: _Options,
+        now: datetime, dry_run: bool = False,
+    ) -> None:
         self.ctx, self.driver, self.cache = ctx, driver, cache
         self.options = options
         self.now = now
@@ -679,15 +689,18 @@ class _Run:
         return doc
 
     @classmethod
-    def restore(cls, ctx, driver, cache, doc: dict) -> "_Run":
+    def restore(
+        cls, ctx: Context, driver: StorageDriver, cache: Optional[BlobDescriptorService], doc: dict
+    ) -> "_Run":
         o = doc["options"]
         options = _Options(
             o["remove_untagged"], o["grace"],
             tuple(RetentionPolicy(repositories=r, keeptags=k, untaggedage=u) for r, k, u in o["retention"]),
             tuple(ImmutableTagRule(repository=r, tags=t) for r, t in o["immutable"]),
         )
-        run = cls(ctx, driver, cache, options, _parse_time(doc["now"]))
-        run.id, run.started, run.invocations = doc["id"], _parse_time(doc["started"]), doc["invocations"]
+        run = cls(ctx, driver, cache, options, datetime.fromisoformat(doc["now"]))
+        run.id, run.invocations = doc["id"], doc["invocations"]
+        run.started = datetime.fromisoformat(doc["started"])
         run.saved_holder, run.lease_until = doc["holder"], _parse_time(doc["lease_until"])
         run.phase, run.names = doc["phase"], doc["names"]
         run.repos = [_repo_from_json(r) for r in doc["repos"]]
@@ -736,6 +749,7 @@ class _Run:
         elif self.phase == "plan":
             self._plan()
         else:
+            assert self.sweep is not None  # the phase after "plan" is "sweep", which _plan made
             self.sweep.step()
             if self.sweep.done:
                 self.report.finished = True
@@ -804,7 +818,10 @@ class _Sweep:
     """The sweep of one run, step by step (see the protocol above and the
     checkpointing notes: the steps run in this order, across invocations too)."""
 
-    def __init__(self, ctx, driver, cache, cutoff, repos, report):
+    def __init__(
+        self, ctx: Context, driver: StorageDriver, cache: Optional[BlobDescriptorService], cutoff: datetime,
+        repos: Iterable[_Repository], report: GCReport,
+    ) -> None:
         self.ctx = ctx
         self.driver = driver
         self.cache = cache
@@ -1117,7 +1134,7 @@ def invocation_budget(configured: Optional[float], remaining: Optional[float]) -
 
 
 def scheduled_gc(
-    ctx: Context, driver: StorageDriver, storage, cache: Optional[BlobDescriptorService] = None,
+    ctx: Context, driver: StorageDriver, storage: StorageConfig, cache: Optional[BlobDescriptorService] = None,
     budget: Optional[float] = None, now: Optional[datetime] = None,
 ) -> dict:
     """One scheduled invocation of gc with retention (`storage` is a StorageConfig).
@@ -1128,19 +1145,20 @@ def scheduled_gc(
     propagates, so the platform counts the invocation as failed."""
     if not storage.gc_enabled or storage.readonly:
         return {"skipped": "disabled" if not storage.gc_enabled else "readonly"}
-    params = dict(
+    gc = functools.partial(
+        collect_garbage, ctx, driver,
         remove_untagged=storage.gc_deleteuntagged, cache=cache, grace=storage.gc_graceperiod,
         retention=storage.retention, immutable=storage.tag_immutable, now=now,
     )
     if storage.gc_dryrun:
-        return _summary(collect_garbage(ctx, driver, dry_run=True, **params))
+        return _summary(gc(dry_run=True))
     if _load_checkpoint(ctx, driver) is None:
         last = last_finished(gc_state(ctx, driver))
         current = now or datetime.now(timezone.utc)
         if last is not None and current - last < timedelta(seconds=storage.gc_interval):
             return {"skipped": "interval", "last_finished": last.isoformat()}
     try:
-        report = collect_garbage(ctx, driver, budget=budget, **params)
+        report = gc(budget=budget)
     except GCBusy as exc:
         log.info("gc: %s", exc)
         return {"skipped": "busy"}
