@@ -21,6 +21,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .state import State
 
+    Data = bytes | bytearray | memoryview
+
 BACKEND = "libcrypto"
 
 _c_uint32 = ctypes.c_uint32
@@ -122,7 +124,7 @@ class Engine:
         self._ctx = ctx
         self._ref = ctypes.byref(ctx)
 
-    def update(self, data) -> None:
+    def update(self, data: Data) -> None:
         if type(data) is bytes:  # the common case: ctypes passes the pointer
             if data:
                 self._ops.update(self._ref, data, len(data))
@@ -143,8 +145,10 @@ class Engine:
 
     @property
     def length(self) -> int:
-        ctx = self._ctx
-        return ((ctx.Nh << self._ops.word_bits) | ctx.Nl) >> 3
+        # the length in bits, as two words (ctypes reads a field as a plain int)
+        high: int = self._ctx.Nh
+        low: int = self._ctx.Nl
+        return ((high << self._ops.word_bits) | low) >> 3
 
     def copy(self) -> Engine:
         return Engine(self._ops, self._ops.ctx_type.from_buffer_copy(self._ctx))

@@ -16,6 +16,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .state import State
 
     Words = tuple[int, ...]
+    Data = bytes | bytearray | memoryview
 
 BACKEND = "python"
 
@@ -64,7 +65,7 @@ _unpack512 = struct.Struct(">16Q").unpack_from
 # the bits above the word never reach the low bits of an addition.
 
 
-def _compress256(h: Words, data, offset: int, K=_K256, M=_M32) -> Words:
+def _compress256(h: Words, data: Data, offset: int, K: Words = _K256, M: int = _M32) -> Words:
     w = list(_unpack256(data, offset))
     for t in range(16, 64):
         x = w[t - 15]
@@ -102,7 +103,7 @@ def _compress256(h: Words, data, offset: int, K=_K256, M=_M32) -> Words:
     )
 
 
-def _compress512(h: Words, data, offset: int, K=_K512, M=_M64) -> Words:
+def _compress512(h: Words, data: Data, offset: int, K: Words = _K512, M: int = _M64) -> Words:
     w = list(_unpack512(data, offset))
     for t in range(16, 80):
         x = w[t - 15]
@@ -155,12 +156,12 @@ class Engine:
 
     def __init__(self, algorithm: Algorithm, h: Words, pending: bytes | bytearray, length: int) -> None:
         self._algorithm = algorithm
-        self._compress: Callable[[Words, object, int], Words] = _COMPRESS[algorithm]
+        self._compress: Callable[[Words, Data, int], Words] = _COMPRESS[algorithm]
         self._h = tuple(h)
         self._pending = bytearray(pending)
         self._length = length
 
-    def update(self, data) -> None:
+    def update(self, data: Data) -> None:
         if isinstance(data, str):
             raise TypeError("Strings must be encoded before hashing")
         view = memoryview(data)

@@ -48,7 +48,9 @@ class Algorithm(enum.Enum):
     state_magic: bytes
     initial_hash: tuple[int, ...]
 
-    def __new__(cls, name: str, digest_size: int, block_size: int, word_size: int, magic: bytes):
+    _value_: str  # the name: members are made by __new__ from a tuple of their facts
+
+    def __new__(cls, name: str, digest_size: int, block_size: int, word_size: int, magic: bytes) -> Algorithm:
         member = object.__new__(cls)
         member._value_ = name  # Algorithm("sha256") and .value == "sha256"
         member.digest_size = digest_size

@@ -19,6 +19,30 @@ from . import state as _state
 from .algorithm import CANONICAL, Algorithm
 from .digest import Digest
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Protocol
+
+    from .state import State
+
+    class Engine(Protocol):
+        """A running hash of one backend (``_libcrypto.Engine``, ``_purepy.Engine``)."""
+
+        backend: str
+
+        @property
+        def length(self) -> int: ...
+        def update(self, data: bytes | bytearray | memoryview) -> None: ...
+        def copy(self) -> Engine: ...
+        def finalize(self) -> bytes: ...
+        def export(self) -> State: ...
+
+    class Backend(Protocol):
+        """A backend module: ``_libcrypto`` or ``_purepy``."""
+
+        def new(self, algorithm: Algorithm) -> Engine: ...
+        def from_parts(self, algorithm: Algorithm, h: tuple[int, ...], pending: bytes, length: int) -> Engine: ...
+
 BACKEND_ENV = "STRATUS_DIGEST_BACKEND"
 BACKENDS = ("auto", "libcrypto", "python")
 
@@ -26,7 +50,7 @@ _warned = False
 _warn_lock = threading.Lock()
 
 
-def _backend(name: str | None):
+def _backend(name: str | None) -> Backend:
     """The backend module (``_libcrypto`` or ``_purepy``) that ``name`` selects."""
     name = (name or os.environ.get(BACKEND_ENV) or "auto").strip().lower()
     if name == "python":
@@ -93,7 +117,7 @@ class ResumableHasher:
         return cls._wrap(algorithm, _backend(backend).from_parts(algorithm, h, pending, length))
 
     @classmethod
-    def _wrap(cls, algorithm: Algorithm, engine) -> ResumableHasher:
+    def _wrap(cls, algorithm: Algorithm, engine: Engine) -> ResumableHasher:
         hasher = cls.__new__(cls)
         hasher._algorithm = algorithm
         hasher._engine = engine

@@ -64,7 +64,9 @@ class NotifyingAPI:
 
     # -- what the request did -------------------------------------------------------
 
-    def _observe(self, route: str, params: dict, request: Any, response: Any, tee: Optional["_TeeBody"]):
+    def _observe(
+        self, route: str, params: dict, request: Any, response: Any, tee: Optional["_TeeBody"]
+    ) -> Optional[Pending]:
         method, status, name = request.method.upper(), response.status, params.get("name", "")
         if route == "manifest":
             reference = params["reference"]
