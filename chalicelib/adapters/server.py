@@ -498,7 +498,7 @@ def _serve_gunicorn(api: RegistryAPI, addr: str, workers: int, threads: int, htt
         # large pushes stream for minutes; a stalled client is cut by the OS, not a timer
         "timeout": 0,
         # http.draintimeout: how long stopping workers finish their requests (unset: a day)
-        "graceful_timeout": 86400 if http.draintimeout is None else http.draintimeout,
+        "graceful_timeout": 86400 if http.draintimeout is None else math.ceil(http.draintimeout),  # whole seconds
         "accesslog": None,  # ours (wsgi_app)
         "loglevel": "warning",
         "preload_app": True,
