@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, BinaryIO, Iterator, Optional
 from urllib.parse import urlencode
 
 from ..api.app import API_VERSION_HEADER, match_route, status_of
@@ -21,8 +21,11 @@ from ..api.params import parse_content_range, parse_digest
 from ..registry.errors import BlobUploadUnknownError, RangeInvalidError, RegistryError
 from ..registry.names import validate_name
 from .senders import DIRECT_HEADER, Target, UpstreamAnswer, answer
-from .upstream import REQUEST_DROP, Body, Upstream, UpstreamError, response_headers
+from .upstream import REQUEST_DROP, Answer, Body, Upstream, UpstreamError, response_headers
 from .uploads import Session, Uploads
+
+if TYPE_CHECKING:
+    import urllib3
 
 log = logging.getLogger("stratus.relay")
 
@@ -108,7 +111,9 @@ class Relay:
             return Response(response.status, client_headers, b"")
         return Response(response.status, client_headers, _stream(response))
 
-    def _client_headers(self, request: Request, response, drop: frozenset = frozenset()) -> list[tuple[str, str]]:
+    def _client_headers(
+        self, request: Request, response: Answer, drop: frozenset = frozenset()
+    ) -> list[tuple[str, str]]:
         headers = response_headers(response, drop)
         return [(k, self._rewrite(request, k, v)) for k, v in headers]
 
@@ -161,7 +166,7 @@ class Relay:
             return self._session_response(request, session, 202)
         return self._carry(request, session, digest)
 
-    def _open(self, request: Request, name: str, response) -> Session:
+    def _open(self, request: Request, name: str, response: Answer) -> Session:
         location = response.headers["Location"]
         client_path = self.upstream.relay_path(location)
         route, params = match_route((client_path or "").split("?", 1)[0])
@@ -249,7 +254,7 @@ class Relay:
         return self.uploads.open(name, client_path, target, hashing=target.offset == 0)
 
 
-def _pieces(body) -> Iterator[bytes]:
+def _pieces(body: BinaryIO) -> Iterator[bytes]:
     while True:
         piece = body.read(STREAM_PIECE)
         if not piece:
@@ -257,7 +262,7 @@ def _pieces(body) -> Iterator[bytes]:
         yield piece
 
 
-def _stream(response) -> Iterator[bytes]:
+def _stream(response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
     complete = False
     try:
         for piece in response.stream(STREAM_PIECE, decode_content=False):

@@ -23,7 +23,7 @@ def _mib(text: str) -> int:
     return int(value * MIB)
 
 
-def add_relay_command(commands) -> None:
+def add_relay_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     relay = commands.add_parser(
         "relay", help="relay a local endpoint that any client can push to into an upstream registry",
         description="Serve a registry endpoint (plain HTTP, loopback by default) that forwards every "

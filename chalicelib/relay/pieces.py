@@ -54,7 +54,7 @@ class FileRange:
         self.close()
         self._left = self.length
 
-    def read(self, size: int = -1) -> bytes:
+    def read(self, size: Optional[int] = -1) -> bytes:
         if self._file is None:
             self._file = open(self.path, "rb", buffering=0)
             self._file.seek(self.offset)

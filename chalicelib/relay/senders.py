@@ -20,7 +20,8 @@ from typing import Any, Callable, Optional
 from urllib.parse import quote
 
 from .pieces import Piece
-from .upstream import Upstream, UpstreamError, response_headers
+from .progress import Progress
+from .upstream import Answer, Upstream, UpstreamError, response_headers
 
 log = logging.getLogger("stratus.relay")
 
@@ -42,7 +43,7 @@ class UpstreamAnswer(Exception):
         self.status, self.headers, self.body = status, headers, body
 
 
-def answer(response) -> UpstreamAnswer:
+def answer(response: Answer) -> UpstreamAnswer:
     return UpstreamAnswer(response.status, response_headers(response), response.data or b"")
 
 
@@ -81,7 +82,7 @@ class Target:
         return self.part_size is not None
 
     @classmethod
-    def from_session(cls, upstream: Upstream, name: str, uuid: str, response) -> "Target":
+    def from_session(cls, upstream: Upstream, name: str, uuid: str, response: Answer) -> "Target":
         """From a 202 (POST) or 204 (GET) upload-session response."""
         maximum = response.headers.get("OCI-Chunk-Max-Length")
         minimum = response.headers.get("OCI-Chunk-Min-Length")
@@ -109,7 +110,7 @@ class ChunkedSender:
     def describe(self) -> str:
         return f"in chunked PATCHes of up to {self.chunk_size / (1 << 20):g} MiB"
 
-    def send(self, piece: Piece, auth: dict[str, str], progress) -> None:
+    def send(self, piece: Piece, auth: dict[str, str], progress: Progress) -> None:
         """PATCH the piece's bytes the upstream does not hold yet, in chunks."""
         start = max(piece.start, self.target.offset)
         if start < piece.start:
@@ -139,7 +140,7 @@ class ChunkedSender:
             progress.sent(end - start)
             start = end
 
-    def complete(self, digest: str, auth: dict[str, str]):
+    def complete(self, digest: str, auth: dict[str, str]) -> Answer:
         return complete(self.upstream, self.target, digest, auth)
 
 
@@ -189,7 +190,7 @@ class DirectSender:
     def describe(self) -> str:
         return f"as direct-upload parts of {self.part_size / (1 << 20):g} MiB ({self.target.direct_kind})"
 
-    def send(self, piece: Piece, auth: dict[str, str], progress) -> None:
+    def send(self, piece: Piece, auth: dict[str, str], progress: Progress) -> None:
         number = piece.start // self.part_size + 1
         if piece.start % self.part_size or number > MAX_PARTS:
             raise RuntimeError(f"part at {piece.start} does not line up with parts of {self.part_size}")
@@ -222,11 +223,11 @@ class DirectSender:
         finally:
             body.close()
 
-    def complete(self, digest: str, auth: dict[str, str]):
+    def complete(self, digest: str, auth: dict[str, str]) -> Answer:
         return complete(self.upstream, self.target, digest, auth)
 
 
-def complete(upstream: Upstream, target: Target, digest: str, auth: dict[str, str]):
+def complete(upstream: Upstream, target: Target, digest: str, auth: dict[str, str]) -> Answer:
     """`PUT ?digest=` with no body until the upstream has decided: repeated while it answers
     202 (a direct upload still being verified), and after a gateway gave up waiting (502,
     503, 504: on Lambda the function goes on with the request) with backoff. A repeat that

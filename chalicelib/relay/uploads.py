@@ -27,7 +27,7 @@ from .pieces import Piece, Spooler
 from .progress import Progress
 from .resume import Candidate, Matcher, candidates
 from .senders import ChunkedSender, DirectSender, Target, UpstreamAnswer
-from .upstream import Upstream, UpstreamError
+from .upstream import Answer, Upstream, UpstreamError
 
 log = logging.getLogger("stratus.relay")
 
@@ -146,7 +146,7 @@ class Session:
                 self._send(partial, auth)
         self.wait()
 
-    def finish(self, digest: str, auth: dict[str, str]):
+    def finish(self, digest: str, auth: dict[str, str]) -> Answer:
         """After the PUT's body: send the rest, wait, complete upstream; its response."""
         if self.matcher is not None:
             # the blob ends here: a candidate whose boundary is its end (an upload that
@@ -211,7 +211,7 @@ class Session:
         if self.matcher.decided:
             self._decide(self.matcher, auth)
 
-    def _sender_for(self, piece: Piece, auth: dict[str, str]):
+    def _sender_for(self, piece: Piece, auth: dict[str, str]) -> Union[ChunkedSender, DirectSender]:
         if self.sender is None:
             first_full_part = (self.direct_offered and self.target.offset == 0 and piece.start == 0
                                and piece.length == self.settings.part_size)
@@ -253,7 +253,7 @@ class Session:
             self._futures = []
         self._futures.append(self.uploads.pool.submit(self._run, sender, piece, auth))
 
-    def _run(self, sender, piece: Piece, auth: dict[str, str]) -> None:
+    def _run(self, sender: Union[ChunkedSender, DirectSender], piece: Piece, auth: dict[str, str]) -> None:
         try:
             if self._error is None:
                 sender.send(piece, auth, self.progress)

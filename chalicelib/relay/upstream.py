@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Optional, Union
+from typing import Any, Iterable, Mapping, Optional, Protocol, Union
 from urllib.parse import urlsplit
 
 import urllib3
@@ -60,6 +60,18 @@ class Origin:
 
 
 Body = Union[None, bytes, Any, Iterable[bytes]]
+
+
+class Answer(Protocol):
+    """What the upstream answered, as the client is told it: a urllib3 response, or
+    senders.Made for a blob an earlier completion already made."""
+
+    @property
+    def status(self) -> int: ...
+    @property
+    def headers(self) -> urllib3.HTTPHeaderDict: ...
+    @property
+    def data(self) -> bytes: ...
 
 
 class Upstream:
@@ -131,7 +143,7 @@ class Upstream:
             raise UpstreamError(502, "upstream registry broke off the exchange", exc) from None
 
 
-def response_headers(response: urllib3.BaseHTTPResponse, drop: frozenset = frozenset()) -> list[tuple[str, str]]:
+def response_headers(response: Answer, drop: frozenset = frozenset()) -> list[tuple[str, str]]:
     """The upstream's end-to-end headers, a REST API's remapped challenge restored."""
     headers = [(k, v) for k, v in response.headers.items() if k.lower() not in RESPONSE_DROP | drop]
     names = {k.lower() for k, _ in headers}
