@@ -45,13 +45,14 @@ class StateSigner:
 
     def __init__(self, secret: Union[bytes, Callable[[], bytes]]):
         self._secret: Optional[bytes] = secret if isinstance(secret, bytes) else None
-        self._source = None if isinstance(secret, bytes) else secret
+        self._source: Optional[Callable[[], bytes]] = None if isinstance(secret, bytes) else secret
         self._lock = threading.Lock()
 
     def _key(self) -> bytes:
         if self._secret is None:
             with self._lock:
                 if self._secret is None:
+                    assert self._source is not None  # set whenever no secret was given
                     self._secret = self._source()
         return self._secret
 

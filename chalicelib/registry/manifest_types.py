@@ -185,7 +185,8 @@ def _descriptor(value: Any, where: str) -> Descriptor:
     if not isinstance(media_type, str) or not media_type:
         raise ManifestInvalidError(f"{where}.mediaType must be a non-empty string")
     try:
-        digest = Digest.parse(value.get("digest") if isinstance(value.get("digest"), str) else "")
+        raw_digest = value.get("digest")
+        digest = Digest.parse(raw_digest if isinstance(raw_digest, str) else "")
     except DigestError as exc:
         raise ManifestInvalidError(f"{where}.digest: {exc}") from None
     size = value.get("size")
