@@ -77,15 +77,16 @@ test-backends: $(STAMP)
 		echo "== HTTP and conformance suites on $$0"; cat $(REPORTS)/$$0.log; exit $$status' \
 		|| { echo "test-backends: a backend failed (see above)"; exit 1; }
 
-# ruff with the rules in pyproject.toml (mypy joins once issue 16 makes it clean)
+# ruff and mypy, each with its settings in pyproject.toml
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 bench: system-deps $(STAMP)
 	$(PY) -m bench $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache
+	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache
 
 # The Lambda deployment package: $(PACKAGE_DIR)/deployment.zip (app.py, chalicelib/ and
 # requirements.txt's wheels for the Lambda platform) and the SAM template sam.json.
