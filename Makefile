@@ -92,7 +92,9 @@ clean:
 # requirements.txt's wheels for the Lambda platform) and the SAM template sam.json.
 # `chalice package` refuses to run without a region ("No region configured"); the
 # region does not change the zip. infra/terraform/aws deploys this zip (its
-# package_path default); `STAGE=prod make package` packages the prod stage.
+# package_path default); `STAGE=prod make package` packages the prod stage. The zip
+# then gets bytecode (scripts/precompile_package.py): /var/task is read-only, so
+# without it every new instance compiles every module it imports.
 PACKAGE_DIR ?= build/lambda
 STAGE ?= dev
 .PHONY: package
@@ -100,4 +102,5 @@ package: $(STAMP)
 	rm -f $(PACKAGE_DIR)/deployment.zip $(PACKAGE_DIR)/sam.json
 	AWS_DEFAULT_REGION=$(or $(AWS_DEFAULT_REGION),$(AWS_REGION),us-east-1) \
 		$(VENV)/bin/chalice package --stage $(STAGE) $(PACKAGE_DIR)
+	$(PY) scripts/precompile_package.py $(PACKAGE_DIR)/deployment.zip $(PACKAGE_DIR)/sam.json
 	@echo "$(PACKAGE_DIR)/deployment.zip: $$(du -h $(PACKAGE_DIR)/deployment.zip | cut -f1)"

@@ -128,6 +128,28 @@ def test_the_template_schedules_the_maintenance(built: Path) -> None:
     assert gc["ReservedConcurrentExecutions"] == 1  # one collector at a time
 
 
+def test_the_package_carries_bytecode_its_runtime_loads(built: Path, tmp_path: Path) -> None:
+    """Every module of ours has a .pyc for the packaged Python, and Lambda's interpreter
+    uses it without looking at the source: a copy whose chalicelib/config.py no longer
+    parses still imports (a read-only /var/task would otherwise compile each module on
+    every cold start)."""
+    tag = sys.implementation.cache_tag
+    with zipfile.ZipFile(built / "deployment.zip") as zf:
+        names = set(zf.namelist())
+        zf.extractall(tmp_path)
+    ours = [n for n in names if n.endswith(".py") and (n == "app.py" or n.startswith("chalicelib/"))]
+    assert len(ours) > 50
+    for name in ours:
+        folder, _, file = name.rpartition("/")
+        pyc = f"{folder + '/' if folder else ''}__pycache__/{file[:-3]}.{tag}.pyc"
+        assert pyc in names, name
+    (tmp_path / "chalicelib" / "config.py").write_text("this is not python (\n")
+    out = subprocess.run([sys.executable, "-I", "-S", "-B", "-c",
+                          "import sys; sys.path.insert(0, sys.argv[1]); import chalicelib.config as c; print(c.__name__)",
+                          str(tmp_path)], env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "chalicelib.config", out.stderr[-2000:]
+
+
 def test_a_clean_interpreter_takes_app_and_the_sdk_from_the_package(unpacked: Path, runtime: Path) -> None:
     out = subprocess.run([sys.executable, "-I", "-S", "-c", _PROBE, str(unpacked), str(runtime)],
                          cwd=str(unpacked), env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=60)
