@@ -45,9 +45,11 @@ def _env(root: Path, certs: Certificates, **extra: str) -> dict[str, str]:
 def https_server(tmp_path: Path, certs: Certificates, **extra: str) -> Iterator[str]:
     port = free_port()
     argv = [sys.executable, "-m", "chalicelib", "serve", "--addr", f"127.0.0.1:{port}"]
-    with process(argv, port, _env(tmp_path / "data", certs, **extra), log_path=tmp_path / f"serve-{port}.log",
-                 cwd=ROOT, inherit_env=False):
+    log = tmp_path / f"serve-{port}.log"
+    with process(argv, port, _env(tmp_path / "data", certs, **extra), log_path=log, cwd=ROOT, inherit_env=False):
         yield f"https://127.0.0.1:{port}"
+    # refused handshakes and plain HTTP on the TLS port are a client's errors: no traceback
+    assert "Traceback" not in log.read_text(), log.read_text()
 
 
 def _handshake(port: int, certs: Certificates, cert: Optional[tuple[Path, Path]] = None,
