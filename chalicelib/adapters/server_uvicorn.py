@@ -35,7 +35,9 @@ from .asgi import MAX_TARGET
 log = logging.getLogger("stratus.server")
 
 MAX_HEADER_BYTES = 1 << 20  # as Go's net/http (http.DefaultMaxHeaderBytes)
-BODY_BUFFER = 1 << 20  # body bytes read ahead per request before the socket is paused
+# body bytes read ahead per request before the socket is paused: 256 KiB keeps 32
+# concurrent pushes at 81-84 MB peak RSS (1 MiB: 93-101 MB) at the same push speed
+BODY_BUFFER = 256 << 10
 
 
 class BodyChannel:

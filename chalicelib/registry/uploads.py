@@ -33,7 +33,7 @@ log = logging.getLogger("stratus.uploads")
 READ_SIZE = 1 << 20
 # Bodies at least this long are hashed on a second thread (see copy_body)
 HASH_BEHIND_MIN = 4 * READ_SIZE
-_HASH_BEHIND_DEPTH = 4  # pieces in flight: bounds the memory a push holds
+_HASH_BEHIND_DEPTH = 2  # pieces in flight: bounds the memory a push holds (2 MiB; 4 gave no speed)
 _UPLOAD_ID_LENGTH = 36
 
 
