@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 
 from . import client as registry_client
 from . import loadgen, servers
-from .memory import tree_rss
+from .memory import concurrent_pushes, tree_rss
 
 MiB = 1 << 20
 MB = 1_000_000
@@ -261,34 +261,9 @@ def numbers(server: servers.RunningServer, workdir: Path, stalled: int, unread: 
     loaded rate as % of the unloaded one, wrk -c1000 req/s and errors, and the peak RSS
     (MB) during `pushes` concurrent monolithic pushes of `push_size` bytes, measured
     first, before any hostile client touched the server."""
-    import threading
-
-    from .memory import PeakRSS
-
     out: dict[str, float] = {}
-    import hashlib
-
-    tail = memoryview(os.urandom(push_size - 16))  # shared; each push is a new blob by its first 16 bytes
-    failures: list[str] = []
-
-    def push(i: int) -> None:
-        head = f"stratus-push{i:04d}".encode()
-        digest = hashlib.sha256(head)
-        digest.update(tail)
-        try:
-            with registry_client.Client(server.url) as pusher:
-                pusher.push_monolithic(f"bench/concurrent{i}", [memoryview(head), tail], push_size,
-                                       "sha256:" + digest.hexdigest())
-        except Exception as exc:  # counted: a refused push (503) is a result too
-            failures.append(repr(exc)[:200])
-
-    with PeakRSS(server.pid) as peak:
-        threads = [threading.Thread(target=push, args=(i,)) for i in range(pushes)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    out["rss_concurrent_pushes"] = peak.peak / MB
+    peak, failures = concurrent_pushes(server.url, server.pid, pushes, push_size)
+    out["rss_concurrent_pushes"] = peak / MB
     if failures:
         print(f"{server.name}: {len(failures)} of {pushes} concurrent pushes failed: {failures[0]}", file=sys.stderr)
     with registry_client.Client(server.url) as client:

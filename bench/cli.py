@@ -142,9 +142,10 @@ def rows_template() -> dict[str, report.Row]:
         "push_mono": report.Row("Push, monolithic", "MB/s", target=ratio(1.5), target_text="≥ 1.5×"),
         "push_chunked": report.Row("Push, chunked", "MB/s", target=ratio(1.5), target_text="≥ 1.5×"),
         "pull": report.Row("Pull", "MB/s", target=ratio(1.0), target_text="≥ 1.0×"),
-        # Stratus writes uploads with O_DIRECT, so its first read of a new blob comes
-        # from disk; the reference's comes from the page cache it wrote through
-        "pull_first": report.Row("Pull, first after push", "MB/s"),
+        # Stratus writes uploads with O_DIRECT and reads each piece back into the page
+        # cache as it lands (storage/filesystem/direct.py), so a first read finds it
+        # cached, as the reference's does after writing through the page cache
+        "pull_first": report.Row("Pull, first after push", "MB/s", target=ratio(1.0), target_text="≥ 1.0×"),
         "manifest_tag": report.Row("Manifest GET by tag", "req/s", target=ratio(1.5), target_text="≥ 1.5×"),
         "manifest_digest": report.Row("Manifest GET by digest", "req/s", target=ratio(1.5), target_text="≥ 1.5×"),
         "blob_head": report.Row("Blob HEAD (empty blob)", "req/s", target=ratio(1.5), target_text="≥ 1.5×"),
