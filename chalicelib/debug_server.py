@@ -18,13 +18,23 @@ As in the reference registry:
 The listener is a small threaded HTTP server of its own, apart from the registry's
 server, so a registry saturated with pushes still answers health and metrics.
 `stratus serve` calls start_debug_server once, before it starts serving.
+
+The checks run in the process that started them; the servers answer requests in
+worker processes (granian always, gunicorn, uvicorn with --workers > 1), forked after
+the checks started or spawned afresh. So the failing checks are also published in a
+small shared file mapping (SharedHealth, its path in STRATUS_HEALTH_STATE for spawned
+workers), which the gate reads in any other process: a worker's copy of the checks
+would otherwise stay as it was when it forked.
 """
 from __future__ import annotations
 
 import json
 import logging
+import mmap
 import os
 import socket
+import struct
+import tempfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Optional
@@ -35,6 +45,7 @@ from .context import background
 log = logging.getLogger("stratus.debug")
 
 HEALTH_PATH = "/debug/health"
+HEALTH_STATE_ENV = "STRATUS_HEALTH_STATE"
 Probe = Callable[[], None]  # raises when unhealthy
 
 
@@ -48,9 +59,11 @@ class Check:
         self.threshold = max(1, threshold)
         self.failures = 0
         self.error: Optional[str] = None  # the last error while unhealthy
+        self.on_change: Callable[[], None] = lambda: None  # told when error changes
         self._stop = threading.Event()
 
     def run_once(self) -> None:
+        before = self.error
         try:
             self.probe()
         except Exception as exc:  # any failure is the check's answer
@@ -59,11 +72,13 @@ class Check:
                 if self.error is None:
                     log.error("health check %s failed: %s", self.name, exc)
                 self.error = str(exc) or type(exc).__name__
-            return
-        if self.error is not None:
-            log.info("health check %s passes again", self.name)
-        self.failures = 0
-        self.error = None
+        else:
+            if self.error is not None:
+                log.info("health check %s passes again", self.name)
+            self.failures = 0
+            self.error = None
+        if self.error != before:
+            self.on_change()
 
     def start(self) -> None:
         def loop() -> None:
@@ -77,15 +92,87 @@ class Check:
         self._stop.set()
 
 
+class SharedHealth:
+    """The failing checks as JSON in a file mapped shared by every process that opens it
+    (or forked with it): a sequence number (odd while a write is under way), the length,
+    the JSON. One process writes (its checks' threads, under a lock); any reads."""
+
+    SIZE = 64 << 10
+    _HEAD = struct.Struct("<II")
+
+    def __init__(self, path: Optional[str] = None):
+        self.owned = path is None
+        if path is None:
+            handle, path = tempfile.mkstemp(prefix="stratus-health-")
+            os.ftruncate(handle, self.SIZE)
+        else:
+            handle = os.open(path, os.O_RDWR)
+        try:
+            self._map = mmap.mmap(handle, self.SIZE, mmap.MAP_SHARED)
+        finally:
+            os.close(handle)
+        self.path = path
+        self._lock = threading.Lock()
+
+    def write(self, failing: dict[str, str]) -> None:
+        body = json.dumps(failing).encode()
+        if len(body) > self.SIZE - self._HEAD.size:  # very many long errors: names only
+            body = json.dumps({name: "failing" for name in failing}).encode()[: self.SIZE - self._HEAD.size]
+        with self._lock:
+            sequence = self._HEAD.unpack_from(self._map, 0)[0]
+            self._HEAD.pack_into(self._map, 0, sequence + 1, 0)
+            self._map[self._HEAD.size:self._HEAD.size + len(body)] = body
+            self._HEAD.pack_into(self._map, 0, sequence + 2, len(body))
+
+    def read(self) -> dict[str, str]:
+        for _ in range(100):
+            before, length = self._HEAD.unpack_from(self._map, 0)
+            if before % 2:
+                continue  # a write is under way
+            body = self._map[self._HEAD.size:self._HEAD.size + length]
+            if self._HEAD.unpack_from(self._map, 0)[0] == before:
+                return json.loads(body) if length else {}
+        return {"health": "state unreadable"}  # a writer that never finishes: not healthy
+
+    def remove(self) -> None:
+        if self.owned:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+
+
 class Health:
-    def __init__(self, checks: list[Check]):
+    def __init__(self, checks: list[Check], shared: Optional[SharedHealth] = None):
         self.checks = checks
+        self.shared = shared
+        self._pid = os.getpid()  # the process whose threads run the checks
+
+    @classmethod
+    def attach(cls, path: str) -> "Health":
+        """The health another process's checks publish at path (a spawned worker's view)."""
+        health = cls([], SharedHealth(path))
+        health._pid = -1
+        return health
 
     def failing(self) -> dict[str, str]:
+        if self.shared is not None and os.getpid() != self._pid:
+            return self.shared.read()  # a worker: the checks run in the process that started them
         return {c.name: c.error for c in self.checks if c.error is not None}
 
+    def publish(self) -> None:
+        if self.shared is not None and os.getpid() == self._pid:
+            self.shared.write(self.failing())
+
     def start(self) -> None:
+        if self.shared is None:
+            self.shared = SharedHealth()
+            os.environ[HEALTH_STATE_ENV] = self.shared.path  # for workers spawned rather than forked
+            import atexit
+
+            atexit.register(self.shared.remove)
         for check in self.checks:
+            check.on_change = self.publish
             check.start()
 
     def stop(self) -> None:

@@ -287,6 +287,11 @@ def serve(
         raise SystemExit(f"STRATUS_SERVER: expected one of {', '.join(SERVERS)}, got {name!r}")
     workers = workers or int(os.environ.get("STRATUS_WORKERS") or DEFAULT_WORKERS[name])
     http = http or _http_config()
+    if http.debug.addr and http.debug.prometheus_enabled and (name != "uvicorn" or workers > 1):
+        # not silently: the counters live in each process, the debug listener in this one
+        log.warning("http.debug.prometheus: /metrics counts the requests this process answers; %s with %d "
+                    "worker(s) answers them in worker processes, whose counts it does not see: serve with "
+                    "uvicorn and one worker for metrics", name, workers)
     access = None if accesslog_disabled else _access_log()
     if name == "uvicorn":
         _serve_uvicorn(api, addr, workers, threads, http, access)
@@ -374,11 +379,16 @@ def _granian_app(target: str) -> Callable:
     if _APP is not None:
         return _APP
     from ..bootstrap import Stratus
+    from ..debug_server import HEALTH_STATE_ENV, Health, HealthGatedAPI
     from ..logs import enable_access_log
 
     owner = Stratus.load()
+    api = owner.api
+    state = os.environ.get(HEALTH_STATE_ENV)
+    if state:  # the parent runs health checks: this worker is gated by what they publish
+        api = HealthGatedAPI(api, Health.attach(state))
     access = None if owner.config.log.accesslog_disabled else _access_log()
-    return _without_process_headers(wsgi_app(owner.api, None if access is None else enable_access_log(access)))
+    return _without_process_headers(wsgi_app(api, None if access is None else enable_access_log(access)))
 
 
 def _without_process_headers(app: Callable) -> Callable:
