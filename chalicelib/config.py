@@ -388,6 +388,9 @@ class ProxyUpstream:
     username: str | None = None
     password: str | None = None
     ttl: float = 300.0  # seconds a cached tag is served before it is re-validated upstream
+    # where the password is kept instead (an SSM parameter or Secrets Manager secret, as
+    # http.secretparameter), read when the upstream first asks for credentials
+    passwordparameter: str | None = None
 
 
 @dataclass
@@ -398,6 +401,9 @@ class ProxyConfig:
     # On a function: an uncached blob up to this size is copied into storage within the
     # request; a larger one is sent to the upstream's own URL while a copy runs (docs/proxy.md).
     inlinelimit: int = 256 * MiB
+    # How long the lease on one blob's upstream fetch lasts unless its holder renews it
+    # (every third of it): how soon another process takes over from a dead holder.
+    leasettl: float = 30.0
 
 
 @dataclass
@@ -1262,7 +1268,8 @@ def _notifications(section: _Section) -> NotificationsConfig:
 def _proxy(section: _Section) -> ProxyConfig:
     """The reference's single upstream (remoteurl ...), or Stratus's `upstreams` list."""
     upstreams = [_upstream(item, prefixed=True) for item in _check_list(section, "upstreams")]
-    single = [k for k in ("remoteurl", "username", "password", "ttl") if section.value(k) is not _MISSING]
+    single = [k for k in ("remoteurl", "username", "password", "passwordparameter", "ttl")
+              if section.value(k) is not _MISSING]
     if single:
         if upstreams:
             raise section.fail("remoteurl", "either remoteurl (one upstream for every repository) or "
@@ -1272,9 +1279,10 @@ def _proxy(section: _Section) -> ProxyConfig:
     for prefix in prefixes:
         if prefixes.count(prefix) > 1:
             raise section.fail("upstreams", "a distinct prefix per upstream", prefix)
-    config = ProxyConfig(upstreams=upstreams, inlinelimit=section.size("inlinelimit", 256 * MiB, positive=True))
+    config = ProxyConfig(upstreams=upstreams, inlinelimit=section.size("inlinelimit", 256 * MiB, positive=True),
+                         leasettl=section.duration("leasettl", 30.0, positive=True))
     # exec (a credential helper): refused by _account_for_unimplemented
-    section.warn_unknown(known=("exec", "remoteurl", "username", "password", "ttl"))
+    section.warn_unknown(known=("exec", "remoteurl", "username", "password", "passwordparameter", "ttl"))
     return config
 
 
@@ -1293,10 +1301,14 @@ def _upstream(section: _Section, prefixed: bool) -> ProxyUpstream:
         username=section.string("username", None) or None,
         password=section.string("password", None) or None,
         ttl=section.duration("ttl", 300.0),
+        passwordparameter=section.string("passwordparameter", None) or None,
     )
-    if (upstream.username is None) != (upstream.password is None):
+    if upstream.password is not None and upstream.passwordparameter is not None:
+        raise section.fail("passwordparameter", "password or passwordparameter (where it is kept), not both")
+    has_password = upstream.password is not None or upstream.passwordparameter is not None
+    if (upstream.username is None) == has_password:
         raise section.fail("password" if upstream.username else "username",
-                           "username and password set together (or neither)")
+                           "username and password set together (or neither; passwordparameter stands for password)")
     if prefixed:
         section.warn_unknown()
     return upstream

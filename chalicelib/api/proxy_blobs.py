@@ -12,6 +12,11 @@ whose responses are small and short), no blob byte passes through the function:
   credentials (its CDN redirect, or its own URL when it is open), else back to this
   URL with `_proxywait=<n>`: each such request waits up to WAIT_SECONDS for the fill,
   then redirects to storage, or to itself again (n+1), until MAX_WAITS.
+
+Across instances one copies (the lease, registry.proxy.lease): a request that finds
+another instance copying the blob waits for it up to WAIT_SECONDS and then redirects
+to itself with `_proxywait`, as above; a wait that finds the copy's holder gone (its
+lease expired) copies the blob itself, or starts another fill.
 """
 from __future__ import annotations
 
@@ -29,7 +34,7 @@ from .http import Response
 from .upload_state import InvalidStateError, UploadState
 
 if TYPE_CHECKING:
-    from ..registry.proxy.mirror import Fetched
+    from ..registry.proxy.mirror import Fetched, Handoff
 
 log = logging.getLogger("stratus.proxy")
 
@@ -62,23 +67,28 @@ def serve(scope: Scope, repo: Repository, digest: Digest, head: bool) -> Optiona
         proxy.fill(scope.ctx, digest)  # the copy another invocation started: no size limit here
         return Response(204, [("Content-Length", "0")])
     waits = scope.request.arg(WAIT_PARAM)
+    count = 0
     if waits is not None:
-        if proxy.wait_stored(scope.ctx, digest, WAIT_SECONDS):
-            return None
         count = int(waits) if waits.isascii() and waits.isdigit() else MAX_WAITS
-        if count >= MAX_WAITS:
-            raise UpstreamUnavailableError({"digest": str(digest), "reason": "the copy from upstream is not done"})
-        return _redirect(_own_url(scope, repo.name, digest) + "?" + urlencode({WAIT_PARAM: count + 1}))
     limit = options.proxy.inlinelimit if options.proxy is not None else 0
-    handoff = proxy.fill(scope.ctx, digest, limit)
-    if handoff is None:
+    outcome = proxy.fill(scope.ctx, digest, limit, wait=WAIT_SECONDS)
+    if outcome is None:
         return None
+    if waits is not None and count >= MAX_WAITS:
+        raise UpstreamUnavailableError({"digest": str(digest), "reason": "the copy from upstream is not done"})
+    wait_url = _own_url(scope, repo.name, digest) + "?" + urlencode({WAIT_PARAM: count + 1})
+    from ..registry.proxy.mirror import Busy  # imported already: the registry built its mirrors
+
+    if isinstance(outcome, Busy):  # another instance is copying it
+        return _redirect(wait_url)
+    handoff: "Handoff" = outcome
+    # nobody is copying it (first request, or the copy's holder died): start a copy
     start_fill(scope, repo.name, digest)
     log.info("proxy: %s (%d bytes) is copied by another invocation; client sent to %s", digest, handoff.size,
              "the upstream" if handoff.url else "wait")
-    if handoff.url is not None:
+    if handoff.url is not None and waits is None:
         return _redirect(handoff.url)
-    return _redirect(_own_url(scope, repo.name, digest) + "?" + urlencode({WAIT_PARAM: 1}))
+    return _redirect(wait_url)
 
 
 def _serve_fetched(fetched: "Fetched", digest: Digest) -> Response:

@@ -28,6 +28,7 @@ from ..errors import BlobUnknownError, ManifestInvalidError, ManifestUnknownErro
 from ..manifest_types import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST, parse_manifest
 from ..uploads import now_rfc3339
 from .errors import UpstreamContentError, UpstreamUnavailableError
+from .lease import DEFAULT_TTL, Held, Leases
 from .upstream import Upstream, UpstreamStatusError, UpstreamUnavailable, pull_scope
 
 if TYPE_CHECKING:
@@ -41,8 +42,12 @@ MAX_MANIFEST = 4 << 20
 # a corrupt one is refused with an OCI error; a larger one is streamed (below).
 BUFFERED_BLOB = 4 << 20
 PIECE = 1 << 20
-# How long a pull waits for another pull of the same blob in this process to store it.
+# How long a pull waits for another pull of the same blob (in this process, or holding
+# the lease elsewhere) to store it.
 FOLLOW_TIMEOUT = 600.0
+# How often a pull waiting on another process's fetch looks for the blob in storage
+# (and for the lease having expired).
+POLL_INTERVAL = 0.5
 DOCKER_HUB_HOSTS = ("registry-1.docker.io", "index.docker.io", "docker.io", "registry.hub.docker.com")
 
 
@@ -62,6 +67,12 @@ class Handoff:
 
     size: int
     url: Optional[str]
+
+
+@dataclass
+class Busy:
+    """Another process (function instance) is fetching the blob and it was not stored
+    within the wait the caller allowed."""
 
 
 class Flights:
@@ -87,6 +98,23 @@ class Flights:
         event.set()
 
 
+class Turn:
+    """This process's fetch of one blob: the in-process flight it leads and the
+    cross-process lease it holds; ended once, whichever way the fetch ends."""
+
+    def __init__(self, flights: Flights, key: str, event: threading.Event):
+        self.flights = flights
+        self.key = key
+        self.event = event
+        self.held: Optional[Held] = None
+
+    def end(self) -> None:
+        if self.held is not None:
+            self.held.release()
+            self.held = None
+        self.flights.end(self.key, self.event)
+
+
 # One for the whole process, not one per registry: an adapter that builds its api lazily
 # may build several under concurrent first requests (all over the same storage), and
 # they must still share fetches. A digest names the same bytes in every storage.
@@ -100,7 +128,8 @@ class Mirror:
         self.config = config
         self.prefix = config.prefix
         self.ttl = config.ttl
-        self.upstream = Upstream(config.remoteurl, config.username, config.password)
+        self.upstream = Upstream(config.remoteurl, config.username, config.password,
+                                 password_parameter=config.passwordparameter)
         self.docker_hub = (urlsplit(config.remoteurl).hostname or "") in DOCKER_HUB_HOSTS
 
     def covers(self, name: str) -> bool:
@@ -121,6 +150,7 @@ class Proxies:
     def __init__(self, upstreams: list[ProxyUpstream]):
         self.mirrors = sorted((Mirror(u) for u in upstreams), key=lambda m: len(m.prefix), reverse=True)
         self.flights = FLIGHTS
+        self._leases: Optional[Leases] = None
 
     def mirror_for(self, name: str) -> Optional[Mirror]:
         for mirror in self.mirrors:
@@ -130,16 +160,23 @@ class Proxies:
 
     def repository(self, repo: "Repository") -> Optional["ProxiedRepository"]:
         mirror = self.mirror_for(repo.name)
-        return ProxiedRepository(repo, mirror, self.flights) if mirror is not None else None
+        if mirror is None:
+            return None
+        if self._leases is None:  # the registry's driver and cache, known from its first repository
+            proxy = repo.registry.options.proxy
+            ttl = proxy.leasettl if proxy is not None else DEFAULT_TTL
+            self._leases = Leases(repo.registry.driver, repo.registry.cache, ttl)
+        return ProxiedRepository(repo, mirror, self.flights, self._leases)
 
 
 class ProxiedRepository:
     """The pull side of a mirrored repository: tags, manifests and blobs filled from upstream."""
 
-    def __init__(self, repo: "Repository", mirror: Mirror, flights: Flights):
+    def __init__(self, repo: "Repository", mirror: Mirror, flights: Flights, leases: Leases):
         self.repo = repo
         self.mirror = mirror
         self.flights = flights
+        self.leases = leases
         self.remote = mirror.remote_name(repo.name)
         self.scope = pull_scope(self.remote)
         self.driver = repo.registry.driver
@@ -277,75 +314,107 @@ class ProxiedRepository:
 
     def blob(self, ctx: Context, digest: Digest, head: bool) -> Optional[Fetched]:
         """None when the blob is (now) in our storage, linked here; else what the
-        upstream gave. Concurrent GETs of one blob in this process fetch it once."""
+        upstream gave. Concurrent GETs of one blob fetch it once: in this process
+        (Flights), and across processes (the lease)."""
         if self._linked_here(ctx, digest):
             return None
         path = f"/v2/{self.remote}/blobs/{digest}"
         if head:
             return Fetched(self._upstream_descriptor(ctx, digest, path), None)
-        key = str(digest)
-        for _ in range(2):  # a second turn leads if the first fetch failed
-            if self._link_stored(ctx, digest, path):
-                return None
-            event, leader = self.flights.begin(key)
-            if leader and self._stored_meanwhile(ctx, digest, path, key, event):
-                return None
-            if leader:
-                return self._fetch(ctx, digest, path, key, event)
-            event.wait(FOLLOW_TIMEOUT)
-            if self._linked_here(ctx, digest):
-                return None
-        raise UpstreamUnavailableError({"digest": key, "reason": "the fetch of this blob did not finish"})
+        turn = self._lead(ctx, digest, path, None)
+        if turn is None:
+            return None
+        assert isinstance(turn, Turn)  # no wait limit: never Busy
+        return self._fetch(ctx, digest, path, turn)
 
-    def fill(self, ctx: Context, digest: Digest, max_size: Optional[int] = None) -> Optional[Handoff]:
+    def fill(self, ctx: Context, digest: Digest, max_size: Optional[int] = None,
+             wait: Optional[float] = None) -> Union[None, Handoff, Busy]:
         """Store the blob here, sending no byte anywhere else: None once it is stored,
-        a Handoff (nothing stored) when the upstream's copy is larger than max_size."""
+        a Handoff (nothing stored) when the upstream's copy is larger than max_size,
+        Busy when another process is copying it and it was not stored within wait."""
         if self._linked_here(ctx, digest):
             return None
         path = f"/v2/{self.remote}/blobs/{digest}"
         key = str(digest)
-        for _ in range(2):
+        if max_size is not None and not self._link_stored(ctx, digest, path):
+            if self.leases.busy(ctx, key):  # a copy runs elsewhere: wait for it, start none
+                return None if self._await_stored(ctx, digest, path, wait) else Busy()
+            size = self._upstream_descriptor(ctx, digest, path).size
+            if size > max_size:
+                return Handoff(size, self._handoff_url(path))
+        turn = self._lead(ctx, digest, path, wait)
+        if not isinstance(turn, Turn):
+            return turn
+        fetched = self._fetch(ctx, digest, path, turn)
+        if not isinstance(fetched.body, bytes) and fetched.body is not None:
+            for _piece in fetched.body:  # the stream stores the blob as it is read
+                pass
+        return None
+
+    def _lead(self, ctx: Context, digest: Digest, path: str, wait: Optional[float]) -> Union[None, Busy, Turn]:
+        """This process's turn to fetch the blob (flight led, lease held), or None once
+        it is stored, or Busy when wait ran out first. In-process followers wait for
+        their leader; the process's leader waits for the lease's holder elsewhere,
+        polling storage, and takes the lease over if its holder dies."""
+        key = str(digest)
+        deadline = time.monotonic() + (FOLLOW_TIMEOUT if wait is None else wait)
+        for _ in range(2):  # a second turn leads if the first fetch failed
             if self._link_stored(ctx, digest, path):
                 return None
-            if max_size is not None:
-                size = self._upstream_descriptor(ctx, digest, path).size
-                if size > max_size:
-                    return Handoff(size, self._handoff_url(path))
             event, leader = self.flights.begin(key)
-            if leader and self._stored_meanwhile(ctx, digest, path, key, event):
-                return None
-            if leader:
-                fetched = self._fetch(ctx, digest, path, key, event)
-                if not isinstance(fetched.body, bytes) and fetched.body is not None:
-                    for _piece in fetched.body:  # the stream stores the blob as it is read
-                        pass
-                return None
-            event.wait(FOLLOW_TIMEOUT)
-            if self._linked_here(ctx, digest):
-                return None
+            if not leader:
+                event.wait(max(0.0, deadline - time.monotonic()))
+                if self._linked_here(ctx, digest):
+                    return None
+                if time.monotonic() >= deadline:
+                    break
+                continue
+            turn = Turn(self.flights, key, event)
+            try:
+                while True:
+                    # checked again once leading: a fetch that ended between our first
+                    # look and now has stored the blob (else every late caller would fetch)
+                    if self._poll_stored(ctx, digest, path):
+                        turn.end()
+                        return None
+                    turn.held = self.leases.acquire(ctx, key)
+                    if turn.held is not None:
+                        if self._poll_stored(ctx, digest, path):  # stored as the last holder let go
+                            turn.end()
+                            return None
+                        return turn
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        turn.end()
+                        return Busy() if wait is not None else self._unfinished(key)
+                    time.sleep(min(POLL_INTERVAL, left))
+            except BaseException:
+                turn.end()
+                raise
+        if wait is not None:
+            return Busy()
+        return self._unfinished(key)
+
+    @staticmethod
+    def _unfinished(key: str):
         raise UpstreamUnavailableError({"digest": key, "reason": "the fetch of this blob did not finish"})
 
-    def _stored_meanwhile(self, ctx: Context, digest: Digest, path: str, key: str, event: threading.Event) -> bool:
-        """Checked again once leading: a fetch that ended between our first look and
-        taking the lead has stored the blob already (else every late caller would fetch)."""
+    def _poll_stored(self, ctx: Context, digest: Digest, path: str) -> bool:
+        """Whether the blob is in storage now (stored by anyone), linked here if so."""
         try:
-            stored = self._link_stored(ctx, digest, path)
-        except BaseException:
-            self.flights.end(key, event)
-            raise
-        if stored:
-            self.flights.end(key, event)
-        return stored
+            self.repo.registry.blobs.stat_now(ctx, digest)
+        except BlobUnknownError:
+            return False
+        return self._linked_here(ctx, digest) or self._link_stored(ctx, digest, path)
 
-    def wait_stored(self, ctx: Context, digest: Digest, timeout: float, interval: float = 0.5) -> bool:
-        """Whether the blob is stored here within timeout (a fill elsewhere may be writing it)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if self._linked_here(ctx, digest):
-                return True
-            if time.monotonic() >= deadline:
+    def _await_stored(self, ctx: Context, digest: Digest, path: str, wait: Optional[float]) -> bool:
+        deadline = time.monotonic() + (FOLLOW_TIMEOUT if wait is None else wait)
+        while not self._poll_stored(ctx, digest, path):
+            left = deadline - time.monotonic()
+            if left <= 0:
                 return False
-            time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+            time.sleep(min(POLL_INTERVAL, left))
+        return True
 
     def _handoff_url(self, path: str) -> Optional[str]:
         """Where the upstream's bytes can be read without our credentials: the blob
@@ -394,16 +463,17 @@ class ProxiedRepository:
         self.repo.blobs.link(ctx, descriptor)
         return True
 
-    def _fetch(self, ctx: Context, digest: Digest, path: str, key: str, event: threading.Event) -> Fetched:
+    def _fetch(self, ctx: Context, digest: Digest, path: str, turn: Turn) -> Fetched:
+        key = turn.key
         try:
             response = self.mirror.upstream.request("GET", path, self.scope, stream=True)
         except (UpstreamUnavailable, UpstreamStatusError) as exc:
-            self.flights.end(key, event)
+            turn.end()
             raise UpstreamUnavailableError({"reason": str(exc)[:300]}) from None
         if response.status != 200:
             response.drain_conn()
             response.release_conn()
-            self.flights.end(key, event)
+            turn.end()
             raise BlobUnknownError({"digest": key, "upstream": response.status})
         length_text = response.headers.get("Content-Length")
         length = int(length_text) if length_text and length_text.isdigit() else None
@@ -419,17 +489,18 @@ class ProxiedRepository:
                 log.info("proxy: cached %s for %s (%d bytes)", key, self.repo.name, len(body))
                 return Fetched(descriptor, body)
             finally:
-                self.flights.end(key, event)
+                turn.end()
         descriptor = BlobDescriptor(digest=digest, size=length if length is not None else -1)
-        return Fetched(descriptor, self._stream(ctx, digest, response, length, key, event))
+        return Fetched(descriptor, self._stream(ctx, digest, response, length, turn))
 
-    def _stream(self, ctx: Context, digest: Digest, response, length: Optional[int], key: str,
-                event: threading.Event) -> Iterator[bytes]:
+    def _stream(self, ctx: Context, digest: Digest, response, length: Optional[int],
+                turn: Turn) -> Iterator[bytes]:
         """The upstream's bytes to the client as they arrive, written to a staging file
         and hashed on the way; moved to the blob's path only if they match. The last
         piece is held back until then: a client never receives a whole corrupt blob,
         its connection breaks instead."""
         name = self.repo.name
+        key = turn.key
         staging = uuid.uuid4().hex
         data_path = paths.upload_data(name, staging)
         stored = False
@@ -468,7 +539,7 @@ class ProxiedRepository:
                 response.release_conn()
             else:  # cut short: unread bytes would poison the pooled connection
                 response.close()
-            self.flights.end(key, event)
+            turn.end()
             self._remove_staging(ctx, staging, stored)
 
     def _remove_staging(self, ctx: Context, staging: str, stored: bool) -> None:

@@ -6,6 +6,12 @@ before for its scope; a 401 names the scheme in WWW-Authenticate. Basic is answe
 the configured credentials; Bearer by asking the challenge's realm for a token for
 `repository:<name>:pull` (with the credentials as Basic, or anonymously without them),
 kept per scope until shortly before it expires.
+
+The password may be kept out of the configuration (`passwordparameter`: an SSM
+parameter or a Secrets Manager secret, as aws_runtime reads http.secret): it is read
+once per process when the upstream first asks for credentials, so a cold start that
+never meets a challenge imports no boto3; a refusal of it reads it again next time
+(it was rotated).
 """
 from __future__ import annotations
 
@@ -20,6 +26,8 @@ from typing import Mapping, Optional
 from urllib.parse import urlencode, urljoin, urlsplit
 
 import urllib3
+
+from ... import aws_runtime
 
 log = logging.getLogger("stratus.proxy")
 
@@ -63,11 +71,12 @@ def pull_scope(name: str) -> str:
 
 class Upstream:
     def __init__(self, url: str, username: Optional[str] = None, password: Optional[str] = None,
-                 connect_timeout: float = 5.0, read_timeout: float = 60.0, pool_size: int = 16):
+                 connect_timeout: float = 5.0, read_timeout: float = 60.0, pool_size: int = 16,
+                 password_parameter: Optional[str] = None):
         self.url = url.rstrip("/")
-        self._basic = None
-        if username is not None and password is not None:
-            self._basic = "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
+        self._username = username
+        self._password = password
+        self._password_parameter = password_parameter if username is not None and password is None else None
         self.http = urllib3.PoolManager(
             num_pools=8, maxsize=pool_size, block=False, retries=False,
             timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
@@ -75,6 +84,31 @@ class Upstream:
         self._lock = threading.Lock()
         self._challenge: Optional[Challenge] = None  # what the upstream asked for last
         self._tokens: dict[str, tuple[str, float]] = {}  # scope -> (token, renew after)
+
+    @property
+    def has_credentials(self) -> bool:
+        return self._username is not None and (self._password is not None or self._password_parameter is not None)
+
+    @property
+    def _basic(self) -> Optional[str]:
+        """The Basic credentials, the password read from its parameter when first needed."""
+        if not self.has_credentials:
+            return None
+        password = self._password
+        if password is None:
+            assert self._password_parameter is not None
+            try:
+                password = aws_runtime.fetch_secret(self._password_parameter)
+            except Exception as exc:  # unreadable (no grant, deleted): as an upstream that cannot be asked
+                raise UpstreamUnavailable(f"the upstream password ({self._password_parameter}) could not be read: "
+                                          f"{type(exc).__name__}") from exc
+        return "Basic " + base64.b64encode(f"{self._username}:{password}".encode()).decode()
+
+    def _refused(self) -> None:
+        """Our credentials were refused: a parameter's password is read again next time
+        (it may have been rotated since this process read it)."""
+        if self._password_parameter is not None:
+            aws_runtime.forget_secret(self._password_parameter)
 
     @property
     def anonymous(self) -> bool:
@@ -97,6 +131,8 @@ class Upstream:
             if authorization:
                 sent["Authorization"] = authorization
             response = self._send(method, self.url + path, sent, stream, follow_redirects)
+            if response.status == 401 and attempt == 1 and authorization:
+                self._refused()
             if response.status != 401 or attempt == 1:
                 break
             challenge = parse_challenge(response.headers.get("WWW-Authenticate"))
@@ -148,7 +184,7 @@ class Upstream:
         """Whether a retry can carry something new for this challenge."""
         if challenge.scheme == "basic":
             self._challenge = challenge
-            return self._basic is not None
+            return self.has_credentials
         if challenge.scheme == "bearer" and challenge.params.get("realm"):
             with self._lock:
                 self._challenge = challenge
@@ -181,6 +217,8 @@ class Upstream:
             raise UpstreamUnavailable(f"token from {realm}: {response.status}")
         if response.status != 200:
             log.warning("upstream token realm %s refused %s with %s", realm, scope, response.status)
+            if response.status == 401 and headers:
+                self._refused()
             return None, 0.0
         try:
             doc = json.loads(response.data)
