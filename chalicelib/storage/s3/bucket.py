@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 from .client import client_for
 from .errors import error_code
+from .light import LightReads, WrongRegion, reads_for
 from .params import MAX_PART_SIZE, MIN_PART_SIZE, S3Parameters
 
 CONTENT_TYPE = "application/octet-stream"
@@ -78,6 +79,13 @@ class Bucket:
     def client(self) -> Any:
         return client_for(self.params.connection, self.params.log_level)
 
+    @property
+    def reads(self) -> Optional[LightReads]:
+        """The botocore-free reader (light.py) where it reads as the client would, else None."""
+        if self.params.log_level != "off":  # botocore's request logging was asked for
+            return None
+        return reads_for(self.params)
+
     def write_args(self) -> dict[str, Any]:
         """Arguments every request that creates an object carries."""
         p = self.params
@@ -95,11 +103,34 @@ class Bucket:
     # -- objects ---------------------------------------------------------------------
 
     def head(self, key: str) -> dict:
+        reads = self.reads
+        if reads is not None:
+            try:
+                return reads.head(key)
+            except WrongRegion:
+                pass  # the client's redirector finds the bucket's region
         return self.client.head_object(Bucket=self.name, Key=key)
 
     def get(self, key: str, range_: Optional[str] = None) -> dict:
+        reads = self.reads
+        if reads is not None:
+            try:
+                return reads.get(key, range_)
+            except WrongRegion:
+                pass
         kwargs = {"Range": range_} if range_ else {}
         return self.client.get_object(Bucket=self.name, Key=key, **kwargs)
+
+    def presign(self, method: str, key: str, expires: int) -> Optional[str]:
+        """A URL for GET or HEAD of key, valid for expires seconds; None for other methods."""
+        operation = {"GET": "get_object", "HEAD": "head_object"}.get(method.upper())
+        if operation is None:
+            return None
+        reads = self.reads
+        if reads is not None:
+            return reads.presign(method.upper(), key, expires)
+        return self.client.generate_presigned_url(
+            operation, Params={"Bucket": self.name, "Key": key}, ExpiresIn=int(expires))
 
     def put(self, key: str, body: bytes, metadata: Optional[dict[str, str]] = None) -> None:
         self.client.put_object(Bucket=self.name, Key=key, Body=body, Metadata=metadata or {}, **self.write_args())
@@ -118,6 +149,13 @@ class Bucket:
 
     def list_pages(self, prefix: str, delimiter: Optional[str] = None, max_keys: int = LIST_MAX):
         """Pages of ListObjectsV2, fetched as they are consumed."""
+        reads = self.reads
+        if reads is not None:
+            try:
+                yield from reads.list_pages(prefix, delimiter, max_keys)
+                return
+            except WrongRegion:
+                pass  # raised by the first page, before any was yielded
         kwargs: dict[str, Any] = {"Bucket": self.name, "Prefix": prefix, "MaxKeys": max_keys}
         if delimiter:
             kwargs["Delimiter"] = delimiter

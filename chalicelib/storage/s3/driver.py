@@ -178,13 +178,8 @@ class S3Driver(S3DirectWrites):
 
     def redirect_url(self, ctx: Context, method: str, path: str, expiry_seconds: int) -> Optional[str]:
         key = self._key(path)
-        operation = {"GET": "get_object", "HEAD": "head_object"}.get(method.upper())
-        if operation is None:
-            return None
         with s3_errors(path):
-            return self.bucket.client.generate_presigned_url(
-                operation, Params={"Bucket": self.bucket.name, "Key": key}, ExpiresIn=int(expiry_seconds),
-            )
+            return self.bucket.presign(method, key, int(expiry_seconds))
 
     def walk(self, ctx: Context, path: str) -> Iterator[FileInfo]:
         prefix = self._dir_prefix(path)
