@@ -21,8 +21,10 @@ import os
 import subprocess
 import sys
 from typing import Any, Iterator
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import requests as http
 
 from tests.lambda_gateway import runtime_environment
 from tests.moto_server import ACCESS_KEY, SECRET_KEY, MotoS3
@@ -120,3 +122,98 @@ def test_cold_base_request_imports_no_sdk_and_reads_no_secret(deployment, redis_
     # the first request that signs upload state reads the parameter, once
     assert upload["status"] == 202
     assert upload["secrets"] == sorted([env["STRATUS_HTTP_SECRET_PARAMETER"], env["STRATUS_REDIS_PASSWORD_PARAMETER"]])
+
+
+# -- a cold pull: the S3 reads need no AWS SDK ----------------------------------------------
+
+_PULL_SEED = """\
+import hashlib, json
+from tests.lambda_events import LambdaContext, Response, rest_api_event
+import app
+
+def call(method, path, query="", headers=None, body=b""):
+    response = Response(app.app(rest_api_event(method, path, query, headers, body), LambdaContext()))
+    assert response.status < 400, (method, path, response.status)
+    return response
+
+def push(data):
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    call("POST", "/v2/cold/pull/blobs/uploads/", "digest=" + digest, {"Content-Type": "application/octet-stream"}, data)
+    return digest
+
+media = "application/vnd.oci.image.manifest.v1+json"
+config, layer = b'{"architecture":"amd64","os":"linux"}', b"layer bytes " * 1000
+manifest = json.dumps({"schemaVersion": 2, "mediaType": media,
+    "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": push(config), "size": len(config)},
+    "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": push(layer), "size": len(layer)}]}).encode()
+call("PUT", "/v2/cold/pull/manifests/v1", "", {"Content-Type": media}, manifest)
+digests = {"manifest": "sha256:" + hashlib.sha256(manifest).hexdigest(), "layer": "sha256:" + hashlib.sha256(layer).hexdigest()}
+# an earlier instance's pull warms the descriptor cache
+call("GET", "/v2/cold/pull/manifests/" + digests["manifest"], "", {"Accept": media})
+call("HEAD", "/v2/cold/pull/blobs/" + digests["layer"])
+print(json.dumps(digests))
+"""
+
+_PULL_PROBE = """\
+import json, sys
+from tests.lambda_events import LambdaContext, Response, rest_api_event
+import app
+method, path, accept = sys.argv[1:4]
+response = Response(app.app(rest_api_event(method, path, "", {"Accept": accept}), LambdaContext()))
+print(json.dumps({"status": response.status, "headers": dict(response.headers), "body": response.body.decode("latin-1"),
+                  "modules": sorted({name.split(".")[0] for name in sys.modules})}))
+"""
+
+# what a cold pull must not import: the SDK, and what only the SDK brings
+NOT_ON_PULL = {"boto3", "botocore", "s3transfer", "jmespath", "dateutil"}
+
+
+def _fresh(env: dict[str, str], script: str, *args: str) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, "-E", "-s", "-c", script, *args], cwd=str(ROOT), env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture()
+def pull_deployment(moto_s3: MotoS3, tmp_path) -> Iterator[dict[str, str]]:
+    """A function whose role's credentials are in the environment, as Lambda gives them
+    (a session token included), the http secret there too, the cache in Redis."""
+    with redis_server(tmp_path / "redis-pull") as redis:
+        storage = {k: v for k, v in moto_s3.environment(moto_s3.create_bucket()).items()
+                   if k not in ("REGISTRY_STORAGE_S3_ACCESSKEY", "REGISTRY_STORAGE_S3_SECRETKEY")}
+        yield {
+            **runtime_environment(), **storage,
+            "REGISTRY_HTTP_SECRET": os.urandom(16).hex(),
+            "REGISTRY_STORAGE_CACHE_BLOBDESCRIPTOR": "redis", "REGISTRY_REDIS_ADDR": redis.addr,
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            "AWS_SESSION_TOKEN": "IQoJb3JpZ2luX2VjEXAMPLE+/=",
+        }
+
+
+@requires_redis
+@pytest.mark.parametrize("xray", [False, True], ids=["untraced", "xray"])
+def test_cold_pull_reads_s3_without_the_sdk(pull_deployment, moto_s3, xray) -> None:
+    env = dict(pull_deployment)
+    digests = _fresh(env, _PULL_SEED)
+    if xray:
+        env["AWS_XRAY_DAEMON_ADDRESS"] = "127.0.0.1:9"
+        env["_X_AMZN_TRACE_ID"] = "Root=1-65f1c2a0-0123456789abcdef01234567;Parent=53995c3f42cd8ad8;Sampled=1"
+    media = "application/vnd.oci.image.manifest.v1+json"
+
+    manifest = _fresh(env, _PULL_PROBE, "GET", f"/v2/cold/pull/manifests/{digests['manifest']}", media)
+    assert manifest["status"] == 200
+    assert json.loads(manifest["body"])["layers"][0]["digest"] == digests["layer"]
+    assert not NOT_ON_PULL & set(manifest["modules"]), sorted(NOT_ON_PULL & set(manifest["modules"]))
+    assert ("aws_xray_sdk" in manifest["modules"]) == xray
+
+    blob = _fresh(env, _PULL_PROBE, "GET", f"/v2/cold/pull/blobs/{digests['layer']}", "*/*")
+    assert blob["status"] == 307
+    assert not NOT_ON_PULL & set(blob["modules"]), sorted(NOT_ON_PULL & set(blob["modules"]))
+    location = {k.lower(): v for k, v in blob["headers"].items()}["location"]
+    query = parse_qs(urlsplit(location).query)
+    assert query["X-Amz-Security-Token"] == [env["AWS_SESSION_TOKEN"]]  # signed with the role's session
+    assert http.get(location, timeout=10).content == b"layer bytes " * 1000
+    print(f"\ncold pull ({'xray' if xray else 'untraced'}): manifest GET imports "
+          f"{[m for m in manifest['modules'] if m in SDKS + ('urllib3',)]}, blob GET "
+          f"{[m for m in blob['modules'] if m in SDKS + ('urllib3',)]}")
