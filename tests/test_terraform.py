@@ -627,26 +627,55 @@ def test_the_function_serves_with_exactly_the_environment_terraform_gave_it(
 # -- offline: the proxy variables as the functions read them ------------------------------------
 
 
+def console(workdir: Path, expression: str, *variables: str) -> Any:
+    """An expression's value as `terraform console` computes it before any apply."""
+    done = subprocess.run(["terraform", "console", *variables], input=f"jsonencode({expression})\n",
+                          capture_output=True, text=True, cwd=workdir, env=terraform_env(), timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(json.loads(done.stdout))
+
+
 @needs_aws_provider
 def test_proxy_variables_become_a_proxy_config_the_registry_loads(tmp_path: Path) -> None:
     """proxy_* variables -> the functions' REGISTRY_PROXY_* environment (empty values
-    left out, as main.tf does) -> the proxy section Stratus loads from it."""
+    left out, as main.tf does) -> the proxy section Stratus loads from it. Passwords are
+    not in it: a given one becomes an SSM SecureString the functions get the name of,
+    and may read (that one, nothing else); one already kept elsewhere is named."""
     from chalicelib.config import load_config
 
     workdir = copy_module("aws", tmp_path / "aws")
     init(workdir, AWS_PLUGINS)
     upstreams = ('[{prefix="docker.io/",remoteurl="https://registry-1.docker.io",username="hub",password="0123"},'
-                 '{prefix="ghcr.io/",remoteurl="https://ghcr.io",ttl="1h"}]')
-    expression = "jsonencode({for k, v in nonsensitive(local.proxy_environment) : k => try(nonsensitive(v), v)})"
-    done = subprocess.run(["terraform", "console", "-var=bucket_name=b", "-var=proxy_inlinelimit=64MiB",
-                           f"-var=proxy_upstreams={upstreams}"], input=expression + "\n", capture_output=True,
-                          text=True, cwd=workdir, env=terraform_env(), timeout=120)
-    assert done.returncode == 0, done.stderr
-    environment = {k: v for k, v in json.loads(json.loads(done.stdout)).items() if v != ""}
+                 '{prefix="ghcr.io/",remoteurl="https://ghcr.io",ttl="1h"},'
+                 '{prefix="quay.io/",remoteurl="https://quay.io",username="q",password_parameter="secretsmanager:quay"}]')
+    variables = ("-var=bucket_name=b", "-var=name=reg", "-var=region=eu-west-1", "-var=proxy_inlinelimit=64MiB",
+                 "-var=proxy_leasettl=20s", f"-var=proxy_upstreams={upstreams}")
+    environment = {k: v for k, v in console(
+        workdir, "{for k, v in nonsensitive(local.proxy_environment) : k => try(nonsensitive(v), v)}",
+        *variables).items() if v != ""}
     assert environment["REGISTRY_PROXY_UPSTREAMS_1_TTL"] == "1h" and "REGISTRY_PROXY_REMOTEURL" not in environment
+    assert "0123" not in json.dumps(environment)  # the password is named, never given
     proxy = load_config(None, environment).proxy
-    assert [(u.prefix, u.remoteurl, u.username, u.password, u.ttl) for u in proxy.upstreams] == [
-        ("docker.io/", "https://registry-1.docker.io", "hub", "0123", 300.0),
-        ("ghcr.io/", "https://ghcr.io", None, None, 3600.0),
+    assert [(u.prefix, u.remoteurl, u.username, u.password, u.passwordparameter, u.ttl) for u in proxy.upstreams] == [
+        ("docker.io/", "https://registry-1.docker.io", "hub", None, "/reg/proxy/upstreams/0/password", 300.0),
+        ("ghcr.io/", "https://ghcr.io", None, None, None, 3600.0),
+        ("quay.io/", "https://quay.io", "q", None, "secretsmanager:quay", 300.0),
     ]
-    assert proxy.inlinelimit == 64 << 20
+    assert proxy.inlinelimit == 64 << 20 and proxy.leasettl == 20.0
+    # the role may read exactly these (data.aws_iam_policy_document.proxy_passwords; the
+    # account and partition of their ARNs are known at apply)
+    assert console(workdir, "local.proxy_password_grants", *variables) == [
+        {"service": "ssm", "arn": "", "path": "parameter/reg/proxy/upstreams/0/password"},
+        {"service": "secretsmanager", "arn": "", "path": "secret:quay-??????"},
+    ]
+
+    # the reference's single form: the same, for proxy_password
+    single = ("-var=bucket_name=b", "-var=name=reg", "-var=proxy_remoteurl=https://registry.example",
+              "-var=proxy_username=u", "-var=proxy_password=s3cret")
+    environment = {k: v for k, v in console(
+        workdir, "{for k, v in nonsensitive(local.proxy_environment) : k => try(nonsensitive(v), v)}",
+        *single).items() if v != ""}
+    assert environment["REGISTRY_PROXY_PASSWORDPARAMETER"] == "/reg/proxy/password"
+    assert "REGISTRY_PROXY_PASSWORD" not in environment and "s3cret" not in json.dumps(environment)
+    (upstream,) = load_config(None, environment).proxy.upstreams
+    assert (upstream.username, upstream.password, upstream.passwordparameter) == ("u", None, "/reg/proxy/password")
