@@ -23,9 +23,14 @@ compiled from source by every new instance, and no instance may leave bytecode
 behind for the next one here either. Logged beside the rows (not in them): the same
 requests untraced, and with the package's modules compiled to .pyc beforehand
 (what `python -m compileall` in `make package` would give).
+
+Alone, with a before/after against another commit measured in the same run:
+
+    .venv/bin/python -m bench.lambda_cold --reps 8 --baseline HEAD~2
 """
 from __future__ import annotations
 
+import argparse
 import base64
 import compileall
 import json
@@ -43,7 +48,8 @@ from typing import Optional
 from .servers import ROOT
 
 RUNTIME_MODULES = ("boto3", "botocore", "s3transfer", "jmespath", "dateutil", "urllib3", "six.py")
-SDKS = ("boto3", "botocore", "s3transfer", "aws_xray_sdk", "redis", "bcrypt", "jwt", "cryptography", "yaml")
+SDKS = ("boto3", "botocore", "s3transfer", "aws_xray_sdk", "redis", "bcrypt", "jwt", "cryptography", "yaml",
+        "urllib3")
 
 _COMMON = """\
 import base64, json, sys, time
@@ -265,3 +271,32 @@ def measure(workdir: Path, reps: int, log=print, baseline: Optional[Path] = None
                     f"{statistics.median(cold.import_ms):.0f} ms); imported: {', '.join(cold.sdks) or 'no SDK'}; "
                     f"ms importing: {import_summary(cold)}")
         return found["as deployed"]
+
+
+def export(ref: str, workdir: Path) -> Path:
+    """The tree of commit `ref` (git archive: the checkout itself is left alone)."""
+    tree = workdir / "baseline-src"
+    shutil.rmtree(tree, ignore_errors=True)
+    tree.mkdir(parents=True)
+    archive = subprocess.run(["git", "archive", "--format=tar", ref], cwd=ROOT, capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    return tree
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.lambda_cold", description=__doc__.split("\n")[0])
+    parser.add_argument("--reps", type=int, default=5, help="cold instances per request and variant")
+    parser.add_argument("--baseline", metavar="COMMIT", help="package this commit too and measure it interleaved")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/stratus-lambda-cold"))
+    args = parser.parse_args(argv)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    baseline = export(args.baseline, args.workdir) if args.baseline else None
+    with open("/proc/loadavg") as load:
+        print(f"load average before: {load.read().split()[:3]}", flush=True)
+    measure(args.workdir, args.reps, log=lambda line: print(line, flush=True), baseline=baseline)
+    with open("/proc/loadavg") as load:
+        print(f"load average after: {load.read().split()[:3]}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
