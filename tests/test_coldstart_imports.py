@@ -217,3 +217,28 @@ def test_cold_pull_reads_s3_without_the_sdk(pull_deployment, moto_s3, xray) -> N
     print(f"\ncold pull ({'xray' if xray else 'untraced'}): manifest GET imports "
           f"{[m for m in manifest['modules'] if m in SDKS + ('urllib3',)]}, blob GET "
           f"{[m for m in blob['modules'] if m in SDKS + ('urllib3',)]}")
+
+
+def test_cold_base_request_with_a_proxy_password_parameter_reads_nothing(moto_s3: MotoS3) -> None:
+    """The pull-through cache's upstream password named by a parameter (as
+    infra/terraform/aws sets it) is read on the first upstream challenge, never at
+    start-up: a cold GET /v2/ imports no boto3 and reads no secret. The blob HEAD's
+    upstream (nothing listens there) asks for no credentials, so it reads none either."""
+    parameter = f"/stratus/dev/proxy-password-{os.urandom(4).hex()}"
+    moto_s3.client("ssm").put_parameter(Name=parameter, Value="upstream-password", Type="SecureString")
+    env = {
+        **runtime_environment(),
+        **moto_s3.environment(moto_s3.create_bucket()),
+        "REGISTRY_HTTP_SECRET": "cold-proxy",
+        "REGISTRY_PROXY_REMOTEURL": "http://127.0.0.1:9",
+        "REGISTRY_PROXY_USERNAME": "mirror",
+        "REGISTRY_PROXY_PASSWORDPARAMETER": parameter,
+        "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+        "AWS_ENDPOINT_URL_SSM": moto_s3.endpoint,
+    }
+    steps = run_cold_instance(env)
+    base, head = steps["base"], steps["blob-head"]
+    assert base["status"] == 200
+    assert not NOT_ON_GET_BASE & set(base["modules"]), sorted(NOT_ON_GET_BASE & set(base["modules"]))
+    assert base["secrets"] == []
+    assert head["status"] == 503 and head["secrets"] == []  # the upstream was down, no challenge met

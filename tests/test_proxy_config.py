@@ -31,6 +31,22 @@ def test_reference_environment_variables_configure_the_proxy() -> None:
     assert (upstream.remoteurl, upstream.username, upstream.password, upstream.ttl) == (HUB, "user", "0123", 90)
 
 
+def test_a_password_parameter_stands_for_the_password_and_the_lease_ttl_is_read() -> None:
+    config = load_config(None, {"REGISTRY_PROXY_REMOTEURL": HUB, "REGISTRY_PROXY_USERNAME": "user",
+                                "REGISTRY_PROXY_PASSWORDPARAMETER": "/stratus/prod/hub-token",
+                                "REGISTRY_PROXY_LEASETTL": "10s"})
+    [upstream] = config.proxy.upstreams
+    assert (upstream.username, upstream.password, upstream.passwordparameter) == (
+        "user", None, "/stratus/prod/hub-token")
+    assert config.proxy.leasettl == 10
+    assert config_from_mapping({"proxy": {"remoteurl": HUB}}).proxy.leasettl == 30
+    config = load_config(None, {
+        "REGISTRY_PROXY_UPSTREAMS_0_PREFIX": "docker.io/", "REGISTRY_PROXY_UPSTREAMS_0_REMOTEURL": HUB,
+        "REGISTRY_PROXY_UPSTREAMS_0_USERNAME": "hub",
+        "REGISTRY_PROXY_UPSTREAMS_0_PASSWORDPARAMETER": "secretsmanager:hub-token"})
+    assert config.proxy.upstreams[0].passwordparameter == "secretsmanager:hub-token"
+
+
 def test_upstreams_by_prefix_from_environment_variables() -> None:
     config = load_config(None, {
         "REGISTRY_PROXY_UPSTREAMS_0_PREFIX": "docker.io/", "REGISTRY_PROXY_UPSTREAMS_0_REMOTEURL": HUB,
@@ -74,6 +90,12 @@ def test_docker_hub_single_names_get_library_and_the_prefix_is_dropped() -> None
      "proxy.upstreams", "a distinct prefix"),
     ({"upstreams": {"prefix": "a/"}}, "proxy.upstreams", "a list"),
     ({"remoteurl": HUB, "inlinelimit": "0"}, "proxy.inlinelimit", "positive"),
+    ({"remoteurl": HUB, "leasettl": "0s"}, "proxy.leasettl", "positive"),
+    ({"remoteurl": HUB, "username": "u", "password": "p", "passwordparameter": "/p"}, "proxy.passwordparameter",
+     "not both"),
+    ({"remoteurl": HUB, "passwordparameter": "/p"}, "proxy.username", "username and password set together"),
+    ({"upstreams": [{"prefix": "a/", "remoteurl": HUB, "username": "u", "password": "p",
+                     "passwordparameter": "/p"}]}, "proxy.upstreams.0.passwordparameter", "not both"),
     ({"remoteurl": HUB, "exec": {"command": "helper"}}, "proxy.exec.command", "not supported by Stratus"),
 ])
 def test_bad_values_are_refused_naming_the_key(proxy: dict, key: str, expected: str) -> None:

@@ -150,3 +150,51 @@ def test_a_blob_over_the_inline_limit_never_fails_the_client(
             # done before it followed the redirect); behind htpasswd a GET probed for a redirect
             # (and probes again if the client's retry comes before the fill is done)
             assert 1 <= upstream.blob_gets(digest) <= (3 if protected else 2)
+
+
+# -- the upstream password from SSM / Secrets Manager ------------------------------------------------
+
+
+@pytest.mark.parametrize("store", ["ssm", "secretsmanager"])
+def test_upstream_password_from_a_parameter_pulls_from_an_htpasswd_upstream(
+        moto_s3: MotoS3, tmp_path: Path, store: str) -> None:
+    """The function's environment names the password (REGISTRY_PROXY_PASSWORDPARAMETER, as
+    infra/terraform/aws sets it) and holds no password; it is read with the function's
+    role (here moto's) on the first upstream challenge. One it cannot read leaves what is
+    cached served and what is not a 503."""
+    from .moto_server import ACCESS_KEY, SECRET_KEY
+
+    data = os.urandom(MiB)
+    bucket = moto_s3.create_bucket()
+    if store == "ssm":
+        name = f"/stratus/test/proxy-password-{time.time_ns()}"
+        moto_s3.client("ssm").put_parameter(Name=name, Value=PASSWORD, Type="SecureString")
+    else:
+        name = "secretsmanager:" + moto_s3.client("secretsmanager").create_secret(
+            Name=f"stratus-proxy-password-{time.time_ns()}", SecretString=PASSWORD)["Name"]
+    role = {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            "AWS_ENDPOINT_URL_SSM": moto_s3.endpoint, "AWS_ENDPOINT_URL_SECRETS_MANAGER": moto_s3.endpoint}
+    auth = htpasswd_auth(tmp_path)
+    with reference_upstream(tmp_path / "upstream", auth, credentials=(USER, PASSWORD)) as upstream:
+        digest = put_blob(upstream.url, "team/private", data, auth=(USER, PASSWORD))
+        env = gateway_env(moto_s3, bucket, upstream.url, REGISTRY_PROXY_USERNAME=USER,
+                          REGISTRY_PROXY_PASSWORDPARAMETER=name, **role)
+        with lambda_gateway(env, workdir=tmp_path) as gateway:
+            assert requests.get(f"{gateway.url}/v2/", timeout=30).status_code == 200
+            response = requests.get(f"{gateway.url}/v2/team/private/blobs/{digest}", timeout=60)
+            assert response.status_code == 200 and response.content == data
+            assert upstream.blob_gets(digest) == 1
+            assert blob_key(digest) in stored_keys(moto_s3, bucket, "docker/registry/v2/blobs/")
+    # a parameter the function cannot read: what is not cached cannot be fetched (503),
+    # what is cached is still served
+    with reference_upstream(tmp_path / "upstream2", auth, credentials=(USER, PASSWORD)) as upstream:
+        missing = put_blob(upstream.url, "team/private", os.urandom(MiB), auth=(USER, PASSWORD))
+        env = gateway_env(moto_s3, bucket, upstream.url, REGISTRY_PROXY_USERNAME=USER,
+                          REGISTRY_PROXY_PASSWORDPARAMETER=name + "-absent", **role)
+        with lambda_gateway(env, workdir=tmp_path) as gateway:
+            refused = requests.get(f"{gateway.url}/v2/team/private/blobs/{missing}", timeout=60)
+            assert refused.status_code == 503, refused.text
+            assert "could not be read" in refused.text
+            cached = requests.get(f"{gateway.url}/v2/team/private/blobs/{digest}", allow_redirects=False, timeout=60)
+            assert cached.status_code == 307
+            assert upstream.blob_gets(missing) == 0
