@@ -15,6 +15,10 @@
   token the same way (an SSM SecureString, or a Secrets Manager secret); the Redis
   cache reads it when it builds its client, on its first call, never at start-up.
   ``redis.password`` (``REGISTRY_REDIS_PASSWORD``), when set, wins.
+* proxy upstream passwords: ``proxy.passwordparameter`` (and per upstream) names one the
+  same way; the upstream client (registry/proxy/upstream.py) reads it with
+  ``fetch_secret`` on the first upstream challenge, and ``forget_secret`` after the
+  upstream refused it (rotated).
 """
 from __future__ import annotations
 

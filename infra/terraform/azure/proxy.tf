@@ -32,6 +32,12 @@ variable "proxy_inlinelimit" {
   default     = ""
 }
 
+variable "proxy_leasettl" {
+  description = "proxy.leasettl: how long one instance's lease on an upstream blob fetch lasts unless renewed; how soon another takes over from a dead one (e.g. 30s)."
+  type        = string
+  default     = ""
+}
+
 variable "proxy_upstreams" {
   description = "proxy.upstreams: mirrors by repository prefix, e.g. [{prefix = \"docker.io/\", remoteurl = \"https://registry-1.docker.io\"}]."
   type = list(object({
@@ -58,6 +64,7 @@ locals {
       REGISTRY_PROXY_PASSWORD    = var.proxy_password
       REGISTRY_PROXY_TTL         = var.proxy_ttl
       REGISTRY_PROXY_INLINELIMIT = var.proxy_inlinelimit
+      REGISTRY_PROXY_LEASETTL    = var.proxy_leasettl
     },
     [for i, u in var.proxy_upstreams : {
       "REGISTRY_PROXY_UPSTREAMS_${i}_PREFIX"    = u.prefix
