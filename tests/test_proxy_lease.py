@@ -237,6 +237,28 @@ def test_sixteen_pulls_across_two_servers_on_one_root_fetch_once(tmp_path: Path)
             assert not list((root / "docker/registry/v2/_proxy/leases/sha256").glob("*/*"))
 
 
+@needs_reference
+def test_with_a_redis_cache_the_lease_is_in_redis(tmp_path: Path, redis_srv: RedisServer) -> None:  # noqa: F811
+    """Two servers whose descriptor cache is one Redis hold the lease there: one upstream
+    GET for 16 pulls, and nothing written under _proxy/leases in storage."""
+    data = os.urandom(3 * MiB)
+    root = tmp_path / "data"
+    root.mkdir()
+    with reference_upstream(tmp_path / "upstream") as upstream:
+        digest = put_blob(upstream.url, "team/big", data)
+        env = {"REGISTRY_PROXY_REMOTEURL": upstream.url, "REGISTRY_STORAGE_CACHE_BLOBDESCRIPTOR": "redis",
+               "REGISTRY_REDIS_ADDR": redis_srv.addr, "REGISTRY_REDIS_DB": "6"}
+        with serve(root, env) as (first, _), serve(root, env) as (second, _):
+            urls = [f"{(first, second)[i % 2]}/v2/team/big/blobs/{digest}" for i in range(16)]
+            results = concurrent_gets(urls)
+            assert all(r == data for r in results)
+            assert upstream.blob_gets(digest) == 1
+    assert not (root / "docker/registry/v2/_proxy/leases").exists()
+    import redis
+
+    assert not redis.Redis(host="127.0.0.1", port=redis_srv.port, db=6).keys("stratus::proxy::lease::*")  # released
+
+
 class SlowUpstream:
     """A registry that serves one blob: its first GET sends a piece and then stalls (a
     fetch in progress, for its holder to be killed in), later GETs send it whole. A fake:
