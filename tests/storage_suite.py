@@ -487,6 +487,39 @@ class StorageDriverSuite:
         with pytest.raises(PathNotFoundError):
             driver.list(ctx, f"{base}/f")
 
+    def test_the_proxy_lease_elects_one_holder_on_this_driver(self, driver, ctx, base) -> None:
+        """The pull-through cache's lease (registry/proxy/lease.py) is an election built on
+        put_content, list and delete; it holds on a driver whose list shows what was just
+        written. Contenders as separate processes would be: a lease object each."""
+        import os
+        import threading
+
+        from chalicelib.registry.proxy.lease import StorageLease
+
+        key = "sha256:" + os.urandom(32).hex()  # the lease folder is the registry's, not under base
+        contenders = [StorageLease(driver, ttl=30.0) for _ in range(8)]
+        held: list = [None] * len(contenders)
+        barrier = threading.Barrier(len(contenders))
+
+        def contend(i: int) -> None:
+            barrier.wait()
+            held[i] = contenders[i].acquire(ctx, key)
+
+        threads = [threading.Thread(target=contend, args=(i,)) for i in range(len(contenders))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        holders = [h for h in held if h is not None]
+        assert len(holders) == 1
+        assert contenders[0].busy(ctx, key)
+        holders[0].release()
+        assert not contenders[0].busy(ctx, key)
+        try:
+            assert driver.list(ctx, StorageLease.folder(key)) == []  # the losers withdrew
+        except PathNotFoundError:
+            pass  # a folder with no file left is gone (S3, Azure, in memory)
+
     # -- move --------------------------------------------------------------------------------
 
     def test_move_to_new_path_creates_parents(self, driver, ctx, base) -> None:
