@@ -265,11 +265,15 @@ def measure(workdir: Path, reps: int, log=print, baseline: Optional[Path] = None
                     for name in set(cold.imports_ms) | set(imports):
                         cold.imports_ms.setdefault(name, [0.0] * (runs - 1)).append(imports.get(name, 0.0))
         for variant, requests in found.items():
-            for cold in requests.values():
+            for key, cold in requests.items():
                 log(f"lambda cold ({variant}): {cold.label}: median {cold.median_ms:.0f} ms, range "
                     f"{min(cold.total_ms):.0f}-{max(cold.total_ms):.0f} (import app.py "
                     f"{statistics.median(cold.import_ms):.0f} ms); imported: {', '.join(cold.sdks) or 'no SDK'}; "
                     f"ms importing: {import_summary(cold)}")
+                if key != "base":  # what this request loaded that the first GET /v2/ did not
+                    extra = sorted(set(cold.modules) - set(requests["base"].modules))
+                    log(f"lambda cold ({variant}): {cold.label}: top-level modules beyond GET /v2/'s "
+                        f"({len(extra)}): {' '.join(extra)}")
         return found["as deployed"]
 
 

@@ -47,16 +47,18 @@ def redis_srv(tmp_path) -> Iterator[RedisServer]:
 
 
 class ObjectReads:
-    """GetObject and HeadObject requests the driver's S3 client sent since the last take(), by key."""
+    """GetObject and HeadObject requests this process sent since the last take(), by key
+    (through the boto3 client or the driver's botocore-free reads alike)."""
 
-    def __init__(self, driver) -> None:
+    def __init__(self) -> None:
+        from chalicelib.storage.s3 import client
+
         self._keys: list[str] = []
-        events = driver.bucket.client.meta.events
-        for operation in ("GetObject", "HeadObject"):
-            events.register(f"before-call.s3.{operation}", self._record)
+        client.requests.observe(self._record)
 
-    def _record(self, model, params, **_) -> None:
-        self._keys.append(f"{model.name} {params['url_path']}")
+    def _record(self, operation: str, path: str) -> None:
+        if operation in ("GetObject", "HeadObject"):
+            self._keys.append(f"{operation} {path}")
 
     def take(self) -> list[str]:
         keys, self._keys = self._keys, []
@@ -100,7 +102,7 @@ def test_manifest_put_verification_on_s3_reads_no_blob_from_s3_when_warm(moto_s3
     client = instance(moto_s3, bucket, redis_srv)
     layers = [b"layer one", b"layer two", b"layer three"]
     client.push_image("app", "v1", layers)
-    reads = ObjectReads(client.api.registry.driver)
+    reads = ObjectReads()
 
     # two new manifests over the same blobs (in another order), one warm, one cold
     client.push_image("app", "v2", [layers[1], layers[0], layers[2]], push_blobs=False)

@@ -8,7 +8,8 @@ keyed by pid too, because gunicorn builds the app before forking its workers
 and a connection pool must never be shared across a fork.
 
 Every HTTP request a client sends is counted by operation (a botocore
-``before-send`` hook), so tests and traces can say what an operation cost.
+``before-send`` hook; light.py counts its own), so tests and traces can say what an
+operation cost, and observers see each request's operation and URL path.
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ import logging
 import os
 import threading
 from collections import Counter
-from typing import Any
+from typing import Any, Callable
+from urllib.parse import urlsplit
 
 from .params import ConnectionParameters
 
@@ -31,13 +33,24 @@ class RequestCounter:
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
         self._local = threading.local()
+        self._observers: list[Callable[[str, str], None]] = []
 
-    def __call__(self, event_name: str = "", **kwargs: Any) -> None:
+    def __call__(self, event_name: str = "", request: Any = None, **kwargs: Any) -> None:
         # event_name is "before-send.s3.<Operation>"
-        operation = event_name.rsplit(".", 1)[-1]
+        self.count(event_name.rsplit(".", 1)[-1], urlsplit(request.url).path if request is not None else "")
+
+    def count(self, operation: str, path: str = "") -> None:
+        """One request of operation to the (encoded) URL path."""
         with self._lock:
             self._counts[operation] += 1
         self._local.count = getattr(self._local, "count", 0) + 1
+        for observer in self._observers:
+            observer(operation, path)
+
+    def observe(self, observer: Callable[[str, str], None]) -> Callable[[], None]:
+        """Call observer(operation, path) for every request from now on; returns its removal."""
+        self._observers = [*self._observers, observer]  # replaced, never mutated: senders iterate it
+        return lambda: setattr(self, "_observers", [o for o in self._observers if o is not observer])
 
     def snapshot(self) -> Counter[str]:
         with self._lock:

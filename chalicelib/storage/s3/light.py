@@ -219,7 +219,7 @@ class LightReads:
         attempt, cost = 0, 0
         while True:
             attempt += 1
-            requests(event_name=f"before-send.s3.{operation}")  # counted like the client's requests
+            requests.count(operation, path)  # counted like the client's requests
             signed = sigv4.sign_headers(method, address.host, path, canonical, dict(headers or {}),
                                         self.credentials, self.region, _now())
             signed["User-Agent"] = self.user_agent  # not signed, as the SDKs leave it
