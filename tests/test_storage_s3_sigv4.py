@@ -183,9 +183,20 @@ def test_requests_and_presigned_urls_go_where_the_clients_do(frozen_botocore, mo
     ({"region": "eu-west-1", "usefipsendpoint": True}, {}, False),
     ({"region": "us-east-1", "regionendpoint": "http://minio", "v4auth": False}, {}, False),
 ])
-def test_light_reads_only_where_the_client_would_read_alike(connection_params, environ, usable) -> None:
+def test_light_reads_only_where_the_client_would_read_alike(connection_params, environ, usable, monkeypatch,
+                                                           tmp_path) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.aws/config of the machine's
     connection = parse_parameters({"bucket": "b", **connection_params}).connection
     assert light.usable(connection, environ) is usable
+
+
+def test_an_aws_config_file_leaves_reads_to_the_client(monkeypatch, tmp_path) -> None:
+    connection = parse_parameters({"bucket": "b", "region": "eu-west-1"}).connection
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert light.usable(connection, {})
+    (tmp_path / ".aws").mkdir()
+    (tmp_path / ".aws" / "config").write_text("[default]\ns3 =\n    addressing_style = path\n")
+    assert not light.usable(connection, {})
 
 
 def test_credentials_come_from_the_config_then_the_environment_else_the_provider_chain() -> None:
@@ -213,6 +224,7 @@ ROOT = "r oot/ü+=~"  # storage paths are [A-Za-z0-9._-]; a root directory may h
 @pytest.fixture
 def driver(moto_s3: MotoS3, bucket: str) -> Iterator[S3Driver]:
     driver = from_parameters(moto_s3.parameters(bucket, rootdirectory=ROOT))
+    # (off on a machine with ~/.aws/config or a proxy variable, where the client reads)
     assert driver.bucket.reads is not None, "the light path is not active"
     yield driver
 
