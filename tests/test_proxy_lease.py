@@ -209,6 +209,47 @@ def test_sixteen_cold_pulls_across_lambda_instances_fetch_once(moto_s3: MotoS3, 
             assert not stored_keys(moto_s3, bucket, "docker/registry/v2/_proxy/leases/")
 
 
+@needs_reference
+@pytest.mark.parametrize("size_mib", [3, 12], ids=["inline", "over-the-inline-limit"])
+def test_on_lambda_a_crashed_instances_lease_is_taken_over_once_it_expires(
+        moto_s3: MotoS3, tmp_path: Path, size_mib: int) -> None:
+    """An instance that died mid-copy (Lambda froze or killed it) leaves its lease file in
+    the bucket. A pull waits for it rather than fetching, and once it expires copies the
+    blob itself (inline), or starts a fill whose copy the client waits for through
+    _proxywait redirects (over the inline limit, upstream behind htpasswd so there is no
+    upstream URL to hand the client)."""
+    from .upstream_registry import PASSWORD, USER, htpasswd_auth
+
+    ttl = 4.0
+    data = os.urandom(size_mib * MiB)
+    bucket = moto_s3.create_bucket()
+    credentials = (USER, PASSWORD)
+    with reference_upstream(tmp_path / "upstream", htpasswd_auth(tmp_path), credentials=credentials) as upstream:
+        digest = put_blob(upstream.url, "team/big", data, auth=credentials)
+        leases = f"docker/registry/v2/_proxy/leases/sha256/{digest[7:]}/"
+        env = gateway_env(moto_s3, bucket, upstream.url, REGISTRY_PROXY_USERNAME=USER,
+                          REGISTRY_PROXY_PASSWORD=PASSWORD, REGISTRY_PROXY_INLINELIMIT=str(4 * MiB))
+        with lambda_gateway(env, workdir=tmp_path, instances="isolated") as gateway:
+            assert requests.get(f"{gateway.url}/v2/", timeout=30).status_code == 200  # an instance is warm
+            # the dead instance's lease: leading, renewed last 1 s ago, so ~ttl-1 s left
+            expires = int((time.time() + ttl - 1) * 1000)
+            moto_s3.client().put_object(Bucket=bucket, Key=f"{leases}{'f' * 32}.{expires}.l", Body=b"")
+            started = time.monotonic()
+            response = requests.get(f"{gateway.url}/v2/team/big/blobs/{digest}", timeout=120)
+            elapsed = time.monotonic() - started
+            print(f"{size_mib} MiB behind a dead instance's lease ({ttl - 1:g} s left): pulled in {elapsed:.1f} s")
+            assert response.status_code == 200 and response.content == data
+            assert elapsed >= ttl - 1.5  # it waited for the lease, not fetched beside it
+            assert elapsed < ttl + 15
+            if size_mib * MiB <= 4 * MiB:
+                assert upstream.blob_gets(digest) == 1
+            else:  # the fill's GET, and the probes for a redirect to hand the client (whose
+                # bodies are not read; see test_proxy_lambda's inline-limit test)
+                assert 1 <= upstream.blob_gets(digest) <= 3
+            assert not stored_keys(moto_s3, bucket, leases)  # the dead one's file cleared, ours released
+            assert all(r.status < 500 for r in gateway.records()), [(r.path, r.status) for r in gateway.records()]
+
+
 @contextmanager
 def serve(root: Path, env: dict[str, str]) -> Iterator[tuple[str, int]]:
     """`stratus serve` over root, as tests.servers.stratus_server, with its pid (to kill it)."""

@@ -336,9 +336,15 @@ class ProxiedRepository:
             return None
         path = f"/v2/{self.remote}/blobs/{digest}"
         key = str(digest)
-        if max_size is not None and not self._link_stored(ctx, digest, path):
+        if max_size is not None:
+            if self._link_stored(ctx, digest, path):
+                return None
             if self.leases.busy(ctx, key):  # a copy runs elsewhere: wait for it, start none
-                return None if self._await_stored(ctx, digest, path, wait) else Busy()
+                if self._await_stored(ctx, digest, path, wait, key):
+                    return None
+                if self.leases.busy(ctx, key):
+                    return Busy()
+                # its holder died (the lease expired) or gave up: this request goes on
             size = self._upstream_descriptor(ctx, digest, path).size
             if size > max_size:
                 return Handoff(size, self._handoff_url(path))
@@ -407,12 +413,13 @@ class ProxiedRepository:
             return False
         return self._linked_here(ctx, digest) or self._link_stored(ctx, digest, path)
 
-    def _await_stored(self, ctx: Context, digest: Digest, path: str, wait: Optional[float]) -> bool:
+    def _await_stored(self, ctx: Context, digest: Digest, path: str, wait: Optional[float], key: str) -> bool:
+        """Whether the blob was stored within wait; False early once nobody holds its lease."""
         deadline = time.monotonic() + (FOLLOW_TIMEOUT if wait is None else wait)
         while not self._poll_stored(ctx, digest, path):
             left = deadline - time.monotonic()
-            if left <= 0:
-                return False
+            if left <= 0 or not self.leases.busy(ctx, key):
+                return self._poll_stored(ctx, digest, path)  # stored just before it let go?
             time.sleep(min(POLL_INTERVAL, left))
         return True
 
