@@ -679,3 +679,38 @@ def test_proxy_variables_become_a_proxy_config_the_registry_loads(tmp_path: Path
     assert "REGISTRY_PROXY_PASSWORD" not in environment and "s3cret" not in json.dumps(environment)
     (upstream,) = load_config(None, environment).proxy.upstreams
     assert (upstream.username, upstream.password, upstream.passwordparameter) == ("u", None, "/reg/proxy/password")
+
+
+@needs_aws_provider
+def test_proxy_passwords_are_planned_as_secure_strings_only_the_role_may_read(
+        tmp_path: Path, moto_s3: MotoS3) -> None:
+    """Planned against moto (the account and partition known): one SecureString per given
+    password, and the role's proxy-passwords policy names those parameters and the one
+    kept elsewhere, with the action its service needs, and nothing else."""
+    workdir = copy_module("aws", tmp_path / "aws")
+    (workdir / "moto_override.tf").write_text(moto_override(moto_s3.endpoint))
+    init(workdir, AWS_PLUGINS)
+    upstreams = ('[{prefix="docker.io/",remoteurl="https://registry-1.docker.io",username="hub",password="0123"},'
+                 '{prefix="ghcr.io/",remoteurl="https://ghcr.io"},'
+                 '{prefix="quay.io/",remoteurl="https://quay.io",username="q",password_parameter="secretsmanager:quay"}]')
+    variables = [f"-var={v}" for v in ("name=reg", f"region={REGION}", "bucket_name=reg-bucket",
+                                       f"package_path={lambda_zip(workdir / 'deployment.zip')}",
+                                       f"proxy_upstreams={upstreams}")]
+    terraform(workdir, "plan", "-input=false", "-refresh=false", "-no-color", "-out=plan.out", *variables)
+    planned = json.loads(terraform(workdir, "show", "-json", "plan.out").stdout)
+    resources = {r["address"]: r for r in planned["planned_values"]["root_module"]["resources"]}
+    parameter = resources['aws_ssm_parameter.proxy_upstream_password["0"]']["values"]
+    assert (parameter["name"], parameter["type"]) == ("/reg/proxy/upstreams/0/password", "SecureString")
+    assert not any(a.startswith("aws_ssm_parameter.proxy_upstream_password[") and a.endswith('["1"]')
+                   for a in resources)  # no password, no parameter
+    assert "aws_ssm_parameter.proxy_password[0]" not in resources
+    env = resources["aws_lambda_function.registry"]["values"]["environment"][0]["variables"]
+    assert env["REGISTRY_PROXY_UPSTREAMS_0_PASSWORDPARAMETER"] == "/reg/proxy/upstreams/0/password"
+    assert "0123" not in json.dumps(env)
+    policy = json.loads(resources["aws_iam_role_policy.proxy_passwords[0]"]["values"]["policy"])
+    grants = {s["Sid"]: (s["Action"], s["Resource"]) for s in policy["Statement"]}
+    assert grants == {
+        "ProxyPasswordsSsm": ("ssm:GetParameter", f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/reg/proxy/upstreams/0/password"),
+        "ProxyPasswordsSecretsManager": ("secretsmanager:GetSecretValue",
+                                         f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:quay-??????"),
+    }
