@@ -300,18 +300,36 @@ def test_presigned_url_is_served_and_carries_its_expiry(driver, moto_s3, bucket)
 
 
 class _FlakyS3(BaseHTTPRequestHandler):
-    """An S3 stand-in answering from a script: (status, code) per request, then 200."""
+    """An S3 stand-in answering from a script: (status, code) per request, then 200.
+    Status 0 hangs up without an answer; code "short" sends fewer bytes than announced;
+    code "region:<name>" answers as S3 does for a bucket in another region."""
 
     script: list[tuple[int, str]] = []
     seen: list[str] = []
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
         type(self).seen.append(self.headers.get("Authorization", ""))
-        if self.script:
-            status, code = self.script.pop(0)
+        status, code = self.script.pop(0) if self.script else (200, "")
+        if status == 0:
+            self.close_connection = True
+            return
+        if code == "short":
+            self.send_response(200)
+            self.send_header("Content-Length", "100")
+            self.end_headers()
+            self.wfile.write(b"only ten b")
+            self.close_connection = True
+            return
+        if code.startswith("region:"):
+            self.send_response(status)
+            self.send_header("x-amz-bucket-region", code.split(":", 1)[1])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if status >= 300:
             body = f"<Error><Code>{code}</Code><Message>scripted &amp; failing</Message></Error>".encode()
         else:
-            status, body = 200, b"ok"
+            body = b"ok"
         self.send_response(status)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Last-Modified", "Sat, 05 Dec 2026 00:07:09 GMT")
@@ -362,3 +380,45 @@ def test_other_errors_fail_at_once_with_the_clients_code(flaky_s3, status, code)
         driver.get_content(Context(), "/f")
     assert not isinstance(raised.value, PathNotFoundError)
     assert len(s3.seen) == 1
+
+
+def test_a_dropped_connection_is_retried(flaky_s3) -> None:
+    driver, s3 = flaky_s3
+    s3.script = [(0, ""), (0, "")]
+    assert driver.get_content(Context(), "/f") == b"ok"
+    assert len(s3.seen) == 3
+
+
+def test_a_body_cut_short_is_a_storage_error(flaky_s3) -> None:
+    driver, s3 = flaky_s3
+    s3.script = [(200, "short")]
+    with pytest.raises(StorageError, match="reading the object"):
+        driver.get_content(Context(), "/f")
+
+
+def test_a_bucket_in_another_region_is_read_through_the_client(flaky_s3, monkeypatch) -> None:
+    """S3 answers 301 with the bucket's region; botocore's redirector knows what to do."""
+    driver, s3 = flaky_s3
+    s3.script = [(301, "region:eu-west-1")]
+    asked: list[dict] = []
+
+    class Client:
+        def get_object(self, **kwargs: Any) -> dict:
+            asked.append(kwargs)
+            return {"Body": _Bytes(b"from the client"), "Metadata": {}}
+
+    monkeypatch.setattr(type(driver.bucket), "client", property(lambda self: Client()))
+    assert driver.get_content(Context(), "/f") == b"from the client"
+    assert asked == [{"Bucket": driver.bucket.name, "Key": "f"}] and len(s3.seen) == 1
+
+
+class _Bytes:
+    def __init__(self, data: bytes):
+        self._data = data
+
+    def read(self, size: Any = None) -> bytes:
+        data, self._data = self._data, b""
+        return data
+
+    def close(self) -> None:
+        pass
