@@ -422,3 +422,48 @@ class _Bytes:
 
     def close(self) -> None:
         pass
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from tests.tls_certs import make_certificates
+
+    return make_certificates(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture
+def tls_endpoint(certificates, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The scripted stand-in over TLS, with a certificate for 127.0.0.1 from the test CA."""
+    import ssl
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FlakyS3)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(certificates.server_cert, certificates.server_key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setattr(light, "_delay", lambda attempt, throttled, retry_after: 0.0)
+    _FlakyS3.script, _FlakyS3.seen = [], []
+    try:
+        yield f"https://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _tls_driver(endpoint: str, **extra: Any) -> S3Driver:
+    return from_parameters({"bucket": f"tls-{uuid.uuid4().hex[:6]}", "region": "us-east-1",
+                            "regionendpoint": endpoint, "accesskey": "a", "secretkey": "s", **extra})
+
+
+def test_https_endpoints_are_verified_against_aws_ca_bundle(tls_endpoint, certificates, monkeypatch) -> None:
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(certificates.ca))
+    assert _tls_driver(tls_endpoint).get_content(Context(), "/f") == b"ok"
+
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(certificates.ca.with_name("other-ca.pem")))
+    _FlakyS3.seen = []
+    with pytest.raises(StorageError, match="CERTIFICATE_VERIFY_FAILED"):
+        _tls_driver(tls_endpoint).get_content(Context(), "/f")
+    # (a refused handshake is a connection error: retried, as botocore's SSLError is)
+    assert _FlakyS3.seen == []
+    assert _tls_driver(tls_endpoint, skipverify=True).get_content(Context(), "/f") == b"ok"
