@@ -1,7 +1,9 @@
 """S3 storage driver (boto3), over the registry:2 key layout.
 
 Importing this package is cheap: boto3 is imported when the first request needs
-the client (see client.py).
+the client (see client.py). Reads and presigned URLs need no boto3 where the
+credentials are static and the endpoint plain (light.py, signed by sigv4.py), so a
+cold function instance serving a pull never imports the SDK.
 """
 from __future__ import annotations
 
