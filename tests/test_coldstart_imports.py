@@ -12,7 +12,10 @@ SDKs are in `sys.modules` and which secrets were fetched:
   of boto3, botocore, redis, cryptography or aws_xray_sdk;
 * a blob HEAD asks Redis (redis-py now, and the AUTH token), then S3 (boto3 now), but
   not the http secret;
-* starting an upload signs its state, so only then is that parameter read.
+* starting an upload signs its state, so only then is that parameter read;
+* a cold pull (manifest GET by digest, blob GET answered 307) with the role's
+  credentials in the environment reads S3 without any AWS SDK (storage/s3/light.py):
+  boto3 in the blob HEAD above comes from SSM, for the Redis AUTH token.
 """
 from __future__ import annotations
 
