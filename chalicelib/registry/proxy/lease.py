@@ -20,7 +20,7 @@ Two kinds, chosen per call:
   ``_proxy/leases/<alg>/<hex>/<token>.<expires ms>.<c|l>`` (c: candidate, l: leading),
   then lists the folder: alone, it leads; beside a live leader or a smaller token, it
   withdraws (deletes its file) and waits; beside larger tokens only, it lists again
-  shortly (they are withdrawing). Two can never both lead: one that led saw no other
+  shortly (they are withdrawing). Nobody joins while any file is live. Two can never both lead: one that led saw no other
   file when it listed, so any other wrote after that listing and will see the leader's
   file, which stays until released. The smallest token never withdraws, so a burst of
   contenders settles on one. It needs storage that lists what it has just written
@@ -49,6 +49,7 @@ DEFAULT_TTL = 30.0
 # those contenders to have listed and withdrawn (two storage calls each).
 SETTLE = 0.05
 ROUNDS = 8
+CANDIDATE_TTL = 5.0
 LEASES = f"{paths.ROOT}/_proxy/leases"
 
 _RENEW = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
@@ -140,7 +141,9 @@ class StorageLease:
         return f"{LEASES}/{algorithm}/{hex_}"
 
     def _write(self, ctx: Context, key: str, token: str, leading: bool) -> str:
-        expires = int((time.time() + self.ttl) * 1000)
+        # a candidate's file lives only as long as an election can: one left by a process
+        # that died mid-election must not hold the others back for a whole ttl
+        expires = int((time.time() + (self.ttl if leading else min(self.ttl, CANDIDATE_TTL))) * 1000)
         path = f"{self.folder(key)}/{token}.{expires}.{'l' if leading else 'c'}"
         self.driver.put_content(ctx, path, b"")
         return path
@@ -175,10 +178,14 @@ class StorageLease:
         return live
 
     def busy(self, ctx: Context, key: str) -> bool:
-        return any(e.leading for e in self._live(ctx, key))
+        """Whether anyone holds the lease or is being elected to."""
+        return bool(self._live(ctx, key))
 
     def acquire(self, ctx: Context, key: str) -> Optional[Held]:
-        if self.busy(ctx, key):  # the common case for a waiter: no write
+        # a live file, leader's or candidate's, means someone will fetch: stand back (no
+        # write, the common case for a waiter), which also lets an election under way end
+        # without newcomers joining it
+        if self.busy(ctx, key):
             return None
         token = uuid.uuid4().hex
         mine = self._write(ctx, key, token, leading=False)
