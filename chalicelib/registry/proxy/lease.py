@@ -28,6 +28,11 @@ Two kinds, chosen per call:
   milliseconds), so a listing alone tells who is alive; a renewal writes the new name
   before deleting the old. Files of a crashed holder are deleted by whoever sees them
   expired. registry:2 ignores the `_proxy` folder.
+
+  Why not a conditional create (S3 ``If-None-Match: *``, which botocore 1.44 and moto 5.2
+  support; Azure ``if_none_match="*"``; O_EXCL)? It would be a new driver method in five
+  drivers, and taking over an expired lease would still need a compare-and-delete that
+  not every store has; the election needs neither.
 """
 from __future__ import annotations
 
