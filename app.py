@@ -27,16 +27,16 @@ APP_NAME = "stratus"
 class RegistryChalice(Chalice):
     # The instance's Stratus (chalicelib.bootstrap), loaded by the first request; tests
     # set it back to None to start afresh.
-    _api: Any = None
+    _owner: Any = None
 
     def registry_api(self) -> Any:
         # Built on first use, once per instance: cold starts that only answer
         # GET /v2/ never pay for a storage SDK.
-        if RegistryChalice._api is None:
+        if RegistryChalice._owner is None:
             from chalicelib.bootstrap import Stratus
 
-            RegistryChalice._api = Stratus.load()
-        return RegistryChalice._api.api
+            RegistryChalice._owner = Stratus.load()
+        return RegistryChalice._owner.api
 
     def __call__(self, event: Any, context: Any) -> dict:
         if not isinstance(event, dict) or "requestContext" not in event:

@@ -166,7 +166,7 @@ class Invoker:
                  body: bytes = b"", *, fresh: bool = True, binary: bool = True) -> Response:
         module = importlib.import_module("app")
         if fresh:
-            module.RegistryChalice._api = None  # no registry, cache or upload state carried over
+            module.RegistryChalice._owner = None  # no registry, cache or upload state carried over
         event = self.event(method, path, query, headers, body, binary)
         if len(json.dumps(event, separators=(",", ":")).encode()) > EVENT_LIMIT:
             return Response(_gateway_error(*TOO_LONG))  # Lambda refuses it: the handler never runs

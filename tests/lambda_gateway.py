@@ -613,7 +613,7 @@ class Function:
                 event = json.loads(event_bytes)
                 if self.cold:
                     with self._lock:
-                        self.module.RegistryChalice._api = None
+                        self.module.RegistryChalice._owner = None
                         outcome["result"] = self.module.app(event, context)
                 else:
                     outcome["result"] = self.module.app(event, context)

@@ -81,11 +81,11 @@ class MotoS3:
             monkeypatch.setenv(name, value)
         import app
 
-        app.RegistryChalice._api = None
+        app.RegistryChalice._owner = None
         try:
             yield env
         finally:
-            app.RegistryChalice._api = None
+            app.RegistryChalice._owner = None
 
 
 def moto_server_command() -> list[str]:

@@ -78,7 +78,7 @@ def test_eventbridge_on_lambda_carries_the_webhook_event(moto_s3: MotoS3, monkey
         assert redirected.status == 307  # to a presigned S3 URL: the response does not say the size
         import app
 
-        (endpoint,) = app.RegistryChalice._api.notifier.endpoints
+        (endpoint,) = app.RegistryChalice._owner.api.notifier.endpoints
         calls, sent = len(endpoint.latencies), endpoint.counts["sent"]
         deleted = invoke("DELETE", f"/v2/{repo}/manifests/{sha256(manifest)}", fresh=False)
         assert deleted.status == 202
@@ -123,7 +123,7 @@ def test_latency_eventbridge_adds_to_a_function_pull(moto_s3: MotoS3, monkeypatc
 
         invoke = Invoker("http")
         push(invoke, repo, "v1")
-        (endpoint,) = app.RegistryChalice._api.notifier.endpoints
+        (endpoint,) = app.RegistryChalice._owner.api.notifier.endpoints
         endpoint.latencies.clear()
         with_send = median_ms(invoke, f"/v2/{repo}/manifests/v1")
         sends = sorted(endpoint.latencies)
