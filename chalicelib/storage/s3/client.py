@@ -17,12 +17,14 @@ import logging
 import os
 import threading
 from collections import Counter
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 from urllib.parse import urlsplit
 
 from .params import ConnectionParameters
 
 _lock = threading.Lock()
+K = TypeVar("K")
+V = TypeVar("V")
 _clients: dict[tuple[int, ConnectionParameters], Any] = {}
 
 
@@ -64,18 +66,24 @@ class RequestCounter:
 requests = RequestCounter()
 
 
-def client_for(connection: ConnectionParameters, log_level: str = "off") -> Any:
-    key = (os.getpid(), connection)
-    client = _clients.get(key)
-    if client is not None:
-        return client
+def per_process(cache: dict[tuple[int, K], V], key: K, build: Callable[[], V]) -> V:
+    """cache's value for key in this process, built once. What a parent process left in
+    the cache is dropped in its children: its sockets are not theirs."""
+    full = (os.getpid(), key)
+    value = cache.get(full)
+    if value is not None:
+        return value
     with _lock:
-        client = _clients.get(key)
-        if client is None:
-            for stale in [k for k in _clients if k[0] != key[0]]:
-                del _clients[stale]  # inherited from a parent process; its sockets are not ours
-            client = _clients[key] = _build(connection, log_level)
-    return client
+        value = cache.get(full)
+        if value is None:
+            for stale in [k for k in cache if k[0] != full[0]]:
+                del cache[stale]
+            value = cache[full] = build()
+    return value
+
+
+def client_for(connection: ConnectionParameters, log_level: str = "off") -> Any:
+    return per_process(_clients, connection, lambda: _build(connection, log_level))
 
 
 def _build(connection: ConnectionParameters, log_level: str) -> Any:

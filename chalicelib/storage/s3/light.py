@@ -37,7 +37,7 @@ from typing import Any, Iterator, Optional
 from urllib.parse import unquote_plus, urlsplit
 
 from . import sigv4
-from .client import requests
+from .client import per_process, requests
 from .errors import S3RequestError
 from .params import ConnectionParameters, S3Parameters
 
@@ -67,8 +67,7 @@ _CLIENT_ONLY_ENV = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_CONFIG_FILE", "AW
                     "HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy")
 _MONTHS = {m: i for i, m in enumerate("Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split(), 1)}
 
-_lock = threading.Lock()
-_readers: dict[tuple[int, ConnectionParameters, str], "LightReads"] = {}
+_readers: dict[tuple[int, tuple[ConnectionParameters, str]], "LightReads"] = {}
 
 
 class WrongRegion(Exception):
@@ -104,8 +103,7 @@ def usable(connection: ConnectionParameters, environ=os.environ) -> bool:
 def reads_for(params: S3Parameters) -> Optional["LightReads"]:
     """The process's light reader for this bucket, or None where the client must read."""
     connection = params.connection
-    key = (os.getpid(), connection, params.bucket)
-    reader = _readers.get(key)
+    reader = _readers.get((os.getpid(), (connection, params.bucket)))
     if reader is not None:
         return reader
     if not usable(connection):
@@ -113,13 +111,8 @@ def reads_for(params: S3Parameters) -> Optional["LightReads"]:
     credentials = credentials_for(connection)
     if credentials is None:
         return None
-    with _lock:
-        reader = _readers.get(key)
-        if reader is None:
-            for stale in [k for k in _readers if k[0] != key[0]]:
-                del _readers[stale]  # inherited from a parent process; its sockets are not ours
-            reader = _readers[key] = LightReads(connection, params.bucket, credentials)
-    return reader
+    return per_process(_readers, (connection, params.bucket),
+                       lambda: LightReads(connection, params.bucket, credentials))
 
 
 class _Address:
