@@ -99,3 +99,12 @@ def test_relative_symlink_climbing_out_is_refused(driver: FilesystemDriver, tmp_
         driver.stat(Context(), "/up")
     assert driver.get_content(Context(), "/inside/f") == b"ok"  # relative, within the root
     assert driver.stat(Context(), "/inside/f").size == 2
+
+
+@pytest.mark.parametrize("size", [0, 1, 8191, 8192, 8193, 3 * 1024 * 1024 + 7])
+def test_reads_of_every_size_are_whole(driver: FilesystemDriver, size: int) -> None:
+    # small files come back from one read with no fstat (files.read_all); the sizes
+    # around that first read's length, and a large one, must read whole all the same
+    data = os.urandom(size)
+    driver.put_content(Context(), "/sized/file", data)
+    assert driver.get_content(Context(), "/sized/file") == data

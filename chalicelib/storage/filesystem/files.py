@@ -86,21 +86,28 @@ def rmtree(full: str) -> None:
         shutil.rmtree(full, onerror=ignore_missing)
 
 
+# Most reads are of files smaller than this (links, hash states); one read that
+# comes back short is the whole file, so they need no fstat first (one system call
+# less, and each one is a GIL hand-off under load, see docs/benchmarks.md).
+_FIRST_READ = 8192
+
+
 def read_all(fd: int, path: str) -> bytes:
     """The whole file behind fd; plain os.read, as Python's file objects cost more
     than the read itself for the small files (links, states) that are most reads."""
-    st = os.fstat(fd)
-    if stat_mode.S_ISDIR(st.st_mode):
-        raise PathNotFoundError(NAME, path)
-    data = os.read(fd, st.st_size + 1)
-    if len(data) <= st.st_size:  # a regular file reads short only at its end
+    try:
+        data = os.read(fd, _FIRST_READ)
+    except IsADirectoryError:
+        raise PathNotFoundError(NAME, path) from None
+    if len(data) < _FIRST_READ:  # a regular file reads short only at its end
         return data
-    pieces = [data]  # it grew since fstat: read on to the end
-    while True:
-        piece = os.read(fd, 1 << 20)
-        if not piece:
-            return b"".join(pieces)
-        pieces.append(piece)
+    rest = max(os.fstat(fd).st_size - len(data), 0)
+    pieces = [data, os.read(fd, rest + 1)]
+    if len(pieces[1]) <= rest:
+        return b"".join(pieces)
+    while pieces[-1]:  # it grew since fstat: read on to the end
+        pieces.append(os.read(fd, 1 << 20))
+    return b"".join(pieces)
 
 
 def write_all(fd: int, data: bytes) -> int:
