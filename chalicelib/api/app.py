@@ -85,15 +85,19 @@ class Scope:
 
 
 _NAME = r"(?P<name>[^?#]+?)"
-ROUTES: list[tuple[re.Pattern, str]] = [
-    (re.compile(r"^/v2/?$"), "base"),
-    (re.compile(r"^/v2/_catalog$"), "catalog"),
-    (re.compile(rf"^/v2/{_NAME}/tags/list$"), "tags"),
-    (re.compile(rf"^/v2/{_NAME}/manifests/(?P<reference>[^/]+)$"), "manifest"),
-    (re.compile(rf"^/v2/{_NAME}/blobs/uploads/?$"), "uploads"),
-    (re.compile(rf"^/v2/{_NAME}/blobs/uploads/(?P<upload_id>[^/]+)$"), "upload"),
-    (re.compile(rf"^/v2/{_NAME}/blobs/(?P<digest>[^/]+)$"), "blob"),
-    (re.compile(rf"^/v2/{_NAME}/referrers/(?P<digest>[^/]+)$"), "referrers"),
+# (pattern, route, a literal every path the pattern matches contains): match_route
+# tries a pattern only when its literal is in the path. Blob and manifest requests,
+# most of the traffic, came 7th and 4th, and each failed pattern scanned the path
+# with a lazy name group: 7 regex matches were a tenth of a blob HEAD's handler CPU.
+ROUTES: list[tuple[re.Pattern, str, str]] = [
+    (re.compile(r"^/v2/?$"), "base", "/v2"),
+    (re.compile(r"^/v2/_catalog$"), "catalog", "/v2/_catalog"),
+    (re.compile(rf"^/v2/{_NAME}/tags/list$"), "tags", "/tags/list"),
+    (re.compile(rf"^/v2/{_NAME}/manifests/(?P<reference>[^/]+)$"), "manifest", "/manifests/"),
+    (re.compile(rf"^/v2/{_NAME}/blobs/uploads/?$"), "uploads", "/blobs/uploads"),
+    (re.compile(rf"^/v2/{_NAME}/blobs/uploads/(?P<upload_id>[^/]+)$"), "upload", "/blobs/uploads/"),
+    (re.compile(rf"^/v2/{_NAME}/blobs/(?P<digest>[^/]+)$"), "blob", "/blobs/"),
+    (re.compile(rf"^/v2/{_NAME}/referrers/(?P<digest>[^/]+)$"), "referrers", "/referrers/"),
 ]
 
 
@@ -108,10 +112,11 @@ _WRITES = {
 
 
 def match_route(path: str) -> tuple[Optional[str], dict]:
-    for pattern, route in ROUTES:
-        m = pattern.match(path)
-        if m:
-            return route, m.groupdict()
+    for pattern, route, literal in ROUTES:
+        if literal in path:
+            m = pattern.match(path)
+            if m:
+                return route, m.groupdict()
     return None, {}
 
 
