@@ -196,3 +196,26 @@ def test_only_files_with_a_descriptor_go_to_the_servers_file_wrapper(tmp_path) -
 
     assert list(wsgi_app(Api(NetworkStream()))(dict(environ), lambda *a: None)) == [b"abc"]
     assert len(wrapped) == 1  # streamed in pieces, up to Content-Length only
+
+
+def test_small_responses_pipelined_then_connection_close_arrive_whole(registry_url: str) -> None:
+    # a small body leaves in one write with its head (server_uvicorn.Cork): each
+    # response must still arrive whole and in order, and "Connection: close" must
+    # still close the connection once the last one is out
+    requests_ = (
+        b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET /v2/body/cork/manifests/missing HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    with _connect(registry_url) as sock:
+        sock.sendall(requests_)
+        # each body is read by its Content-Length: one short or late would misalign the next
+        status, headers, rest = _read_response(sock)
+        assert status == 200
+        status, headers, rest = _read_response(sock, rest)
+        assert status == 404
+        assert headers["content-type"] == "application/json" and int(headers["content-length"]) > 0
+        status, headers, rest = _read_response(sock, rest)
+        assert status == 200
+        assert rest == b""
+        assert sock.recv(1) == b"", "the connection stayed open after Connection: close"

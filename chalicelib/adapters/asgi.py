@@ -48,6 +48,9 @@ _DRAIN_LIMIT = 8 << 20
 MAX_TARGET = (64 << 10) - 1  # httptools parses no longer URL
 MAX_QUERY_PARAMS = 1000
 RETRY_AFTER_SECONDS = 2
+# A whole body up to this size goes out in one write with the head (server_uvicorn.Cork);
+# joining a larger one to its head would copy more than the saved system call costs.
+_CORK_LIMIT = 64 << 10
 
 
 @dataclass(frozen=True)
@@ -421,8 +424,16 @@ async def _send(
     headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]
     if close:
         headers.append((b"connection", b"close"))
-    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    start = {"type": "http.response.start", "status": response.status, "headers": headers}
     body = response.body
+    cork = scope.get("stratus.cork")  # server_uvicorn.Cork: head and body in one write
+    if (cork is not None and isinstance(body, (bytes, bytearray)) and len(body) <= _CORK_LIMIT
+            and scope["method"].upper() != "HEAD"):
+        with cork:
+            await send(start)
+            await send({"type": "http.response.body", "body": bytes(body)})
+        return
+    await send(start)
     if scope["method"].upper() == "HEAD":
         # a HEAD keeps the GET's headers (Content-Length) but never a body, even an error's
         if isinstance(body, FileBody):

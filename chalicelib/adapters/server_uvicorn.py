@@ -91,6 +91,47 @@ class BodyChannel:
         return pieces
 
 
+class Cork:
+    """`with` it around a response's head and (whole) body: they leave in one write.
+
+    uvicorn writes the head and the body apart, a send() system call each, and each
+    one a GIL hand-off between the loop and the handler threads, which is where most
+    of a small request's CPU went (docs/benchmarks.md). While corked, the request's
+    cycle writes into this object; what it wrote (and a close it asked for) goes to
+    the transport at the end. Used on the event loop's thread only.
+    """
+
+    __slots__ = ("_cycle", "_transport", "_pieces", "_close")
+
+    def __init__(self, cycle: Any):
+        self._cycle = cycle
+        self._transport: Any = None
+        self._pieces: list = []
+        self._close = False
+
+    def __enter__(self) -> None:
+        self._transport = self._cycle.transport
+        self._cycle.transport = self
+
+    def __exit__(self, *exc: Any) -> None:
+        transport, self._cycle.transport = self._transport, self._transport
+        if self._pieces:
+            transport.write(self._pieces[0] if len(self._pieces) == 1 else b"".join(self._pieces))
+            self._pieces = []
+        if self._close:
+            transport.close()
+
+    # what uvicorn's cycle asks of its transport while it sends a response
+    def write(self, data: bytes) -> None:
+        self._pieces.append(data)
+
+    def close(self) -> None:
+        self._close = True
+
+    def is_closing(self) -> bool:
+        return self._close or self._transport.is_closing()
+
+
 class TimeoutProtocol(HttpToolsProtocol):
     """HttpToolsProtocol with header and write timeouts; set the class attributes first."""
 
@@ -203,6 +244,7 @@ class TimeoutProtocol(HttpToolsProtocol):
         channel = BodyChannel(self, self.cycle)
         self.cycle.stratus_body = channel  # type: ignore[attr-defined]  # uvicorn's cycle carries ours
         self.scope["stratus.body"] = channel  # type: ignore[typeddict-unknown-key]
+        self.scope["stratus.cork"] = Cork(self.cycle)  # type: ignore[typeddict-unknown-key]
         if self.transport.get_extra_info("sslcontext") is None:
             # os.sendfile writes to the socket beneath TLS: bytes would leave unencrypted
             self.scope["stratus.sendfile"] = functools.partial(  # type: ignore[typeddict-unknown-key]
