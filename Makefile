@@ -47,9 +47,11 @@ chalice-local: $(STAMP)
 system-deps:
 	sh scripts/install-system-deps.sh
 
-# The suites that mostly wait on clients, gzip, moto and terraform run in a second
-# pytest beside the main one (5: a PYTEST_ARGS filter left none of them to run).
-LONG_SUITES := tests/test_relay_large.py tests/test_terraform.py tests/test_gc_scheduled.py
+# The suites that mostly wait on clients, gzip, moto, Azurite, the Functions host and
+# terraform run in a second pytest beside the main one, about as long as it (5: a
+# PYTEST_ARGS filter left none of them to run).
+LONG_SUITES := tests/test_relay_large.py tests/test_terraform.py tests/test_gc_scheduled.py \
+	tests/test_azure_functions.py tests/test_relay.py
 
 # Every stage runs even after one fails, so the summary covers them all; the exit
 # status is still a failure then.
