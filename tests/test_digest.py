@@ -7,7 +7,6 @@ import hashlib
 import logging
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -629,30 +628,26 @@ def test_import_loads_neither_ctypes_nor_libcrypto():
 # --- speed -------------------------------------------------------------------------------------
 
 
-def test_libcrypto_backend_runs_at_native_speed():
-    # The real target (>= 0.95x hashlib) is measured by hand; this guards against
-    # a regression such as copying every chunk, with room for a busy machine.
+def test_libcrypto_backend_hashes_chunks_in_place():
+    """The speed target (>= 0.95x hashlib, state saved every chunk) is `make bench`'s
+    hash row, not a timed test on a shared machine. What a test can hold exactly is
+    the regression that would cost it: copying each chunk (or the state) into Python
+    memory. 4 x 8 MiB hashed, with the state saved after each, allocates well under
+    one chunk."""
+    import tracemalloc
+
     chunk = message(8 << 20)
-
-    def with_hashlib():
-        h = hashlib.sha256()
+    hasher = ResumableHasher(backend="libcrypto")
+    hasher.update(b"warm")  # first-use set-up (ctypes buffers) is not per chunk
+    hasher.state()
+    tracemalloc.start()
+    try:
         for _ in range(4):
-            h.update(chunk)
-        h.digest()
-
-    def with_ours():
-        h = ResumableHasher()
-        for _ in range(4):
-            h.update(chunk)
-            h.state()
-        h.digest()
-
-    def best(run):
-        times = []
-        for _ in range(3):
-            start = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - start)
-        return min(times)
-
-    assert best(with_hashlib) / best(with_ours) > 0.7
+            hasher.update(chunk)
+            hasher.update(memoryview(chunk)[1:])
+            hasher.state()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 256 << 10, peak
+    assert hasher.digest() == expected(Algorithm.SHA256, b"warm" + (chunk + chunk[1:]) * 4)
