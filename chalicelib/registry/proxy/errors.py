@@ -1,7 +1,7 @@
 """The pull-through cache's errors, importable without its HTTP client (the api maps them)."""
 from __future__ import annotations
 
-from ..errors import DigestInvalidError, RegistryError
+from ..errors import DigestInvalidError, RegistryError, UnsupportedError
 
 
 class UpstreamUnavailableError(RegistryError):
@@ -17,8 +17,7 @@ class UpstreamContentError(DigestInvalidError):
     message = "the upstream registry sent content that does not match its digest; nothing was stored"
 
 
-class PushToMirrorError(RegistryError):
+class PushToMirrorError(UnsupportedError):
     """Pushes and deletes in a mirrored repository: the reference proxy's UNSUPPORTED (405)."""
 
-    code = "UNSUPPORTED"
     message = "The operation is unsupported."
