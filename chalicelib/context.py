@@ -23,7 +23,7 @@ class Context:
     __slots__ = ("_request_id", "tracer")
 
     def __init__(
-        self, request_id: Optional[str] = None, tracer: Callable[..., ContextManager[None]] = _no_trace
+        self, request_id: Optional[str] = None, tracer: Callable[..., ContextManager[Any]] = _no_trace
     ) -> None:
         self._request_id = request_id
         # tracer(name, **metadata) returns a context manager that records one
@@ -36,7 +36,7 @@ class Context:
             self._request_id = uuid.uuid4().hex
         return self._request_id
 
-    def trace(self, name: str, **metadata: Any) -> ContextManager[None]:
+    def trace(self, name: str, **metadata: Any) -> ContextManager[Any]:
         return self.tracer(name, **metadata)
 
 

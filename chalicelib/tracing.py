@@ -2,32 +2,32 @@
 
 Enabled by ``tracing.xray: true``, or on Lambda when the function traces
 (``tracing.xray`` absent, X-Ray's daemon address and trace header present). When it
-is off nothing here is imported and no layer is wrapped: the request Context keeps
-its no-op tracer. When it is on:
+is off no layer is wrapped: the request Context keeps its no-op tracer. When it is on:
 
 * the storage driver and the descriptor cache are wrapped so each call runs in
   ``ctx.trace(...)``, which the request's Context maps to an X-Ray subsegment
   (named ``<driver>.<call>`` / ``cache.<call>``, with the path or digest and, for
   S3, the number of S3 requests the call made);
-* on Lambda the invocation's segment is Lambda's own; a request the trace header
-  does not sample gets the no-op tracer, so it costs nothing;
-* elsewhere (``stratus serve``) each request gets a segment of its own, joined to
-  an incoming ``X-Amzn-Trace-Id`` when there is one.
+* on Lambda the invocation's segment is Lambda's own: each finished subsegment is
+  sent on its own as its child; an invocation the trace header does not sample gets
+  the no-op tracer, so it costs nothing;
+* elsewhere (``stratus serve``) each sampled request gets a segment of its own,
+  joined to an incoming ``X-Amzn-Trace-Id`` when there is one, and sent with its
+  subsegments when the response is ready.
 
-aws-xray-sdk sends documents over UDP to the daemon (``AWS_XRAY_DAEMON_ADDRESS``).
+The documents are written and sent by xray.py (UDP to ``AWS_XRAY_DAEMON_ADDRESS``).
 """
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
+import random
 import threading
+import time
 from typing import Any, BinaryIO, Iterator, Mapping, Optional
 
-from . import aws_runtime
+from . import aws_runtime, xray
 from .context import Context
-
-log = logging.getLogger("stratus.tracing")
 
 SAMPLING_RATE_ENV = "STRATUS_XRAY_SAMPLING_RATE"  # requests traced outside Lambda, 0..1
 _EXPECTED = ("PathNotFoundError", "DescriptorNotCachedError", "BlobUnknownError")
@@ -40,7 +40,7 @@ def wanted(config: Any, environ: Optional[Mapping[str, str]] = None) -> bool:
         return config.tracing.xray
     return (
         aws_runtime.on_lambda(environ)
-        and bool(environ.get("AWS_XRAY_DAEMON_ADDRESS"))
+        and bool(environ.get(xray.DAEMON_ADDRESS_ENV))
         and aws_runtime.TRACE_HEADER_ENV in environ
     )
 
@@ -49,99 +49,107 @@ def from_config(config: Any, environ: Optional[Mapping[str, str]] = None) -> Opt
     return XRayTracer(environ) if wanted(config, environ) else None
 
 
+class RequestTrace:
+    """The subsegments of one request. Nested calls nest (per thread); a finished
+    outermost one joins the request's segment, or on Lambda, which keeps the segment
+    itself, is sent at once as a child of Lambda's segment."""
+
+    def __init__(self, daemon: xray.Daemon, trace_id: str, parent_id: Optional[str],
+                 segment: Optional[xray.Entity] = None):
+        self.daemon, self.trace_id, self.parent_id, self.segment = daemon, trace_id, parent_id, segment
+        self._open = threading.local()  # the calls in progress on each thread
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def subsegment(self, name: str, **metadata: Any) -> Iterator[xray.Entity]:
+        stack: list[xray.Entity] = self._open.__dict__.setdefault("stack", [])
+        span = xray.Entity(name, "remote")
+        for key, value in metadata.items():
+            span.put_metadata(key, value, "stratus")
+        stack.append(span)
+        try:
+            yield span
+        except BaseException as exc:
+            if type(exc).__name__ in _EXPECTED:
+                span.put_annotation("outcome", "not_found")
+            else:
+                span.add_exception(exc)
+            raise
+        finally:
+            stack.pop()
+            span.close()
+            if stack:
+                stack[-1].subsegments.append(span)
+            elif self.segment is not None:
+                with self._lock:
+                    self.segment.subsegments.append(span)
+            else:
+                self.daemon.send({**span.document(), "type": "subsegment", "parent_id": self.parent_id,
+                                  "trace_id": self.trace_id})
+
+
 class XRayTracer:
     def __init__(self, environ: Optional[Mapping[str, str]] = None, service: str = "stratus"):
         environ = os.environ if environ is None else environ
         self.on_lambda = aws_runtime.on_lambda(environ)
-        self._environ = dict(environ)
         self.service = environ.get("AWS_XRAY_TRACING_NAME") or service
-        self._recorder: Any = None
-        self._recorder_lock = threading.Lock()
-
-    @property
-    def recorder(self) -> Any:
-        """The SDK's recorder, built when the first subsegment or segment needs it:
-        aws-xray-sdk (with wrapt, asyncio, importlib.metadata) costs a cold start tens
-        of milliseconds, which a request that calls neither storage nor a cache (GET /v2/)
-        need not pay."""
-        if self._recorder is None:
-            with self._recorder_lock:
-                if self._recorder is None:
-                    self._recorder = self._build_recorder()
-        return self._recorder
-
-    def _build_recorder(self) -> Any:
-        from aws_xray_sdk.core.recorder import AWSXRayRecorder
-        from aws_xray_sdk.core.sampling.local.sampler import LocalSampler
-
-        environ = self._environ
-        # A recorder of our own (not the SDK's global one), configured for where we
-        # run: it picks Lambda's context when LAMBDA_TASK_ROOT is set. Local rules,
-        # so no thread polls X-Ray for sampling rules.
-        recorder = AWSXRayRecorder()
-        rate = float(environ.get(SAMPLING_RATE_ENV, "0.05"))
-        # the SDK's stubs call this a _SamplingRule; it reads the documented rules document
-        rules: Any = {"version": 2, "rules": [], "default": {"fixed_target": 1 if rate < 1 else 0, "rate": rate}}
-        recorder.configure(
-            service=self.service,
-            sampler=LocalSampler(rules),
-            context_missing="LOG_ERROR",
-            daemon_address=environ.get("AWS_XRAY_DAEMON_ADDRESS") or "127.0.0.1:2000",
-            plugins=(),
-        )
-        return recorder
+        self.daemon = xray.Daemon(environ.get(xray.DAEMON_ADDRESS_ENV))
+        self.rate = float(environ.get(SAMPLING_RATE_ENV, "0.05"))
+        self._current = threading.local()  # the segment of the request this thread serves
+        self._reservoir_lock = threading.Lock()
+        self._reservoir_second = -1
 
     # -- request contexts --------------------------------------------------------------
 
     def context(self, request: Any) -> Context:
         """The request's Context: an X-Ray tracer when this request is traced."""
-        if self.on_lambda and not aws_runtime.lambda_trace_sampled():
-            return Context()
-        return Context(tracer=self.subsegment)
+        if self.on_lambda:
+            # the runtime sets the header for each invocation
+            header = xray.TraceHeader.parse(os.environ.get(aws_runtime.TRACE_HEADER_ENV))
+            if not header.sampled or not header.root:
+                return Context()
+            return Context(tracer=RequestTrace(self.daemon, header.root, header.parent).subsegment)
+        trace: Optional[RequestTrace] = getattr(self._current, "trace", None)
+        return Context() if trace is None else Context(tracer=trace.subsegment)
+
+    def sampled(self) -> bool:
+        """The local rule the SDK's default was: the first request of each second, and
+        `rate` of the others."""
+        if self.rate >= 1:
+            return True
+        second = int(time.monotonic())
+        with self._reservoir_lock:
+            if second != self._reservoir_second:
+                self._reservoir_second = second
+                return True
+        return random.random() < self.rate
 
     @contextlib.contextmanager
-    def subsegment(self, name: str, **metadata: Any) -> Iterator[Any]:
-        """One subsegment; yields it (or None) so the caller can add what it learns."""
-        subsegment = self.recorder.begin_subsegment(name, "remote")
-        if subsegment is None:  # no segment to hang it on (a request not traced)
-            yield None
-            return
-        try:
-            for key, value in metadata.items():
-                subsegment.put_metadata(key, value, "stratus")
-            yield subsegment
-        except BaseException as exc:
-            if type(exc).__name__ in _EXPECTED:
-                subsegment.put_annotation("outcome", "not_found")
-            else:
-                import traceback
-
-                subsegment.add_exception(exc, traceback.extract_tb(exc.__traceback__))
-            raise
-        finally:
-            self.recorder.end_subsegment()
-
-    @contextlib.contextmanager
-    def request_segment(self, request: Any) -> Iterator[Any]:
+    def request_segment(self, request: Any) -> Iterator[Optional[xray.Entity]]:
         """A segment for one request served outside Lambda (Lambda has its own)."""
         if self.on_lambda:
             yield None
             return
-        from aws_xray_sdk.core.models.trace_header import TraceHeader
-
-        header = TraceHeader.from_header_str(request.headers.get("X-Amzn-Trace-Id"))
-        sampled = header.sampled
-        if sampled is None:
-            sampled = self.recorder.sampler.should_trace({"service": self.service, "method": request.method,
-                                                          "path": request.path})
-        segment = self.recorder.begin_segment(self.service, traceid=header.root, parent_id=header.parent,
-                                              sampling=1 if sampled else 0)
+        header = xray.TraceHeader.parse(request.headers.get("X-Amzn-Trace-Id"))
+        if not (header.sampled if header.sampled is not None else self.sampled()):
+            yield None
+            return
+        segment = xray.Entity(self.service)
+        segment.http["request"] = {"method": request.method, "url": (request.base_url or "") + request.path}
+        trace = RequestTrace(self.daemon, header.root or xray.new_trace_id(), segment.id, segment)
+        self._current.trace = trace
         try:
-            segment.put_http_meta("method", request.method)
-            segment.put_http_meta("url", (request.base_url or "") + request.path)
             yield segment
+        except BaseException as exc:
+            segment.add_exception(exc)
+            raise
         finally:
-            self.recorder.end_segment()
+            self._current.trace = None
+            segment.close()
+            document = {**segment.document(), "trace_id": trace.trace_id}
+            if header.parent:
+                document["parent_id"] = header.parent
+            self.daemon.send(document)
 
     # -- wrappers ----------------------------------------------------------------------
 
@@ -291,9 +299,7 @@ class TracedAPI:
         with self._tracer.request_segment(request) as segment:
             response = self._api.handle(request)
             if segment is not None:
-                segment.put_http_meta("status", response.status)
-                if response.status >= 500:
-                    segment.add_fault_flag()
-                elif response.status >= 400:
-                    segment.add_error_flag()
+                segment.http["response"] = {"status": response.status}
+                segment.fault = response.status >= 500
+                segment.error = 400 <= response.status < 500
             return response

@@ -7,8 +7,8 @@ holds the package, then what the Python runtime provides beside it (boto3, botoc
 s3transfer and their dependencies, here the venv's), then nothing else. The API
 Gateway stand-in (tests/lambda_gateway.py, copied alone into a directory of its own)
 serves HTTP in front of the package's `app`, over moto S3 with the secret in SSM,
-htpasswd auth (bcrypt's wheel from the zip) and X-Ray on (aws-xray-sdk and wrapt
-from the zip); a push and a pull go through it.
+htpasswd auth (bcrypt's wheel from the zip) and X-Ray on (subsegments sent to a
+UDP port); a push and a pull go through it.
 """
 from __future__ import annotations
 

@@ -125,24 +125,87 @@ def test_lambda_invocations_add_subsegments_to_lambdas_segment(daemon, monkeypat
         assert daemon.documents() == []  # an invocation X-Ray did not sample sends nothing
 
 
-def test_tracing_off_wraps_nothing_and_loads_no_sdk(moto_s3, bucket) -> None:
+def test_tracing_off_wraps_nothing_and_sends_nothing(daemon, monkeypatch, moto_s3, bucket) -> None:
+    monkeypatch.delenv("AWS_LAMBDA_FUNCTION_NAME", raising=False)
+    monkeypatch.setenv("STRATUS_XRAY_SAMPLING_RATE", "1")
     config = config_from_mapping({"storage": {"s3": moto_s3.parameters(bucket)}, "http": {"secret": "s"}})
     api = build_api(config)
     assert type(api).__name__ == "RegistryAPI"
     assert isinstance(api.registry.driver, S3Driver)
+    push(api, "off/app", b"untraced")
+    response = api.handle(Request.from_bytes("GET", "/v2/off/app/tags/list",
+                                             headers={"X-Amzn-Trace-Id": f"Root={TRACE_ROOT};Sampled=1"}))
+    assert response.status == 404
+    assert daemon.documents() == []
+
+
+def test_sdk_is_not_needed_to_trace() -> None:
+    """The documents are ours (xray.py): aws-xray-sdk is in maintenance mode and was
+    ~40 ms of every traced cold start."""
     code = """
-import sys, json
-from chalicelib.bootstrap import build_api
-from chalicelib.config import config_from_mapping
+import sys
+from chalicelib import tracing
+tracer = tracing.XRayTracer({"AWS_XRAY_DAEMON_ADDRESS": "127.0.0.1:9"})
 from chalicelib.api.http import Request
-api = build_api(config_from_mapping(json.loads(sys.argv[1])))
-assert api.handle(Request.from_bytes("GET", "/v2/off/app/tags/list")).status == 404
-assert "aws_xray_sdk" not in sys.modules, "X-Ray SDK imported while tracing is off"
+with tracer.request_segment(Request.from_bytes("GET", "/v2/", headers={"X-Amzn-Trace-Id": "Sampled=1"})):
+    with tracer.context(None).trace("s3.stat", path="/x"):
+        pass
+assert not {"aws_xray_sdk", "wrapt", "asyncio"} & set(sys.modules), sorted(sys.modules)
 """
     env = {k: v for k, v in os.environ.items() if k not in ("AWS_LAMBDA_FUNCTION_NAME", "_X_AMZN_TRACE_ID")}
-    subprocess.run([sys.executable, "-c", code, json.dumps({"storage": {"s3": moto_s3.parameters(bucket)},
-                                                            "http": {"secret": "s"}})],
-                   cwd=REPO, env=env, check=True, timeout=60)
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, check=True, timeout=60)
+
+
+def test_errors_large_segments_and_an_unreachable_daemon(daemon, monkeypatch) -> None:
+    from chalicelib import tracing, xray
+
+    monkeypatch.delenv("AWS_LAMBDA_FUNCTION_NAME", raising=False)
+    tracer = tracing.XRayTracer({"AWS_XRAY_DAEMON_ADDRESS": f"tcp:127.0.0.1:1 udp:{daemon.address}"})
+    request = Request.from_bytes("GET", "/v2/a/b/manifests/latest",
+                                 headers={"X-Amzn-Trace-Id": f"Root={TRACE_ROOT};Parent={PARENT};Sampled=1"})
+    with tracer.request_segment(request):
+        ctx = tracer.context(request)
+        with pytest.raises(RuntimeError):
+            with ctx.trace("s3.get_content", path="/broken"):
+                raise RuntimeError("storage on fire")
+        with ctx.trace("s3.list", path="/outer"):
+            with ctx.trace("s3.stat", path="/inner"):
+                pass
+        for i in range(70):  # more than one datagram holds
+            with ctx.trace("s3.stat", path=f"/{i:01000x}"):
+                pass
+    docs = daemon.documents()
+    segment = next(d for d in docs if d.get("type") != "subsegment")
+    children = [d for d in docs if d.get("type") == "subsegment"]
+    assert segment["trace_id"] == TRACE_ROOT and segment["parent_id"] == PARENT
+    assert "subsegments" not in segment and len(children) == 72  # sent one by one, under the segment
+    assert {c["parent_id"] for c in children} == {segment["id"]} and {c["trace_id"] for c in children} == {TRACE_ROOT}
+    broken = children[0]
+    assert broken["fault"] is True
+    assert broken["cause"]["exceptions"][0]["type"] == "RuntimeError"
+    assert broken["cause"]["exceptions"][0]["message"] == "storage on fire"
+    assert children[1]["name"] == "s3.list" and [s["name"] for s in children[1]["subsegments"]] == ["s3.stat"]
+    assert all(c["end_time"] >= c["start_time"] for c in children)
+
+    # no daemon listening, or no route: the request is served, the trace dropped
+    unreachable = tracing.XRayTracer({"AWS_XRAY_DAEMON_ADDRESS": "[::1]:9"})
+    with unreachable.request_segment(request):
+        with unreachable.context(request).trace("s3.stat", path="/x"):
+            pass
+    assert xray.TraceHeader.parse("Root=1-a-b;Sampled=0").sampled is False
+    assert xray.TraceHeader.parse("Self=1-x;Root=1-a-b;Parent=c").sampled is None
+
+
+def test_sampling_rate_and_reservoir() -> None:
+    from chalicelib import tracing
+
+    none = tracing.XRayTracer({"STRATUS_XRAY_SAMPLING_RATE": "0"})
+    assert none.sampled() is True  # the first request of the second
+    assert not any(none.sampled() for _ in range(200))
+    every = tracing.XRayTracer({"STRATUS_XRAY_SAMPLING_RATE": "1"})
+    assert all(every.sampled() for _ in range(50))
+    some = tracing.XRayTracer({"STRATUS_XRAY_SAMPLING_RATE": "0.5"})
+    assert 40 < sum(some.sampled() for _ in range(400)) < 360
 
 
 def test_tracing_can_be_turned_off_on_lambda(monkeypatch) -> None:
