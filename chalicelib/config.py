@@ -469,6 +469,33 @@ def _yaml() -> tuple[Any, Any]:
     return yaml, getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
+# What YAML makes of the values a deployment usually sets (a bucket, a region, a host and
+# port, an ARN, a number, a boolean, nothing) is certain without a parser: a word that
+# starts with a letter cannot be a number, date or special float, and is a string unless
+# it is one of YAML 1.1's booleans or nulls or ends in the ':' of a mapping. Those skip
+# importing yaml, ~10 ms of every Lambda cold start; tests/test_config_env_scalars.py
+# holds the two to agreeing.
+_PLAIN_WORD = re.compile(r"[A-Za-z][A-Za-z0-9_./:@+-]*(?<!:)\Z")
+_DECIMAL = re.compile(r"(?:0|[1-9][0-9]*)\Z")
+_YAML_WORDS: dict[str, Any] = {
+    **{w: True for w in "yes Yes YES true True TRUE on On ON".split()},
+    **{w: False for w in "no No NO false False FALSE off Off OFF".split()},
+    **{w: None for w in ("null", "Null", "NULL", "~", "")},
+}
+
+
+def env_scalar(text: str) -> tuple[bool, Any]:
+    """(True, value) when `text` is a plain word, a YAML boolean or null, or a decimal
+    integer; (False, None) when it takes the YAML parser."""
+    if text in _YAML_WORDS:
+        return True, _YAML_WORDS[text]
+    if _PLAIN_WORD.match(text):
+        return True, text
+    if _DECIMAL.match(text):
+        return True, int(text)
+    return False, None
+
+
 def _read_file(path: str, source: str | None) -> dict[str, Any]:
     label = f"{source}: configuration file {path!r}" if source else f"configuration file {path!r}"
     try:
@@ -539,17 +566,19 @@ def _apply_environment(tree: dict[str, Any], environ: Mapping[str, str]) -> Orig
     names = sorted(n for n in environ if n.startswith(ENV_PREFIX) and n != CONFIG_PATH_ENV)
     if not names:
         return origins
-    yaml, loader = _yaml()
     for name in names:
         text = environ[name]
         parts = name[len(ENV_PREFIX):].split("_")
         if not all(parts):
             log.warning("ignoring environment variable %s: empty key between underscores", name)
             continue
-        try:
-            value = yaml.load(text, Loader=loader)
-        except yaml.YAMLError:
-            value = text
+        plain, value = env_scalar(text)
+        if not plain:
+            yaml, loader = _yaml()
+            try:
+                value = yaml.load(text, Loader=loader)
+            except yaml.YAMLError:
+                value = text
         _set_from_env(tree, name, parts, value, text, origins)
     return origins
 
