@@ -167,8 +167,9 @@ print(json.dumps({"status": response.status, "headers": dict(response.headers), 
                   "modules": sorted({name.split(".")[0] for name in sys.modules})}))
 """
 
-# what a cold pull must not import: the SDK, and what only the SDK brings
-NOT_ON_PULL = {"boto3", "botocore", "s3transfer", "jmespath", "dateutil"}
+# what a cold pull must not import: the SDK, and what only the SDK brings; nor urllib3,
+# since light.py's reads go over http.client (urllib3 costs ~20 ms more of imports)
+NOT_ON_PULL = {"boto3", "botocore", "s3transfer", "jmespath", "dateutil", "urllib3"}
 
 
 def _fresh(env: dict[str, str], script: str, *args: str) -> dict[str, Any]:

@@ -2,10 +2,12 @@
 byte, the addresses the boto3 client would use, and reads against moto's server."""
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 import uuid
 from collections import Counter
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Iterator
@@ -467,3 +469,167 @@ def test_https_endpoints_are_verified_against_aws_ca_bundle(tls_endpoint, certif
     # (a refused handshake is a connection error: retried, as botocore's SSLError is)
     assert _FlakyS3.seen == []
     assert _tls_driver(tls_endpoint, skipverify=True).get_content(Context(), "/f") == b"ok"
+
+
+# -- the connection pool: keep-alive, stale connections, bodies left unread -------------------
+
+BIG = 256 * 1024
+
+
+class _KeepAliveS3(_FlakyS3):
+    """The scripted stand-in on HTTP/1.1 keep-alive connections, counting those it accepts.
+    Code "big" answers BIG bytes; "hangup" answers, then closes the connection without
+    saying so (as a server does to a connection idle past its timeout)."""
+
+    protocol_version = "HTTP/1.1"
+    connections: list[int] = []
+
+    def setup(self) -> None:
+        _KeepAliveS3.connections.append(1)
+        super().setup()
+
+    def do_GET(self) -> None:  # noqa: N802
+        code = self.script[0][1] if self.script else ""
+        if code not in ("big", "hangup"):
+            super().do_GET()
+            return
+        self.script.pop(0)
+        self.seen.append(self.headers.get("Authorization", ""))
+        body = bytes(range(256)) * (BIG // 256) if code == "big" else b"ok"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        try:
+            self.wfile.write(body)
+        except OSError:  # the client read a part and hung up
+            pass
+        self.close_connection = code == "hangup"
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that hangs up mid-body is what the tests do
+
+
+@pytest.fixture
+def keepalive_s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[S3Driver, type[_KeepAliveS3]]]:
+    server = _QuietServer(("127.0.0.1", 0), _KeepAliveS3)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setattr(light, "_delay", lambda attempt, throttled, retry_after: 0.0)
+    _FlakyS3.script, _FlakyS3.seen, _KeepAliveS3.connections = [], [], []
+    driver = from_parameters({"bucket": f"kept-{uuid.uuid4().hex[:6]}", "region": "us-east-1",
+                              "regionendpoint": f"http://127.0.0.1:{server.server_address[1]}",
+                              "accesskey": "a", "secretkey": "s"})
+    try:
+        yield driver, _KeepAliveS3
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_sequential_requests_share_one_kept_alive_connection(keepalive_s3) -> None:
+    driver, s3 = keepalive_s3
+    for _ in range(3):
+        assert driver.get_content(Context(), "/f") == b"ok"
+    assert (len(s3.seen), len(s3.connections)) == (3, 1)
+
+
+@pytest.mark.parametrize("checked", [True, False], ids=["seen-idle", "met-on-send"])
+def test_a_pooled_connection_the_server_closed_is_replaced_without_a_retry(keepalive_s3, monkeypatch,
+                                                                           checked) -> None:
+    """The server closed the kept connection after its answer. Either the pool sees it
+    closed before using it, or the request sent on it fails at once (with the idle check
+    off): then it is sent again on a new connection, neither counted as a retry nor
+    charged to the retry quota."""
+    driver, s3 = keepalive_s3
+    if not checked:
+        monkeypatch.setattr(light._Connections, "_dropped", lambda self, sock: False)
+    s3.script = [(200, "hangup")]
+    before = _counted()
+    assert driver.get_content(Context(), "/f") == b"ok"
+    time.sleep(0.05)  # the server's FIN arrives
+    assert driver.get_content(Context(), "/f") == b"ok"
+    counts = _counted()
+    counts.subtract(before)
+    assert +counts == Counter({"GetObject": 2})
+    assert (len(s3.seen), len(s3.connections)) == (2, 2)
+    assert driver.bucket.reads._quota == light.QUOTA_CAPACITY
+
+
+def test_a_connection_whose_body_was_left_unread_is_not_reused(keepalive_s3, monkeypatch) -> None:
+    driver, s3 = keepalive_s3
+    # (the pool's idle check would see the unread bytes too; the rule must not rest on it)
+    monkeypatch.setattr(light._Connections, "_dropped", lambda self, sock: False)
+    ctx, data = Context(), bytes(range(256)) * (BIG // 256)
+    before = _counted()
+    s3.script = [(200, "big")]
+    with driver.reader(ctx, "/f") as stream:
+        assert stream.read(10) == data[:10]
+    assert driver.get_content(ctx, "/f") == b"ok"  # on a new connection...
+    assert driver.get_content(ctx, "/f") == b"ok"  # ...kept
+    assert len(s3.connections) == 2
+    # a body read to the end (in parts), closed or not, leaves its connection to the next request
+    s3.script = [(200, "big"), (200, "big")]
+    with driver.reader(ctx, "/f") as stream:
+        assert b"".join(iter(lambda: stream.read(100_000), b"")) == data
+    assert driver.bucket.reads.get(driver._key("/f"))["Body"].read() == data  # read, never closed
+    assert driver.get_content(ctx, "/f") == b"ok"
+    assert (len(s3.seen), len(s3.connections)) == (6, 2)
+    counts = _counted()
+    counts.subtract(before)
+    assert +counts == Counter({"GetObject": 6})  # none failed and was retried
+    assert driver.bucket.reads._quota == light.QUOTA_CAPACITY
+
+
+# -- TLS against a self-signed certificate ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def self_signed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Any, Any]]:
+    """Self-signed server certificates: for 127.0.0.1, and for a name that is not it."""
+    directory, made = tmp_path_factory.mktemp("self-signed"), {}
+    for name, san in (("ip", "IP:127.0.0.1"), ("elsewhere", "DNS:elsewhere.example")):
+        cert, key = directory / f"{name}.pem", directory / f"{name}.key"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                        "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", f"/CN={name}",
+                        "-addext", f"subjectAltName={san}"], check=True, capture_output=True, timeout=60)
+        made[name] = (cert, key)
+    return made
+
+
+@contextmanager
+def _tls_server(cert: Any, key: Any) -> Iterator[str]:
+    import ssl
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FlakyS3)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_self_signed_endpoint_is_refused_when_verifying_and_read_when_not(self_signed, monkeypatch) -> None:
+    monkeypatch.setattr(light, "_delay", lambda attempt, throttled, retry_after: 0.0)
+    monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
+    _FlakyS3.script, _FlakyS3.seen = [], []
+    with _tls_server(*self_signed["ip"]) as endpoint:
+        with pytest.raises(StorageError, match="Could not reach .*CERTIFICATE_VERIFY_FAILED"):
+            _tls_driver(endpoint).get_content(Context(), "/f")
+        assert _FlakyS3.seen == []
+        assert _tls_driver(endpoint, skipverify=True).get_content(Context(), "/f") == b"ok"
+        monkeypatch.setenv("AWS_CA_BUNDLE", str(self_signed["ip"][0]))  # trusted: read
+        assert _tls_driver(endpoint).get_content(Context(), "/f") == b"ok"
+    # trusted, but for another name: the hostname is checked too
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(self_signed["elsewhere"][0]))
+    with _tls_server(*self_signed["elsewhere"]) as endpoint:
+        with pytest.raises(StorageError, match="address mismatch"):
+            _tls_driver(endpoint).get_content(Context(), "/f")
+        assert _tls_driver(endpoint, skipverify=True).get_content(Context(), "/f") == b"ok"
+    assert len(_FlakyS3.seen) == 3

@@ -3,8 +3,10 @@
 A cold Lambda instance that serves a pull needs one or two object reads and maybe a
 presigned URL. Through boto3 that costs ~100 ms of imports and ~90 ms more to build
 a client (service model and endpoint rules loaded from JSON) before the first byte
-is sent. Here the same requests are signed by sigv4.py and sent over urllib3, which
-the deployment carries anyway: a few milliseconds.
+is sent. Here the same requests are signed by sigv4.py and sent over the standard
+library's http.client, on keep-alive connections kept in a small pool (_Connections):
+a few milliseconds. (urllib3 would add 20 ms or so of imports of its own, and of
+importlib.metadata, zipfile, bz2, lzma, csv... that its http2 probe pulls in.)
 
 It is used only where it gives what the boto3 client would (`reads_for` decides):
 
@@ -33,13 +35,17 @@ import re
 import threading
 import time
 from datetime import datetime, timezone
-from typing import Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 from urllib.parse import unquote_plus, urlsplit
 
 from . import sigv4
 from .client import per_process, requests
 from .errors import S3RequestError
 from .params import ConnectionParameters, S3Parameters
+
+if TYPE_CHECKING:
+    import http.client
+    import ssl
 
 # botocore's "standard" retry mode, as client.py configures it (max_attempts 5)
 MAX_ATTEMPTS = 5
@@ -55,6 +61,10 @@ THROTTLING_CODES = frozenset({
 # The retry quota: a token bucket shared by the process's requests, so that an
 # outage is not answered with five times the traffic.
 QUOTA_CAPACITY, RETRY_COST, THROTTLING_RETRY_COST, NO_RETRY_INCREMENT = 500, 14, 5, 1
+CONNECT_TIMEOUT, READ_TIMEOUT = 10.0, 60.0  # seconds; the read timeout holds for each socket read
+# what a request on a kept-alive connection meets when the server had closed it meanwhile
+# (http.client.RemoteDisconnected is a ConnectionResetError)
+_STALE = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
 
 # AWS regions of the `aws` partition (s3.<region>.amazonaws.com); others fall back
 AWS_REGION = re.compile(r"^(us|eu|ap|sa|ca|me|af|il|mx)-[a-z]+-\d+$")
@@ -150,22 +160,14 @@ def _host(scheme: str, netloc: str) -> str:
 
 class LightReads:
     def __init__(self, connection: ConnectionParameters, bucket: str, credentials: sigv4.Credentials):
-        import urllib3  # here, not at import: only a process that reads S3 needs it
+        import http.client  # here, not at import: only a process that reads S3 needs it
 
         self.region = connection.region or "us-east-1"
         self.credentials = credentials
         self.address = _Address(connection, bucket)
-        tls: dict[str, Any] = {}
-        if self.address.scheme == "https":
-            if connection.verify:
-                tls = {"cert_reqs": "CERT_REQUIRED", "ca_certs": _ca_bundle()}
-            else:
-                tls = {"cert_reqs": "CERT_NONE", "assert_hostname": False}
-        self._http = urllib3.PoolManager(
-            maxsize=connection.max_pool_connections, retries=False,
-            timeout=urllib3.Timeout(connect=10, read=60), **tls,
-        )
-        self._errors: tuple[type[BaseException], ...] = (urllib3.exceptions.HTTPError, OSError)
+        self._pool = _Connections(self.address.scheme, self.address.netloc, connection.max_pool_connections,
+                                  connection.verify)
+        self._errors: tuple[type[BaseException], ...] = (http.client.HTTPException, OSError)
         self._quota = QUOTA_CAPACITY
         self._quota_lock = threading.Lock()
         self.user_agent = f"stratus-light {connection.user_agent or 'stratus'}"
@@ -208,18 +210,19 @@ class LightReads:
         address = self.address
         path = address.prefix + ("/" + sigv4.encode_path(key) if key is not None else "/")
         canonical = sigv4.canonical_query(query or [])
-        url = f"{address.scheme}://{address.netloc}{path}" + (f"?{canonical}" if canonical else "")
+        target = path + (f"?{canonical}" if canonical else "")
+        url = f"{address.scheme}://{address.netloc}{target}"
         attempt, cost = 0, 0
         while True:
             attempt += 1
             requests.count(operation, path)  # counted like the client's requests
             signed = sigv4.sign_headers(method, address.host, path, canonical, dict(headers or {}),
                                         self.credentials, self.region, _now())
+            signed["Host"] = address.host  # as signed (http.client would send the netloc's)
             signed["User-Agent"] = self.user_agent  # not signed, as the SDKs leave it
             response, failure, throttled, retry_after = None, None, False, None
             try:
-                response = self._http.request(method, url, headers=signed, redirect=False,
-                                              preload_content=not stream)
+                response = self._exchange(method, target, signed, stream)
             except self._errors as exc:
                 failure = S3RequestError(f"Could not reach {url}: {exc}")
                 retryable = True
@@ -242,11 +245,35 @@ class LightReads:
                 raise failure
             time.sleep(_delay(attempt, throttled, retry_after))
 
-    def _failure(self, response: Any, method: str) -> S3RequestError:
+    def _exchange(self, method: str, target: str, headers: dict[str, str], stream: bool) -> "_Response":
+        """One request on a pooled connection (redirects are answers, not followed). A kept-
+        alive connection the server had closed meanwhile fails at once: the request is sent
+        again, once, on a new connection. Without stream the body is read whole (`data`)."""
+        pool = self._pool
+        conn, reused = pool.take()
+        while True:
+            try:
+                conn.request(method, target, headers=headers)
+                raw = conn.getresponse()
+            except _STALE:
+                conn.close()
+                if not reused:
+                    raise
+                conn, reused = pool.new(), False
+                continue
+            except BaseException:
+                conn.close()
+                raise
+            response = _Response(raw, conn, pool)
+            if not stream:
+                response.data  # read to the end: the connection is back in the pool
+            return response
+
+    def _failure(self, response: "_Response", method: str) -> S3RequestError:
         """The error as botocore parses it: <Code>/<Message> of the XML body; a HEAD (no
         body) gives the status as its code and the reason phrase as its message."""
         body = b"" if method == "HEAD" else _drain(response)
-        response.release_conn()
+        response.close()
         code = _xml_text(body, "Code") or str(response.status)
         message = _xml_text(body, "Message") if body else (response.reason or "")
         return S3RequestError(f"{code}: {message}", code, message, response.status)
@@ -263,7 +290,7 @@ class LightReads:
             self._quota = min(QUOTA_CAPACITY, self._quota + (cost or NO_RETRY_INCREMENT))
 
     @staticmethod
-    def _object(response: Any) -> dict:
+    def _object(response: "_Response") -> dict:
         headers = response.headers
         meta = {name.lower()[11:]: value for name, value in headers.items()
                 if name.lower().startswith("x-amz-meta-")}
@@ -300,7 +327,7 @@ def _ca_bundle() -> Optional[str]:
     return certifi.where()
 
 
-def _drain(response: Any) -> bytes:
+def _drain(response: "_Response") -> bytes:
     try:
         return response.data or b""
     except Exception:  # the error body is a courtesy; the status says enough
@@ -360,10 +387,153 @@ def _list_page(body: bytes) -> dict:
     return page
 
 
+class _Connections:
+    """Keep-alive connections to the reader's one endpoint, for any thread. At most `size`
+    are kept idle (the client's max_pool_connections), the last used first; more may be
+    open at once and are closed when done. Only a connection whose response was read to
+    the end comes back; one that failed or was left mid-response is closed."""
+
+    def __init__(self, scheme: str, netloc: str, size: int, verify: bool):
+        import http.client
+        import select
+
+        self._http = http.client
+        self._select = select
+        self._https, self._netloc, self._size, self._verify = scheme == "https", netloc, size, verify
+        self._context: Optional["ssl.SSLContext"] = None
+        self._idle: list["http.client.HTTPConnection"] = []
+        self._lock = threading.Lock()
+
+    def take(self) -> tuple["http.client.HTTPConnection", bool]:
+        """An idle connection (True: reused) that the server has not closed, else a new one."""
+        while True:
+            with self._lock:
+                conn = self._idle.pop() if self._idle else None
+            if conn is None:
+                return self.new(), False
+            if not self._dropped(conn.sock):
+                return conn, True
+            conn.close()
+
+    def new(self) -> "http.client.HTTPConnection":
+        """A connection, connected (and TLS handshaken) within CONNECT_TIMEOUT."""
+        conn: http.client.HTTPConnection
+        if self._https:
+            conn = self._http.HTTPSConnection(self._netloc, timeout=CONNECT_TIMEOUT, context=self._tls())
+        else:
+            conn = self._http.HTTPConnection(self._netloc, timeout=CONNECT_TIMEOUT)
+        try:
+            conn.connect()
+            conn.sock.settimeout(READ_TIMEOUT)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def give(self, conn: "http.client.HTTPConnection") -> None:
+        """Back to the pool, unless the server ends the connection (conn.sock None) or the pool is full."""
+        if conn.sock is not None:
+            with self._lock:
+                if len(self._idle) < self._size:
+                    self._idle.append(conn)
+                    return
+        conn.close()
+
+    def incomplete(self, remaining: int) -> Exception:
+        return self._http.IncompleteRead(b"", remaining)
+
+    def _dropped(self, sock: Any) -> bool:
+        """Whether an idle connection's socket is readable: the server closed it (or sent
+        what nobody asked for); either way it cannot carry a request."""
+        if sock is None:
+            return True
+        try:
+            if hasattr(self._select, "poll"):
+                poller = self._select.poll()
+                poller.register(sock, self._select.POLLIN)
+                return bool(poller.poll(0))
+            return bool(self._select.select([sock], [], [], 0)[0])
+        except (OSError, ValueError):
+            return True
+
+    def _tls(self) -> "ssl.SSLContext":
+        """One context for the reader's connections, made at the first: botocore's CA
+        bundle (_ca_bundle) or the system's, hostnames checked; with verify off, neither."""
+        with self._lock:
+            if self._context is None:
+                import ssl
+
+                if self._verify:
+                    self._context = ssl.create_default_context(cafile=_ca_bundle())
+                else:
+                    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                    context.check_hostname = False
+                    context.verify_mode = ssl.CERT_NONE
+                    self._context = context
+            return self._context
+
+
+class _Response:
+    """A response on one of the pool's connections: status, reason and headers, its body
+    read whole (`data`) or streamed (read). The connection goes back to the pool once the
+    body was read to the end; close() before that, or a failed read, closes it."""
+
+    def __init__(self, raw: "http.client.HTTPResponse", conn: "http.client.HTTPConnection", pool: _Connections):
+        self.status, self.reason, self.headers = raw.status, raw.reason, raw.headers
+        self._raw: Optional["http.client.HTTPResponse"] = raw
+        self._conn, self._pool = conn, pool
+        self._data: Optional[bytes] = None
+
+    @property
+    def data(self) -> bytes:
+        if self._data is None:
+            self._data = self.read()
+        return self._data
+
+    def read(self, amount: Optional[int] = None) -> bytes:
+        raw = self._raw
+        if raw is None:
+            return b""
+        try:
+            data = raw.read(amount)
+            if amount and not data and raw.length:  # http.client says b"" when the server hung up early
+                raise self._pool.incomplete(raw.length)
+        except BaseException:
+            self._discard()
+            raise
+        if raw.isclosed():  # read to the end
+            self._done()
+        return data
+
+    def close(self) -> None:
+        raw = self._raw
+        if raw is None:
+            return
+        if not raw.isclosed() and raw.length == 0:  # nothing left (a HEAD, an empty body)
+            try:
+                raw.read()
+            except Exception:
+                pass
+        if raw.isclosed():
+            self._done()
+        else:
+            self._discard()
+
+    def _done(self) -> None:
+        self._raw = None
+        self._pool.give(self._conn)
+
+    def _discard(self) -> None:
+        raw, self._raw = self._raw, None
+        if raw is not None:
+            raw.close()
+        self._conn.close()
+
+
 class _Body:
     """An object's bytes as they arrive; transport failures become S3RequestError."""
 
-    def __init__(self, response: Any, errors: tuple[type[BaseException], ...]):
+    def __init__(self, response: _Response, errors: tuple[type[BaseException], ...]):
         self._response = response
         self._errors = errors
 
@@ -374,7 +544,4 @@ class _Body:
             raise S3RequestError(f"reading the object: {type(exc).__name__}: {exc}") from exc
 
     def close(self) -> None:
-        response = self._response
-        if response.length_remaining:  # unread bytes: the connection cannot serve another request
-            response.close()
-        response.release_conn()
+        self._response.close()  # with bytes unread, the connection cannot serve another request
