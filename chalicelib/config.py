@@ -472,11 +472,13 @@ def _yaml() -> tuple[Any, Any]:
 # What YAML makes of the values a deployment usually sets (a bucket, a region, a host and
 # port, an ARN, a number, a boolean, nothing) is certain without a parser: a word that
 # starts with a letter cannot be a number, date or special float, and is a string unless
-# it is one of YAML 1.1's booleans or nulls or ends in the ':' of a mapping. Those skip
+# it is one of YAML 1.1's booleans or nulls or ends in the ':' of a mapping; nor can an
+# IPv4 address (with a port) be anything but a string. Those skip
 # importing yaml, ~10 ms of every Lambda cold start; tests/test_config_env_scalars.py
 # holds the two to agreeing.
 _PLAIN_WORD = re.compile(r"[A-Za-z][A-Za-z0-9_./:@+-]*(?<!:)\Z")
 _DECIMAL = re.compile(r"(?:0|[1-9][0-9]*)\Z")
+_IPV4 = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}(?::[0-9]+)?\Z")
 _YAML_WORDS: dict[str, Any] = {
     **{w: True for w in "yes Yes YES true True TRUE on On ON".split()},
     **{w: False for w in "no No NO false False FALSE off Off OFF".split()},
@@ -485,11 +487,11 @@ _YAML_WORDS: dict[str, Any] = {
 
 
 def env_scalar(text: str) -> tuple[bool, Any]:
-    """(True, value) when `text` is a plain word, a YAML boolean or null, or a decimal
-    integer; (False, None) when it takes the YAML parser."""
+    """(True, value) when `text` is a plain word, an IPv4 address, a YAML boolean or
+    null, or a decimal integer; (False, None) when it takes the YAML parser."""
     if text in _YAML_WORDS:
         return True, _YAML_WORDS[text]
-    if _PLAIN_WORD.match(text):
+    if _PLAIN_WORD.match(text) or _IPV4.match(text):
         return True, text
     if _DECIMAL.match(text):
         return True, int(text)

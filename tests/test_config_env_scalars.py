@@ -26,7 +26,8 @@ def agrees(text: str) -> None:
 
 
 @settings(max_examples=3000, deadline=None)
-@given(st.text(alphabet=ALPHABET, max_size=12) | st.text(alphabet=ALPHABET[:44], max_size=8))
+@given(st.text(alphabet=ALPHABET, max_size=12) | st.text(alphabet=ALPHABET[:44], max_size=8)
+       | st.text(alphabet="0123456789.:", max_size=16))
 def test_plain_values_agree_with_yaml(text: str) -> None:
     agrees(text)
 
@@ -34,10 +35,12 @@ def test_plain_values_agree_with_yaml(text: str) -> None:
 def test_known_values() -> None:
     for text in ("s3", "us-east-1", "my-bucket.example", "redis.cache.amazonaws.com:6379", "http://h:5000/x",
                  "inmemory", "0", "5000", "a:b", "x@y", "on", "Off", "NULL", "yes", "y", "n", "a:", "0123",
-                 "1_000", "1:20", "2001-12-14", ".inf", "~", "", "true", "-1", "+1", "1e3", "a b", "a #b"):
+                 "1_000", "1:20", "2001-12-14", "127.0.0.1:6379", "10.0.0.1", "1.2.3", "1.2", "0.0.0.0:5000",
+                 "1:2:3.4", "190:20:30.15", ".inf", "~", "", "true", "-1", "+1", "1e3", "a b", "a #b"):
         agrees(text)
     assert env_scalar("us-east-1") == (True, "us-east-1")
     assert env_scalar("5000") == (True, 5000)
+    assert env_scalar("127.0.0.1:6379") == (True, "127.0.0.1:6379")
     assert env_scalar("true") == (True, True) and env_scalar("OFF") == (True, False)
     assert env_scalar("") == (True, None) and env_scalar("~") == (True, None)
     for text in ("a:", "0123", "1:20", "{a: 1}", "a b", "'q'", "1.5", "-1"):
@@ -49,7 +52,7 @@ def test_a_cold_config_from_plain_values_imports_no_yaml() -> None:
 import sys
 from chalicelib.config import load_config
 config = load_config(None, environ={"REGISTRY_STORAGE": "s3", "REGISTRY_STORAGE_S3_BUCKET": "b",
-    "REGISTRY_STORAGE_S3_REGION": "us-east-1", "REGISTRY_REDIS_ADDR": "cache.local:6379",
+    "REGISTRY_STORAGE_S3_REGION": "us-east-1", "REGISTRY_REDIS_ADDR": "cache.local:6379", "REGISTRY_HTTP_ADDR": "0.0.0.0:5000",
     "REGISTRY_STORAGE_CACHE_BLOBDESCRIPTOR": "redis", "REGISTRY_HTTP_HOST": "https://registry.example.com",
     "REGISTRY_REDIS_DB": "2"})
 assert config.storage.driver == "s3" and config.storage.parameters["bucket"] == "b" and config.redis.addr == "cache.local:6379" and config.redis.db == 2
