@@ -2,7 +2,8 @@
 
 * Lambda: a function invocation carries at most 6 MB of event and binary bodies
   arrive base64-encoded, so a chunk of ~4.4 MiB is the most a PATCH can bring.
-  On Lambda the advertised and enforced chunk maximum defaults to 4 MiB.
+  On Lambda the advertised and enforced chunk maximum defaults to 4 MiB
+  (bootstrap's Lambda platform policy).
 * X-Ray: the trace header Lambda sets for each invocation says whether it is sampled.
 * http.secret: no secret lives in the repository or the function's configuration.
   ``STRATUS_HTTP_SECRET_PARAMETER`` (or ``http.secretparameter`` in the file) names
@@ -44,11 +45,6 @@ _secrets_lock = threading.Lock()
 def on_lambda(environ: Optional[Mapping[str, str]] = None) -> bool:
     environ = os.environ if environ is None else environ
     return bool(environ.get("AWS_LAMBDA_FUNCTION_NAME"))
-
-
-def default_chunk_max_length(environ: Optional[Mapping[str, str]] = None) -> Optional[int]:
-    """The chunk limit when http.chunkmaxlength is not configured: 4 MiB on Lambda."""
-    return LAMBDA_CHUNK_MAX_LENGTH if on_lambda(environ) else None
 
 
 def lambda_trace_sampled(environ: Optional[Mapping[str, str]] = None) -> bool:
