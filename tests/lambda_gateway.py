@@ -236,9 +236,8 @@ def runtime_environment(function_name: str = "stratus-dev", memory_mb: int = 102
     """What the Lambda runtime sets in every function's environment (the developer guide's
     "Defined runtime environment variables"), as a managed Python runtime sets it.
 
-    Libraries decide where they run from these: aws-xray-sdk takes LAMBDA_TASK_ROOT as
-    "on Lambda" (without it its global recorder loads a sampler that imports botocore),
-    botocore reads AWS_EXECUTION_ENV and AWS_LAMBDA_FUNCTION_NAME. `task_root` is the
+    Libraries decide where they run from these: botocore reads AWS_EXECUTION_ENV and
+    AWS_LAMBDA_FUNCTION_NAME, Stratus the latter. `task_root` is the
     function's code (/var/task; here the repository, or an unpacked deployment package);
     LAMBDA_RUNTIME_DIR is where the runtime's own SDK lives (/var/runtime; here the site
     directory that holds boto3). Left out: LD_LIBRARY_PATH (pointing the dynamic loader
