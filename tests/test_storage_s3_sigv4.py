@@ -342,21 +342,26 @@ class _FlakyS3(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def flaky_s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[S3Driver, type[_FlakyS3]]]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _FlakyS3)
+@contextmanager
+def _serving(server: ThreadingHTTPServer) -> Iterator[int]:
+    """The server answering on a thread of its own until the block ends; yields its port."""
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    monkeypatch.setattr(light, "_delay", lambda attempt, throttled, retry_after: 0.0)
-    _FlakyS3.script, _FlakyS3.seen = [], []
-    endpoint = f"http://127.0.0.1:{server.server_address[1]}"
-    driver = from_parameters({"bucket": f"flaky-{uuid.uuid4().hex[:6]}", "region": "us-east-1",
-                              "regionendpoint": endpoint, "accesskey": "a", "secretkey": "s"})
     try:
-        yield driver, _FlakyS3
+        yield server.server_address[1]
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def flaky_s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[S3Driver, type[_FlakyS3]]]:
+    monkeypatch.setattr(light, "_delay", lambda attempt, throttled, retry_after: 0.0)
+    _FlakyS3.script, _FlakyS3.seen = [], []
+    with _serving(ThreadingHTTPServer(("127.0.0.1", 0), _FlakyS3)) as port:
+        yield from_parameters({"bucket": f"flaky-{uuid.uuid4().hex[:6]}", "region": "us-east-1",
+                               "regionendpoint": f"http://127.0.0.1:{port}", "accesskey": "a",
+                               "secretkey": "s"}), _FlakyS3
 
 
 def test_transient_errors_and_throttling_are_retried_as_the_client_does(flaky_s3) -> None:
@@ -436,21 +441,10 @@ def certificates(tmp_path_factory: pytest.TempPathFactory) -> Any:
 @pytest.fixture
 def tls_endpoint(certificates, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """The scripted stand-in over TLS, with a certificate for 127.0.0.1 from the test CA."""
-    import ssl
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _FlakyS3)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(certificates.server_cert, certificates.server_key)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     monkeypatch.setattr(light, "_delay", lambda attempt, throttled, retry_after: 0.0)
     _FlakyS3.script, _FlakyS3.seen = [], []
-    try:
-        yield f"https://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with _tls_server(certificates.server_cert, certificates.server_key) as url:
+        yield url
 
 
 def _tls_driver(endpoint: str, **extra: Any) -> S3Driver:
@@ -513,19 +507,12 @@ class _QuietServer(ThreadingHTTPServer):
 
 @pytest.fixture
 def keepalive_s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[S3Driver, type[_KeepAliveS3]]]:
-    server = _QuietServer(("127.0.0.1", 0), _KeepAliveS3)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     monkeypatch.setattr(light, "_delay", lambda attempt, throttled, retry_after: 0.0)
     _FlakyS3.script, _FlakyS3.seen, _KeepAliveS3.connections = [], [], []
-    driver = from_parameters({"bucket": f"kept-{uuid.uuid4().hex[:6]}", "region": "us-east-1",
-                              "regionendpoint": f"http://127.0.0.1:{server.server_address[1]}",
-                              "accesskey": "a", "secretkey": "s"})
-    try:
-        yield driver, _KeepAliveS3
-    finally:
-        server.shutdown()
-        server.server_close()
+    with _serving(_QuietServer(("127.0.0.1", 0), _KeepAliveS3)) as port:
+        yield from_parameters({"bucket": f"kept-{uuid.uuid4().hex[:6]}", "region": "us-east-1",
+                               "regionendpoint": f"http://127.0.0.1:{port}", "accesskey": "a",
+                               "secretkey": "s"}), _KeepAliveS3
 
 
 def test_sequential_requests_share_one_kept_alive_connection(keepalive_s3) -> None:
@@ -606,13 +593,8 @@ def _tls_server(cert: Any, key: Any) -> Iterator[str]:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
     server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"https://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with _serving(server) as port:
+        yield f"https://127.0.0.1:{port}"
 
 
 def test_a_self_signed_endpoint_is_refused_when_verifying_and_read_when_not(self_signed, monkeypatch) -> None:
