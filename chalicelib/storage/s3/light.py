@@ -77,7 +77,8 @@ _CLIENT_ONLY_ENV = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_CONFIG_FILE", "AW
                     "HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy")
 _MONTHS = {m: i for i, m in enumerate("Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split(), 1)}
 
-_readers: dict[tuple[int, tuple[ConnectionParameters, str]], "LightReads"] = {}
+_CLIENT_READS = object()  # a process's decision that the boto3 client reads this bucket
+_readers: dict[tuple[int, tuple[ConnectionParameters, str]], Any] = {}
 
 
 class WrongRegion(Exception):
@@ -111,18 +112,19 @@ def usable(connection: ConnectionParameters, environ=os.environ) -> bool:
 
 
 def reads_for(params: S3Parameters) -> Optional["LightReads"]:
-    """The process's light reader for this bucket, or None where the client must read."""
+    """The process's light reader for this bucket, or None where the client must read.
+    Decided once per process: the environment and ~/.aws/config are not looked at again
+    on every read."""
+    reader = per_process(_readers, (params.connection, params.bucket), lambda: _reader(params))
+    return reader if isinstance(reader, LightReads) else None
+
+
+def _reader(params: S3Parameters) -> Any:
     connection = params.connection
-    reader = _readers.get((os.getpid(), (connection, params.bucket)))
-    if reader is not None:
-        return reader
-    if not usable(connection):
-        return None
-    credentials = credentials_for(connection)
+    credentials = credentials_for(connection) if usable(connection) else None
     if credentials is None:
-        return None
-    return per_process(_readers, (connection, params.bucket),
-                       lambda: LightReads(connection, params.bucket, credentials))
+        return _CLIENT_READS
+    return LightReads(connection, params.bucket, credentials)
 
 
 class _Address:
@@ -218,7 +220,6 @@ class LightReads:
             requests.count(operation, path)  # counted like the client's requests
             signed = sigv4.sign_headers(method, address.host, path, canonical, dict(headers or {}),
                                         self.credentials, self.region, _now())
-            signed["Host"] = address.host  # as signed (http.client would send the netloc's)
             signed["User-Agent"] = self.user_agent  # not signed, as the SDKs leave it
             response, failure, throttled, retry_after = None, None, False, None
             try:

@@ -83,9 +83,10 @@ def _canonical_headers(headers: dict[str, str]) -> tuple[str, str]:
 
 def sign_headers(method: str, host: str, path: str, query: str, headers: dict[str, str],
                  credentials: Credentials, region: str, now: datetime) -> dict[str, str]:
-    """The headers to send with a request (those given, all of them signed, plus the date,
-    payload hash, session token and Authorization). path is already encoded (encode_path),
-    query is canonical (canonical_query); the request has no body."""
+    """The headers to send with a request (those given, all of them signed, plus host, the
+    date, payload hash, session token and Authorization): sent as they are, the request
+    carries the Host that was signed. path is already encoded (encode_path), query is
+    canonical (canonical_query); the request has no body."""
     timestamp = amz_date(now)
     signed = {**headers, "host": host, "x-amz-content-sha256": EMPTY_SHA256, "x-amz-date": timestamp}
     if credentials.token:
@@ -95,7 +96,6 @@ def sign_headers(method: str, host: str, path: str, query: str, headers: dict[st
     signature = _signature(credentials.secret_key, timestamp, region, canonical_request)
     signed["Authorization"] = (f"{ALGORITHM} Credential={credentials.access_key}/{_scope(timestamp, region)}, "
                                f"SignedHeaders={signed_names}, Signature={signature}")
-    del signed["host"]  # the HTTP client sends it from the URL
     return signed
 
 
