@@ -10,14 +10,30 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
+from http.server import HTTPServer
 from pathlib import Path
 from typing import Iterator, Mapping, Optional, Sequence
 
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextmanager
+def serving(server: HTTPServer) -> Iterator[int]:
+    """An in-process stand-in server answering on a thread of its own until the block
+    ends, then shut down and closed; yields its port."""
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
 
 
 def free_port() -> int:

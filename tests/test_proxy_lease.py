@@ -13,9 +13,8 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import BinaryIO, Iterator, Optional
 
 import pytest
 import requests
@@ -33,6 +32,7 @@ from .servers import ROOT, free_port, process
 from .test_proxy import put_blob
 from .test_proxy_lambda import blob_key, gateway_env, stored_keys
 from .upstream_registry import reference_upstream
+from .upstream_stub import StubUpstream
 
 MiB = 1 << 20
 DIGEST = "sha256:" + "ab" * 32
@@ -300,65 +300,34 @@ def test_with_a_redis_cache_the_lease_is_in_redis(tmp_path: Path, redis_srv: Red
     assert not redis.Redis(host="127.0.0.1", port=redis_srv.port, db=6).keys("stratus::proxy::lease::*")  # released
 
 
-class SlowUpstream:
-    """A registry that serves one blob: its first GET sends a piece and then stalls (a
-    fetch in progress, for its holder to be killed in), later GETs send it whole. A fake:
-    the reference registry cannot be made to stall mid-blob."""
+class SlowUpstream(StubUpstream):
+    """An upstream with one blob: its first GET sends a piece and then stalls (a fetch in
+    progress, for its holder to be killed in), later GETs send it whole."""
 
     def __init__(self, data: bytes):
+        super().__init__()
         self.data = data
         self.digest = "sha256:" + hashlib.sha256(data).hexdigest()
-        self.gets = 0
+        self.blobs[self.digest] = data
         self.release = threading.Event()
+
+    def send(self, wfile: BinaryIO, digest: str, data: bytes) -> None:
+        if len(self.gets) == 1:
+            # a piece reaches the client only once the next has arrived (the last is
+            # held back until verified): send a few
+            wfile.write(data[:STALL_AT])
+            wfile.flush()
+            self.release.wait(60)
+            data = data[STALL_AT:]
+        wfile.write(data)
 
     @contextmanager
     def running(self) -> Iterator[str]:
-        state = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
-            def _answer(self, body: bool) -> None:
-                if "/blobs/" not in self.path or not self.path.endswith(state.digest):
-                    self.send_response(200 if self.path == "/v2/" else 404)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(state.data)))
-                self.send_header("Docker-Content-Digest", state.digest)
-                self.end_headers()
-                if not body:
-                    return
-                state.gets += 1
-                try:
-                    if state.gets == 1:
-                        # a piece reaches the client only once the next has arrived (the
-                        # last is held back until verified): send a few
-                        self.wfile.write(state.data[:STALL_AT])
-                        self.wfile.flush()
-                        state.release.wait(60)
-                    self.wfile.write(state.data[STALL_AT:] if state.gets == 1 else state.data)
-                except OSError:
-                    pass  # the holder died
-
-            def do_GET(self) -> None:
-                self._answer(True)
-
-            def do_HEAD(self) -> None:
-                self._answer(False)
-
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        try:
-            yield f"http://127.0.0.1:{server.server_address[1]}"
-        finally:
-            self.release.set()
-            server.shutdown()
-            server.server_close()
-            thread.join(5)
+        with super().running() as url:
+            try:
+                yield url
+            finally:
+                self.release.set()
 
 
 def test_a_waiter_takes_over_from_a_holder_killed_mid_fetch(tmp_path: Path) -> None:
@@ -385,7 +354,7 @@ def test_a_waiter_takes_over_from_a_holder_killed_mid_fetch(tmp_path: Path) -> N
             waiter = threading.Thread(target=wait_pull)
             waiter.start()
             time.sleep(0.5)
-            assert slow.gets == 1  # the waiter waits, it does not fetch
+            assert len(slow.gets) == 1  # the waiter waits, it does not fetch
             os.killpg(holder_pid, signal.SIGKILL)  # the holder's own process group (tests.servers.process)
             killed = time.monotonic()
             first.close()
@@ -393,7 +362,7 @@ def test_a_waiter_takes_over_from_a_holder_killed_mid_fetch(tmp_path: Path) -> N
             takeover = float(result["done"]) - killed  # type: ignore[arg-type]
             print(f"takeover after the holder was killed: {takeover:.2f} s (lease ttl {ttl:g} s)")
             assert result["status"] == 200 and result["body"] == slow.data
-            assert slow.gets == 2  # the dead holder's fetch and the successor's
+            assert len(slow.gets) == 2  # the dead holder's fetch and the successor's
             # it waited for the lease to expire (renewed every ttl/3), and not much longer
             assert takeover < ttl + 2.0
             assert (root / "docker/registry/v2/blobs/sha256" / slow.digest[7:9] / slow.digest[7:] / "data").exists()

@@ -1,14 +1,11 @@
 """The pull-through cache against an upstream that misbehaves: a tiny fake registry
-serving bytes that do not match the digest they were asked by, or no bytes at all.
-(A fake is the one way to make a registry lie; everything else in tests/test_proxy.py
-meets the reference registry.)"""
+(tests/upstream_stub.py) serving bytes that do not match the digest they were asked
+by, or no bytes at all."""
 from __future__ import annotations
 
 import hashlib
 import os
-import threading
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator
 
@@ -16,63 +13,16 @@ import pytest
 import requests
 
 from .servers import stratus_server
+from .upstream_stub import StubUpstream
 
 V2 = "docker/registry/v2"
 
 
-class FakeUpstream:
-    """Answers /v2/ and blob HEAD/GET from `blobs` (digest -> the bytes it sends)."""
-
-    def __init__(self) -> None:
-        self.blobs: dict[str, bytes] = {}
-        self.gets: list[str] = []
-
-
 @contextmanager
-def fake_upstream() -> Iterator[tuple[str, FakeUpstream]]:
-    state = FakeUpstream()
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args) -> None:
-            pass
-
-        def _answer(self, body: bool) -> None:
-            if self.path == "/v2/":
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            digest = self.path.rsplit("/", 1)[-1]
-            data = state.blobs.get(digest)
-            if body and "/blobs/" in self.path:
-                state.gets.append(digest)
-            if "/blobs/" not in self.path or data is None:
-                self.send_response(404)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(data)))
-            self.send_header("Docker-Content-Digest", digest)
-            self.end_headers()
-            if body:
-                self.wfile.write(data)
-
-        def do_GET(self) -> None:
-            self._answer(True)
-
-        def do_HEAD(self) -> None:
-            self._answer(False)
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", state
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+def fake_upstream() -> Iterator[tuple[str, StubUpstream]]:
+    stub = StubUpstream()
+    with stub.running() as url:
+        yield url, stub
 
 
 def corrupt(size: int) -> tuple[str, bytes]:

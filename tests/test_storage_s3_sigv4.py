@@ -3,7 +3,6 @@ byte, the addresses the boto3 client would use, and reads against moto's server.
 from __future__ import annotations
 
 import subprocess
-import threading
 import time
 import uuid
 from collections import Counter
@@ -22,6 +21,7 @@ from chalicelib.storage.s3 import S3Driver, from_parameters, parse_parameters
 from chalicelib.storage.s3 import client as s3_client
 from chalicelib.storage.s3 import light, sigv4
 from tests.moto_server import MotoS3
+from tests.servers import serving
 
 NOW = datetime(2026, 12, 5, 0, 7, 9, tzinfo=timezone.utc)
 CREDENTIALS = sigv4.Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", "FwoGZXIvYXdzE//token+/=")
@@ -342,23 +342,11 @@ class _FlakyS3(BaseHTTPRequestHandler):
         pass
 
 
-@contextmanager
-def _serving(server: ThreadingHTTPServer) -> Iterator[int]:
-    """The server answering on a thread of its own until the block ends; yields its port."""
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 @pytest.fixture
 def flaky_s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[S3Driver, type[_FlakyS3]]]:
     monkeypatch.setattr(light, "_delay", lambda attempt, throttled, retry_after: 0.0)
     _FlakyS3.script, _FlakyS3.seen = [], []
-    with _serving(ThreadingHTTPServer(("127.0.0.1", 0), _FlakyS3)) as port:
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), _FlakyS3)) as port:
         yield from_parameters({"bucket": f"flaky-{uuid.uuid4().hex[:6]}", "region": "us-east-1",
                                "regionendpoint": f"http://127.0.0.1:{port}", "accesskey": "a",
                                "secretkey": "s"}), _FlakyS3
@@ -509,7 +497,7 @@ class _QuietServer(ThreadingHTTPServer):
 def keepalive_s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[S3Driver, type[_KeepAliveS3]]]:
     monkeypatch.setattr(light, "_delay", lambda attempt, throttled, retry_after: 0.0)
     _FlakyS3.script, _FlakyS3.seen, _KeepAliveS3.connections = [], [], []
-    with _serving(_QuietServer(("127.0.0.1", 0), _KeepAliveS3)) as port:
+    with serving(_QuietServer(("127.0.0.1", 0), _KeepAliveS3)) as port:
         yield from_parameters({"bucket": f"kept-{uuid.uuid4().hex[:6]}", "region": "us-east-1",
                                "regionendpoint": f"http://127.0.0.1:{port}", "accesskey": "a",
                                "secretkey": "s"}), _KeepAliveS3
@@ -593,7 +581,7 @@ def _tls_server(cert: Any, key: Any) -> Iterator[str]:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
     server.socket = context.wrap_socket(server.socket, server_side=True)
-    with _serving(server) as port:
+    with serving(server) as port:
         yield f"https://127.0.0.1:{port}"
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import datetime
 import json
-import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -25,6 +24,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
+
+from .servers import serving
 
 SERVICE = "stratus-test"
 ISSUER = "stratus-test-issuer"
@@ -189,12 +190,5 @@ class TokenIssuer:
                 self.end_headers()
                 self.wfile.write(body)
 
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        try:
-            yield f"http://127.0.0.1:{server.server_address[1]}/token"
-        finally:
-            server.shutdown()
-            server.server_close()
-            thread.join(5)
+        with serving(ThreadingHTTPServer(("127.0.0.1", 0), Handler)) as port:
+            yield f"http://127.0.0.1:{port}/token"
