@@ -22,6 +22,8 @@ Lambda proxy integration:
   the stage can sit in the path (`/api/v2/...`) as `chalice deploy` gives it;
 * invocations run in one warm instance, or on a fresh registry each ("cold"), or on
   instances that scale as Lambda's do, a process each ("isolated");
+* with active tracing (AWS_XRAY_DAEMON_ADDRESS in the environment) each invocation
+  gets its own _X_AMZN_TRACE_ID, as the runtime sets it;
 * in REST mode, a route that app.py gives a Lambda authorizer (`@app.authorizer`, as
   `chalice deploy` attaches it: a TOKEN authorizer on the Authorization header) is
   authorized first, and the gateway's own refusals are rendered from the API's gateway
@@ -243,8 +245,9 @@ def runtime_environment(function_name: str = "stratus-dev", memory_mb: int = 102
     directory that holds boto3). Left out: LD_LIBRARY_PATH (pointing the dynamic loader
     at the task root could shadow this machine's libraries), PYTHONPATH (callers choose
     the import path), credentials (the caller's role: moto's), and the X-Ray variables
-    (_X_AMZN_TRACE_ID, AWS_XRAY_DAEMON_ADDRESS, AWS_XRAY_CONTEXT_MISSING), which Lambda
-    sets only on a function with active tracing - tests that trace add them.
+    (AWS_XRAY_DAEMON_ADDRESS, AWS_XRAY_CONTEXT_MISSING), which Lambda sets only on a
+    function with active tracing - tests that trace add them, and the stand-in then sets
+    _X_AMZN_TRACE_ID per invocation.
     """
     from .servers import ROOT
 
@@ -586,6 +589,24 @@ class LambdaContext:
         return max(0, int((self._deadline - time.monotonic()) * 1000))
 
 
+def _trace_invocation(event: Mapping[str, Any]) -> None:
+    """What the Python runtime does before each invocation of a function with active
+    tracing (AWS_XRAY_DAEMON_ADDRESS set): _X_AMZN_TRACE_ID names this invocation's trace
+    (the root API Gateway put in X-Amzn-Trace-Id) and Lambda's own segment as the parent.
+    Sampled=1, unless the environment the function started with says Sampled=0."""
+    if not os.environ.get("AWS_XRAY_DAEMON_ADDRESS"):
+        return
+    header = next((v for k, v in (event.get("headers") or {}).items() if k.lower() == "x-amzn-trace-id"), "")
+    root = next((p[5:] for p in header.split(";") if p.startswith("Root=")), None)
+    if root is None:
+        return
+    sampled = "0" if "Sampled=0" in _STARTING_TRACE else "1"
+    os.environ["_X_AMZN_TRACE_ID"] = f"Root={root};Parent={secrets.token_hex(8)};Sampled={sampled}"
+
+
+_STARTING_TRACE = os.environ.get("_X_AMZN_TRACE_ID", "")
+
+
 class Function:
     """app.py's handler, invoked with a copy of the event as Lambda delivers it, in this
     process: one warm instance taking invocations concurrently, or ("cold") a registry
@@ -610,6 +631,7 @@ class Function:
             try:
                 context = LambdaContext(request_id, time.monotonic() + self.FUNCTION_TIMEOUT)
                 event = json.loads(event_bytes)
+                _trace_invocation(event)
                 if self.cold:
                     with self._lock:
                         self.module.RegistryChalice._owner = None
@@ -644,7 +666,9 @@ def _instance_main(conn: Any) -> None:
             return
         try:
             context = LambdaContext(request_id, time.monotonic() + Function.FUNCTION_TIMEOUT)
-            conn.send(("ok", json.dumps(app.app(json.loads(event_bytes), context))))
+            event = json.loads(event_bytes)
+            _trace_invocation(event)
+            conn.send(("ok", json.dumps(app.app(event, context))))
         except BaseException:
             traceback.print_exc()
             conn.send(("function-error", None))

@@ -31,6 +31,7 @@ import pytest
 
 from tests.components import require
 from tests.lambda_gateway import GatewayClient, runtime_environment
+from tests.test_lambda_tracing import Daemon, walk
 from tests.moto_server import ACCESS_KEY, SECRET_KEY, MotoS3
 from tests.servers import free_port, process
 
@@ -162,7 +163,15 @@ def test_a_clean_interpreter_takes_app_and_the_sdk_from_the_package(unpacked: Pa
 
 
 @pytest.fixture(scope="module")
-def gateway(unpacked: Path, runtime: Path, moto_s3: MotoS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayClient]:
+def xray_daemon() -> Iterator[Daemon]:
+    daemon = Daemon()
+    yield daemon
+    daemon.close()
+
+
+@pytest.fixture(scope="module")
+def gateway(unpacked: Path, runtime: Path, moto_s3: MotoS3, xray_daemon: Daemon,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayClient]:
     work = tmp_path_factory.mktemp("gateway")
     gateway_dir = work / "harness"
     gateway_dir.mkdir()
@@ -180,7 +189,7 @@ def gateway(unpacked: Path, runtime: Path, moto_s3: MotoS3, tmp_path_factory: py
         "AWS_ENDPOINT_URL_SSM": moto_s3.endpoint,
         "REGISTRY_AUTH_HTPASSWD_REALM": "stratus", "REGISTRY_AUTH_HTPASSWD_ENV": "STRATUS_HTPASSWD",
         "STRATUS_HTPASSWD": entry,
-        "REGISTRY_TRACING_XRAY": "true", "AWS_XRAY_DAEMON_ADDRESS": "127.0.0.1:9",  # the discard port
+        "REGISTRY_TRACING_XRAY": "true", "AWS_XRAY_DAEMON_ADDRESS": xray_daemon.address,
     }
     port = free_port()
     argv = [sys.executable, "-I", "-S", "-c", _BOOT, str(unpacked), str(runtime), str(gateway_dir),
@@ -194,7 +203,7 @@ def _auth() -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()}
 
 
-def test_the_packaged_app_serves_a_push_and_a_pull(gateway: GatewayClient) -> None:
+def test_the_packaged_app_serves_a_push_and_a_pull(gateway: GatewayClient, xray_daemon: Daemon) -> None:
     class Authorized(GatewayClient):
         def __call__(self, method, path, query="", headers=None, body=b"", **kw):
             return super().__call__(method, path, query, {**_auth(), **(headers or {})}, body, **kw)
@@ -216,6 +225,11 @@ def test_the_packaged_app_serves_a_push_and_a_pull(gateway: GatewayClient) -> No
     got = client("GET", "/v2/package/app/manifests/v1", headers={"Accept": MANIFEST})
     assert got.status == 200 and got.body == manifest
     blob = client("GET", f"/v2/package/app/blobs/{layer_digest}")
-    assert blob.status == 307  # to a presigned S3 URL, signed by the package's botocore
+    assert blob.status == 307  # to a presigned S3 URL, signed by the package's sigv4.py
     with urllib.request.urlopen(blob.header("Location"), timeout=60) as response:
         assert hashlib.sha256(response.read()).hexdigest() == layer_digest.split(":", 1)[1]
+    # traced: every storage call a subsegment under its invocation's trace (xray.py's documents)
+    docs = xray_daemon.documents()
+    assert docs and all(d["type"] == "subsegment" and d["trace_id"].startswith("1-") and d["parent_id"]
+                        for d in docs)
+    assert {"s3.writer.commit", "s3.redirect_url"} <= {d["name"] for d in walk(docs)}

@@ -16,7 +16,10 @@ from chalicelib.api.http import Request
 from chalicelib.bootstrap import build_api
 from chalicelib.config import config_from_mapping
 from chalicelib.storage.s3 import S3Driver
+from tests import clients_images
+from tests.clients_images import Layout, assert_same_image, images_dir, needs_tools, session_image
 from tests.lambda_events import Invoker
+from tests.lambda_gateway import lambda_gateway
 from tests.moto_server import MotoS3
 from tests import redis_server
 
@@ -217,3 +220,33 @@ def test_tracing_can_be_turned_off_on_lambda(monkeypatch) -> None:
     assert not tracing.wanted(config_from_mapping({"tracing": {"xray": False}}), environ)
     assert not tracing.wanted(config_from_mapping({}), {})
     assert tracing.wanted(config_from_mapping({"tracing": {"xray": True}}), {})
+
+
+@needs_tools
+def test_skopeo_pushes_and_pulls_through_a_traced_function_on_fresh_instances(
+        moto_s3, bucket, redis_srv, tmp_path, tmp_path_factory) -> None:
+    """A real client through the API Gateway stand-in (REST API, the platform's limits),
+    each instance a fresh interpreter, X-Ray active as both Chalice stages deploy it and
+    the descriptor cache in Redis: the pushed image comes back identical, and every
+    invocation that touched storage or the cache sent its subsegments, as children of
+    Lambda's segment for that invocation, to the daemon."""
+    image = session_image(images_dir(tmp_path_factory), "small")
+    daemon = Daemon()
+    try:
+        env = {**moto_s3.environment(bucket), "REGISTRY_HTTP_SECRET": "traced",
+               "REGISTRY_STORAGE_CACHE_BLOBDESCRIPTOR": "redis", "REGISTRY_REDIS_ADDR": redis_srv.addr,
+               "AWS_XRAY_DAEMON_ADDRESS": daemon.address, "AWS_XRAY_CONTEXT_MISSING": "LOG_ERROR"}
+        with lambda_gateway(env, "rest", instances="isolated", workdir=tmp_path) as gateway:
+            clients_images.push(image.path, "v1", gateway.url, "traced/skopeo", "v1")
+            copy = Layout(tmp_path / "copy")
+            clients_images.pull(gateway.url, "traced/skopeo", "v1", copy.path, "v1")
+            assert_same_image(image, "v1", copy, "v1")
+            gateway.assert_nothing_over_the_limit_reached_the_function()
+            docs = daemon.documents()
+    finally:
+        daemon.close()
+    assert docs and all(d["type"] == "subsegment" and d["parent_id"] for d in docs)
+    # one trace per invocation: the roots are the gateway's, one per request that was traced
+    assert len({d["trace_id"] for d in docs}) > 5
+    names = {d["name"] for d in walk(docs)}
+    assert {"s3.writer.commit", "s3.redirect_url", "cache.stat", "cache.set_descriptor"} <= names, sorted(names)
