@@ -286,6 +286,12 @@ class RedisBlobDescriptorCache:
         pipe.hsetnx(key, "mediatype", descriptor.media_type)
         pipe.pexpire(key, int(self.global_ttl * 1000))
 
+    def call_redis(self, operation: Callable[[redis.Redis], T]) -> T:
+        """operation(client) with this cache's client and outage handling (timeouts, the
+        cooldown, CacheUnavailableError): for others that keep state in the same Redis
+        (the proxy's lease). Wrappers (tracing, metrics) pass it through."""
+        return self._call(operation)
+
     def _call(self, operation: Callable[[redis.Redis], T]) -> T:
         with self._lock:
             if self._clock() < self._down_until:

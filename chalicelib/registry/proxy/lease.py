@@ -236,9 +236,8 @@ class Leases:
 
     def __init__(self, driver: StorageDriver, cache: Any, ttl: float = DEFAULT_TTL):
         self.storage = StorageLease(driver, ttl)
-        # the Redis descriptor cache's calls (its pool, timeouts and outage cooldown);
-        # tracing and metrics wrappers pass attributes through to it
-        call = getattr(cache, "_call", None) if cache is not None and hasattr(cache, "address") else None
+        # the Redis descriptor cache's calls (its pool, timeouts and outage cooldown)
+        call = getattr(cache, "call_redis", None)
         self.redis = RedisLease(call, ttl) if callable(call) else None
 
     def acquire(self, ctx: Context, key: str) -> Optional[Held]:

@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator, Optional, Union
+from typing import TYPE_CHECKING, Iterator, NoReturn, Optional, Union
 from urllib.parse import urljoin, urlsplit
 
 from ...config import ProxyUpstream
@@ -340,7 +340,7 @@ class ProxiedRepository:
             if self._link_stored(ctx, digest, path):
                 return None
             if self.leases.busy(ctx, key):  # a copy runs elsewhere: wait for it, start none
-                if self._await_stored(ctx, digest, path, wait, key):
+                if self._await_stored(ctx, digest, path, wait):
                     return None
                 if self.leases.busy(ctx, key):
                     return Busy()
@@ -402,7 +402,7 @@ class ProxiedRepository:
         return self._unfinished(key)
 
     @staticmethod
-    def _unfinished(key: str):
+    def _unfinished(key: str) -> NoReturn:
         raise UpstreamUnavailableError({"digest": key, "reason": "the fetch of this blob did not finish"})
 
     def _poll_stored(self, ctx: Context, digest: Digest, path: str) -> bool:
@@ -413,12 +413,12 @@ class ProxiedRepository:
             return False
         return self._linked_here(ctx, digest) or self._link_stored(ctx, digest, path)
 
-    def _await_stored(self, ctx: Context, digest: Digest, path: str, wait: Optional[float], key: str) -> bool:
+    def _await_stored(self, ctx: Context, digest: Digest, path: str, wait: Optional[float]) -> bool:
         """Whether the blob was stored within wait; False early once nobody holds its lease."""
         deadline = time.monotonic() + (FOLLOW_TIMEOUT if wait is None else wait)
         while not self._poll_stored(ctx, digest, path):
             left = deadline - time.monotonic()
-            if left <= 0 or not self.leases.busy(ctx, key):
+            if left <= 0 or not self.leases.busy(ctx, str(digest)):
                 return self._poll_stored(ctx, digest, path)  # stored just before it let go?
             time.sleep(min(POLL_INTERVAL, left))
         return True
