@@ -347,9 +347,7 @@ def flaky_s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[S3Driver, type[_
     monkeypatch.setattr(light, "_delay", lambda attempt, throttled, retry_after: 0.0)
     _FlakyS3.script, _FlakyS3.seen = [], []
     with serving(ThreadingHTTPServer(("127.0.0.1", 0), _FlakyS3)) as port:
-        yield from_parameters({"bucket": f"flaky-{uuid.uuid4().hex[:6]}", "region": "us-east-1",
-                               "regionendpoint": f"http://127.0.0.1:{port}", "accesskey": "a",
-                               "secretkey": "s"}), _FlakyS3
+        yield _driver_at(f"http://127.0.0.1:{port}"), _FlakyS3
 
 
 def test_transient_errors_and_throttling_are_retried_as_the_client_does(flaky_s3) -> None:
@@ -435,22 +433,23 @@ def tls_endpoint(certificates, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]
         yield url
 
 
-def _tls_driver(endpoint: str, **extra: Any) -> S3Driver:
-    return from_parameters({"bucket": f"tls-{uuid.uuid4().hex[:6]}", "region": "us-east-1",
+def _driver_at(endpoint: str, **extra: Any) -> S3Driver:
+    """A driver for a fresh bucket at a stand-in endpoint, with static credentials (light reads)."""
+    return from_parameters({"bucket": f"stand-in-{uuid.uuid4().hex[:6]}", "region": "us-east-1",
                             "regionendpoint": endpoint, "accesskey": "a", "secretkey": "s", **extra})
 
 
 def test_https_endpoints_are_verified_against_aws_ca_bundle(tls_endpoint, certificates, monkeypatch) -> None:
     monkeypatch.setenv("AWS_CA_BUNDLE", str(certificates.ca))
-    assert _tls_driver(tls_endpoint).get_content(Context(), "/f") == b"ok"
+    assert _driver_at(tls_endpoint).get_content(Context(), "/f") == b"ok"
 
     monkeypatch.setenv("AWS_CA_BUNDLE", str(certificates.ca.with_name("other-ca.pem")))
     _FlakyS3.seen = []
     with pytest.raises(StorageError, match="CERTIFICATE_VERIFY_FAILED"):
-        _tls_driver(tls_endpoint).get_content(Context(), "/f")
+        _driver_at(tls_endpoint).get_content(Context(), "/f")
     # (a refused handshake is a connection error: retried, as botocore's SSLError is)
     assert _FlakyS3.seen == []
-    assert _tls_driver(tls_endpoint, skipverify=True).get_content(Context(), "/f") == b"ok"
+    assert _driver_at(tls_endpoint, skipverify=True).get_content(Context(), "/f") == b"ok"
 
 
 # -- the connection pool: keep-alive, stale connections, bodies left unread -------------------
@@ -498,9 +497,7 @@ def keepalive_s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[S3Driver, ty
     monkeypatch.setattr(light, "_delay", lambda attempt, throttled, retry_after: 0.0)
     _FlakyS3.script, _FlakyS3.seen, _KeepAliveS3.connections = [], [], []
     with serving(_QuietServer(("127.0.0.1", 0), _KeepAliveS3)) as port:
-        yield from_parameters({"bucket": f"kept-{uuid.uuid4().hex[:6]}", "region": "us-east-1",
-                               "regionendpoint": f"http://127.0.0.1:{port}", "accesskey": "a",
-                               "secretkey": "s"}), _KeepAliveS3
+        yield _driver_at(f"http://127.0.0.1:{port}"), _KeepAliveS3
 
 
 def test_sequential_requests_share_one_kept_alive_connection(keepalive_s3) -> None:
@@ -591,15 +588,15 @@ def test_a_self_signed_endpoint_is_refused_when_verifying_and_read_when_not(self
     _FlakyS3.script, _FlakyS3.seen = [], []
     with _tls_server(*self_signed["ip"]) as endpoint:
         with pytest.raises(StorageError, match="Could not reach .*CERTIFICATE_VERIFY_FAILED"):
-            _tls_driver(endpoint).get_content(Context(), "/f")
+            _driver_at(endpoint).get_content(Context(), "/f")
         assert _FlakyS3.seen == []
-        assert _tls_driver(endpoint, skipverify=True).get_content(Context(), "/f") == b"ok"
+        assert _driver_at(endpoint, skipverify=True).get_content(Context(), "/f") == b"ok"
         monkeypatch.setenv("AWS_CA_BUNDLE", str(self_signed["ip"][0]))  # trusted: read
-        assert _tls_driver(endpoint).get_content(Context(), "/f") == b"ok"
+        assert _driver_at(endpoint).get_content(Context(), "/f") == b"ok"
     # trusted, but for another name: the hostname is checked too
     monkeypatch.setenv("AWS_CA_BUNDLE", str(self_signed["elsewhere"][0]))
     with _tls_server(*self_signed["elsewhere"]) as endpoint:
         with pytest.raises(StorageError, match="address mismatch"):
-            _tls_driver(endpoint).get_content(Context(), "/f")
-        assert _tls_driver(endpoint, skipverify=True).get_content(Context(), "/f") == b"ok"
+            _driver_at(endpoint).get_content(Context(), "/f")
+        assert _driver_at(endpoint, skipverify=True).get_content(Context(), "/f") == b"ok"
     assert len(_FlakyS3.seen) == 3
