@@ -56,7 +56,7 @@ def measure(workdir: Path, ops: int, reps: int = 1) -> list[dict[str, Result]]:
     """Per repetition: {"head_cold", "head_warm", "put_cold", "put_warm"}."""
     from chalicelib.api import APISettings, RegistryAPI
     from chalicelib.api.http import Request
-    from chalicelib.cache.redis import RedisBlobDescriptorCache, connect
+    from chalicelib.cache.redis import RedisBlobDescriptorCache
     from chalicelib.config import RedisConfig
     from chalicelib.digest import Digest
     from chalicelib.registry import Registry, RegistryOptions
@@ -67,7 +67,7 @@ def measure(workdir: Path, ops: int, reps: int = 1) -> list[dict[str, Result]]:
 
     with _backends(workdir) as (moto, redis_addr):
         driver = create_driver("s3", moto.parameters(moto.create_bucket("stratus-bench")))
-        cache = RedisBlobDescriptorCache(connect(RedisConfig(addr=redis_addr)))
+        cache = RedisBlobDescriptorCache(RedisConfig(addr=redis_addr))
         api = RegistryAPI(Registry(driver, cache, RegistryOptions(stat_retries=3)), APISettings(secret=b"bench"))
 
         def call(method: str, path: str, query: str = "", headers=None, body: bytes = b"", expect: int = 200):

@@ -157,12 +157,16 @@ class ManualClock:
 
 def count_redis_network(monkeypatch: pytest.MonkeyPatch) -> Counter:
     """Socket connects ("connect") and commands or pipelines sent ("send") by every
-    redis-py connection of this process from now on: what an outage costs, in
-    round trips rather than seconds."""
+    Redis connection of this process from now on (redis-py's and the descriptor
+    reads' of chalicelib.cache.resp): what an outage costs, in round trips rather
+    than seconds."""
     from redis.connection import AbstractConnection, Connection
+
+    from chalicelib.cache import resp
 
     counts: Counter = Counter()
     connect, send = Connection._connect, AbstractConnection.send_packed_command
+    read_connect, read_send = resp._connect, resp._send
 
     def counting_connect(self, *args, **kwargs):
         counts["connect"] += 1
@@ -174,6 +178,8 @@ def count_redis_network(monkeypatch: pytest.MonkeyPatch) -> Counter:
 
     monkeypatch.setattr(Connection, "_connect", counting_connect)
     monkeypatch.setattr(AbstractConnection, "send_packed_command", counting_send)
+    monkeypatch.setattr(resp, "_connect", lambda *a: (counts.update(["connect"]), read_connect(*a))[1])
+    monkeypatch.setattr(resp, "_send", lambda *a: (counts.update(["send"]), read_send(*a))[1])
     return counts
 
 

@@ -30,11 +30,11 @@ def digest_of(data: bytes, algorithm: Algorithm = Algorithm.SHA256) -> Digest:
 def make_provider(kind: str, request: pytest.FixtureRequest, **ttls):
     if kind == "inmemory":
         return InMemoryBlobDescriptorCache(1000, **ttls)
-    from chalicelib.cache.redis import RedisBlobDescriptorCache, connect
+    from chalicelib.cache.redis import RedisBlobDescriptorCache
 
     server: RedisServer = request.getfixturevalue("redis_srv")
     server.client().flushdb()
-    cache = RedisBlobDescriptorCache(connect(RedisConfig(addr=server.addr)), **ttls)
+    cache = RedisBlobDescriptorCache(RedisConfig(addr=server.addr), **ttls)
     request.addfinalizer(cache.close)
     return cache
 

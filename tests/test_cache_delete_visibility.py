@@ -16,7 +16,7 @@ from typing import Callable, Iterator, Optional
 import pytest
 import requests
 
-from chalicelib.cache.redis import RedisBlobDescriptorCache, connect
+from chalicelib.cache.redis import RedisBlobDescriptorCache
 from chalicelib.config import RedisConfig
 from chalicelib.context import Context
 from chalicelib.registry.maintenance import collect_garbage
@@ -129,7 +129,7 @@ def gc_over(driver, cache) -> Callable[[], list]:
 
 @contextmanager
 def redis_cache(server) -> Iterator[RedisBlobDescriptorCache]:
-    cache = RedisBlobDescriptorCache(connect(RedisConfig(addr=server.addr)))
+    cache = RedisBlobDescriptorCache(RedisConfig(addr=server.addr))
     try:
         yield cache
     finally:

@@ -10,7 +10,7 @@ from typing import Iterator
 
 import pytest
 
-from chalicelib.cache.redis import RedisBlobDescriptorCache, connect
+from chalicelib.cache.redis import RedisBlobDescriptorCache
 from chalicelib.config import RedisConfig
 from chalicelib.digest import Digest
 from chalicelib.registry import Registry, RegistryOptions
@@ -68,7 +68,7 @@ class ObjectReads:
 def instance(moto: MotoS3, bucket: str, server: RedisServer) -> Client:
     """A function instance: its own Registry and Redis provider over shared S3 and Redis."""
     driver = create_driver("s3", moto.parameters(bucket))
-    cache = RedisBlobDescriptorCache(connect(RedisConfig(addr=server.addr)))
+    cache = RedisBlobDescriptorCache(RedisConfig(addr=server.addr))
     # stat_retries as bootstrap sets them for S3
     return Client(Registry(driver, cache, RegistryOptions(stat_retries=3)))
 

@@ -471,7 +471,7 @@ def test_transient_errors_on_s3_lose_nothing(moto_s3):  # noqa: F811
 
 def test_a_blob_whose_shared_cache_entry_cannot_be_cleared_is_kept():
     """Redis down during gc: deleting the blob would leave other servers claiming it."""
-    from chalicelib.cache.redis import RedisBlobDescriptorCache, connect
+    from chalicelib.cache.redis import RedisBlobDescriptorCache
     from chalicelib.config import RedisConfig
 
     from .servers import free_port
@@ -479,7 +479,7 @@ def test_a_blob_whose_shared_cache_entry_cannot_be_cleared_is_kept():
     driver = inmemory({})
     registry = Registry(driver, InMemoryBlobDescriptorCache(100))
     orphan = push_blob(registry, "r", b"orphan while redis is down")
-    unreachable = RedisBlobDescriptorCache(connect(RedisConfig(addr=f"127.0.0.1:{free_port()}")))
+    unreachable = RedisBlobDescriptorCache(RedisConfig(addr=f"127.0.0.1:{free_port()}"))
     try:
         report = collect_garbage(CTX, driver, cache=unreachable, grace=0)
     finally:

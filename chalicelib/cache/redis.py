@@ -18,13 +18,14 @@ been replayed into Redis (before any other command, once Redis answers), stats o
 that digest miss here. Other processes cannot see the tombstone; for them the
 entry's TTL (base.REPOSITORY_TTL, GLOBAL_TTL) bounds how long it is believed.
 
-Nothing is imported or fetched until the first cache call: a Lambda instance whose
-first request is `GET /v2/` pays neither for redis-py (tens of milliseconds of
-imports) nor for the AUTH token's SSM or Secrets Manager read
-(``STRATUS_REDIS_PASSWORD_PARAMETER``, see aws_runtime). Building the client is
-part of the first call, so a failure there (the parameter unreadable, say) is an
-outage like any other: storage answers, and the client is built again after the
-cooldown.
+Reads (the stats) go over resp.py's connections; writes, clears and the proxy's
+lease over a redis-py client. Nothing is imported or fetched until the first cache
+call that needs it: a Lambda instance whose first request is `GET /v2/` pays neither
+for a client nor for the AUTH token's SSM or Secrets Manager read
+(``STRATUS_REDIS_PASSWORD_PARAMETER``, see aws_runtime), and one that only serves
+pulls never imports redis-py (~70 ms). Building a client is part of the call that
+needs it, so a failure there (the parameter unreadable, say) is an outage like any
+other: storage answers, and the client is built again after the cooldown.
 
 Calls are not traced here: with X-Ray on, tracing.TracingCache wraps every
 provider and records each call as a `cache.*` subsegment.
@@ -42,6 +43,7 @@ from ..config import RedisConfig
 from ..context import Context
 from ..descriptor import OCTET_STREAM, BlobDescriptor
 from ..digest import Digest
+from . import resp
 from .base import (
     GLOBAL_TTL,
     REPOSITORY_TTL,
@@ -120,6 +122,28 @@ def forget_password(config: RedisConfig) -> None:
         aws_runtime.forget_secret(parameter)
 
 
+def _timeouts(config: RedisConfig) -> tuple[float, float, float]:
+    """(dial, read, write) seconds, the defaults for those unset."""
+    return (config.dialtimeout or DEFAULT_DIAL_TIMEOUT, config.readtimeout or DEFAULT_READ_TIMEOUT,
+            config.writetimeout or DEFAULT_WRITE_TIMEOUT)
+
+
+def read_client(config: RedisConfig) -> resp.ReadClient:
+    """The client of the stats, over connections of its own (with a password
+    parameter, the token is read now)."""
+    if not config.addr:
+        raise ValueError("redis.addr is not set")
+    host, port, url_tls = split_address(config.addr)
+    dial, read, write = _timeouts(config)
+    return resp.ReadClient(
+        host, port, tls=config.tls or url_tls, username=config.username, password=password(config), db=config.db,
+        connect_timeout=dial, read_timeout=read, write_timeout=write, max_idle=config.pool.maxidle,
+        # a connection idle longer may be half-open (Lambda's NAT forgets idle flows): a
+        # new one costs less than the read timeout it would take to find out
+        idle_timeout=config.pool.idletimeout or DEFAULT_HEALTH_CHECK_INTERVAL,
+    )
+
+
 def connect(config: RedisConfig) -> redis.Redis:
     """A client over its own connection pool; connections are made on first use.
 
@@ -132,15 +156,14 @@ def connect(config: RedisConfig) -> redis.Redis:
     if not config.addr:
         raise ValueError("redis.addr is not set")
     host, port, url_tls = split_address(config.addr)
-    read = config.readtimeout or DEFAULT_READ_TIMEOUT
-    write = config.writetimeout or DEFAULT_WRITE_TIMEOUT
+    dial, read, write = _timeouts(config)
     kwargs: dict[str, Any] = dict(
         host=host,
         port=port,
         db=config.db,
         username=config.username,
         password=password(config),
-        socket_connect_timeout=config.dialtimeout or DEFAULT_DIAL_TIMEOUT,
+        socket_connect_timeout=dial,
         # redis-py has one timeout for both directions
         socket_timeout=max(read, write),
         # one immediate retry on a fresh connection: a pooled socket may have died
@@ -184,52 +207,52 @@ class RedisBlobDescriptorCache:
 
     def __init__(
         self,
-        client: Optional[redis.Redis] = None,
+        config: RedisConfig,
         global_ttl: float = GLOBAL_TTL,
         repository_ttl: float = REPOSITORY_TTL,
         cooldown: float = COOLDOWN,
         clock: Callable[[], float] = time.monotonic,
-        *,
-        connector: Optional[Callable[[], redis.Redis]] = None,
-        address: Optional[str] = None,
-        on_auth_failure: Optional[Callable[[], None]] = None,
     ):
-        """A client, or a connector building one on the first call (then `address`
-        names the server in logs until the client exists). After Redis refuses the
-        connector's credentials, `on_auth_failure` runs and the next call (after the
-        cooldown) builds a new client: a rotated AUTH token is read again."""
-        if (client is None) == (connector is None):
-            raise ValueError("give a client or a connector")
-        self._client = client
-        self._connector = connector
-        self._on_auth_failure = on_auth_failure
+        """Nothing is connected, imported or fetched here: the clients are built by
+        the first call that needs each. After Redis refuses the credentials both are
+        built again (after the cooldown), with a rotated AUTH token read again."""
+        self.address = address(config)
+        self._config = config
+        self._client: Optional[redis.Redis] = None
+        self._reader: Optional[resp.ReadClient] = None
         self.global_ttl = global_ttl
         self.repository_ttl = repository_ttl
         self._cooldown = cooldown
         self._clock = clock
         self._lock = threading.Lock()
-        self._connect_lock = threading.Lock()  # the connector may wait on SSM: not under _lock
+        self._connect_lock = threading.Lock()  # building may wait on SSM: not under _lock
         self._down_until = 0.0
         self._down = False
         self._tombstones: dict[tuple[str, str], list[_Op]] = {}
         self._distrust_until = 0.0
         self._recovered_log = RateLimitedLog(log, logging.INFO)
-        if client is not None:
-            kwargs = client.connection_pool.connection_kwargs
-            address = f"{kwargs.get('host')}:{kwargs.get('port')}"
-        self.address = address or "redis"
 
     @property
     def client(self) -> redis.Redis:
-        """The client, built by the connector on first use (one per provider)."""
+        """The redis-py client (writes, clears, the lease), built on first use."""
         client = self._client
         if client is None:
             with self._connect_lock:
                 if self._client is None:
-                    assert self._connector is not None
-                    self._client = self._connector()
+                    self._client = connect(self._config)
                 client = self._client
         return client
+
+    @property
+    def reader(self) -> resp.ReadClient:
+        """The client of the stats, built on first use."""
+        reader = self._reader
+        if reader is None:
+            with self._connect_lock:
+                if self._reader is None:
+                    self._reader = read_client(self._config)
+                reader = self._reader
+        return reader
 
     @classmethod
     def from_config(cls, config: RedisConfig) -> "RedisBlobDescriptorCache":
@@ -242,8 +265,7 @@ class RedisBlobDescriptorCache:
         with _shared_lock:
             cache = _shared.get(key)
             if cache is None:
-                cache = _shared[key] = cls(connector=lambda: connect(config), address=address(config),
-                                           on_auth_failure=lambda: forget_password(config))
+                cache = _shared[key] = cls(config)
                 log.info(
                     "blob descriptor cache: redis at %s (db %d, tls %s)", cache.address, config.db, config.tls
                 )
@@ -253,7 +275,7 @@ class RedisBlobDescriptorCache:
 
     def stat(self, ctx: Context, digest: Digest) -> BlobDescriptor:
         d = str(digest)
-        fields = self._call(lambda r: r.hmget(blob_key(d), "digest", "size", "mediatype"))
+        [fields] = self._read(("HMGET", blob_key(d), "digest", "size", "mediatype"))
         self._check_tombstones(("", d))
         return _descriptor(digest, fields)
 
@@ -276,6 +298,8 @@ class RedisBlobDescriptorCache:
     def close(self) -> None:
         if self._client is not None:  # never built: nothing to close
             self._client.connection_pool.disconnect()
+        if self._reader is not None:
+            self._reader.close()
 
     # -- internals shared with the repository scope --------------------------------------
 
@@ -293,15 +317,8 @@ class RedisBlobDescriptorCache:
         return self._call(operation)
 
     def _call(self, operation: Callable[[redis.Redis], T]) -> T:
-        with self._lock:
-            if self._clock() < self._down_until:
-                raise CacheUnavailableError(f"redis at {self.address} is unavailable (retrying shortly)")
-            tombstones = dict(self._tombstones)
-        try:
-            client = self.client
-        except Exception as exc:  # redis-py missing, the AUTH token's parameter unreadable
-            self._mark_down()
-            raise CacheUnavailableError(f"redis at {self.address}: no client: {exc}") from exc
+        tombstones = self._enter()
+        client = self._built(lambda: self.client)
         import redis  # in sys.modules once a client exists: a dictionary lookup
 
         try:
@@ -309,31 +326,68 @@ class RedisBlobDescriptorCache:
                 self._replay(client, tombstones)
             result = operation(client)
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-            if not str(exc).startswith("No connection available"):  # a busy pool is not an outage
-                self._mark_down()
-            if isinstance(exc, redis.AuthenticationError):
-                self._drop_client(client)
-            raise CacheUnavailableError(f"redis at {self.address}: {exc}") from exc
+            # a busy pool is not an outage
+            down = not str(exc).startswith("No connection available")
+            raise self._failed(exc, down, refused=isinstance(exc, redis.AuthenticationError)) from exc
         except redis.RedisError as exc:  # OOM, READONLY, LOADING, a key of the wrong type
-            raise CacheUnavailableError(f"redis at {self.address}: {exc}") from exc
+            raise self._failed(exc, down=False) from exc
+        self._answered()
+        return result
+
+    def _read(self, *commands: resp.Command) -> list[Any]:
+        """The replies to read-only commands, sent in one round trip."""
+        if self._enter():  # clears failed earlier: replayed first, through the client
+            self._call(lambda client: None)
+        reader = self._built(lambda: self.reader)
+        try:
+            replies = reader.execute(*commands)
+        except resp.AuthenticationError as exc:
+            raise self._failed(exc, down=True, refused=True) from exc
+        except resp.ReplyError as exc:
+            raise self._failed(exc, down=False) from exc
+        except OSError as exc:  # refused, reset, timed out, TLS
+            raise self._failed(exc, down=True) from exc
+        self._answered()
+        return replies
+
+    def _enter(self) -> dict[tuple[str, str], list[_Op]]:
+        """The clears to replay before the call; raises while cooling down."""
+        with self._lock:
+            if self._clock() < self._down_until:
+                raise CacheUnavailableError(f"redis at {self.address} is unavailable (retrying shortly)")
+            return dict(self._tombstones)
+
+    def _built(self, build: Callable[[], T]) -> T:
+        try:
+            return build()
+        except Exception as exc:  # redis-py missing, the AUTH token's parameter unreadable
+            self._mark_down()
+            raise CacheUnavailableError(f"redis at {self.address}: no client: {exc}") from exc
+
+    def _failed(self, exc: Exception, down: bool, refused: bool = False) -> CacheUnavailableError:
+        if down:
+            self._mark_down()
+        if refused:
+            self._drop_clients()
+        return CacheUnavailableError(f"redis at {self.address}: {exc}")
+
+    def _answered(self) -> None:
         if self._down:
             with self._lock:
                 was_down, self._down = self._down, False
             if was_down:
                 self._recovered_log("redis at %s reachable again; descriptors served from it", self.address)
-        return result
 
-    def _drop_client(self, client: redis.Redis) -> None:
-        """Credentials refused: a client this provider built is built again, with the
-        token read again (a given client is kept: nothing could rebuild it)."""
-        if self._connector is None:
-            return
+    def _drop_clients(self) -> None:
+        """Credentials refused: both clients are built again, the token read again."""
         with self._connect_lock:
-            if self._client is client:
-                self._client = None
-                if self._on_auth_failure is not None:
-                    self._on_auth_failure()
-        client.connection_pool.disconnect()
+            client, reader = self._client, self._reader
+            self._client = self._reader = None
+            forget_password(self._config)
+        if client is not None:
+            client.connection_pool.disconnect()
+        if reader is not None:
+            reader.close()
 
     def _mark_down(self) -> None:
         with self._lock:
@@ -405,14 +459,11 @@ class RepositoryScopedRedisCache:
     def stat(self, ctx: Context, digest: Digest) -> BlobDescriptor:
         d = str(digest)
 
-        def read(r: redis.Redis) -> list:
-            pipe = r.pipeline(transaction=False)
-            pipe.sismember(self._set_key, d)
-            pipe.hmget(blob_key(d), "digest", "size", "mediatype")
-            pipe.hget(repository_blob_key(self.name, d), "mediatype")
-            return pipe.execute()
-
-        member, fields, media_type = self._parent._call(read)
+        member, fields, media_type = self._parent._read(
+            ("SISMEMBER", self._set_key, d),
+            ("HMGET", blob_key(d), "digest", "size", "mediatype"),
+            ("HGET", repository_blob_key(self.name, d), "mediatype"),
+        )
         self._parent._check_tombstones((self.name, d), ("", d))
         # no repository hash: its TTL ran out, so storage is asked again
         if not member or media_type is None:
