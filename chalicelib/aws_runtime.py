@@ -11,7 +11,9 @@
   or a Secrets Manager secret (its ARN, or ``secretsmanager:<name>``); it is fetched
   once per process, with the function's role, when upload state is first signed or
   checked (bootstrap hands the api a callable), so a cold start that only answers
-  ``GET /v2/`` or pulls imports no boto3 for it.
+  ``GET /v2/`` or pulls imports no boto3 for it. With the role's static credentials in
+  the environment (what Lambda gives a function) the read itself needs no boto3 either:
+  aws_secrets.py signs and sends it (otherwise, e.g. a profile or IMDS, boto3 reads).
 * redis.password: ``STRATUS_REDIS_PASSWORD_PARAMETER`` names the ElastiCache AUTH
   token the same way (an SSM SecureString, or a Secrets Manager secret); the Redis
   cache reads it when it builds its client, on its first call, never at start-up.
@@ -86,20 +88,29 @@ def forget_secret(name: str) -> None:
 
 
 def _fetch(name: str) -> str:
+    from . import aws_secrets  # standard library only; itself imported only when a secret is read
+
+    if name.startswith("arn:aws:secretsmanager:") or name.startswith("secretsmanager:"):
+        service, ident = "secretsmanager", name.split(":", 1)[1] if name.startswith("secretsmanager:") else name
+    else:
+        service, ident = "ssm", name[4:] if name.startswith("ssm:") else name
+    # with the role's static credentials (Lambda's) the request is signed here: no boto3
+    where = aws_secrets.endpoint(service)
+    value = aws_secrets.read(where, ident) if where is not None else _fetch_with_boto3(service, ident)
+    if not value:
+        raise ValueError(f"the secret {name!r} is empty")
+    return value
+
+
+def _fetch_with_boto3(service: str, ident: str) -> str:
     import boto3  # the Lambda runtime has it; only a configured parameter pays the import
 
     # Lambda sets AWS_REGION (and AWS_DEFAULT_REGION); botocore reads only the latter
     session = boto3.session.Session(region_name=os.environ.get("AWS_REGION") or None)
-    if name.startswith("arn:aws:secretsmanager:") or name.startswith("secretsmanager:"):
-        secret_id = name.split(":", 1)[1] if name.startswith("secretsmanager:") else name
-        response = session.client("secretsmanager").get_secret_value(SecretId=secret_id)
+    if service == "secretsmanager":
+        response = session.client("secretsmanager").get_secret_value(SecretId=ident)
         value = response.get("SecretString")
         if value is None:
             value = response["SecretBinary"].decode("utf-8")
-    else:
-        if name.startswith("ssm:"):
-            name = name[4:]
-        value = session.client("ssm").get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"]
-    if not value:
-        raise ValueError(f"the secret {name!r} is empty")
-    return value
+        return value
+    return session.client("ssm").get_parameter(Name=ident, WithDecryption=True)["Parameter"]["Value"]

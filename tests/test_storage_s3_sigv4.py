@@ -15,11 +15,12 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests as http
 
+from chalicelib import sigv4
 from chalicelib.context import Context
 from chalicelib.storage import InvalidOffsetError, PathNotFoundError, StorageError
 from chalicelib.storage.s3 import S3Driver, from_parameters, parse_parameters
 from chalicelib.storage.s3 import client as s3_client
-from chalicelib.storage.s3 import light, sigv4
+from chalicelib.storage.s3 import light
 from tests.moto_server import MotoS3
 from tests.servers import serving
 

@@ -38,7 +38,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Iterator, Optional
 from urllib.parse import unquote_plus, urlsplit
 
-from . import sigv4
+from ... import aws_environ, sigv4
 from .client import per_process, requests
 from .errors import S3RequestError
 from .params import ConnectionParameters, S3Parameters
@@ -66,15 +66,11 @@ CONNECT_TIMEOUT, READ_TIMEOUT = 10.0, 60.0  # seconds; the read timeout holds fo
 # (http.client.RemoteDisconnected is a ConnectionResetError)
 _STALE = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
 
-# AWS regions of the `aws` partition (s3.<region>.amazonaws.com); others fall back
-AWS_REGION = re.compile(r"^(us|eu|ap|sa|ca|me|af|il|mx)-[a-z]+-\d+$")
 # a bucket the client addresses virtual-hosted: a DNS label, lower case, 3-63 characters
 VIRTUAL_BUCKET = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 HOST_LABEL = re.compile(r"^(?!-)[a-zA-Z0-9-]{1,63}(?<!-)$")
 # what would make the boto3 client address or reach S3 otherwise than computed here
-_CLIENT_ONLY_ENV = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_CONFIG_FILE", "AWS_USE_FIPS_ENDPOINT",
-                    "AWS_USE_DUALSTACK_ENDPOINT", "AWS_S3_US_EAST_1_REGIONAL_ENDPOINT",
-                    "HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy")
+_CLIENT_ONLY_ENV = (*aws_environ.CLIENT_ONLY_ENV, "AWS_S3_US_EAST_1_REGIONAL_ENDPOINT")
 _MONTHS = {m: i for i, m in enumerate("Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split(), 1)}
 
 _CLIENT_READS = object()  # a process's decision that the boto3 client reads this bucket
@@ -89,26 +85,21 @@ def credentials_for(connection: ConnectionParameters, environ=os.environ) -> Opt
     """Static credentials, where the boto3 session would find them first; None: the provider chain."""
     if connection.access_key and connection.secret_key:
         return sigv4.Credentials(connection.access_key, connection.secret_key, connection.session_token)
-    access_key, secret_key = environ.get("AWS_ACCESS_KEY_ID"), environ.get("AWS_SECRET_ACCESS_KEY")
-    if access_key and secret_key:
-        return sigv4.Credentials(access_key, secret_key,
-                                 environ.get("AWS_SESSION_TOKEN") or environ.get("AWS_SECURITY_TOKEN") or None)
-    return None
+    return aws_environ.static_credentials(environ)
 
 
 def usable(connection: ConnectionParameters, environ=os.environ) -> bool:
     """Whether requests built here go where, and as, the boto3 client's would."""
     if not connection.v4auth or connection.dual_stack or connection.accelerate or connection.fips:
         return False
-    if any(environ.get(name) for name in _CLIENT_ONLY_ENV):
-        return False
     if connection.endpoint is None:
         if environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL"):
             return False
-        if not AWS_REGION.match(connection.region or ""):
+        # the `aws` partition (s3.<region>.amazonaws.com); others fall back
+        if not aws_environ.AWS_REGION.match(connection.region or ""):
             return False
-    # ~/.aws/config may set addressing style, endpoints or retries for the client
-    return not os.path.exists(os.path.join(os.path.expanduser("~"), ".aws", "config"))
+    # nor variables or ~/.aws/config the client would honour (addressing style, endpoints, retries)
+    return not aws_environ.client_configured(environ, _CLIENT_ONLY_ENV)
 
 
 def reads_for(params: S3Parameters) -> Optional["LightReads"]:
@@ -316,18 +307,6 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _ca_bundle() -> Optional[str]:
-    """The CA certificates botocore would use: AWS_CA_BUNDLE, else certifi's, else the system's."""
-    bundle = os.environ.get("AWS_CA_BUNDLE")
-    if bundle:
-        return bundle
-    try:
-        import certifi
-    except ImportError:
-        return None
-    return certifi.where()
-
-
 def _drain(response: "_Response") -> bytes:
     try:
         return response.data or b""
@@ -459,13 +438,13 @@ class _Connections:
 
     def _tls(self) -> "ssl.SSLContext":
         """One context for the reader's connections, made at the first: botocore's CA
-        bundle (_ca_bundle) or the system's, hostnames checked; with verify off, neither."""
+        bundle (aws_environ.ca_bundle) or the system's, hostnames checked; with verify off, neither."""
         with self._lock:
             if self._context is None:
                 import ssl
 
                 if self._verify:
-                    self._context = ssl.create_default_context(cafile=_ca_bundle())
+                    self._context = ssl.create_default_context(cafile=aws_environ.ca_bundle())
                 else:
                     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
                     context.check_hostname = False

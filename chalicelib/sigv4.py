@@ -1,8 +1,10 @@
-"""AWS Signature Version 4 for S3, as AWS documents it: header auth and presigned URLs.
+"""AWS Signature Version 4, as AWS documents it: header auth and (S3) presigned URLs.
 
-The read path in light.py signs its own GET, HEAD and ListObjectsV2 requests with
-this, so a cold instance serving a pull never imports botocore. The algorithm
-(AWS S3 API reference, "Authenticating Requests (AWS Signature Version 4)"):
+The S3 read path (storage/s3/light.py) signs its own GET, HEAD and ListObjectsV2
+requests with this, and aws_secrets.py its SSM and Secrets Manager reads, so a cold
+instance serving a pull never imports botocore. It lives outside the storage package
+so that signing imports nothing but the standard library. The algorithm (AWS S3 API
+reference, "Authenticating Requests (AWS Signature Version 4)"):
 
     CanonicalRequest = Method \\n CanonicalURI \\n CanonicalQuery \\n CanonicalHeaders \\n
                        SignedHeaders \\n HashedPayload
@@ -11,8 +13,11 @@ this, so a cold instance serving a pull never imports botocore. The algorithm
     SigningKey       = HMAC(HMAC(HMAC(HMAC("AWS4" + secret, <date>), region), "s3"), "aws4_request")
     Signature        = hex(HMAC(SigningKey, StringToSign))
 
-S3 differs from other services in two ways kept here: the URI path is encoded once,
-not normalized nor encoded twice, and a presigned URL signs the constant
+with "s3" replaced by the service's signing name (`service`; "ssm", "secretsmanager").
+S3 differs from other services in ways kept here: the URI path is encoded once, not
+normalized nor encoded twice (other services' requests here go to "/", where both
+agree), S3 wants the payload hash in an x-amz-content-sha256 header as well (others
+do not, and botocore sends none to them), and a presigned URL signs the constant
 UNSIGNED-PAYLOAD in place of the payload hash.
 """
 from __future__ import annotations
@@ -25,7 +30,6 @@ from urllib.parse import quote
 
 ALGORITHM = "AWS4-HMAC-SHA256"
 SERVICE = "s3"
-EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()  # the payload of a GET or HEAD
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 
 
@@ -59,17 +63,18 @@ def _hmac(key: bytes, message: str) -> bytes:
     return hmac.new(key, message.encode("utf-8"), hashlib.sha256).digest()
 
 
-def _scope(timestamp: str, region: str) -> str:
-    return f"{timestamp[:8]}/{region}/{SERVICE}/aws4_request"
+def _scope(timestamp: str, region: str, service: str = SERVICE) -> str:
+    return f"{timestamp[:8]}/{region}/{service}/aws4_request"
 
 
-def _signature(secret_key: str, timestamp: str, region: str, canonical_request: str) -> str:
+def _signature(secret_key: str, timestamp: str, region: str, canonical_request: str,
+               service: str = SERVICE) -> str:
     string_to_sign = "\n".join((
-        ALGORITHM, timestamp, _scope(timestamp, region),
+        ALGORITHM, timestamp, _scope(timestamp, region, service),
         hashlib.sha256(canonical_request.encode("utf-8")).hexdigest(),
     ))
     key = _hmac(("AWS4" + secret_key).encode("utf-8"), timestamp[:8])
-    for part in (region, SERVICE, "aws4_request"):
+    for part in (region, service, "aws4_request"):
         key = _hmac(key, part)
     return hmac.new(key, string_to_sign.encode("utf-8"), hashlib.sha256).hexdigest()
 
@@ -82,19 +87,24 @@ def _canonical_headers(headers: dict[str, str]) -> tuple[str, str]:
 
 
 def sign_headers(method: str, host: str, path: str, query: str, headers: dict[str, str],
-                 credentials: Credentials, region: str, now: datetime) -> dict[str, str]:
+                 credentials: Credentials, region: str, now: datetime, service: str = SERVICE,
+                 body: bytes = b"") -> dict[str, str]:
     """The headers to send with a request (those given, all of them signed, plus host, the
-    date, payload hash, session token and Authorization): sent as they are, the request
-    carries the Host that was signed. path is already encoded (encode_path), query is
-    canonical (canonical_query); the request has no body."""
+    date, for S3 the payload hash, session token and Authorization): sent as they are, the
+    request carries the Host that was signed. path is already encoded (encode_path), query
+    is canonical (canonical_query); body is the payload the request carries."""
     timestamp = amz_date(now)
-    signed = {**headers, "host": host, "x-amz-content-sha256": EMPTY_SHA256, "x-amz-date": timestamp}
+    payload_hash = hashlib.sha256(body).hexdigest()
+    signed = {**headers, "host": host, "x-amz-date": timestamp}
+    if service == SERVICE:
+        signed["x-amz-content-sha256"] = payload_hash
     if credentials.token:
         signed["x-amz-security-token"] = credentials.token
     canonical_headers, signed_names = _canonical_headers(signed)
-    canonical_request = "\n".join((method, path, query, canonical_headers, signed_names, EMPTY_SHA256))
-    signature = _signature(credentials.secret_key, timestamp, region, canonical_request)
-    signed["Authorization"] = (f"{ALGORITHM} Credential={credentials.access_key}/{_scope(timestamp, region)}, "
+    canonical_request = "\n".join((method, path, query, canonical_headers, signed_names, payload_hash))
+    signature = _signature(credentials.secret_key, timestamp, region, canonical_request, service)
+    scope = _scope(timestamp, region, service)
+    signed["Authorization"] = (f"{ALGORITHM} Credential={credentials.access_key}/{scope}, "
                                f"SignedHeaders={signed_names}, Signature={signature}")
     return signed
 
