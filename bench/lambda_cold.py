@@ -5,7 +5,8 @@ fresh interpreter (`-I -S`) whose sys.path holds only the package and, behind it
 the Lambda Python runtime provides (boto3 and its dependencies, here the venv's). The
 interpreter imports app.py and hands the handler one API Gateway (HTTP API) event, as
 a cold instance does, over moto S3 with the secret in SSM and the descriptor cache in
-redis-server, warmed beforehand by another instance:
+redis-server, configured as the prod stage and Terraform configure ElastiCache (TLS,
+an AUTH token read from SSM), warmed beforehand by another instance:
 
 * `GET /v2/`: no storage, no secret;
 * a manifest GET by digest (the descriptor from warm Redis, the body from S3);
@@ -219,13 +220,23 @@ def measure(workdir: Path, reps: int, log=print, baseline: Optional[Path] = None
         base_task = package(workdir, baseline, "baseline")
         variants["baseline, as deployed"] = (base_task, True)
         variants["baseline, untraced"] = (base_task, False)
-    with moto_s3_server(workdir / "moto-cold.log") as s3, redis_server(workdir / "redis-cold") as redis:
-        parameter = "/stratus/bench/http-secret"
-        s3.client("ssm").put_parameter(Name=parameter, Value=base64.b16encode(os.urandom(24)).decode(),
-                                       Type="SecureString", Overwrite=True)
+    token = base64.b16encode(os.urandom(16)).decode()
+    with moto_s3_server(workdir / "moto-cold.log") as s3, \
+            redis_server(workdir / "redis-cold", password=token, tls=True) as redis:
+        # as the prod stage and the Terraform module configure ElastiCache: TLS in
+        # transit (its certificate trusted as the system's CAs would be) and an AUTH
+        # token the function reads from SSM with its role
+        parameter, token_parameter = "/stratus/bench/http-secret", "/stratus/bench/redis-auth-token"
+        ssm = s3.client("ssm")
+        ssm.put_parameter(Name=parameter, Value=base64.b16encode(os.urandom(24)).decode(),
+                          Type="SecureString", Overwrite=True)
+        ssm.put_parameter(Name=token_parameter, Value=token, Type="SecureString", Overwrite=True)
+        assert redis.tls is not None
         common = {
             **s3.environment(s3.create_bucket()),
             "REGISTRY_STORAGE_CACHE_BLOBDESCRIPTOR": "redis", "REGISTRY_REDIS_ADDR": redis.addr,
+            "REGISTRY_REDIS_TLS": "true", "STRATUS_REDIS_PASSWORD_PARAMETER": token_parameter,
+            "SSL_CERT_FILE": str(redis.tls.ca),
             "STRATUS_HTTP_SECRET_PARAMETER": parameter, "AWS_ACCESS_KEY_ID": ACCESS_KEY,
             "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_ENDPOINT_URL_SSM": s3.endpoint,
         }
