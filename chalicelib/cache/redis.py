@@ -43,7 +43,6 @@ from ..config import RedisConfig
 from ..context import Context
 from ..descriptor import OCTET_STREAM, BlobDescriptor
 from ..digest import Digest
-from . import resp
 from .base import (
     GLOBAL_TTL,
     REPOSITORY_TTL,
@@ -53,8 +52,10 @@ from .base import (
 )
 from .ratelimit import RateLimitedLog
 
-if TYPE_CHECKING:  # redis-py is imported when the first call needs a client
+if TYPE_CHECKING:  # the clients are imported when the first call needs one
     import redis
+
+    from . import resp
 
 log = logging.getLogger("stratus.cache")
 
@@ -131,6 +132,8 @@ def _timeouts(config: RedisConfig) -> tuple[float, float, float]:
 def read_client(config: RedisConfig) -> resp.ReadClient:
     """The client of the stats, over connections of its own (with a password
     parameter, the token is read now)."""
+    from . import resp  # (and with it socket, select): not before a stat needs it
+
     if not config.addr:
         raise ValueError("redis.addr is not set")
     host, port, url_tls = split_address(config.addr)
@@ -339,6 +342,8 @@ class RedisBlobDescriptorCache:
         if self._enter():  # clears failed earlier: replayed first, through the client
             self._call(lambda client: None)
         reader = self._built(lambda: self.reader)
+        from . import resp  # in sys.modules once a reader exists
+
         try:
             replies = reader.execute(*commands)
         except resp.AuthenticationError as exc:
