@@ -115,11 +115,14 @@ def test_legacy_length_field_and_garbage_are_misses(server):
             cache.stat(CTX, blob)
 
 
-def test_a_key_of_the_wrong_type_is_unavailable_not_an_error(server):
+def test_a_key_of_the_wrong_type_or_bytes_not_utf8_are_unavailable_not_an_error(server):
     server.client().set(blob_key(d("string")), "oops")
+    redis.Redis(port=server.port).hset(blob_key(d("bytes")), mapping={"digest": b"\xff", "size": 1})
     cache = provider(server)
     with pytest.raises(CacheUnavailableError):
         cache.stat(CTX, d("string"))
+    with pytest.raises(CacheUnavailableError):
+        cache.stat(CTX, d("bytes"))
     # and it does not take the whole cache out
     cache.set_descriptor(CTX, d("fine"), BlobDescriptor(d("fine"), 1))
     assert cache.stat(CTX, d("fine")).size == 1

@@ -70,6 +70,16 @@ def test_a_reply_error_raises_after_every_reply_was_read(server, monkeypatch):
     assert network == {"connect": 1, "send": 2}
 
 
+def test_a_reply_that_is_not_utf8_is_a_reply_error(server, monkeypatch):
+    redis.Redis(port=server.port).hset("h", "f", b"\xff\xfe")
+    network = count_redis_network(monkeypatch)
+    client = reader(server.port)
+    with pytest.raises(resp.ReplyError, match="UTF-8"):
+        client.execute(("HGET", "h", "f"), ("SISMEMBER", "s", "x"))
+    assert client.execute(("SISMEMBER", "s", "x")) == [0]
+    assert network == {"connect": 1, "send": 2}
+
+
 def test_a_connection_redis_closed_is_not_reused(server, monkeypatch):
     client = reader(server.port)
     client.execute(("HGET", "a", "b"))

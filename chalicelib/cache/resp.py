@@ -181,7 +181,10 @@ class ReadClient:
         replies: list[Any] = []
         reader = conn.reader
         while len(replies) < len(commands):
-            reply = reader.gets()
+            try:
+                reply = reader.gets()
+            except UnicodeDecodeError as exc:  # the reply was consumed: the connection stays in step
+                reply = ReplyError(f"a reply is not UTF-8: {exc}")
             if reply is not False:
                 replies.append(reply)
                 continue
