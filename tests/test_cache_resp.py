@@ -13,6 +13,7 @@ from typing import Iterator
 import pytest
 import redis
 
+from chalicelib import keepalive
 from chalicelib.cache import resp
 
 from .redis_server import RedisServer, count_redis_network, redis_server, requires_redis
@@ -80,25 +81,19 @@ def test_a_reply_that_is_not_utf8_is_a_reply_error(server, monkeypatch):
     assert network == {"connect": 1, "send": 2}
 
 
-def test_a_connection_redis_closed_is_not_reused(server, monkeypatch):
+@pytest.mark.parametrize("seen", [True, False], ids=["seen-idle", "died-unseen"])
+def test_a_kept_connection_redis_closed_is_replaced(server, monkeypatch, seen):
+    """Seen closed before anything is sent on it; or, as after a Lambda instance was
+    frozen (the idle check off), it looks fine until used: then the command is sent
+    once more, on a new connection."""
     client = reader(server.port)
     client.execute(("HGET", "a", "b"))
     server.client().client_kill_filter(_type="normal", skipme=True)
-    network = count_redis_network(monkeypatch)
-    assert client.execute(("HGET", "a", "b")) == [None]
-    # seen closed before anything was sent on it
-    assert network == {"connect": 1, "send": 1}
-
-
-def test_a_kept_connection_that_died_unseen_is_retried_once_on_a_new_one(server, monkeypatch):
-    """As after a Lambda instance was frozen: the socket looks fine until used."""
-    client = reader(server.port)
-    client.execute(("HGET", "a", "b"))
-    server.client().client_kill_filter(_type="normal", skipme=True)
-    monkeypatch.setattr(resp, "_dropped", lambda sock: False)
+    if not seen:
+        monkeypatch.setattr(keepalive, "closed", lambda sock: False)
     network = count_redis_network(monkeypatch)
     assert client.execute(("SISMEMBER", "s", "x")) == [0]
-    assert network == {"connect": 1, "send": 2}
+    assert network == {"connect": 1, "send": 1 if seen else 2}
 
 
 def test_a_new_connection_that_fails_is_not_retried(monkeypatch):

@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests as http
 
-from chalicelib import sigv4
+from chalicelib import keepalive, sigv4
 from chalicelib.context import Context
 from chalicelib.storage import InvalidOffsetError, PathNotFoundError, StorageError
 from chalicelib.storage.s3 import S3Driver, from_parameters, parse_parameters
@@ -517,7 +517,7 @@ def test_a_pooled_connection_the_server_closed_is_replaced_without_a_retry(keepa
     charged to the retry quota."""
     driver, s3 = keepalive_s3
     if not checked:
-        monkeypatch.setattr(light._Connections, "_dropped", lambda self, sock: False)
+        monkeypatch.setattr(keepalive, "closed", lambda sock: False)
     s3.script = [(200, "hangup")]
     before = _counted()
     assert driver.get_content(Context(), "/f") == b"ok"
@@ -533,7 +533,7 @@ def test_a_pooled_connection_the_server_closed_is_replaced_without_a_retry(keepa
 def test_a_connection_whose_body_was_left_unread_is_not_reused(keepalive_s3, monkeypatch) -> None:
     driver, s3 = keepalive_s3
     # (the pool's idle check would see the unread bytes too; the rule must not rest on it)
-    monkeypatch.setattr(light._Connections, "_dropped", lambda self, sock: False)
+    monkeypatch.setattr(keepalive, "closed", lambda sock: False)
     ctx, data = Context(), bytes(range(256)) * (BIG // 256)
     before = _counted()
     s3.script = [(200, "big")]

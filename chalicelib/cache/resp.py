@@ -15,11 +15,12 @@ new one. A connection idle longer than the pool's idle timeout is not reused.
 """
 from __future__ import annotations
 
-import select
 import socket
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Optional, Sequence
+
+from .. import keepalive
 
 if TYPE_CHECKING:
     import ssl
@@ -123,7 +124,7 @@ class ReadClient:
                 conn = self._idle.pop() if self._idle else None
             if conn is None:
                 return self._new()
-            if (self._idle_timeout and now - conn.idle_since > self._idle_timeout) or _dropped(conn.sock):
+            if (self._idle_timeout and now - conn.idle_since > self._idle_timeout) or keepalive.closed(conn.sock):
                 self._discard(conn)
                 continue
             return conn
@@ -212,13 +213,3 @@ def _connect(host: str, port: int, timeout: float) -> socket.socket:
 
 def _send(sock: socket.socket, data: bytes) -> None:
     sock.sendall(data)
-
-
-def _dropped(sock: socket.socket) -> bool:
-    """An idle connection that is readable was closed by Redis (or holds what it
-    should not): either way not reused."""
-    try:
-        readable, _, _ = select.select([sock], [], [], 0)
-    except (OSError, ValueError):
-        return True
-    return bool(readable)

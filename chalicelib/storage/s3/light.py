@@ -38,7 +38,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Iterator, Optional
 from urllib.parse import unquote_plus, urlsplit
 
-from ... import aws_environ, sigv4
+from ... import aws_environ, keepalive, sigv4
 from .client import per_process, requests
 from .errors import S3RequestError
 from .params import ConnectionParameters, S3Parameters
@@ -375,10 +375,8 @@ class _Connections:
 
     def __init__(self, scheme: str, netloc: str, size: int, verify: bool):
         import http.client
-        import select
 
         self._http = http.client
-        self._select = select
         self._https, self._netloc, self._size, self._verify = scheme == "https", netloc, size, verify
         self._context: Optional["ssl.SSLContext"] = None
         self._idle: list["http.client.HTTPConnection"] = []
@@ -391,7 +389,7 @@ class _Connections:
                 conn = self._idle.pop() if self._idle else None
             if conn is None:
                 return self.new(), False
-            if not self._dropped(conn.sock):
+            if not keepalive.closed(conn.sock):
                 return conn, True
             conn.close()
 
@@ -421,20 +419,6 @@ class _Connections:
 
     def incomplete(self, remaining: int) -> Exception:
         return self._http.IncompleteRead(b"", remaining)
-
-    def _dropped(self, sock: Any) -> bool:
-        """Whether an idle connection's socket is readable: the server closed it (or sent
-        what nobody asked for); either way it cannot carry a request."""
-        if sock is None:
-            return True
-        try:
-            if hasattr(self._select, "poll"):
-                poller = self._select.poll()
-                poller.register(sock, self._select.POLLIN)
-                return bool(poller.poll(0))
-            return bool(self._select.select([sock], [], [], 0)[0])
-        except (OSError, ValueError):
-            return True
 
     def _tls(self) -> "ssl.SSLContext":
         """One context for the reader's connections, made at the first: botocore's CA
