@@ -238,24 +238,18 @@ class RedisBlobDescriptorCache:
     @property
     def client(self) -> redis.Redis:
         """The redis-py client (writes, clears, the lease), built on first use."""
-        client = self._client
-        if client is None:
-            with self._connect_lock:
-                if self._client is None:
-                    self._client = connect(self._config)
-                client = self._client
-        return client
+        return self._client or self._build("_client", connect)
 
     @property
     def reader(self) -> resp.ReadClient:
         """The client of the stats, built on first use."""
-        reader = self._reader
-        if reader is None:
-            with self._connect_lock:
-                if self._reader is None:
-                    self._reader = read_client(self._config)
-                reader = self._reader
-        return reader
+        return self._reader or self._build("_reader", read_client)
+
+    def _build(self, attribute: str, build: Callable[[RedisConfig], T]) -> T:
+        with self._connect_lock:
+            if getattr(self, attribute) is None:
+                setattr(self, attribute, build(self._config))
+            return getattr(self, attribute)
 
     @classmethod
     def from_config(cls, config: RedisConfig) -> "RedisBlobDescriptorCache":
