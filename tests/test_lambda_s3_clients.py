@@ -22,8 +22,9 @@ import requests
 from .clients_images import Layout, assert_same_image, build_image, images_dir, needs_tools, pull, push, session_image
 from .clients_servers import clean_env, isolated_process
 from .lambda_gateway import EVENT_LIMIT, LambdaGateway, lambda_gateway
-from .moto_server import MotoS3
+from .moto_server import ACCESS_KEY, SECRET_KEY, MotoS3
 from .oci_conformance import requires_conformance, run_oci_conformance
+from .redis_server import redis_server, requires_redis
 from .servers import ROOT, free_port
 
 MiB = 1 << 20
@@ -82,6 +83,42 @@ def test_skopeo_round_trip_through_s3_redirects(s3_registry, moto_s3, small_imag
     assert not moto_s3.client().list_multipart_uploads(Bucket=bucket).get("Uploads")
     if gateway is not None:
         assert gateway.invocations() and all(r.status < 500 for r in gateway.records())
+
+
+@needs_tools
+@requires_redis
+def test_skopeo_through_a_function_configured_as_the_prod_stage(moto_s3, small_image, tmp_path) -> None:
+    """The prod stage's secrets and cache as deployed: http.secret and the ElastiCache AUTH
+    token in SSM, read with the role's static credentials (aws_secrets.py, no boto3), and
+    Redis over TLS with that token (stats over cache/resp.py, writes over redis-py).
+    Through a REST API (what `chalice deploy` creates) on instances that start cold, the
+    image comes back identical, nothing over the platform's limits reached the function,
+    and the pull's descriptors were read from Redis."""
+    token, secret = os.urandom(16).hex(), os.urandom(24).hex()
+    with redis_server(tmp_path / "redis", password=token, tls=True) as cache:
+        assert cache.tls is not None
+        ssm = moto_s3.client("ssm")
+        names = {"secret": f"/stratus/prod-like/{os.urandom(4).hex()}/http-secret",
+                 "token": f"/stratus/prod-like/{os.urandom(4).hex()}/redis-auth-token"}
+        ssm.put_parameter(Name=names["secret"], Value=secret, Type="SecureString")
+        ssm.put_parameter(Name=names["token"], Value=token, Type="SecureString")
+        env = {**moto_s3.environment(moto_s3.create_bucket()),
+               "STRATUS_HTTP_SECRET_PARAMETER": names["secret"],
+               "REGISTRY_STORAGE_CACHE_BLOBDESCRIPTOR": "redis", "REGISTRY_REDIS_ADDR": cache.addr,
+               "REGISTRY_REDIS_TLS": "true", "STRATUS_REDIS_PASSWORD_PARAMETER": names["token"],
+               "SSL_CERT_FILE": str(cache.tls.ca),  # trusted as the system's CAs trust ElastiCache's
+               # the function's role, here moto's: static credentials, as Lambda gives them
+               "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+               "AWS_ENDPOINT_URL_SSM": moto_s3.endpoint}
+        with lambda_gateway(env, "rest", instances="isolated", workdir=tmp_path) as gateway:
+            push(small_image.path, "v1", gateway.url, "prod/app", "v1")
+            hits = int(cache.client().info("stats")["keyspace_hits"])
+            copy = Layout(tmp_path / "copy")
+            pull(gateway.url, "prod/app", "v1", copy.path, "v1")
+            assert_same_image(small_image, "v1", copy, "v1")
+            gateway.assert_nothing_over_the_limit_reached_the_function()
+            assert all(r.status < 500 for r in gateway.records())
+        assert int(cache.client().info("stats")["keyspace_hits"]) > hits
 
 
 @pytest.fixture(scope="module")
