@@ -1,18 +1,34 @@
-"""What a boto3 client would take from the process's environment, read without botocore.
+"""What the botocore-free requests share to behave as the boto3 client would.
 
-The botocore-free requests (storage/s3/light.py's S3 reads, aws_secrets.py's secret
-reads) are made only where they go where, and as, the client's would: with static
-credentials from the environment (what Lambda gives a function) and nothing set that
-would make the client sign, address or connect otherwise. Standard library only, and
-outside the storage package, so that the secret reads import no storage driver.
+storage/s3/light.py's S3 reads and aws_secrets.py's secret reads are made only where
+they go where, and as, the client's would: with static credentials from the
+environment (what Lambda gives a function) and nothing set that would make the client
+sign, address or connect otherwise. They connect and verify as the client does and
+retry as its "standard" mode does. Standard library only, and outside the storage
+package, so that the secret reads import no storage driver.
 """
 from __future__ import annotations
 
 import os
+import random
 import re
-from typing import Mapping, Optional
+from typing import TYPE_CHECKING, Mapping, Optional
 
 from .sigv4 import Credentials
+
+if TYPE_CHECKING:
+    import ssl
+
+CONNECT_TIMEOUT, READ_TIMEOUT = 10.0, 60.0  # botocore's; the read timeout holds for each socket read
+# botocore's "standard" retry mode: what is retried, and how long it waits
+TRANSIENT_STATUS = frozenset({500, 502, 503, 504})
+THROTTLING_CODES = frozenset({
+    "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottledException",
+    "TooManyRequestsException", "ProvisionedThroughputExceededException", "TransactionInProgressException",
+    "RequestLimitExceeded", "BandwidthLimitExceeded", "LimitExceededException", "RequestThrottled",
+    "SlowDown", "PriorRequestNotComplete", "EC2ThrottledException",
+})
+MAX_BACKOFF = 20.0
 
 # AWS regions of the `aws` partition (<service>.<region>.amazonaws.com); the others
 # (China, GovCloud, ISO) have endpoints of their own: the client knows them
@@ -38,6 +54,23 @@ def client_configured(environ: Mapping[str, str] = os.environ, names: tuple[str,
     if any(environ.get(name) for name in names):
         return True
     return os.path.exists(os.path.join(os.path.expanduser("~"), ".aws", "config"))
+
+
+def backoff(attempt: int, throttled: bool, retry_after: Optional[str] = None) -> float:
+    """Seconds before attempt + 1: truncated binary exponential backoff with full jitter,
+    1 s base for throttling, 50 ms otherwise; S3's x-amz-retry-after (ms) raises it, by
+    at most 5 s."""
+    delay = random.random() * min((1.0 if throttled else 0.05) * 2 ** (attempt - 1), MAX_BACKOFF)
+    if retry_after is not None and retry_after.isdigit():
+        delay = max(delay, min(int(retry_after) / 1000, delay + 5))
+    return delay
+
+
+def tls_context() -> "ssl.SSLContext":
+    """Verifying as botocore does: its CA bundle (ca_bundle) or the system's, host names checked."""
+    import ssl
+
+    return ssl.create_default_context(cafile=ca_bundle())
 
 
 def ca_bundle() -> Optional[str]:

@@ -7,7 +7,7 @@ JSON request is signed by sigv4.py and POSTed over the standard library's http.c
 
 It is used only where it goes where, and as, the boto3 client's request would
 (`endpoint` decides, else aws_runtime reads through boto3): static credentials in the
-environment (aws_environ), a region (AWS_REGION, else AWS_DEFAULT_REGION, as
+environment (aws_light), a region (AWS_REGION, else AWS_DEFAULT_REGION, as
 aws_runtime hands boto3), nothing set that the client would honour otherwise, and the
 endpoint botocore would pick: AWS_ENDPOINT_URL_<SERVICE>, else AWS_ENDPOINT_URL
 (unless AWS_IGNORE_CONFIGURED_ENDPOINT_URLS is true), else the regional one.
@@ -17,24 +17,20 @@ from __future__ import annotations
 import base64
 import json
 import os
-import random
 import time
 from datetime import datetime, timezone
 from typing import Mapping, NamedTuple, Optional
 from urllib.parse import urlsplit
 
-from . import aws_environ, sigv4
+from . import aws_light, sigv4
 
 # service (its signing name) -> operation's X-Amz-Target, botocore's endpoint variable
 _TARGETS = {
     "ssm": ("AmazonSSM.GetParameter", "AWS_ENDPOINT_URL_SSM"),
     "secretsmanager": ("secretsmanager.GetSecretValue", "AWS_ENDPOINT_URL_SECRETS_MANAGER"),
 }
-CONNECT_TIMEOUT, READ_TIMEOUT = 10.0, 60.0  # botocore's defaults, as storage/s3/light.py
 # one read per process and name: a few quick attempts, not botocore's five
 MAX_ATTEMPTS = 3
-THROTTLING_CODES = frozenset({"ThrottlingException", "Throttling", "TooManyRequestsException",
-                              "RequestLimitExceeded"})
 
 
 class SecretReadError(Exception):
@@ -54,15 +50,15 @@ class Endpoint(NamedTuple):
 
 def endpoint(service: str, environ: Mapping[str, str] = os.environ) -> Optional[Endpoint]:
     """Where and as whom to read from service without boto3; None: boto3 must read it."""
-    credentials = aws_environ.static_credentials(environ)
+    credentials = aws_light.static_credentials(environ)
     region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION")
-    if credentials is None or not region or aws_environ.client_configured(environ):
+    if credentials is None or not region or aws_light.client_configured(environ):
         return None
     url = None
     if environ.get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "").lower() != "true":  # botocore's ensure_boolean
         url = environ.get(_TARGETS[service][1]) or environ.get("AWS_ENDPOINT_URL")
     if url is None:
-        if not aws_environ.AWS_REGION.match(region):
+        if not aws_light.AWS_REGION.match(region):
             return None  # another partition's endpoints: the client knows them
         url = f"https://{service}.{region}.amazonaws.com"
     parts = urlsplit(url)
@@ -86,7 +82,6 @@ def read(where: Endpoint, ident: str) -> str:
 
 def _call(where: Endpoint, params: dict) -> dict:
     import http.client
-    import ssl
 
     target = _TARGETS[where.service][0]
     operation = target.split(".", 1)[1]
@@ -95,17 +90,17 @@ def _call(where: Endpoint, params: dict) -> dict:
     default_port = ":443" if parts.scheme == "https" else ":80"
     # the signed Host is the netloc without the scheme's default port, as http.client sends it
     host = parts.netloc[: -len(default_port)] if parts.netloc.endswith(default_port) else parts.netloc
-    context = ssl.create_default_context(cafile=aws_environ.ca_bundle()) if parts.scheme == "https" else None
+    context = aws_light.tls_context() if parts.scheme == "https" else None
     for attempt in range(1, MAX_ATTEMPTS + 1):
         headers = sigv4.sign_headers(
             "POST", host, "/", "", {"Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": target},
             where.credentials, where.region, datetime.now(timezone.utc), service=where.service, body=body)
-        conn = (http.client.HTTPSConnection(parts.netloc, timeout=CONNECT_TIMEOUT, context=context)
-                if context else http.client.HTTPConnection(parts.netloc, timeout=CONNECT_TIMEOUT))
+        conn = (http.client.HTTPSConnection(parts.netloc, timeout=aws_light.CONNECT_TIMEOUT, context=context)
+                if context else http.client.HTTPConnection(parts.netloc, timeout=aws_light.CONNECT_TIMEOUT))
         throttled = False
         try:
             conn.connect()
-            conn.sock.settimeout(READ_TIMEOUT)
+            conn.sock.settimeout(aws_light.READ_TIMEOUT)
             conn.request("POST", "/", body=body, headers=headers)
             response = conn.getresponse()
             status, data = response.status, response.read()
@@ -115,14 +110,13 @@ def _call(where: Endpoint, params: dict) -> dict:
             if status == 200:
                 return json.loads(data)
             failure = _error(status, data, operation)
-            throttled = status == 429 or failure.code in THROTTLING_CODES
+            throttled = status == 429 or failure.code in aws_light.THROTTLING_CODES
             if not throttled and status < 500:
                 raise failure
         finally:
             conn.close()
         if attempt < MAX_ATTEMPTS:
-            # full jitter, as botocore; a throttled service is given longer
-            time.sleep(random.random() * (1.0 if throttled else 0.05) * 2 ** (attempt - 1))
+            time.sleep(aws_light.backoff(attempt, throttled))
     raise failure
 
 

@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests as http
 
-from chalicelib import keepalive, sigv4
+from chalicelib import aws_light, keepalive, sigv4
 from chalicelib.context import Context
 from chalicelib.storage import InvalidOffsetError, PathNotFoundError, StorageError
 from chalicelib.storage.s3 import S3Driver, from_parameters, parse_parameters
@@ -345,7 +345,7 @@ class _FlakyS3(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def flaky_s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[S3Driver, type[_FlakyS3]]]:
-    monkeypatch.setattr(light, "_delay", lambda attempt, throttled, retry_after: 0.0)
+    monkeypatch.setattr(aws_light, "backoff", lambda attempt, throttled, retry_after=None: 0.0)
     _FlakyS3.script, _FlakyS3.seen = [], []
     with serving(ThreadingHTTPServer(("127.0.0.1", 0), _FlakyS3)) as port:
         yield _driver_at(f"http://127.0.0.1:{port}"), _FlakyS3
@@ -428,7 +428,7 @@ def certificates(tmp_path_factory: pytest.TempPathFactory) -> Any:
 @pytest.fixture
 def tls_endpoint(certificates, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """The scripted stand-in over TLS, with a certificate for 127.0.0.1 from the test CA."""
-    monkeypatch.setattr(light, "_delay", lambda attempt, throttled, retry_after: 0.0)
+    monkeypatch.setattr(aws_light, "backoff", lambda attempt, throttled, retry_after=None: 0.0)
     _FlakyS3.script, _FlakyS3.seen = [], []
     with _tls_server(certificates.server_cert, certificates.server_key) as url:
         yield url
@@ -495,7 +495,7 @@ class _QuietServer(ThreadingHTTPServer):
 
 @pytest.fixture
 def keepalive_s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[S3Driver, type[_KeepAliveS3]]]:
-    monkeypatch.setattr(light, "_delay", lambda attempt, throttled, retry_after: 0.0)
+    monkeypatch.setattr(aws_light, "backoff", lambda attempt, throttled, retry_after=None: 0.0)
     _FlakyS3.script, _FlakyS3.seen, _KeepAliveS3.connections = [], [], []
     with serving(_QuietServer(("127.0.0.1", 0), _KeepAliveS3)) as port:
         yield _driver_at(f"http://127.0.0.1:{port}"), _KeepAliveS3
@@ -584,7 +584,7 @@ def _tls_server(cert: Any, key: Any) -> Iterator[str]:
 
 
 def test_a_self_signed_endpoint_is_refused_when_verifying_and_read_when_not(self_signed, monkeypatch) -> None:
-    monkeypatch.setattr(light, "_delay", lambda attempt, throttled, retry_after: 0.0)
+    monkeypatch.setattr(aws_light, "backoff", lambda attempt, throttled, retry_after=None: 0.0)
     monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
     _FlakyS3.script, _FlakyS3.seen = [], []
     with _tls_server(*self_signed["ip"]) as endpoint:

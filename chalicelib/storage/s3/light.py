@@ -30,7 +30,6 @@ the read through the client, whose redirector handles it.
 from __future__ import annotations
 
 import os
-import random
 import re
 import threading
 import time
@@ -38,7 +37,8 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Iterator, Optional
 from urllib.parse import unquote_plus, urlsplit
 
-from ... import aws_environ, keepalive, sigv4
+from ... import aws_light, keepalive, sigv4
+from ...aws_light import CONNECT_TIMEOUT, READ_TIMEOUT, THROTTLING_CODES, TRANSIENT_STATUS
 from .client import per_process, requests
 from .errors import S3RequestError
 from .params import ConnectionParameters, S3Parameters
@@ -49,19 +49,10 @@ if TYPE_CHECKING:
 
 # botocore's "standard" retry mode, as client.py configures it (max_attempts 5)
 MAX_ATTEMPTS = 5
-MAX_BACKOFF = 20.0
-TRANSIENT_STATUS = frozenset({500, 502, 503, 504})
 TRANSIENT_CODES = frozenset({"RequestTimeout", "RequestTimeoutException", "PriorRequestNotComplete"})
-THROTTLING_CODES = frozenset({
-    "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottledException",
-    "TooManyRequestsException", "ProvisionedThroughputExceededException", "TransactionInProgressException",
-    "RequestLimitExceeded", "BandwidthLimitExceeded", "LimitExceededException", "RequestThrottled",
-    "SlowDown", "PriorRequestNotComplete", "EC2ThrottledException",
-})
 # The retry quota: a token bucket shared by the process's requests, so that an
 # outage is not answered with five times the traffic.
 QUOTA_CAPACITY, RETRY_COST, THROTTLING_RETRY_COST, NO_RETRY_INCREMENT = 500, 14, 5, 1
-CONNECT_TIMEOUT, READ_TIMEOUT = 10.0, 60.0  # seconds; the read timeout holds for each socket read
 # what a request on a kept-alive connection meets when the server had closed it meanwhile
 # (http.client.RemoteDisconnected is a ConnectionResetError)
 _STALE = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
@@ -70,7 +61,7 @@ _STALE = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
 VIRTUAL_BUCKET = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 HOST_LABEL = re.compile(r"^(?!-)[a-zA-Z0-9-]{1,63}(?<!-)$")
 # what would make the boto3 client address or reach S3 otherwise than computed here
-_CLIENT_ONLY_ENV = (*aws_environ.CLIENT_ONLY_ENV, "AWS_S3_US_EAST_1_REGIONAL_ENDPOINT")
+_CLIENT_ONLY_ENV = (*aws_light.CLIENT_ONLY_ENV, "AWS_S3_US_EAST_1_REGIONAL_ENDPOINT")
 _MONTHS = {m: i for i, m in enumerate("Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split(), 1)}
 
 _CLIENT_READS = object()  # a process's decision that the boto3 client reads this bucket
@@ -85,7 +76,7 @@ def credentials_for(connection: ConnectionParameters, environ=os.environ) -> Opt
     """Static credentials, where the boto3 session would find them first; None: the provider chain."""
     if connection.access_key and connection.secret_key:
         return sigv4.Credentials(connection.access_key, connection.secret_key, connection.session_token)
-    return aws_environ.static_credentials(environ)
+    return aws_light.static_credentials(environ)
 
 
 def usable(connection: ConnectionParameters, environ=os.environ) -> bool:
@@ -96,10 +87,10 @@ def usable(connection: ConnectionParameters, environ=os.environ) -> bool:
         if environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL"):
             return False
         # the `aws` partition (s3.<region>.amazonaws.com); others fall back
-        if not aws_environ.AWS_REGION.match(connection.region or ""):
+        if not aws_light.AWS_REGION.match(connection.region or ""):
             return False
     # nor variables or ~/.aws/config the client would honour (addressing style, endpoints, retries)
-    return not aws_environ.client_configured(environ, _CLIENT_ONLY_ENV)
+    return not aws_light.client_configured(environ, _CLIENT_ONLY_ENV)
 
 
 def reads_for(params: S3Parameters) -> Optional["LightReads"]:
@@ -235,7 +226,7 @@ class LightReads:
             cost = THROTTLING_RETRY_COST if throttled else RETRY_COST
             if not self._acquire(cost):
                 raise failure
-            time.sleep(_delay(attempt, throttled, retry_after))
+            time.sleep(aws_light.backoff(attempt, throttled, retry_after))
 
     def _exchange(self, method: str, target: str, headers: dict[str, str], stream: bool) -> "_Response":
         """One request on a pooled connection (redirects are answers, not followed). A kept-
@@ -292,15 +283,6 @@ class LightReads:
         if headers.get("etag"):
             found["ETag"] = headers["etag"]
         return found
-
-
-def _delay(attempt: int, throttled: bool, retry_after: Optional[str]) -> float:
-    """Truncated binary exponential backoff with full jitter: 1 s base for throttling,
-    50 ms otherwise; S3's x-amz-retry-after (ms) raises it, by at most 5 s."""
-    delay = random.random() * min((1.0 if throttled else 0.05) * 2 ** (attempt - 1), MAX_BACKOFF)
-    if retry_after is not None and retry_after.isdigit():
-        delay = max(delay, min(int(retry_after) / 1000, delay + 5))
-    return delay
 
 
 def _now() -> datetime:
@@ -421,15 +403,15 @@ class _Connections:
         return self._http.IncompleteRead(b"", remaining)
 
     def _tls(self) -> "ssl.SSLContext":
-        """One context for the reader's connections, made at the first: botocore's CA
-        bundle (aws_environ.ca_bundle) or the system's, hostnames checked; with verify off, neither."""
+        """One context for the reader's connections, made at the first: as botocore
+        verifies (aws_light.tls_context); with verify off, neither CAs nor host names."""
         with self._lock:
             if self._context is None:
-                import ssl
-
                 if self._verify:
-                    self._context = ssl.create_default_context(cafile=aws_environ.ca_bundle())
+                    self._context = aws_light.tls_context()
                 else:
+                    import ssl
+
                     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
                     context.check_hostname = False
                     context.verify_mode = ssl.CERT_NONE
